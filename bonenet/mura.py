@@ -1,0 +1,280 @@
+"""Indexing MURA-v1.1: the official CSVs (or a walk of the tree), checked and tabulated.
+
+Every file that cannot be used is skipped and listed with a reason; nothing is dropped silently
+and nothing is relabelled.
+"""
+
+import os
+import re
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from bonenet.imageio import check_png_file
+from bonenet.parts import PART_INDEX, PARTS
+
+SPLITS = ("train", "valid")
+IMAGE_COLUMNS = ["path", "split", "part", "patient", "study", "label"]
+STUDY_COLUMNS = ["study", "split", "part", "patient", "label", "n_images"]
+
+# split/XR_PART/patientNNNNN/studyK_{positive|negative}[/imageN.png], anywhere in a path.
+_PATH_RE = re.compile(
+    r"(?:^|/)(?P<study>(?P<split>train|valid)/(?P<part>XR_[A-Z]+)/(?P<patient>patient\d+)/"
+    r"study\d+_(?P<suffix>positive|negative))(?:/(?P<image>[^/]+))?/?$"
+)
+
+
+class MuraError(ValueError):
+    """A MURA folder or CSV that cannot be read at all (as opposed to a skipped file)."""
+
+
+@dataclass(frozen=True)
+class MuraIndex:
+    """The checked contents of a MURA-v1.1 folder.
+
+    Attributes:
+        root: the MURA-v1.1 folder.
+        images: one row per usable image: `path` (absolute), `split`, `part`, `patient`, `study`, `label`.
+        studies: one row per usable study: `study`, `split`, `part`, `patient`, `label`, `n_images`.
+        skipped: one row per unusable file, row or study: `path`, `reason`.
+    """
+
+    root: Path
+    images: pd.DataFrame
+    studies: pd.DataFrame
+    skipped: pd.DataFrame
+
+
+def resolve_data_root(data_root):
+    """Returns the MURA-v1.1 folder given it or its parent.
+
+    Raises:
+        MuraError: when neither `data_root` nor `data_root/MURA-v1.1` looks like MURA.
+    """
+    root = Path(data_root).expanduser()
+    if not root.exists():
+        raise MuraError(f"{root}: data root does not exist")
+    for candidate in (root, root / "MURA-v1.1"):
+        if any((candidate / s).is_dir() for s in SPLITS) or any(
+            (candidate / f"{s}_image_paths.csv").is_file() for s in SPLITS
+        ):
+            return candidate.resolve()
+    raise MuraError(
+        f"{root}: not a MURA-v1.1 folder (expected train/, valid/ and the four CSVs here or in {root / 'MURA-v1.1'})"
+    )
+
+
+def _read_csv(path, ncols):
+    """Reads a headerless MURA CSV; drops a header row if one is present.
+
+    The official files have no header, so `header=None` keeps the first row; a row whose first
+    field is not a MURA path is taken for a header only when it is the first row.
+    """
+    try:
+        table = pd.read_csv(path, header=None, dtype=str, keep_default_na=False, skip_blank_lines=True)
+    except pd.errors.EmptyDataError:
+        return pd.DataFrame(columns=range(ncols))
+    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise MuraError(f"{path}: unreadable CSV ({exc})") from exc
+    if table.shape[1] < ncols:
+        raise MuraError(f"{path}: expected {ncols} column(s), found {table.shape[1]}")
+    if len(table) and not _PATH_RE.search(table.iloc[0, 0].strip()):
+        table = table.iloc[1:]
+    return table.reset_index(drop=True)
+
+
+def _walk_split(root, split):
+    """Yields relative paths of every file under `root/split`, sorted for determinism."""
+    base = root / split
+    if not base.is_dir():
+        return []
+    found = []
+    for dirpath, dirnames, filenames in os.walk(base):
+        dirnames.sort()
+        rel_dir = Path(dirpath).relative_to(root).as_posix()
+        found.extend(f"{rel_dir}/{name}" for name in sorted(filenames))
+    return found
+
+
+def _read_split(root, split, skipped):
+    """Returns (image rows, {study: csv label}) for one split, from its CSVs or a walk."""
+    images_csv = root / f"{split}_image_paths.csv"
+    labels_csv = root / f"{split}_labeled_studies.csv"
+    on_disk = _walk_split(root, split)
+    rows, labels = [], {}
+    if images_csv.is_file() and labels_csv.is_file():
+        listed = []
+        for entry in _read_csv(images_csv, 1).iloc[:, 0]:
+            match = _PATH_RE.search(entry.strip())
+            if not match or not match.group("image"):
+                skipped.append((entry, f"{images_csv.name}: not a MURA image path"))
+                continue
+            listed.append(f"{match.group('study')}/{match.group('image')}")
+        for entry, value in _read_csv(labels_csv, 2).iloc[:, :2].itertuples(index=False):
+            match = _PATH_RE.search(entry.strip())
+            if not match or match.group("image") or value.strip() not in ("0", "1"):
+                skipped.append((entry, f"{labels_csv.name}: not a 'study path,0|1' row"))
+                continue
+            labels[match.group("study")] = int(value)
+        listed_set = set(listed)
+        for rel in on_disk:
+            if rel not in listed_set:
+                reason = check_png_file(root / rel) or f"not listed in {images_csv.name}"
+                skipped.append((str(root / rel), reason))
+        seen = set()
+        for rel in listed:
+            if rel in seen:
+                skipped.append((str(root / rel), f"listed twice in {images_csv.name}"))
+                continue
+            seen.add(rel)
+            rows.append(rel)
+    else:
+        missing = [p.name for p in (images_csv, labels_csv) if not p.is_file()]
+        if on_disk:
+            warnings.warn(f"{root}: {', '.join(missing)} missing; indexing {split} by walking the folder tree")
+        rows = on_disk
+    return rows, labels
+
+
+def read_mura(data_root, splits=SPLITS):
+    """Indexes a MURA-v1.1 folder (or its parent) and checks it.
+
+    Uses the official CSVs where present and walks the tree where not. Checks that every listed
+    image exists and looks like a whole PNG, that each CSV label agrees with its folder suffix
+    and that every study keeps at least one image. Unusable entries go to `skipped`.
+
+    Args:
+        data_root: the MURA-v1.1 folder or its parent.
+        splits: which splits to read. Defaults to both.
+
+    Returns:
+        A `MuraIndex`.
+    """
+    root = resolve_data_root(data_root)
+    skipped, image_rows = [], []
+    study_labels = {}
+    for split in splits:
+        rels, labels = _read_split(root, split, skipped)
+        study_labels.update(labels)
+        use_csv_labels = bool(labels) or (root / f"{split}_labeled_studies.csv").is_file()
+        for rel in rels:
+            path = root / rel
+            match = _PATH_RE.search(rel)
+            if not match or not match.group("image"):
+                skipped.append((str(path), "not in split/XR_PART/patient/study_*/image layout"))
+                continue
+            if match.group("part") not in PART_INDEX:
+                skipped.append((str(path), f"unknown body part folder {match.group('part')}"))
+                continue
+            reason = check_png_file(path)
+            if reason is not None:
+                skipped.append((str(path), reason))
+                continue
+            study = match.group("study")
+            suffix_label = int(match.group("suffix") == "positive")
+            if use_csv_labels:
+                if study not in labels:
+                    skipped.append((str(path), f"study not listed in {split}_labeled_studies.csv"))
+                    continue
+                if labels[study] != suffix_label:
+                    skipped.append(
+                        (str(path), f"label {labels[study]} in {split}_labeled_studies.csv disagrees with folder suffix")
+                    )
+                    continue
+            image_rows.append((str(path), split, match.group("part"), match.group("patient"), study, suffix_label))
+        with_images = {r[4] for r in image_rows if r[1] == split}
+        for study in sorted(set(labels) - with_images):
+            skipped.append((str(root / study), "study has no usable images"))
+
+    images = pd.DataFrame(image_rows, columns=IMAGE_COLUMNS)
+    images["label"] = images["label"].astype(np.int64)
+    studies = (
+        images.groupby("study", sort=True)
+        .agg(split=("split", "first"), part=("part", "first"), patient=("patient", "first"),
+             label=("label", "first"), n_images=("path", "size"))
+        .reset_index()
+    )[STUDY_COLUMNS]
+    return MuraIndex(root, images, studies, pd.DataFrame(skipped, columns=["path", "reason"]))
+
+
+def summarize(index):
+    """Counts images, studies, patients and normal/abnormal studies per split and part.
+
+    Returns:
+        The `data-summary --json` dict: `{"splits": {split: {part: counts}}, "totals": {...},
+        "skipped": [{"path", "reason"}]}`.
+    """
+
+    def counts(images, studies):
+        return {
+            "images": int(len(images)),
+            "studies": int(len(studies)),
+            "patients": int(studies["patient"].nunique()),
+            "normal_studies": int((studies["label"] == 0).sum()),
+            "abnormal_studies": int((studies["label"] == 1).sum()),
+        }
+
+    result = {"splits": {}, "totals": {}}
+    for split in SPLITS:
+        imgs = index.images[index.images["split"] == split]
+        stds = index.studies[index.studies["split"] == split]
+        result["splits"][split] = {
+            part: counts(imgs[imgs["part"] == part], stds[stds["part"] == part]) for part in PARTS
+        }
+        result["totals"][split] = counts(imgs, stds)
+    result["skipped"] = [{"path": p, "reason": r} for p, r in index.skipped.itertuples(index=False)]
+    return result
+
+
+def format_summary(summary):
+    """Renders `summarize` output as a fixed-width text table."""
+    head = f"{'split':<6} {'part':<12} {'images':>7} {'studies':>8} {'patients':>9} {'normal':>7} {'abnormal':>9}"
+    lines = [head, "-" * len(head)]
+    for split, parts in summary["splits"].items():
+        for part, c in list(parts.items()) + [("total", summary["totals"][split])]:
+            lines.append(
+                f"{split:<6} {part:<12} {c['images']:>7} {c['studies']:>8} {c['patients']:>9} "
+                f"{c['normal_studies']:>7} {c['abnormal_studies']:>9}"
+            )
+    lines.append(f"skipped: {len(summary['skipped'])} file(s)")
+    for entry in summary["skipped"][:20]:
+        lines.append(f"  {entry['path']}: {entry['reason']}")
+    if len(summary["skipped"]) > 20:
+        lines.append(f"  ... {len(summary['skipped']) - 20} more (see --json)")
+    return "\n".join(lines)
+
+
+def holdout_split(studies, fraction=0.2, seed=0):
+    """Marks a patient-grouped, part-and-label-stratified hold-out of the train studies.
+
+    Grouping by patient keeps one patient's studies on one side, so the hold-out never scores
+    a model on a patient it trained on.
+
+    Args:
+        studies: a study table with `split`, `part`, `patient` and `label`.
+        fraction: share of train studies held out. Defaults to 0.2.
+        seed: shuffling seed. Defaults to 0.
+
+    Returns:
+        A copy of the train rows of `studies` with a boolean `holdout` column.
+    """
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"fraction must be in (0, 1), got {fraction}")
+    train = studies[studies["split"] == "train"].reset_index(drop=True).copy()
+    n_splits = max(2, int(round(1.0 / fraction)))
+    strata = train["part"] + ":" + train["label"].astype(str)
+    if train["patient"].nunique() < n_splits:
+        raise ValueError(f"need at least {n_splits} train patients for a {fraction:.0%} hold-out")
+    splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+    with warnings.catch_warnings():
+        # Tiny synthetic sets have strata smaller than n_splits; the split stays grouped.
+        warnings.simplefilter("ignore", UserWarning)
+        _, held = next(splitter.split(train, strata, groups=train["patient"]))
+    train["holdout"] = False
+    train.loc[held, "holdout"] = True
+    return train

@@ -1,0 +1,275 @@
+"""Procedurally drawn, MURA-shaped radiographs for tests and the offline demo.
+
+Each part has its own anatomy drawn from bone "segments" (capsules with a bright cortex and a
+darker medulla). Abnormal studies carry a finding on one bone: a fracture line with a cortical
+step, a plate with screws, or a lytic lesion. L/R markers are bright in both classes, so no
+single intensity threshold separates normal from abnormal.
+
+This is test data, not clinical evidence.
+"""
+
+import math
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from bonenet.parts import PARTS
+
+FINDINGS = ("fracture", "hardware", "lesion")
+ABNORMAL_RATE = 0.4
+VALID_FRACTION = 0.25
+RGB_RATE = 0.08
+
+
+def _seg(p0, p1, width, head=0.0):
+    return {"p0": np.asarray(p0, np.float32), "p1": np.asarray(p1, np.float32), "w": float(width), "head": head}
+
+
+def _finger(rng):
+    x = 0.5 + rng.uniform(-0.05, 0.05)
+    lengths = np.array([0.34, 0.22, 0.16]) * rng.uniform(0.9, 1.1)
+    segs, y = [], 0.95
+    for i, length in enumerate(lengths):
+        segs.append(_seg((x, y), (x + rng.uniform(-0.02, 0.02), y - length), 0.085 - 0.012 * i))
+        y -= length + 0.035
+    return segs
+
+
+def _hand(rng):
+    segs = [_seg((0.38 + 0.08 * i, 0.92), (0.40 + 0.07 * i, 0.86), 0.07) for i in range(4)]  # carpal row
+    for i in range(5):
+        angle = math.radians(-60 + 30 * i + rng.uniform(-4, 4)) if i == 0 else math.radians(-18 + 11 * i)
+        base = np.array([0.30 + 0.1 * i, 0.82])
+        direction = np.array([math.sin(angle), -math.cos(angle)])
+        meta = 0.26 if i else 0.18
+        segs.append(_seg(base, base + direction * meta, 0.05))
+        tip = base + direction * (meta + 0.025)
+        for length in (0.14, 0.09, 0.06)[: 2 if i == 0 else 3]:
+            segs.append(_seg(tip, tip + direction * length, 0.04))
+            tip = tip + direction * (length + 0.022)
+    return segs
+
+
+def _wrist(rng):
+    segs = [_seg((0.40, 1.05), (0.42, 0.62), 0.17, head=0.05), _seg((0.66, 1.05), (0.65, 0.66), 0.09)]
+    for row, y in enumerate((0.53, 0.43)):
+        for k in range(4):
+            cx = 0.35 + 0.1 * k + rng.uniform(-0.015, 0.015) + 0.02 * row
+            segs.append(_seg((cx, y), (cx + 0.01, y - 0.04), 0.075))
+    for k in range(4):
+        segs.append(_seg((0.34 + 0.1 * k, 0.33), (0.33 + 0.11 * k, 0.0), 0.06))
+    return segs
+
+
+def _forearm(rng):
+    sep = rng.uniform(0.14, 0.2)
+    return [
+        _seg((0.5 - sep, 1.02), (0.5 - sep + 0.03, -0.02), 0.09, head=0.03),
+        _seg((0.5 + sep, 1.02), (0.5 + sep - 0.02, -0.02), 0.075, head=0.02),
+    ]
+
+
+def _elbow(rng):
+    bend = math.radians(rng.uniform(25, 70))
+    joint = np.array([0.5, 0.5])
+    up = joint + np.array([0.0, -0.6])
+    d = np.array([math.sin(bend), math.cos(bend)])
+    n = np.array([d[1], -d[0]])
+    return [
+        _seg(up, joint, 0.16, head=0.1),
+        _seg(joint + d * 0.06 + n * 0.06, joint + d * 0.65 + n * 0.08, 0.08, head=0.04),
+        _seg(joint + d * 0.03 - n * 0.05, joint + d * 0.65 - n * 0.06, 0.09, head=0.06),
+    ]
+
+
+def _humerus(rng):
+    return [_seg((0.5, 0.22), (0.52 + rng.uniform(-0.03, 0.03), 1.05), 0.13, head=0.17)]
+
+
+def _shoulder(rng):
+    head = np.array([0.52, 0.45]) + rng.uniform(-0.03, 0.03, 2)
+    return [
+        _seg(head, (0.62, 1.05), 0.14, head=0.17),
+        _seg((0.28, 0.3), (0.24, 0.62), 0.08, head=0.0),  # glenoid rim / scapular neck
+        _seg((0.24, 0.62), (0.08, 0.95), 0.16),  # scapular body
+        _seg((0.0, 0.14), (0.9, 0.2), 0.07),  # clavicle
+    ]
+
+
+ANATOMY = {
+    "XR_ELBOW": _elbow,
+    "XR_FINGER": _finger,
+    "XR_FOREARM": _forearm,
+    "XR_HAND": _hand,
+    "XR_HUMERUS": _humerus,
+    "XR_SHOULDER": _shoulder,
+    "XR_WRIST": _wrist,
+}
+
+
+def _px(point, size):
+    return tuple(int(round(v * size)) for v in point)
+
+
+def _draw_bone(canvas, seg, size, rng):
+    p0, p1 = _px(seg["p0"], size), _px(seg["p1"], size)
+    w = max(2, int(seg["w"] * size))
+    cortex = rng.uniform(0.72, 0.85)
+    cv2.line(canvas, p0, p1, cortex, w, cv2.LINE_AA)
+    cv2.line(canvas, p0, p1, cortex * 0.78, max(1, int(w * 0.55)), cv2.LINE_AA)
+    if seg["head"] > 0:
+        r = int(seg["head"] * size / 2)
+        cv2.circle(canvas, p0, r, cortex, -1, cv2.LINE_AA)
+        cv2.circle(canvas, p0, max(1, int(r * 0.8)), cortex * 0.8, -1, cv2.LINE_AA)
+
+
+def _draw_finding(canvas, seg, size, kind, rng):
+    p0, p1 = seg["p0"] * size, seg["p1"] * size
+    t = rng.uniform(0.3, 0.7)
+    c = p0 + (p1 - p0) * t
+    d = (p1 - p0) / (np.linalg.norm(p1 - p0) + 1e-6)
+    n = np.array([-d[1], d[0]])
+    w = seg["w"] * size
+    if kind == "fracture":
+        # A thin dark line across the shaft plus a small step of the cortex on one side.
+        a = c + n * w * 0.65 + d * rng.uniform(-0.3, 0.3) * w
+        b = c - n * w * 0.65
+        cv2.line(canvas, tuple(map(int, a)), tuple(map(int, b)), 0.18, max(1, int(w * 0.08)), cv2.LINE_AA)
+        step = c + n * w * 0.5 + d * w * 0.12
+        cv2.circle(canvas, tuple(map(int, step)), max(1, int(w * 0.12)), 0.2, -1, cv2.LINE_AA)
+    elif kind == "hardware":
+        half = d * w * rng.uniform(1.2, 2.0)
+        a, b = c - half + n * w * 0.55, c + half + n * w * 0.55
+        cv2.line(canvas, tuple(map(int, a)), tuple(map(int, b)), 0.97, max(2, int(w * 0.15)), cv2.LINE_AA)
+        for k in np.linspace(0.1, 0.9, 3):
+            s = a + (b - a) * k
+            cv2.line(canvas, tuple(map(int, s)), tuple(map(int, s - n * w * 0.9)), 0.95, max(1, int(w * 0.07)))
+    else:
+        axes = (max(2, int(w * rng.uniform(0.18, 0.3))), max(2, int(w * rng.uniform(0.25, 0.4))))
+        angle = math.degrees(math.atan2(d[1], d[0]))
+        cv2.ellipse(canvas, tuple(map(int, c)), axes, angle, 0, 360, 0.3, -1, cv2.LINE_AA)
+
+
+def draw_radiograph(part, abnormal_findings, rng, size=None):
+    """Draws one synthetic radiograph.
+
+    Args:
+        part: canonical part name.
+        abnormal_findings: list of (finding kind, bone index) to draw; empty for a normal view.
+        rng: a `numpy.random.Generator`.
+        size: longest side in pixels. Defaults to a random 320-512.
+
+    Returns:
+        A uint8 H×W array.
+    """
+    side = size or int(rng.integers(320, 513))
+    segs = ANATOMY[part](rng)
+    # Findings draw from their own stream, so a view's pose is the same with or without them.
+    finding_rng = np.random.default_rng(rng.integers(2**63))
+    canvas = np.full((side, side), 0.06, np.float32)
+    tissue = np.zeros_like(canvas)
+    for seg in segs:
+        width = max(3, int((seg["w"] * 2.6 + 0.06) * side))
+        cv2.line(tissue, _px(seg["p0"], side), _px(seg["p1"], side), 1.0, width)
+    tissue = cv2.GaussianBlur(tissue, (0, 0), side * 0.03)
+    canvas += 0.28 * np.clip(tissue * 1.5, 0, 1)
+    for seg in segs:
+        _draw_bone(canvas, seg, side, rng)
+    for kind, bone in abnormal_findings:
+        _draw_finding(canvas, segs[bone % len(segs)], side, kind, finding_rng)
+
+    # Pose: rotation and zoom as a technologist would vary them.
+    angle, zoom = rng.uniform(-20, 20), rng.uniform(0.85, 1.15)
+    shift = rng.uniform(-0.06, 0.06, 2) * side
+    m = cv2.getRotationMatrix2D((side / 2, side / 2), angle, zoom)
+    m[:, 2] += shift
+    canvas = cv2.warpAffine(canvas, m, (side, side), flags=cv2.INTER_LINEAR, borderValue=0.06)
+
+    # Markers in both classes, in a random corner.
+    letter = "L" if rng.random() < 0.5 else "R"
+    corner = rng.integers(0, 4)
+    org = (int(side * (0.06 if corner % 2 == 0 else 0.84)), int(side * (0.12 if corner < 2 else 0.94)))
+    # OpenCV only draws text on uint8 images.
+    mark = np.zeros((side, side), np.uint8)
+    cv2.putText(mark, letter, org, cv2.FONT_HERSHEY_SIMPLEX, side / 320, 250, max(2, side // 120))
+    canvas = np.maximum(canvas, mark.astype(np.float32) / 255.0)
+
+    # Exposure, blur and quantum noise.
+    canvas = cv2.GaussianBlur(canvas, (0, 0), rng.uniform(0.6, 1.4))
+    canvas = np.clip(canvas, 0, 1) ** rng.uniform(0.8, 1.25) * rng.uniform(0.85, 1.1)
+    canvas += rng.normal(0, rng.uniform(0.01, 0.035), canvas.shape).astype(np.float32)
+
+    # Variable aspect: crop one side, as real films are rarely square.
+    aspect = rng.uniform(0.65, 1.0)
+    if rng.random() < 0.5:
+        h = int(side * aspect)
+        y0 = (side - h) // 2
+        canvas = canvas[y0 : y0 + h]
+    else:
+        w = int(side * aspect)
+        x0 = (side - w) // 2
+        canvas = canvas[:, x0 : x0 + w]
+    return np.clip(canvas * 255, 0, 255).astype(np.uint8)
+
+
+def _study_findings(n_views, n_bones, rng):
+    """Findings per view: one or two per study, visible in most views but not all."""
+    kinds = rng.choice(FINDINGS, size=1 + int(rng.random() < 0.25), replace=False)
+    plan = [(str(k), int(rng.integers(0, n_bones))) for k in kinds]
+    visible = rng.random(n_views) < 0.85
+    visible[rng.integers(0, n_views)] = True
+    return [plan if v else [] for v in visible]
+
+
+def make_synthetic(out, studies_per_part=40, seed=0, progress=True):
+    """Writes a synthetic dataset in the exact MURA-v1.1 layout, with its four headerless CSVs.
+
+    Args:
+        out: folder to create `MURA-v1.1/` in.
+        studies_per_part: train studies per part; valid gets a quarter of that (at least 4).
+            Defaults to 40.
+        seed: makes the output byte-identical for a given value. Defaults to 0.
+        progress: show a progress bar. Defaults to True.
+
+    Returns:
+        The path of the written `MURA-v1.1` folder.
+    """
+    if studies_per_part < 2:
+        raise ValueError(f"studies_per_part must be at least 2, got {studies_per_part}")
+    root = Path(out) / "MURA-v1.1"
+    counts = {"train": studies_per_part, "valid": max(4, int(math.ceil(studies_per_part * VALID_FRACTION)))}
+    jobs, patient_no = [], 0
+    for split in ("train", "valid"):
+        for part_no, part in enumerate(PARTS):
+            n, k = counts[split], 0
+            while k < n:
+                patient_no += 1
+                for study_no in range(1, 1 + min(n - k, 1 + int((patient_no * 7919) % 5 == 0))):
+                    jobs.append((split, part_no, part, patient_no, study_no))
+                    k += 1
+    image_rows = {"train": [], "valid": []}
+    study_rows = {"train": [], "valid": []}
+    for split, part_no, part, patient_no, study_no in tqdm(jobs, desc="make-synthetic", disable=not progress):
+        # One generator per study, so a study's pixels don't depend on how many came before.
+        rng = np.random.default_rng([seed, patient_no, study_no, part_no])
+        label = int(rng.random() < ABNORMAL_RATE)
+        n_views = int(rng.choice([1, 2, 3, 4], p=[0.15, 0.45, 0.3, 0.1]))
+        n_bones = len(ANATOMY[part](np.random.default_rng(0)))
+        findings = _study_findings(n_views, n_bones, rng) if label else [[]] * n_views
+        rel_study = f"MURA-v1.1/{split}/{part}/patient{patient_no:05d}/study{study_no}_{'positive' if label else 'negative'}/"
+        folder = Path(out) / rel_study
+        folder.mkdir(parents=True, exist_ok=True)
+        for view in range(n_views):
+            image = draw_radiograph(part, findings[view], rng)
+            if rng.random() < RGB_RATE:
+                image = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
+            cv2.imwrite(str(folder / f"image{view + 1}.png"), image)
+            image_rows[split].append(f"{rel_study}image{view + 1}.png")
+        study_rows[split].append((rel_study, label))
+    for split in ("train", "valid"):
+        pd.DataFrame(image_rows[split]).to_csv(root / f"{split}_image_paths.csv", header=False, index=False)
+        pd.DataFrame(study_rows[split]).to_csv(root / f"{split}_labeled_studies.csv", header=False, index=False)
+    return root

@@ -1,0 +1,79 @@
+import cv2
+import numpy as np
+import pytest
+
+from bonenet.imageio import ImageReadError, check_png_file, load_gray, to_gray_uint8
+
+
+def _write(path, image):
+    assert cv2.imwrite(str(path), image)
+    return path
+
+
+@pytest.fixture
+def gray():
+    return np.tile(np.arange(0, 250, 10, dtype=np.uint8), (20, 1))
+
+
+def test_8bit_gray_round_trips(tmp_path, gray):
+    out = load_gray(_write(tmp_path / "g.png", gray))
+    assert out.dtype == np.uint8 and np.array_equal(out, gray)
+
+
+def test_rgb_and_rgba_become_one_channel(tmp_path, gray):
+    bgr = cv2.cvtColor(gray, cv2.COLOR_GRAY2BGR)
+    bgra = cv2.cvtColor(gray, cv2.COLOR_GRAY2BGRA)
+    bgra[..., 3] = 7  # alpha must be ignored, not blended into the intensities
+    for name, image in [("rgb.png", bgr), ("rgba.png", bgra)]:
+        out = load_gray(_write(tmp_path / name, image))
+        assert out.shape == gray.shape and np.array_equal(out, gray)
+
+
+def test_16bit_is_stretched_to_full_uint8_range(tmp_path):
+    image = np.linspace(1000, 4000, 64, dtype=np.uint16).reshape(8, 8)  # 12-bit data in a 16-bit file
+    out = load_gray(_write(tmp_path / "16.png", image))
+    assert out.dtype == np.uint8 and out.min() == 0 and out.max() == 255
+    assert np.all(np.diff(out.ravel().astype(int)) >= 0)  # order of intensities is kept
+
+
+def test_constant_16bit_image_is_black_not_nan():
+    assert to_gray_uint8(np.full((4, 4), 900, np.uint16)).max() == 0
+
+
+@pytest.mark.parametrize(
+    "make,reason",
+    [
+        (lambda p: p.write_bytes(b""), "empty file"),
+        (lambda p: p.write_bytes(b"GIF89a not a png at all"), "not a PNG"),
+        (lambda p: None, "does not exist"),
+    ],
+)
+def test_bad_files_raise_naming_path_and_problem(tmp_path, make, reason):
+    path = tmp_path / "bad.png"
+    make(path)
+    with pytest.raises(ImageReadError, match=reason) as info:
+        load_gray(path)
+    assert str(path) in str(info.value)
+
+
+def test_truncated_png_is_detected(tmp_path, gray):
+    good = _write(tmp_path / "good.png", gray).read_bytes()
+    path = tmp_path / "cut.png"
+    path.write_bytes(good[: len(good) // 2])
+    assert "truncated" in check_png_file(path)
+    with pytest.raises(ImageReadError, match="truncated"):
+        load_gray(path)
+
+
+def test_corrupt_body_with_intact_ends_is_an_error_not_a_black_image(tmp_path, gray):
+    good = bytearray(_write(tmp_path / "good.png", gray).read_bytes())
+    good[40:-20] = bytes(len(good) - 60)
+    path = tmp_path / "corrupt.png"
+    path.write_bytes(bytes(good))
+    with pytest.raises(ImageReadError, match="corrupt"):
+        load_gray(path)
+
+
+def test_resource_fork_is_refused(tmp_path, gray):
+    path = _write(tmp_path / "._image1.png", gray)
+    assert "resource fork" in check_png_file(path)

@@ -1,0 +1,49 @@
+import cv2
+import numpy as np
+
+import run_pipeline
+from bonenet.parts import PARTS
+from bonenet.synthetic import draw_radiograph, make_synthetic
+
+
+def test_same_seed_gives_byte_identical_output(tmp_path):
+    a = make_synthetic(tmp_path / "a", studies_per_part=2, seed=7, progress=False)
+    b = make_synthetic(tmp_path / "b", studies_per_part=2, seed=7, progress=False)
+    files_a = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
+    assert files_a == sorted(p.relative_to(b) for p in b.rglob("*") if p.is_file())
+    for rel in files_a:
+        assert (a / rel).read_bytes() == (b / rel).read_bytes(), rel
+    c = make_synthetic(tmp_path / "c", studies_per_part=2, seed=8, progress=False)
+    assert (a / "train_labeled_studies.csv").read_bytes() != (c / "train_labeled_studies.csv").read_bytes() or (
+        (a / "train/XR_ELBOW/patient00001/study1_negative/image1.png").read_bytes()
+        != (c / "train/XR_ELBOW/patient00001/study1_negative/image1.png").read_bytes()
+    )
+
+
+def test_layout_csvs_and_image_formats(synthetic_root):
+    lines = (synthetic_root / "train_labeled_studies.csv").read_text().splitlines()
+    assert all(line.startswith("MURA-v1.1/train/XR_") and line.endswith(("/,0", "/,1")) for line in lines)
+    paths = (synthetic_root / "valid_image_paths.csv").read_text().splitlines()
+    assert paths and all(p.startswith("MURA-v1.1/valid/") and p.endswith(".png") for p in paths)
+    shapes = [cv2.imread(str(synthetic_root.parent / p), cv2.IMREAD_UNCHANGED).shape for p in paths]
+    assert all(max(s[:2]) <= 512 for s in shapes)
+
+
+def test_abnormal_rate_near_mura(tmp_path):
+    root = make_synthetic(tmp_path, studies_per_part=16, seed=0, progress=False)
+    labels = [int(line[-1]) for line in (root / "train_labeled_studies.csv").read_text().splitlines()]
+    assert 0.3 < np.mean(labels) < 0.5
+
+
+def test_findings_change_the_bone_not_the_markers():
+    for part in PARTS:
+        normal = draw_radiograph(part, [], np.random.default_rng(1), size=256)
+        abnormal = draw_radiograph(part, [("lesion", 0)], np.random.default_rng(1), size=256)
+        assert normal.shape == abnormal.shape and normal.dtype == np.uint8
+        diff = np.abs(normal.astype(int) - abnormal.astype(int))
+        assert 0 < (diff > 40).sum() < 0.05 * diff.size  # a local finding, not a global change
+
+
+def test_cli_writes_dataset(tmp_path):
+    assert run_pipeline.main(["make-synthetic", "--out", str(tmp_path), "--studies-per-part", "2", "--seed", "1"]) == 0
+    assert (tmp_path / "MURA-v1.1" / "train_image_paths.csv").is_file()
