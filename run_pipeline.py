@@ -30,6 +30,17 @@ def _cmd_data_summary(args):
         _write_json(args.json, summary)
 
 
+def _cmd_preprocess(args):
+    from bonenet.figures import preprocess_panel, save_figure
+    from bonenet.imageio import load_gray
+
+    try:
+        fig = preprocess_panel(load_gray(args.image), args.recipe, args.image_size, title=str(args.image))
+    except ValueError as exc:
+        raise CommandError(exc) from exc
+    print(f"wrote {save_figure(fig, args.out)}")
+
+
 def _write_json(path, payload):
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -52,6 +63,13 @@ def build_parser():
     p.add_argument("--data-root", required=True, help="the MURA-v1.1 folder or its parent")
     p.add_argument("--json", help="also write the summary as JSON here")
     p.set_defaults(func=_cmd_data_summary)
+
+    p = sub.add_parser("preprocess", help="a labelled figure of one image through each filter and the recipe")
+    p.add_argument("image", help="a PNG radiograph")
+    p.add_argument("--out", required=True, help="panel PNG to write")
+    p.add_argument("--recipe", default="equalize", help="recipe name (none, equalize, sharpen, edges, full) or JSON file")
+    p.add_argument("--image-size", type=int, default=224, help="model input side (default 224)")
+    p.set_defaults(func=_cmd_preprocess)
     return parser
 
 
