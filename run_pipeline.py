@@ -6,6 +6,7 @@ inside the subcommands that need them, so `--help` stays fast.
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -41,6 +42,61 @@ def _cmd_preprocess(args):
     print(f"wrote {save_figure(fig, args.out)}")
 
 
+def _train_config(args):
+    from bonenet.train import TrainConfig
+
+    return TrainConfig(
+        epochs=args.epochs, batch_size=args.batch_size, image_size=args.image_size, weights=args.weights,
+        trainable_layers=args.trainable_layers, learning_rate=args.learning_rate, seed=args.seed,
+        strategy=args.strategy, recipe=args.recipe, augment=not args.no_augment, max_rotation=args.max_rotation,
+        patience=args.patience, cache_dir=args.cache_dir,
+    )
+
+
+def _cmd_train(args):
+    from bonenet.mura import read_mura
+    from bonenet.train import train_all, train_model
+
+    config = _train_config(args)
+    from bonenet.models import resolve_weights
+
+    resolve_weights(config.weights)  # fail within seconds, before reading the data
+    index = read_mura(args.data_root)
+    if not index.skipped.empty:
+        print(f"bonenet: {len(index.skipped)} file(s) skipped; run data-summary to list them", file=sys.stderr)
+    if args.command == "train-all":
+        entries, failures = train_all(index, args.models_dir, config, resume=args.resume)
+        print(f"trained {', '.join(entries) or 'nothing'} into {args.models_dir}")
+        if failures:
+            raise CommandError(f"could not train {', '.join(failures)} (see messages above)")
+        return
+    target = "router" if args.command == "train-router" else args.part
+    entry, _ = train_model(target, index, args.models_dir, config, resume=args.resume)
+    print(f"saved {Path(args.models_dir) / entry['file']}; hold-out " +
+          ", ".join(f"{k} {v:.4f}" for k, v in entry["holdout"].items()))
+
+
+def _add_training_flags(p):
+    p.add_argument("--data-root", required=True, help="the MURA-v1.1 folder or its parent")
+    p.add_argument("--models-dir", required=True, help="run folder to write models and manifest.json into")
+    p.add_argument("--epochs", type=int, default=10, help="most epochs (default 10)")
+    p.add_argument("--batch-size", type=int, default=32, help="global batch size (default 32)")
+    p.add_argument("--image-size", type=int, default=224, help="input side in pixels (default 224)")
+    p.add_argument("--weights", default="imagenet", help="imagenet, none, or a backbone .weights.h5 file (default imagenet)")
+    p.add_argument("--trainable-layers", type=int, default=20, help="last base layers to fine-tune (default 20)")
+    p.add_argument("--learning-rate", type=float, default=1e-4, help="Adam learning rate (default 1e-4)")
+    p.add_argument("--seed", type=int, default=0, help="seed for split, shuffling and augmentation (default 0)")
+    p.add_argument("--strategy", default="auto", choices=["auto", "default", "mirrored", "multiworker"],
+                   help="tf.distribute strategy (default auto: mirrored when >1 GPU)")
+    p.add_argument("--recipe", default="equalize", help="preprocessing recipe name or JSON file (default equalize)")
+    p.add_argument("--no-augment", action="store_true", help="train without augmentation")
+    p.add_argument("--max-rotation", type=float, default=15.0, help="augmentation rotation bound, <= 30 (default 15)")
+    p.add_argument("--patience", type=int, default=4, help="early-stopping patience in epochs (default 4)")
+    p.add_argument("--cache-dir", help="cache prepared images on disk here (default: in memory)")
+    p.add_argument("--resume", action="store_true", help="continue a killed run from its last completed epoch")
+    p.set_defaults(func=_cmd_train)
+
+
 def _write_json(path, payload):
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -70,18 +126,27 @@ def build_parser():
     p.add_argument("--recipe", default="equalize", help="recipe name (none, equalize, sharpen, edges, full) or JSON file")
     p.add_argument("--image-size", type=int, default=224, help="model input side (default 224)")
     p.set_defaults(func=_cmd_preprocess)
+
+    p = sub.add_parser("train-router", help="train the EfficientNetB0 body-part router")
+    _add_training_flags(p)
+    p = sub.add_parser("train-part", help="train one part's abnormality model (the per-bone training)")
+    p.add_argument("--part", required=True, help="elbow, finger, forearm, hand, humerus, shoulder or wrist")
+    _add_training_flags(p)
+    p = sub.add_parser("train-all", help="train the router, then the seven part models")
+    _add_training_flags(p)
     return parser
 
 
 def main(argv=None):
     """Runs the command line; returns the exit status."""
     args = build_parser().parse_args(argv)
-    from bonenet.imageio import ImageReadError
-    from bonenet.mura import MuraError
-
     try:
         result = args.func(args)
-    except (CommandError, MuraError, ImageReadError, FileNotFoundError) as exc:
+    except (CommandError, ValueError, FileNotFoundError, RuntimeError) as exc:
+        # Bad input and known failures (ValueError covers MuraError, ImageReadError, ManifestError)
+        # become one line; BONENET_DEBUG=1 shows the traceback.
+        if os.environ.get("BONENET_DEBUG"):
+            raise
         print(f"bonenet {args.command}: error: {exc}", file=sys.stderr)
         return 2
     return 0 if result is None else int(result)

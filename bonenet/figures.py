@@ -4,10 +4,10 @@ import matplotlib
 
 matplotlib.use("Agg")  # head-less: figures are written to files, never shown
 
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
-from preprocessing import filters  # noqa: E402
-from preprocessing.recipes import get_recipe  # noqa: E402
+from preprocessing import filters
+from preprocessing.recipes import get_recipe
 
 
 def preprocess_panel(image, recipe="equalize", size=224, title=None):
@@ -45,7 +45,7 @@ def preprocess_panel(image, recipe="equalize", size=224, title=None):
     fig, axes = plt.subplots(rows, cols, figsize=(cols * 3.4, rows * 3.6))
     for ax in axes.ravel():
         ax.axis("off")
-    for ax, (label, tile) in zip(axes.ravel(), tiles):
+    for ax, (label, tile) in zip(axes.ravel(), tiles, strict=False):
         ax.imshow(tile, cmap="gray" if tile.ndim == 2 else None, vmin=0, vmax=255)
         ax.set_title(label, fontsize=10)
     if title:

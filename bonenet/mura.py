@@ -134,7 +134,7 @@ def _read_split(root, split, skipped):
     else:
         missing = [p.name for p in (images_csv, labels_csv) if not p.is_file()]
         if on_disk:
-            warnings.warn(f"{root}: {', '.join(missing)} missing; indexing {split} by walking the folder tree")
+            warnings.warn(f"{root}: {', '.join(missing)} missing; indexing {split} by walking the folder tree", stacklevel=2)
         rows = on_disk
     return rows, labels
 
@@ -278,3 +278,13 @@ def holdout_split(studies, fraction=0.2, seed=0):
     train["holdout"] = False
     train.loc[held, "holdout"] = True
     return train
+
+
+def fingerprint(index):
+    """A short hash of the study list, labels and image counts: names the data a model saw."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for row in index.studies[["study", "label", "n_images"]].itertuples(index=False):
+        h.update(f"{row.study},{row.label},{row.n_images}\n".encode())
+    return h.hexdigest()[:16]

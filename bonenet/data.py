@@ -1,0 +1,163 @@
+"""tf.data input pipelines: the one adapter between `preprocessing` recipes and TensorFlow.
+
+Decoding and the recipe run once per image and are cached; augmentation runs after the cache,
+so every epoch sees fresh, seeded variations of the same prepared input.
+"""
+
+import hashlib
+import sys
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+
+from bonenet.imageio import ImageReadError, load_gray
+from bonenet.parts import PART_INDEX, PARTS
+from preprocessing.augment import AugmentConfig, augment
+from preprocessing.recipes import get_recipe
+
+AUTOTUNE = tf.data.AUTOTUNE
+
+# Images that decoded badly inside a pipeline (path -> reason). Readers check headers up front;
+# this catches what only a full decode reveals, so such a file is skipped and counted, never
+# replaced by a blank image that keeps its label.
+SKIPPED_IN_PIPELINE = {}
+
+
+def prepare_image(path, recipe, size):
+    """Loads `path` and applies the recipe: uint8 size×size×3. The NumPy reference path."""
+    return get_recipe(recipe).apply(load_gray(path), size)
+
+
+def _prepare_or_flag(path, recipe, size):
+    path = path.decode() if isinstance(path, bytes) else str(path)
+    try:
+        return prepare_image(path, recipe, size), True
+    except (ImageReadError, ValueError) as exc:
+        if path not in SKIPPED_IN_PIPELINE:
+            SKIPPED_IN_PIPELINE[path] = str(exc)
+            print(f"bonenet: skipping {exc}", file=sys.stderr)
+        return np.zeros((size, size, 3), np.uint8), False
+
+
+def map_prepare(recipe, size):
+    """Returns a tf.data map function `path -> (uint8 image, ok)` running the recipe in NumPy."""
+    recipe = get_recipe(recipe)
+
+    def fn(path):
+        image, ok = tf.numpy_function(
+            lambda p: _prepare_or_flag(p, recipe, size), [path], [tf.uint8, tf.bool], stateful=False
+        )
+        image.set_shape((size, size, 3))
+        ok.set_shape(())
+        return image, ok
+
+    return fn
+
+
+def map_augment(config=AugmentConfig()):
+    """Returns a tf.data map function `(image, seed) -> augmented image`, seeded per element."""
+
+    def fn(image, seed):
+        out = tf.numpy_function(
+            lambda im, s: augment(im, np.random.default_rng(int(s) & 0x7FFFFFFFFFFFFFFF), config),
+            [image, seed], tf.uint8, stateful=False,
+        )
+        out.set_shape(image.shape)
+        return out
+
+    return fn
+
+
+def _is_ok(image, ok, label):
+    return ok
+
+
+def _drop_flag(image, ok, label):
+    return image, label
+
+
+def cache_key(paths, recipe, size):
+    """A short hash of the image list, recipe and size; a cache under another key is never reused."""
+    h = hashlib.sha256(get_recipe(recipe).to_json().encode())
+    h.update(str(size).encode())
+    for p in paths:
+        h.update(str(p).encode() + b"\0")
+    return h.hexdigest()[:16]
+
+
+def make_dataset(paths, labels, num_classes, recipe, size, batch_size, training=False, seed=0,
+                 augment_config=None, cache_dir=None):
+    """Builds a batched dataset of (float32 0-255 images, one-hot labels).
+
+    Args:
+        paths: image file paths.
+        labels: integer class per image.
+        num_classes: length of the one-hot labels.
+        recipe: recipe name, file or `Recipe`.
+        size: input side.
+        batch_size: global batch size.
+        training: shuffle each epoch and augment (with `augment_config`). Defaults to False.
+        seed: seeds shuffling and augmentation. Defaults to 0.
+        augment_config: an `AugmentConfig`; None means no augmentation. Defaults to None.
+        cache_dir: cache prepared images on disk here (keyed by data, recipe and size); None
+            caches in memory. Defaults to None.
+    """
+    paths = [str(p) for p in paths]
+    labels = np.asarray(labels, np.int32)
+    if len(paths) != len(labels):
+        raise ValueError(f"{len(paths)} paths but {len(labels)} labels")
+    if len(paths) == 0:
+        raise ValueError("no images to build a dataset from")
+    ds = tf.data.Dataset.from_tensor_slices((paths, labels))
+    prepare = map_prepare(recipe, size)
+    ds = ds.map(lambda p, y: (*prepare(p), y), num_parallel_calls=AUTOTUNE, deterministic=True)
+    ds = ds.filter(_is_ok).map(_drop_flag)
+    if cache_dir is not None:
+        Path(cache_dir).mkdir(parents=True, exist_ok=True)
+        ds = ds.cache(str(Path(cache_dir) / f"images-{cache_key(paths, recipe, size)}"))
+    else:
+        ds = ds.cache()
+    if training:
+        ds = ds.shuffle(min(len(paths), 4096), seed=seed, reshuffle_each_iteration=True)
+        if augment_config is not None:
+            seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
+            aug = map_augment(augment_config)
+            ds = tf.data.Dataset.zip((ds, seeds)).map(
+                lambda xy, s: (aug(xy[0], s), xy[1]), num_parallel_calls=AUTOTUNE
+            )
+    ds = ds.batch(batch_size)
+    ds = ds.map(lambda x, y: (tf.cast(x, tf.float32), tf.one_hot(y, num_classes)), num_parallel_calls=AUTOTUNE)
+    return ds.prefetch(AUTOTUNE)
+
+
+def router_examples(images):
+    """(paths, labels) for the router: every image, labelled with its part index."""
+    return images["path"].tolist(), images["part"].map(PART_INDEX).to_numpy()
+
+
+def part_examples(images, part):
+    """(paths, labels) for one part's model: that part's images, labelled with their study's label."""
+    rows = images[images["part"] == part]
+    return rows["path"].tolist(), rows["label"].to_numpy()
+
+
+def class_weights(labels, num_classes):
+    """Balanced class weights n / (k × n_c) from training counts; absent classes get weight 0."""
+    counts = np.bincount(np.asarray(labels, int), minlength=num_classes).astype(float)
+    present = counts > 0
+    weights = np.zeros(num_classes)
+    weights[present] = counts.sum() / (present.sum() * counts[present])
+    return {i: float(w) for i, w in enumerate(weights)}
+
+
+def make_router_dataset(images, recipe, size, batch_size, **kwargs):
+    """The router's dataset from an image table (see `make_dataset` for kwargs)."""
+    paths, labels = router_examples(images)
+    return make_dataset(paths, labels, len(PARTS), recipe, size, batch_size, **kwargs)
+
+
+def make_part_dataset(images, part, recipe, size, batch_size, **kwargs):
+    """One part model's dataset from an image table (see `make_dataset` for kwargs)."""
+    paths, labels = part_examples(images, part)
+    return make_dataset(paths, labels, 2, recipe, size, batch_size, **kwargs)

@@ -1,0 +1,157 @@
+"""Model builders: an EfficientNetB0 base, the freezing policy and the classification heads.
+
+Every model is `EfficientNetB0(include_top=False)` + global average pooling + dropout + a softmax
+dense layer: 7 classes for the router, 2 (normal, abnormal) for a part model.
+"""
+
+import hashlib
+import os
+import socket
+from pathlib import Path
+
+import keras
+
+from bonenet.parts import PARTS
+
+BASE_NAME = "efficientnetb0"
+IMAGENET_FILE = "efficientnetb0_notop.h5"
+# Where keras.utils.get_file caches downloaded application weights.
+KERAS_CACHE = Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")) / "models"
+DEFAULT_TRAINABLE_LAYERS = 20
+
+
+class WeightsUnavailableError(RuntimeError):
+    """ImageNet weights could not be had; the message says how to supply them."""
+
+
+def _imagenet_reachable(host="storage.googleapis.com", timeout=3.0):
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def resolve_weights(weights):
+    """Turns `imagenet|none|PATH` into what `keras.applications` takes, checking availability.
+
+    ImageNet weights come from Keras' own download and cache. Offline, with no cached copy, this
+    fails at once rather than hanging in a download or quietly training from scratch.
+
+    Returns:
+        ("imagenet" | None | path string, origin dict for the manifest).
+
+    Raises:
+        WeightsUnavailableError: ImageNet weights are neither cached nor downloadable.
+        FileNotFoundError: a weights PATH does not exist.
+    """
+    if weights is None or str(weights).lower() == "none":
+        return None, {"kind": "none", "description": "random initialisation"}
+    if str(weights).lower() == "imagenet":
+        cached = KERAS_CACHE / IMAGENET_FILE
+        if not cached.is_file() and not _imagenet_reachable():
+            raise WeightsUnavailableError(
+                f"ImageNet weights for EfficientNetB0 are not cached at {cached} and cannot be downloaded "
+                "(no network). Copy efficientnetb0_notop.h5 there, or use --weights PATH (a backbone "
+                ".weights.h5 file) or --weights none."
+            )
+        return "imagenet", {"kind": "imagenet", "description": "Keras ImageNet weights"}
+    path = Path(weights).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: weights file does not exist (expected imagenet, none or a .weights.h5 file)")
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    origin = {"kind": "file", "path": str(path.resolve()), "sha256": digest}
+    note = path.with_suffix("").with_suffix(".json")  # e.g. backbone.json beside backbone.weights.h5
+    if note.is_file():
+        origin["description"] = note.read_text().strip()
+    return str(path), origin
+
+
+def build_base(image_size=224, weights=None):
+    """Builds `EfficientNetB0(include_top=False)` on a float 0-255 RGB input.
+
+    The input goes through `input_tensor=`, so layers such as `top_activation` stay reachable by
+    name from the full model, which Grad-CAM needs.
+
+    Args:
+        image_size: input side. Defaults to 224.
+        weights: None, "imagenet" or a path to backbone weights. Defaults to None.
+    """
+    inputs = keras.Input((image_size, image_size, 3), name="image")
+    path = weights if weights not in (None, "imagenet") else None
+    base = keras.applications.EfficientNetB0(
+        include_top=False, weights=None if path else weights, input_tensor=inputs
+    )
+    if path:
+        base.load_weights(path)
+    return base
+
+
+def freeze_last(base, trainable_layers=DEFAULT_TRAINABLE_LAYERS):
+    """Makes only the last `trainable_layers` layers of `base` trainable; BatchNorm always frozen.
+
+    Frozen BatchNorm layers run in inference mode in Keras 3, so their moving statistics never
+    move: with a small fine-tuning set, batch statistics would drift away from what the frozen
+    layers before them were trained with.
+
+    Args:
+        base: the EfficientNetB0 model.
+        trainable_layers: how many layers, counted from the end, may train. Defaults to 20.
+
+    Returns:
+        The names of the layers left trainable, in order.
+    """
+    layers = [layer for layer in base.layers if not isinstance(layer, keras.layers.InputLayer)]
+    if not 0 <= trainable_layers <= len(layers):
+        raise ValueError(f"trainable_layers must be within 0-{len(layers)}, got {trainable_layers}")
+    base.trainable = True
+    cut = len(layers) - trainable_layers
+    names = []
+    for i, layer in enumerate(layers):
+        layer.trainable = i >= cut and not isinstance(layer, keras.layers.BatchNormalization)
+        if layer.trainable:
+            names.append(layer.name)
+    return names
+
+
+def build_classifier(num_classes, name, image_size=224, weights=None, trainable_layers=DEFAULT_TRAINABLE_LAYERS,
+                     dropout=0.2):
+    """Builds base + pooling + dropout + softmax, with the freezing policy applied.
+
+    The softmax layer is float32 even under mixed precision, so probabilities stay exact.
+
+    Returns:
+        (model, names of the trainable base layers).
+    """
+    if num_classes < 2:
+        raise ValueError(f"num_classes must be at least 2, got {num_classes}")
+    base = build_base(image_size, weights)
+    trainable = freeze_last(base, trainable_layers)
+    x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(base.output)
+    x = keras.layers.Dropout(dropout, name="head_dropout")(x)
+    outputs = keras.layers.Dense(num_classes, activation="softmax", dtype="float32", name="predictions")(x)
+    return keras.Model(base.input, outputs, name=name), trainable
+
+
+def build_router(**kwargs):
+    """The 7-class body-part router. Takes `build_classifier`'s keyword arguments."""
+    return build_classifier(len(PARTS), name="router", **kwargs)
+
+
+def build_part_model(part, **kwargs):
+    """A part's normal/abnormal model. Takes `build_classifier`'s keyword arguments."""
+    return build_classifier(2, name=f"part_{part.lower()}", **kwargs)
+
+
+def compile_model(model, learning_rate=1e-4, jit_compile="auto"):
+    """Compiles with Adam and categorical cross-entropy, reporting accuracy (and AUC for 2 classes)."""
+    metrics = [keras.metrics.CategoricalAccuracy(name="accuracy")]
+    if model.output_shape[-1] == 2:
+        metrics.append(keras.metrics.AUC(name="auc"))
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate),
+        loss=keras.losses.CategoricalCrossentropy(),
+        metrics=metrics,
+        jit_compile=jit_compile,
+    )
+    return model

@@ -1,0 +1,161 @@
+"""A run folder (`saved_models/<run>/`): its manifest, atomic saves and checked loading.
+
+The manifest is the single description of a run: which models it holds, the input size and the
+preprocessing recipe they were trained with, where their weights came from and how well they did
+on the hold-out. Every model in a run must share size, recipe and backbone weights; a folder made
+with another recipe is refused rather than silently mixed.
+"""
+
+import datetime
+import json
+import os
+import tempfile
+from pathlib import Path
+
+from bonenet import __version__
+from bonenet.parts import PARTS, parse_part, short_name
+
+MANIFEST = "manifest.json"
+FORMAT = "bonenet-run"
+FORMAT_VERSION = 1
+# Settings every model of one run must share, or their inputs would differ.
+SHARED_KEYS = ("image_size", "recipe", "weights", "trainable_layers")
+
+
+class ManifestError(ValueError):
+    """A run folder that is missing, from another format, or made with other settings."""
+
+
+def model_key(target):
+    """`router` or the canonical part name for `target`."""
+    return "router" if str(target).lower() == "router" else parse_part(target)
+
+
+def model_filename(key):
+    """Relative file of a model: `router.keras` or `parts/<part>.keras` (short part name)."""
+    return "router.keras" if key == "router" else f"parts/{short_name(key)}.keras"
+
+
+def _atomic_replace(write, path, suffix):
+    """Calls `write(tmp_path)` then renames onto `path`, so a crash leaves the old file whole."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def save_model_atomic(model, path):
+    """Saves a Keras model in `.keras` format through a temporary file and an atomic rename."""
+    return _atomic_replace(lambda tmp: model.save(tmp, include_optimizer=False), path, ".keras")
+
+
+def write_json_atomic(payload, path):
+    """Writes JSON through a temporary file and an atomic rename."""
+
+    def write(tmp):
+        with open(tmp, "w") as f:
+            json.dump(payload, f, indent=2)
+            f.flush()
+            os.fsync(f.fileno())
+
+    return _atomic_replace(write, path, ".json")
+
+
+def read_manifest(run_dir, required=True):
+    """Reads and checks `run_dir/manifest.json`.
+
+    Raises:
+        ManifestError: missing (when `required`), unreadable, or of another format or version.
+    """
+    path = Path(run_dir) / MANIFEST
+    if not path.is_file():
+        if required:
+            raise ManifestError(f"{path}: no manifest; is {run_dir} a BoneNet models folder (made by train-*)?")
+        return None
+    try:
+        manifest = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ManifestError(f"{path}: not valid JSON ({exc})") from exc
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise ManifestError(f"{path}: not a BoneNet run manifest")
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise ManifestError(
+            f"{path}: format version {manifest.get('format_version')} is not supported by bonenet "
+            f"{__version__} (expects {FORMAT_VERSION}); retrain or use a matching bonenet"
+        )
+    return manifest
+
+
+def check_shared(manifest, shared, run_dir):
+    """Refuses to mix a model into a run whose shared settings differ.
+
+    Raises:
+        ManifestError: naming each setting that differs, old and new.
+    """
+    diffs = [
+        f"{k}: folder has {manifest[k]!r}, this model {shared[k]!r}"
+        for k in SHARED_KEYS
+        if k in manifest and k in shared and _comparable(manifest[k], k) != _comparable(shared[k], k)
+    ]
+    if diffs:
+        raise ManifestError(
+            f"{Path(run_dir) / MANIFEST}: models folder was made with other settings ({'; '.join(diffs)}); "
+            "use a new --models-dir"
+        )
+
+
+def _comparable(value, key):
+    # A weights file is identified by its content, not by where it was read from.
+    if key == "weights" and isinstance(value, dict):
+        return {k: v for k, v in value.items() if k in ("kind", "sha256")}
+    return value
+
+
+def record_model(run_dir, key, shared, entry):
+    """Adds or replaces one model's entry in the run manifest (created if absent), atomically."""
+    manifest = read_manifest(run_dir, required=False)
+    if manifest is None:
+        manifest = {"format": FORMAT, "format_version": FORMAT_VERSION, "parts": list(PARTS), "models": {}}
+    check_shared(manifest, shared, run_dir)
+    manifest.update(shared)
+    manifest["bonenet_version"] = __version__
+    manifest["updated"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    manifest["models"][key] = entry
+    write_json_atomic(manifest, Path(run_dir) / MANIFEST)
+    return manifest
+
+
+def load_model(path):
+    """Loads a `.keras` model with `safe_mode=True` (no arbitrary code from the file)."""
+    import keras
+
+    path = Path(path)
+    if not path.is_file():
+        raise ManifestError(f"{path}: model file listed in the manifest is missing")
+    return keras.saving.load_model(path, compile=False, safe_mode=True)
+
+
+def load_run_models(run_dir, keys=None):
+    """Loads the models a run's manifest lists.
+
+    Args:
+        run_dir: the run folder.
+        keys: which models (`router`, part names); None loads all listed. Defaults to None.
+
+    Returns:
+        (manifest, {key: keras.Model}).
+    """
+    manifest = read_manifest(run_dir)
+    listed = manifest["models"]
+    wanted = list(listed) if keys is None else [model_key(k) for k in keys]
+    missing = [k for k in wanted if k not in listed]
+    if missing:
+        raise ManifestError(f"{Path(run_dir) / MANIFEST}: no {', '.join(missing)} model in this run")
+    return manifest, {k: load_model(Path(run_dir) / listed[k]["file"]) for k in wanted}

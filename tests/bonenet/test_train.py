@@ -1,0 +1,158 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import run_pipeline
+from bonenet import store
+from bonenet.data import make_router_dataset
+from bonenet.mura import read_mura
+from bonenet.train import TrainConfig, train_model
+
+SMALL = TrainConfig(epochs=1, batch_size=16, image_size=64, weights="none", seed=0)
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def index(synthetic_root):
+    return read_mura(synthetic_root)
+
+
+@pytest.fixture(scope="module")
+def run(index, tmp_path_factory):
+    """One run folder with a router and a wrist model, each trained for one epoch."""
+    run_dir = tmp_path_factory.mktemp("run")
+    _, router = train_model("router", index, run_dir, SMALL, verbose=0)
+    _, wrist = train_model("wrist", index, run_dir, SMALL, verbose=0)
+    return run_dir, {"router": router, "XR_WRIST": wrist}
+
+
+def test_training_writes_models_and_manifest(run):
+    run_dir, _ = run
+    manifest = store.read_manifest(run_dir)
+    assert set(manifest["models"]) == {"router", "XR_WRIST"}
+    assert (run_dir / "router.keras").is_file() and (run_dir / "parts" / "wrist.keras").is_file()
+    assert manifest["image_size"] == 64 and manifest["recipe"]["name"] == "equalize"
+    assert manifest["weights"]["kind"] == "none"
+    assert manifest["trainable_layers"]["count"] == 20 and len(manifest["trainable_layers"]["trainable"]) == 15
+    wrist = manifest["models"]["XR_WRIST"]
+    assert wrist["labels"] == ["normal", "abnormal"] and wrist["config"]["learning_rate"] == 1e-4
+    assert {"loss", "accuracy", "auc"} <= set(wrist["holdout"])
+    assert len(pd.read_csv(run_dir / wrist["log"])) == 1
+    assert (run_dir / "checkpoints" / "wrist" / "tensorboard").is_dir()
+
+
+def test_reloaded_models_predict_identically(run, index):
+    run_dir, trained = run
+    _, loaded = store.load_run_models(run_dir)
+    images = index.images[index.images.part == "XR_WRIST"].head(8)
+    batch = next(iter(make_router_dataset(images, "equalize", 64, 8)))[0]
+    for key, model in trained.items():
+        np.testing.assert_array_equal(loaded[key].predict(batch, verbose=0), model.predict(batch, verbose=0))
+
+
+def test_a_models_folder_from_another_recipe_is_refused(run, index):
+    run_dir, _ = run
+    before = (run_dir / "manifest.json").read_text()
+    other = TrainConfig(epochs=1, batch_size=16, image_size=64, weights="none", recipe="full")
+    with pytest.raises(store.ManifestError, match="other settings.*recipe"):
+        train_model("hand", index, run_dir, other, verbose=0)
+    assert (run_dir / "manifest.json").read_text() == before
+
+
+def test_manifest_of_another_format_version_is_refused(tmp_path):
+    (tmp_path / "manifest.json").write_text(json.dumps({"format": "bonenet-run", "format_version": 99}))
+    with pytest.raises(store.ManifestError, match="format version 99"):
+        store.load_run_models(tmp_path)
+    with pytest.raises(store.ManifestError, match="no manifest"):
+        store.read_manifest(tmp_path / "empty")
+
+
+def test_a_crashed_save_leaves_the_previous_model_loadable(run, tmp_path, monkeypatch):
+    run_dir, trained = run
+    target = tmp_path / "router.keras"
+    store.save_model_atomic(trained["router"], target)
+    before = target.read_bytes()
+    model = trained["router"]
+
+    def crash(self, path, *args, **kwargs):
+        Path(path).write_bytes(b"half a zip file")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(type(model), "save", crash)
+    with pytest.raises(OSError, match="disk full"):
+        store.save_model_atomic(model, target)
+    monkeypatch.undo()
+    assert target.read_bytes() == before
+    assert store.load_model(target).output_shape == (None, 7)
+    assert [p.name for p in tmp_path.iterdir()] == ["router.keras"]  # no temporary file left behind
+
+
+def test_cli_train_part_accepts_short_and_canonical_names(synthetic_root, tmp_path):
+    code = run_pipeline.main(["train-part", "--part", "XR_ELBOW", "--data-root", str(synthetic_root),
+                              "--models-dir", str(tmp_path), "--epochs", "1", "--image-size", "64",
+                              "--weights", "none", "--batch-size", "16", "--no-augment"])
+    assert code == 0 and (tmp_path / "parts" / "elbow.keras").is_file()
+    assert run_pipeline.main(["train-part", "--part", "knee", "--data-root", str(synthetic_root),
+                              "--models-dir", str(tmp_path), "--weights", "none"]) == 2
+
+
+MIRRORED = """
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+import numpy as np, keras
+from bonenet.models import build_router, compile_model
+strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+with strategy.scope():
+    model, _ = build_router(image_size=32)
+    compile_model(model, jit_compile=False)
+before = model.get_layer("predictions").kernel.numpy().copy()
+rng = np.random.default_rng(0)
+x = rng.uniform(0, 255, (32, 32, 32, 3)).astype("float32")
+y = keras.utils.to_categorical(rng.integers(0, 7, 32), 7)
+ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(8)
+history = model.fit(ds, epochs=1, verbose=0)
+after = model.get_layer("predictions").kernel.numpy()
+print("REPLICAS", strategy.num_replicas_in_sync, "STEPS_OK", np.isfinite(history.history["loss"][0]),
+      "MOVED", not np.allclose(before, after))
+"""
+
+
+def test_training_steps_under_mirrored_strategy_on_two_logical_cpus():
+    proc = subprocess.run([sys.executable, "-c", MIRRORED], capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert "REPLICAS 2 STEPS_OK True MOVED True" in proc.stdout, proc.stderr[-3000:]
+
+
+def test_sigkilled_training_resumes_from_the_last_completed_epoch(synthetic_root, tmp_path):
+    cmd = [sys.executable, "run_pipeline.py", "train-router", "--data-root", str(synthetic_root),
+           "--models-dir", str(tmp_path), "--epochs", "6", "--image-size", "64", "--weights", "none",
+           "--batch-size", "8", "--patience", "10"]
+    log = tmp_path / "checkpoints" / "router" / "log.csv"
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 400
+    while time.time() < deadline and proc.poll() is None:
+        if log.is_file() and len(log.read_text().strip().splitlines()) >= 2:  # header + one finished epoch
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "training ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_after = len(pd.read_csv(log))
+    assert 1 <= killed_after < 6
+    assert not (tmp_path / "router.keras").exists()
+
+    resumed = subprocess.run(cmd + ["--resume"], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resuming from epoch {killed_after}" in resumed.stderr
+    epochs = pd.read_csv(log)["epoch"].tolist()
+    assert epochs == list(range(len(epochs))) and len(epochs) == 6  # no epoch run twice, none from zero again
+    assert store.read_manifest(tmp_path)["models"]["router"]["epochs_run"] == 6 - killed_after
