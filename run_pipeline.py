@@ -97,6 +97,25 @@ def _add_training_flags(p):
     p.set_defaults(func=_cmd_train)
 
 
+def _cmd_evaluate(args):
+    from bonenet.evaluate import evaluate_run
+
+    metrics = evaluate_run(args.data_root, args.models_dir, args.out, split=args.split, n_boot=args.bootstrap,
+                           seed=args.seed)
+    overall = metrics["study"].get("overall", {})
+    print(f"router study accuracy {metrics['router']['study_accuracy']:.4f}; overall study kappa "
+          f"{overall.get('kappa', float('nan')):.4f} on {overall.get('n', 0)} studies "
+          f"({len(metrics['source']['parts_scored'])} part(s) scored)")
+    print(f"wrote {args.out}/metrics.json, study_predictions.csv, image_predictions.csv and plots")
+
+
+def _cmd_report(args):
+    from bonenet.report import run_reports
+
+    for path in run_reports(args.eval_dir, args.out):
+        print(f"wrote {path}")
+
+
 def _write_json(path, payload):
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -134,6 +153,20 @@ def build_parser():
     _add_training_flags(p)
     p = sub.add_parser("train-all", help="train the router, then the seven part models")
     _add_training_flags(p)
+
+    p = sub.add_parser("evaluate", help="score a run per image and per study, per part, against the baselines")
+    p.add_argument("--data-root", required=True, help="the MURA-v1.1 folder or its parent")
+    p.add_argument("--models-dir", required=True, help="a run folder with manifest.json")
+    p.add_argument("--out", required=True, help="folder for metrics.json, prediction CSVs and plots")
+    p.add_argument("--split", default="valid", choices=["valid", "train"], help="split to score (default valid)")
+    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for kappa CIs (default 1000)")
+    p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+    p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser("report", help="run the report notebooks head-less: one HTML per part plus an overview")
+    p.add_argument("--eval-dir", required=True, help="an evaluate --out folder")
+    p.add_argument("--out", required=True, help="folder for the HTML reports")
+    p.set_defaults(func=_cmd_report)
     return parser
 
 

@@ -1,9 +1,5 @@
 """Figures for people: the preprocessing panel (more plots live with evaluation)."""
 
-import matplotlib
-
-matplotlib.use("Agg")  # head-less: figures are written to files, never shown
-
 import matplotlib.pyplot as plt
 
 from preprocessing import filters

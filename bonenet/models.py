@@ -61,7 +61,7 @@ def resolve_weights(weights):
         raise FileNotFoundError(f"{path}: weights file does not exist (expected imagenet, none or a .weights.h5 file)")
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     origin = {"kind": "file", "path": str(path.resolve()), "sha256": digest}
-    note = path.with_suffix("").with_suffix(".json")  # e.g. backbone.json beside backbone.weights.h5
+    note = path.with_suffix("").with_suffix(".json")  # backbone.json beside backbone.weights.h5
     if note.is_file():
         origin["description"] = note.read_text().strip()
     return str(path), origin

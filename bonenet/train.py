@@ -152,6 +152,21 @@ def shared_settings(config, weights_origin, trainable):
     return settings
 
 
+def _tune_on_holdout(model, val_ds, val_paths, val_images):
+    """The study-level threshold maximising kappa on the hold-out (never on an evaluated split)."""
+    from bonenet.metrics import tune_threshold
+
+    kept = [p for p in val_paths if p not in bdata.SKIPPED_IN_PIPELINE]
+    scores = model.predict(val_ds, verbose=0)[:, 1]
+    if len(scores) != len(kept):
+        return None
+    table = val_images.set_index("path").loc[kept, ["study", "label"]].assign(score=scores)
+    studies = table.groupby("study").agg(label=("label", "first"), score=("score", "mean"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return float(tune_threshold(studies["label"], studies["score"]))
+
+
 def train_model(target, index, models_dir, config=TrainConfig(), resume=False, verbose=1):
     """Trains the router (`target="router"`) or one part's model and records it in the run.
 
@@ -235,12 +250,14 @@ def train_model(target, index, models_dir, config=TrainConfig(), resume=False, v
         if best_path.is_file():
             model.load_weights(str(best_path))
         scores = model.evaluate(val_ds, verbose=0, return_dict=True)
+        tuned = _tune_on_holdout(model, val_ds, val_paths, val_images) if key != "router" else None
     filename = model_filename(key)
     save_model_atomic(model, run_dir / filename)
     entry = {
         "file": filename,
         "labels": list(PARTS) if key == "router" else ["normal", "abnormal"],
         "threshold": 0.5,
+        **({"tuned_threshold": tuned} if tuned is not None else {}),
         "config": asdict(config),
         "dataset": {"fingerprint": fingerprint(index), "train_images": len(train_paths),
                     "holdout_images": len(val_paths), "holdout_studies": len(held)},

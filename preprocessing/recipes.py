@@ -96,6 +96,22 @@ class Recipe:
             description=str(data.get("description", "")),
         )
 
+    def layout(self, image, size):
+        """Where the model input's pixels come from: the crop box in the original image, and where
+        the resized crop sits inside the size×size input. Lets a heat map be drawn on the original.
+
+        Returns:
+            {"box": (top, bottom, left, right), "resized": (h, w), "offset": (top, left), "size": size}.
+        """
+        image = filters.check_image(image)
+        h, w = image.shape
+        box = filters.roi_box(image) if self.roi else (0, h, 0, w)
+        ch, cw = box[1] - box[0], box[3] - box[2]
+        scale = int(size) / max(ch, cw)
+        rh, rw = max(1, int(round(ch * scale))), max(1, int(round(cw * scale)))
+        return {"box": box, "resized": (rh, rw), "offset": ((int(size) - rh) // 2, (int(size) - rw) // 2),
+                "size": int(size)}
+
     def apply(self, image, size):
         """Turns a uint8 H×W image into the uint8 size×size×3 model input."""
         image = filters.check_image(image)

@@ -14,3 +14,23 @@ from bonenet.synthetic import make_synthetic
 def synthetic_root(tmp_path_factory):
     """A read-only synthetic MURA-v1.1 folder with 8 train studies per part."""
     return make_synthetic(tmp_path_factory.mktemp("synthetic"), studies_per_part=8, seed=3, progress=False)
+
+
+@pytest.fixture(scope="session")
+def index(synthetic_root):
+    """The checked index of the session's synthetic tree."""
+    from bonenet.mura import read_mura
+
+    return read_mura(synthetic_root)
+
+
+@pytest.fixture(scope="session")
+def run(index, tmp_path_factory):
+    """One run folder with a router and a wrist model, each trained for one epoch at 64 px."""
+    from bonenet.train import TrainConfig, train_model
+
+    config = TrainConfig(epochs=1, batch_size=16, image_size=64, weights="none", seed=0)
+    run_dir = tmp_path_factory.mktemp("run")
+    _, router = train_model("router", index, run_dir, config, verbose=0)
+    _, wrist = train_model("wrist", index, run_dir, config, verbose=0)
+    return run_dir, {"router": router, "XR_WRIST": wrist}

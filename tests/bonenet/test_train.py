@@ -13,25 +13,9 @@ import pytest
 import run_pipeline
 from bonenet import store
 from bonenet.data import make_router_dataset
-from bonenet.mura import read_mura
 from bonenet.train import TrainConfig, train_model
 
-SMALL = TrainConfig(epochs=1, batch_size=16, image_size=64, weights="none", seed=0)
 REPO = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="module")
-def index(synthetic_root):
-    return read_mura(synthetic_root)
-
-
-@pytest.fixture(scope="module")
-def run(index, tmp_path_factory):
-    """One run folder with a router and a wrist model, each trained for one epoch."""
-    run_dir = tmp_path_factory.mktemp("run")
-    _, router = train_model("router", index, run_dir, SMALL, verbose=0)
-    _, wrist = train_model("wrist", index, run_dir, SMALL, verbose=0)
-    return run_dir, {"router": router, "XR_WRIST": wrist}
 
 
 def test_training_writes_models_and_manifest(run):

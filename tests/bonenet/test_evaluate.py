@@ -1,0 +1,129 @@
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.metrics import cohen_kappa_score
+
+import run_pipeline
+from bonenet import store
+from bonenet.evaluate import evaluate_run
+from bonenet.metrics import METRIC_KEYS
+from bonenet.parts import PARTS
+from bonenet.report import run_reports
+
+
+@pytest.fixture(scope="module")
+def full_run(run, tmp_path_factory):
+    """The session run with the wrist model standing in for every part, so every study gets scored.
+
+    Evaluation is what is under test here, not model quality; training seven models would only cost time.
+    """
+    run_dir = tmp_path_factory.mktemp("full_run")
+    shutil.copytree(run[0], run_dir, dirs_exist_ok=True, ignore=shutil.ignore_patterns("checkpoints"))
+    manifest = store.read_manifest(run_dir)
+    shared = {k: manifest[k] for k in store.SHARED_KEYS}
+    for part in PARTS:
+        if part != "XR_WRIST":
+            shutil.copy(run_dir / "parts" / "wrist.keras", run_dir / store.model_filename(part))
+            store.record_model(run_dir, part, shared, {**manifest["models"]["XR_WRIST"],
+                                                       "file": store.model_filename(part), "tuned_threshold": 0.4})
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def evaluation(full_run, synthetic_root, tmp_path_factory):
+    run_dir = full_run
+    out = tmp_path_factory.mktemp("eval")
+    code = run_pipeline.main(["evaluate", "--data-root", str(synthetic_root), "--models-dir", str(run_dir),
+                              "--out", str(out), "--bootstrap", "200"])
+    assert code == 0
+    return out
+
+
+def test_evaluate_writes_every_file_and_key_of_the_contract(evaluation):
+    for name in ("metrics.json", "study_predictions.csv", "image_predictions.csv", "router_confusion.png",
+                 "part_confusion.png", "roc.png", "kappa_vs_stanford.png"):
+        assert (evaluation / name).is_file(), name
+    metrics = json.loads((evaluation / "metrics.json").read_text())
+    assert {"study", "image", "router", "baseline", "oracle"} <= set(metrics)
+    for level in ("study", "image", "oracle"):
+        assert "overall" in metrics[level]
+        for m in metrics[level].values():
+            assert set(METRIC_KEYS) <= set(m)
+    router = metrics["router"]
+    assert {"image_accuracy", "study_accuracy", "confusion", "labels"} <= set(router)
+    assert router["labels"] == list(PARTS) and np.array(router["confusion"]).shape == (7, 7)
+    assert metrics["baseline"]["stanford_kappa"]["XR_WRIST"] == 0.931
+    studies = pd.read_csv(evaluation / "study_predictions.csv")
+    assert list(studies.columns) == ["study", "part_true", "part_pred", "label", "score", "pred"]
+    images = pd.read_csv(evaluation / "image_predictions.csv")
+    assert list(images.columns) == ["path", "study", "part_true", "part_pred", "router_confidence", "label", "score"]
+    assert np.array(router["confusion"]).sum() == len(images)
+
+
+def test_study_kappa_equals_sklearn_recomputed_from_the_csv(evaluation):
+    metrics = json.loads((evaluation / "metrics.json").read_text())
+    studies = pd.read_csv(evaluation / "study_predictions.csv")
+    scored = studies[studies["pred"] >= 0]
+    for part, m in metrics["study"].items():
+        rows = scored if part == "overall" else scored[scored["part_true"] == part]
+        expected = cohen_kappa_score(rows["label"], rows["pred"], labels=[0, 1])
+        if m["kappa"] is None:
+            assert not np.isfinite(expected)
+        else:
+            assert m["kappa"] == pytest.approx(expected), part
+        assert m["n"] == len(rows)
+
+
+def test_every_part_is_scored_routed_oracle_and_tuned(evaluation):
+    metrics = json.loads((evaluation / "metrics.json").read_text())
+    studies = pd.read_csv(evaluation / "study_predictions.csv")
+    assert metrics["source"]["parts_scored"] == list(PARTS) and not metrics["source"]["messages"]
+    assert (studies["pred"] >= 0).all()
+    for level in ("study", "oracle", "study_tuned"):
+        assert set(metrics[level]) == {*PARTS, "overall"}
+        assert metrics[level]["overall"]["n"] == len(studies)
+    assert metrics["thresholds"]["tuned_on_holdout"]["XR_ELBOW"] == 0.4
+
+
+def test_missing_part_models_are_reported_and_the_rest_scored(run, synthetic_root, tmp_path):
+    metrics = evaluate_run(synthetic_root, run[0], tmp_path, n_boot=50, plots=False)
+    messages = " ".join(metrics["source"]["messages"])
+    assert "no XR_ELBOW model in the run" in messages
+    assert set(metrics["source"]["parts_scored"]) <= set(PARTS)
+    assert metrics["source"]["models"] == {"router": "router.keras", "XR_WRIST": "parts/wrist.keras"}
+    # The oracle still scores every true wrist study with the wrist model.
+    assert metrics["oracle"]["XR_WRIST"]["n"] == int((pd.read_csv(tmp_path / "study_predictions.csv")["part_true"]
+                                                      == "XR_WRIST").sum())
+
+
+def test_a_split_lacking_a_part_is_named(full_run, synthetic_root, tmp_path):
+    root = shutil.copytree(synthetic_root, tmp_path / "MURA-v1.1")
+    for name in ("valid_image_paths.csv", "valid_labeled_studies.csv"):
+        csv = root / name
+        csv.write_text("".join(line for line in csv.read_text().splitlines(True) if "XR_HUMERUS" not in line))
+    metrics = evaluate_run(root, full_run, tmp_path / "out", n_boot=50, plots=False)
+    assert "XR_HUMERUS" not in metrics["study"]
+    assert any("no studies of XR_HUMERUS" in m for m in metrics["source"]["messages"])
+
+
+def _check_pages(folder, expected):
+    html = sorted(p.name for p in folder.glob("*.html"))
+    assert html == sorted(expected)
+    for name in html:
+        page = (folder / name).read_text()
+        assert page.count("data:image/png;base64") >= 4, name  # the plots are in the page
+        assert "Stanford" in page and "Traceback" not in page and "Warning" not in page, name
+
+
+def test_report_runs_the_notebooks_and_shows_the_plots(evaluation, tmp_path):
+    run_reports(evaluation, tmp_path, parts=["wrist"])
+    _check_pages(tmp_path, ["overview.html", "part_wrist.html"])
+
+
+@pytest.mark.slow
+def test_report_cli_writes_eight_html_files(evaluation, tmp_path):
+    assert run_pipeline.main(["report", "--eval-dir", str(evaluation), "--out", str(tmp_path)]) == 0
+    _check_pages(tmp_path, ["overview.html"] + [f"part_{p[3:].lower()}.html" for p in PARTS])

@@ -1,0 +1,68 @@
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.metrics import cohen_kappa_score, roc_auc_score
+
+from bonenet.metrics import aggregate_studies, binary_metrics, kappa_ci, per_group, tune_threshold
+
+
+def test_binary_metrics_known_answer():
+    y = np.array([1, 1, 1, 0, 0, 0, 0, 1])
+    s = np.array([0.9, 0.8, 0.3, 0.1, 0.6, 0.2, 0.4, 0.7])
+    m = binary_metrics(y, s, 0.5, n_boot=200)
+    assert (m["tp"], m["fn"], m["fp"], m["tn"]) == (3, 1, 1, 3)
+    assert m["accuracy"] == 0.75 and m["precision"] == 0.75 and m["sensitivity"] == 0.75 and m["specificity"] == 0.75
+    assert m["f1"] == pytest.approx(0.75)
+    assert m["kappa"] == pytest.approx(cohen_kappa_score(y, (s >= 0.5).astype(int)))
+    assert m["auroc"] == pytest.approx(roc_auc_score(y, s))
+    lo, hi = m["kappa_ci95"]
+    assert lo <= m["kappa"] <= hi and m["n"] == 8
+
+
+def test_threshold_is_inclusive():
+    assert binary_metrics([1, 0], [0.5, 0.49], 0.5, n_boot=0)["tp"] == 1
+
+
+def test_single_class_warns_and_gives_nan_without_crashing():
+    with pytest.warns(UserWarning):
+        m = binary_metrics([0, 0, 0], [0.1, 0.2, 0.3], 0.5, n_boot=50)
+    assert np.isnan(m["auroc"]) and np.isnan(m["kappa"]) and np.isnan(m["sensitivity"]) and np.isnan(m["precision"])
+    assert m["specificity"] == 1.0 and m["tn"] == 3
+
+
+def test_kappa_ci_is_seeded_and_brackets_the_estimate():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 200)
+    p = np.where(rng.random(200) < 0.8, y, 1 - y)
+    a, b = kappa_ci(y, p, 1000, seed=3), kappa_ci(y, p, 1000, seed=3)
+    assert a == b and a[0] < cohen_kappa_score(y, p) < a[1] and a[1] - a[0] < 0.4
+
+
+def test_study_aggregation_means_router_softmax_and_scores():
+    images = pd.DataFrame({
+        "study": ["s1", "s1", "s2"], "part_true": ["A", "A", "B"], "label": [1, 1, 0],
+        "score": [0.2, 0.8, 0.3], "pA": [0.9, 0.2, 0.1], "pB": [0.1, 0.8, 0.9],
+    })
+    studies = aggregate_studies(images, {"A": "pA", "B": "pB"})
+    s1 = studies.set_index("study").loc["s1"]
+    assert s1["score"] == pytest.approx(0.5) and s1["part_pred"] == "A" and s1["router_confidence"] == pytest.approx(0.55)
+    assert studies.set_index("study").loc["s2", "part_pred"] == "B"
+
+
+def test_per_part_thresholds_apply_overall():
+    table = pd.DataFrame({"part": ["A", "A", "B", "B"], "label": [1, 0, 1, 0], "score": [0.3, 0.1, 0.9, 0.7]})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        out = per_group(table, "part", ["A", "B"], {"A": 0.2, "B": 0.8}, n_boot=10)
+    assert out["A"]["accuracy"] == 1.0 and out["B"]["accuracy"] == 1.0 and out["overall"]["accuracy"] == 1.0
+    assert out["overall"]["auroc"] == pytest.approx(roc_auc_score(table["label"], table["score"]))
+
+
+def test_tuned_threshold_maximises_kappa():
+    y = np.array([0, 0, 0, 1, 1, 1])
+    s = np.array([0.05, 0.1, 0.15, 0.2, 0.25, 0.3])
+    t = tune_threshold(y, s)
+    assert 0.15 < t <= 0.2
+    assert binary_metrics(y, s, t, n_boot=0)["kappa"] == 1.0
