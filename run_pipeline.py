@@ -116,6 +116,33 @@ def _cmd_report(args):
         print(f"wrote {path}")
 
 
+def _cmd_predict(args):
+    from bonenet.inference import BoneNet, predict_paths
+
+    results = predict_paths(BoneNet.load(args.models_dir), args.paths, cam_dir=args.cam_dir)
+    for r in results:
+        if "error" in r:
+            print(f"{r['path']}: ERROR {r['error']}")
+        else:
+            p = "n/a (no model)" if r["p_abnormal"] is None else f"{r['p_abnormal']:.3f}"
+            verdict = "abnormal" if r["abnormal"] else "normal" if r["abnormal"] is not None else "unscored"
+            what = f"study {r['study']}" if "study" in r else r["path"]
+            print(f"{what}: {r['part']} ({r['part_confidence']:.2f}) p(abnormal)={p} -> {verdict}")
+    if args.json:
+        _write_json(args.json, results)
+    failed = sum("error" in r for r in results)
+    if failed:
+        print(f"bonenet predict: {failed} input(s) could not be read", file=sys.stderr)
+        return 1
+    return None
+
+
+def _cmd_demo(args):
+    from bonenet.demo import run_demo
+
+    run_demo(args.out, studies_per_part=args.studies_per_part, image_size=args.image_size, quick=args.quick)
+
+
 def _write_json(path, payload):
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -167,6 +194,20 @@ def build_parser():
     p.add_argument("--eval-dir", required=True, help="an evaluate --out folder")
     p.add_argument("--out", required=True, help="folder for the HTML reports")
     p.set_defaults(func=_cmd_report)
+
+    p = sub.add_parser("predict", help="part, p(abnormal) and decision for images, study folders or directories")
+    p.add_argument("paths", nargs="+", help="PNG files, study folders or folders of studies")
+    p.add_argument("--models-dir", required=True, help="a run folder with manifest.json")
+    p.add_argument("--cam-dir", help="write a Grad-CAM overlay PNG per image here")
+    p.add_argument("--json", help="write the results as JSON here")
+    p.set_defaults(func=_cmd_predict)
+
+    p = sub.add_parser("demo", help="the whole chain on built-in synthetic data, offline, on a CPU")
+    p.add_argument("--out", default="demo_output", help="folder for everything the demo writes (default demo_output)")
+    p.add_argument("--studies-per-part", type=int, default=60, help="synthetic train studies per part (default 60)")
+    p.add_argument("--image-size", type=int, default=96, help="input side for the demo models (default 96)")
+    p.add_argument("--quick", action="store_true", help="a few-minute smoke run (tiny data, few epochs)")
+    p.set_defaults(func=_cmd_demo)
     return parser
 
 

@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 from bonenet.imageio import ImageReadError, load_gray
@@ -107,4 +108,91 @@ def find_images(path):
     return sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("._"))
 
 
-__all__ = ["BoneNet", "find_images", "read_manifest"]
+def group_inputs(paths):
+    """Turns user inputs into (single images, {study folder: its images}).
+
+    A file is a single image; a folder's PNGs are grouped by the folder that holds them, each
+    group being one study (a MURA study folder, or any folder of views).
+    """
+    singles, studies = [], {}
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            for image in find_images(path):
+                studies.setdefault(image.parent, []).append(image)
+        else:
+            singles.append(path)
+    return singles, studies
+
+
+def _cam_name(path):
+    parts = Path(path).resolve().parts[-4:]
+    return "__".join(p.replace(".png", "") for p in parts) + "_cam.png"
+
+
+def predict_paths(net, paths, cam_dir=None):
+    """Predicts images and study folders; unreadable files become error entries, the rest go on.
+
+    Args:
+        net: a loaded `BoneNet`.
+        paths: image files, study folders or folders of studies.
+        cam_dir: write a Grad-CAM overlay per image here. Defaults to None (no CAMs).
+
+    Returns:
+        A list of dicts as in `predict --json`: per image `path, part, part_confidence, p_abnormal,
+        abnormal[, cam, cam_box]`, per study `study, images, ...`, and `path, error` for failures.
+    """
+    from bonenet import gradcam
+
+    singles, studies = group_inputs(paths)
+    results = []
+
+    def load(path):
+        try:
+            gray = load_gray(path)
+            return gray, net.prepare(gray)
+        except (ImageReadError, ValueError) as exc:
+            results.append({"path": str(path), "error": str(exc)})
+            return None, None
+
+    def image_entry(path, gray, x, probs, part, p):
+        entry = {"path": str(path), **net._decide(part, probs, p)}
+        if cam_dir is not None and part in net.models:
+            cam = gradcam.grad_cam(net.models[part], x[None])[0]
+            cam = gradcam.to_original(cam, net.recipe.layout(gray, net.image_size), gray.shape)
+            box = gradcam.cam_box(cam)
+            label = f"{part[3:].lower()} p(abnormal)={p:.2f}"
+            out = Path(cam_dir) / _cam_name(path)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            cv2.imwrite(str(out), gradcam.overlay(gray, cam, box, label))
+            entry.update({"cam": str(out), "cam_box": box})
+        return entry
+
+    for path in singles:
+        gray, x = load(path)
+        if gray is None:
+            continue
+        probs = net.router_probs(x[None])[0]
+        part = net.labels[int(probs.argmax())]
+        p = float(net.abnormal_probs(part, x[None])[0]) if part in net.models else None
+        results.append(image_entry(path, gray, x, probs, part, p))
+    for folder, images in sorted(studies.items()):
+        loaded = [(path, *load(path)) for path in images]
+        loaded = [item for item in loaded if item[1] is not None]
+        if not loaded:
+            results.append({"path": str(folder), "error": "no readable images in this folder"})
+            continue
+        x = np.stack([item[2] for item in loaded])
+        probs = net.router_probs(x)
+        part = net.labels[int(probs.mean(axis=0).argmax())]
+        scores = net.abnormal_probs(part, x) if part in net.models else [None] * len(loaded)
+        entries = [image_entry(path, gray, xi, pr, part, None if s is None else float(s))
+                   for (path, gray, xi), pr, s in zip(loaded, probs, scores, strict=True)]
+        results.extend(entries)
+        mean = None if scores[0] is None else float(np.mean(scores))
+        results.append({"study": str(folder), "images": [e["path"] for e in entries],
+                        **net._decide(part, probs.mean(axis=0), mean)})
+    return results
+
+
+__all__ = ["BoneNet", "find_images", "group_inputs", "predict_paths", "read_manifest"]
