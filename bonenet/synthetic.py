@@ -137,18 +137,18 @@ def _draw_finding(canvas, seg, size, kind, rng):
         # A thin dark line across the shaft plus a small step of the cortex on one side.
         a = c + n * w * 0.65 + d * rng.uniform(-0.3, 0.3) * w
         b = c - n * w * 0.65
-        cv2.line(canvas, tuple(map(int, a)), tuple(map(int, b)), 0.18, max(1, int(w * 0.08)), cv2.LINE_AA)
+        cv2.line(canvas, tuple(map(int, a)), tuple(map(int, b)), 0.15, max(2, int(w * 0.14)), cv2.LINE_AA)
         step = c + n * w * 0.5 + d * w * 0.12
-        cv2.circle(canvas, tuple(map(int, step)), max(1, int(w * 0.12)), 0.2, -1, cv2.LINE_AA)
+        cv2.circle(canvas, tuple(map(int, step)), max(2, int(w * 0.2)), 0.2, -1, cv2.LINE_AA)
     elif kind == "hardware":
         half = d * w * rng.uniform(1.2, 2.0)
         a, b = c - half + n * w * 0.55, c + half + n * w * 0.55
-        cv2.line(canvas, tuple(map(int, a)), tuple(map(int, b)), 0.97, max(2, int(w * 0.15)), cv2.LINE_AA)
+        cv2.line(canvas, tuple(map(int, a)), tuple(map(int, b)), 0.97, max(3, int(w * 0.22)), cv2.LINE_AA)
         for k in np.linspace(0.1, 0.9, 3):
             s = a + (b - a) * k
-            cv2.line(canvas, tuple(map(int, s)), tuple(map(int, s - n * w * 0.9)), 0.95, max(1, int(w * 0.07)))
+            cv2.line(canvas, tuple(map(int, s)), tuple(map(int, s - n * w * 0.9)), 0.95, max(2, int(w * 0.1)))
     else:
-        axes = (max(2, int(w * rng.uniform(0.18, 0.3))), max(2, int(w * rng.uniform(0.25, 0.4))))
+        axes = (max(3, int(w * rng.uniform(0.25, 0.35))), max(3, int(w * rng.uniform(0.35, 0.5))))
         angle = math.degrees(math.atan2(d[1], d[0]))
         cv2.ellipse(canvas, tuple(map(int, c)), axes, angle, 0, 360, 0.3, -1, cv2.LINE_AA)
 
