@@ -56,7 +56,6 @@ def predict_split(net, images):
     table["part_pred"] = [net.labels[i] for i in probs.argmax(axis=1)]
     table["router_confidence"] = probs.max(axis=1)
     table["score"] = np.nan
-    table["score"] = table["score"].astype(float)
     studies = aggregate_studies(table, prob_columns)
     routed = table["study"].map(studies.set_index("study")["part_pred"])
     table["study_part_pred"] = routed

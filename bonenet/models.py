@@ -5,6 +5,7 @@ dense layer: 7 classes for the router, 2 (normal, abnormal) for a part model.
 """
 
 import hashlib
+import json
 import os
 import socket
 from pathlib import Path
@@ -63,7 +64,12 @@ def resolve_weights(weights):
     origin = {"kind": "file", "path": str(path.resolve()), "sha256": digest}
     note = path.with_suffix("").with_suffix(".json")  # backbone.json beside backbone.weights.h5
     if note.is_file():
-        origin["description"] = note.read_text().strip()
+        try:
+            details = json.loads(note.read_text())
+        except json.JSONDecodeError:
+            details = {"origin": note.read_text().strip()}
+        origin["description"] = str(details.get("origin", ""))
+        origin["details"] = details
     return str(path), origin
 
 

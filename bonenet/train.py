@@ -8,7 +8,7 @@ import json
 import shutil
 import sys
 import warnings
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import keras
@@ -286,8 +286,3 @@ def train_all(index, models_dir, config=TrainConfig(), resume=False, verbose=1, 
             failures[target] = str(exc)
             print(f"bonenet: could not train {target}: {exc}", file=sys.stderr)
     return entries, failures
-
-
-def with_overrides(config, **overrides):
-    """A copy of `config` with the non-None overrides applied (how the CLI fills in a config)."""
-    return replace(config, **{k: v for k, v in overrides.items() if v is not None})

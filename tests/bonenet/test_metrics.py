@@ -66,3 +66,15 @@ def test_tuned_threshold_maximises_kappa():
     t = tune_threshold(y, s)
     assert 0.15 < t <= 0.2
     assert binary_metrics(y, s, t, n_boot=0)["kappa"] == 1.0
+
+
+def test_vectorised_bootstrap_matches_sklearn_resample_by_resample():
+    rng = np.random.default_rng(5)
+    y = rng.integers(0, 2, 40)
+    p = np.where(rng.random(40) < 0.7, y, 1 - y)
+    idx = np.random.default_rng(9).integers(0, 40, (300, 40))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        loop = [cohen_kappa_score(y[r], p[r], labels=[0, 1]) for r in idx]
+    loop = np.array([v for v in loop if np.isfinite(v)])
+    assert kappa_ci(y, p, 300, seed=9) == pytest.approx([np.percentile(loop, 2.5), np.percentile(loop, 97.5)])

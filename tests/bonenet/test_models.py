@@ -80,8 +80,10 @@ def test_weights_path_loads_a_saved_backbone(tmp_path):
     base.get_layer("top_conv").kernel.assign(np.full(base.get_layer("top_conv").kernel.shape, 0.123, "float32"))
     path = tmp_path / "backbone.weights.h5"
     base.save_weights(path)
+    (tmp_path / "backbone.json").write_text('{"origin": "pretrained on synthetic data (NOT ImageNet)"}')
     weights, origin = resolve_weights(str(path))
     assert origin["kind"] == "file" and len(origin["sha256"]) == 64
+    assert origin["description"] == "pretrained on synthetic data (NOT ImageNet)"
     loaded = build_base(SIZE, weights)
     np.testing.assert_array_equal(loaded.get_layer("top_conv").kernel.numpy(), 0.123 * np.ones_like(
         loaded.get_layer("top_conv").kernel.numpy()))
