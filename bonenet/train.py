@@ -152,6 +152,11 @@ def shared_settings(config, weights_origin, trainable):
     return settings
 
 
+def checkpoint_dir(run_dir, key):
+    """Where a model's training work files live: `<run>/checkpoints/<router|part short name>/`."""
+    return Path(run_dir) / "checkpoints" / (key if key == "router" else short_name(key))
+
+
 def _tune_on_holdout(model, val_ds, val_paths, val_images):
     """The study-level threshold maximising kappa on the hold-out (never on an evaluated split)."""
     from bonenet.metrics import tune_threshold
@@ -219,7 +224,7 @@ def train_model(target, index, models_dir, config=TrainConfig(), resume=False, v
     if existing is not None:
         check_shared(existing, shared, run_dir)
 
-    work = run_dir / "checkpoints" / (key if key == "router" else short_name(key))
+    work = checkpoint_dir(run_dir, key)
     backup, log_path, best_path = work / "backup", work / "log.csv", work / "best.weights.h5"
     if resume:
         meta = backup / "training_metadata.json"
@@ -260,7 +265,8 @@ def train_model(target, index, models_dir, config=TrainConfig(), resume=False, v
         **({"tuned_threshold": tuned} if tuned is not None else {}),
         "config": asdict(config),
         "dataset": {"fingerprint": fingerprint(index), "train_images": len(train_paths),
-                    "holdout_images": len(val_paths), "holdout_studies": len(held)},
+                    "holdout_images": len(val_paths),
+                    "holdout_studies": int(val_images[val_images.path.isin(val_paths)].study.nunique())},
         "holdout": {k: float(v) for k, v in scores.items()},
         "epochs_run": len(history.history.get("loss", [])),
         "log": str(log_path.relative_to(run_dir)),
@@ -273,16 +279,25 @@ def train_all(index, models_dir, config=TrainConfig(), resume=False, verbose=1, 
     """Trains the router, then each part's model, into one run folder.
 
     A part that cannot be trained (no abnormal studies, say) is reported and skipped; the
-    others still train.
+    others still train. With `resume`, models that finished before an interruption are kept and
+    the interrupted one continues from its last completed epoch.
 
     Returns:
         ({key: manifest entry}, {key: error message}).
     """
     entries, failures = {}, {}
+    done = (read_manifest(models_dir, required=False) or {}).get("models", {}) if resume else {}
     for target in ["router", *parts]:
+        key = model_key(target)
+        backup = checkpoint_dir(models_dir, key) / "backup"
+        if key in done and (Path(models_dir) / done[key]["file"]).is_file() and not backup.exists():
+            # Finished before the interruption: keep it rather than train it again.
+            print(f"{key}: already trained in this run, kept", file=sys.stderr)
+            entries[key] = done[key]
+            continue
         try:
-            entries[target], _ = train_model(target, index, models_dir, config, resume=resume, verbose=verbose)
+            entries[key], _ = train_model(key, index, models_dir, config, resume=resume, verbose=verbose)
         except ValueError as exc:
-            failures[target] = str(exc)
+            failures[key] = str(exc)
             print(f"bonenet: could not train {target}: {exc}", file=sys.stderr)
     return entries, failures

@@ -1,5 +1,6 @@
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -140,3 +141,16 @@ def test_sigkilled_training_resumes_from_the_last_completed_epoch(synthetic_root
     epochs = pd.read_csv(log)["epoch"].tolist()
     assert epochs == list(range(len(epochs))) and len(epochs) == 6  # no epoch run twice, none from zero again
     assert store.read_manifest(tmp_path)["models"]["router"]["epochs_run"] == 6 - killed_after
+
+
+def test_train_all_resume_keeps_models_that_had_finished(run, index, tmp_path, capsys):
+    from bonenet.train import train_all
+
+    run_dir = Path(shutil.copytree(run[0], tmp_path / "run"))
+    before = {p: p.read_bytes() for p in run_dir.rglob("*.keras")}
+    config = TrainConfig(epochs=1, batch_size=16, image_size=64, weights="none", seed=0)
+    entries, failures = train_all(index, run_dir, config, resume=True, verbose=0, parts=["XR_WRIST"])
+    assert not failures and set(entries) == {"router", "XR_WRIST"}
+    assert entries == store.read_manifest(run_dir)["models"]
+    assert {p: p.read_bytes() for p in run_dir.rglob("*.keras")} == before
+    assert "already trained in this run, kept" in capsys.readouterr().err
