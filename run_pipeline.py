@@ -49,7 +49,7 @@ def _train_config(args):
         epochs=args.epochs, batch_size=args.batch_size, image_size=args.image_size, weights=args.weights,
         trainable_layers=args.trainable_layers, learning_rate=args.learning_rate, seed=args.seed,
         strategy=args.strategy, recipe=args.recipe, augment=not args.no_augment, max_rotation=args.max_rotation,
-        patience=args.patience, cache_dir=args.cache_dir,
+        patience=args.patience, cache_dir=args.cache_dir, mode=args.mode, views=args.views,
     )
 
 
@@ -92,7 +92,13 @@ def _add_training_flags(p):
     p.add_argument("--no-augment", action="store_true", help="train without augmentation")
     p.add_argument("--max-rotation", type=float, default=15.0, help="augmentation rotation bound, <= 30 (default 15)")
     p.add_argument("--patience", type=int, default=4, help="early-stopping patience in epochs (default 4)")
-    p.add_argument("--cache-dir", help="cache prepared images on disk here (default: in memory)")
+    p.add_argument("--mode", default="cached", choices=["cached", "full"],
+                   help="cached: train heads on trunk outputs computed once (default); "
+                        "full: fit the whole model on live-augmented images")
+    p.add_argument("--views", type=int, default=2,
+                   help="cached mode: augmented views drawn once per train image (default 2; 0 = none)")
+    p.add_argument("--cache-dir", help="cache folder (default: <models-dir>/cache for trunk outputs; "
+                                       "memory for images in full mode)")
     p.add_argument("--resume", action="store_true", help="continue a killed run from its last completed epoch")
     p.set_defaults(func=_cmd_train)
 

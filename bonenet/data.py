@@ -29,7 +29,8 @@ def prepare_image(path, recipe, size):
     return get_recipe(recipe).apply(load_gray(path), size)
 
 
-def _prepare_or_flag(path, recipe, size):
+def prepare_or_flag(path, recipe, size):
+    """`prepare_image`, but an unreadable file gives (blank image, False) and is recorded as skipped."""
     path = path.decode() if isinstance(path, bytes) else str(path)
     try:
         return prepare_image(path, recipe, size), True
@@ -46,7 +47,7 @@ def map_prepare(recipe, size):
 
     def fn(path):
         image, ok = tf.numpy_function(
-            lambda p: _prepare_or_flag(p, recipe, size), [path], [tf.uint8, tf.bool], stateful=False
+            lambda p: prepare_or_flag(p, recipe, size), [path], [tf.uint8, tf.bool], stateful=False
         )
         image.set_shape((size, size, 3))
         ok.set_shape(())
@@ -87,7 +88,7 @@ def cache_key(paths, recipe, size):
 
 
 def make_dataset(paths, labels, num_classes, recipe, size, batch_size, training=False, seed=0,
-                 augment_config=None, cache_dir=None):
+                 augment_config=None, cache_dir=None, cache=True):
     """Builds a batched dataset of (float32 0-255 images, one-hot labels).
 
     Args:
@@ -102,6 +103,8 @@ def make_dataset(paths, labels, num_classes, recipe, size, batch_size, training=
         augment_config: an `AugmentConfig`; None means no augmentation. Defaults to None.
         cache_dir: cache prepared images on disk here (keyed by data, recipe and size); None
             caches in memory. Defaults to None.
+        cache: False decodes and prepares every image again each epoch (for comparison only).
+            Defaults to True.
     """
     paths = [str(p) for p in paths]
     labels = np.asarray(labels, np.int32)
@@ -113,10 +116,10 @@ def make_dataset(paths, labels, num_classes, recipe, size, batch_size, training=
     prepare = map_prepare(recipe, size)
     ds = ds.map(lambda p, y: (*prepare(p), y), num_parallel_calls=AUTOTUNE, deterministic=True)
     ds = ds.filter(_is_ok).map(_drop_flag)
-    if cache_dir is not None:
+    if cache and cache_dir is not None:
         Path(cache_dir).mkdir(parents=True, exist_ok=True)
         ds = ds.cache(str(Path(cache_dir) / f"images-{cache_key(paths, recipe, size)}"))
-    else:
+    elif cache:
         ds = ds.cache()
     if training:
         ds = ds.shuffle(min(len(paths), 4096), seed=seed, reshuffle_each_iteration=True)

@@ -1,7 +1,7 @@
 """Scoring a run on a split: the routed two-stage pipeline, per image and per study, per part.
 
-Each image is prepared once. The router scores every image; a study's part is its images' mean
-router softmax. Each part model then scores the images of the studies routed to it (the pipeline)
+Each image is prepared once and goes through the shared trunk once. The router head scores every
+image; a study's part is its images' mean router softmax. Each part model then scores the images of the studies routed to it (the pipeline)
 and of the studies that truly show it (the oracle, which isolates routing errors).
 """
 
@@ -17,7 +17,7 @@ from sklearn.metrics import confusion_matrix
 
 from bonenet import baselines
 from bonenet.data import AUTOTUNE, map_prepare
-from bonenet.inference import BoneNet
+from bonenet.inference import BoneNet, take
 from bonenet.metrics import aggregate_studies, per_group
 from bonenet.mura import fingerprint, read_mura
 
@@ -48,8 +48,9 @@ def predict_split(net, images):
     if not ok.all():
         messages.append(f"{int((~ok).sum())} image(s) could not be read and were skipped")
     table = images[ok].reset_index(drop=True).rename(columns={"part": "part_true"})
-    x = x[ok]
-    probs = net.router_probs(x)
+    features = net.encode(x[ok])
+    del x
+    probs = net.router_probs(features)
     prob_columns = {p: f"p_{p}" for p in net.labels}
     for i, part in enumerate(net.labels):
         table[prob_columns[part]] = probs[:, i]
@@ -70,7 +71,7 @@ def predict_split(net, images):
             messages.append(f"no {part} model in the run: {int(want_routed.sum())} image(s) routed to it and "
                             f"{int(want_oracle.sum())} showing it are unscored")
             continue
-        scores = net.abnormal_probs(part, x[need])
+        scores = net.abnormal_probs(part, take(features, need))
         full = np.full(len(table), np.nan)
         full[need] = scores
         table.loc[want_routed, "score"] = full[want_routed]

@@ -13,27 +13,42 @@ LAST_CONV = "top_activation"
 BOX_LEVEL = 0.2
 
 
-def grad_cam(model, inputs, class_index=1, layer_name=LAST_CONV):
-    """Grad-CAM heat maps for `class_index` at `layer_name`, upsampled to the input size.
+def grad_cam(model, inputs, class_index=1, layer_name=LAST_CONV, size=None):
+    """Grad-CAM heat maps for `class_index` at `layer_name`, upsampled to the input image size.
 
     Args:
-        model: a classifier built by `bonenet.models` (its base layers reachable by name).
-        inputs: float or uint8 batch, N×S×S×3 (0-255).
+        model: a classifier built by `bonenet.models`, or its head (the layer must be inside it).
+        inputs: what `model` takes: a float or uint8 image batch N×S×S×3 (0-255), or for a head the
+            list of trunk outputs.
         class_index: the class to explain. Defaults to 1 (abnormal).
         layer_name: convolutional layer to explain. Defaults to "top_activation".
+        size: (height, width) of the maps; needed when `inputs` are trunk outputs. Defaults to the
+            image batch's size.
 
     Returns:
-        float32 N×S×S maps in [0, 1] (all zero where the class gets no positive evidence).
+        float32 N×H×W maps in [0, 1] (all zero where the class gets no positive evidence).
     """
-    x = tf.convert_to_tensor(np.asarray(inputs, np.float32))
-    grad_model = keras.Model(model.inputs, [model.get_layer(layer_name).output, model.output])
+    if isinstance(inputs, (list, tuple)):
+        x = [tf.convert_to_tensor(np.asarray(i, np.float32)) for i in inputs]
+        x = x if len(x) > 1 else x[0]
+    else:
+        x = tf.convert_to_tensor(np.asarray(inputs, np.float32))
+    if size is None:
+        if isinstance(x, list) or x.shape[-1] != 3:
+            raise ValueError("grad_cam needs size= when the inputs are trunk outputs, not images")
+        size = tuple(x.shape[1:3])
+    try:
+        layer = model.get_layer(layer_name)
+    except ValueError as exc:
+        raise ValueError(f"{model.name}: no layer {layer_name!r} to explain; Grad-CAM needs it among the "
+                         "trained layers (trainable_layers >= 3)") from exc
+    grad_model = keras.Model(model.inputs, [layer.output, model.output])
     with tf.GradientTape() as tape:
         features, preds = grad_model(x, training=False)
         target = preds[:, class_index]
     grads = tape.gradient(target, features)
     weights = tf.reduce_mean(grads, axis=(1, 2), keepdims=True)
     cam = tf.nn.relu(tf.reduce_sum(weights * features, axis=-1)).numpy().astype(np.float32)
-    size = x.shape[1:3]
     out = np.zeros((len(cam), *size), np.float32)
     for i, m in enumerate(cam):
         peak = float(m.max())

@@ -1,4 +1,4 @@
-"""The `BoneNet` predictor: router, then the routed part's model, with the run's own recipe."""
+"""The `BoneNet` predictor: the shared trunk once per image, then the router head and the routed part's head."""
 
 from pathlib import Path
 
@@ -11,19 +11,28 @@ from preprocessing.filters import check_image
 from preprocessing.recipes import Recipe
 
 IMAGE_SUFFIXES = (".png",)
+BATCH = 32
+
+
+def take(features, index):
+    """Rows `index` (mask or indices) of every array in a feature list."""
+    return [f[index] for f in features]
 
 
 class BoneNet:
-    """A loaded run: the router and the part models it lists, and the recipe they were trained with.
+    """A loaded run: trunk, router and part heads, and the recipe they were trained with.
 
     Use `BoneNet.load(models_dir)`; then `predict_image(path or array)` or `predict_study(paths)`.
+    The trunk runs once per image and both the router head and the routed part's head read its
+    outputs. A folder of full models (format version 1) has no trunk; its models read the images.
     """
 
-    def __init__(self, manifest, models, run_dir=None):
+    def __init__(self, manifest, models, trunk=None, run_dir=None):
         if "router" not in models:
             raise ManifestError(f"{run_dir}: the run has no router model; train it with train-router")
         self.manifest = manifest
         self.models = models
+        self.trunk = trunk
         self.run_dir = Path(run_dir) if run_dir else None
         self.recipe = Recipe.from_dict(manifest["recipe"])
         self.image_size = int(manifest["image_size"])
@@ -32,9 +41,9 @@ class BoneNet:
 
     @classmethod
     def load(cls, models_dir):
-        """Loads every model listed in `models_dir/manifest.json` (safe mode)."""
-        manifest, models = load_run_models(models_dir)
-        return cls(manifest, models, models_dir)
+        """Loads the trunk and every model listed in `models_dir/manifest.json` (safe mode)."""
+        manifest, trunk, models = load_run_models(models_dir)
+        return cls(manifest, models, trunk, models_dir)
 
     def threshold(self, part, tuned=False):
         """The decision threshold for `part`: 0.5, or the one tuned on the training hold-out."""
@@ -47,16 +56,48 @@ class BoneNet:
             image = load_gray(image)
         return self.recipe.apply(check_image(image), self.image_size)
 
-    def router_probs(self, batch):
-        """Router softmax (n×7) for a batch of prepared inputs."""
-        return np.asarray(self.models["router"].predict(np.asarray(batch, np.float32), verbose=0, batch_size=32))
+    def encode(self, batch):
+        """Prepared inputs (N×S×S×3) → what the heads read: the trunk's outputs, as a list of arrays.
 
-    def abnormal_probs(self, part, batch):
-        """p(abnormal) (n,) from `part`'s model for a batch of prepared inputs."""
+        For a folder of full models the "features" are the images themselves.
+        """
+        x = np.asarray(batch, np.float32)
+        if self.trunk is None:
+            return [x]
+        out = self.trunk.predict(x, verbose=0, batch_size=BATCH)
+        return [np.asarray(o) for o in (out if isinstance(out, (list, tuple)) else [out])]
+
+    @staticmethod
+    def _feed(features):
+        return features[0] if len(features) == 1 else list(features)
+
+    def router_probs(self, features):
+        """Router softmax (n×7) for `encode`d inputs."""
+        return np.asarray(self.models["router"].predict(self._feed(features), verbose=0, batch_size=BATCH))
+
+    def abnormal_probs(self, part, features):
+        """p(abnormal) (n,) from `part`'s model for `encode`d inputs."""
         if part not in self.models:
             raise ManifestError(f"the run has no {part} model; train it with train-part --part {part}")
-        probs = self.models[part].predict(np.asarray(batch, np.float32), verbose=0, batch_size=32)
-        return np.asarray(probs)[:, 1]
+        return np.asarray(self.models[part].predict(self._feed(features), verbose=0, batch_size=BATCH))[:, 1]
+
+    def cam(self, part, features, gray):
+        """Grad-CAM of `part`'s abnormal class for one image, mapped onto its original H×W grayscale.
+
+        Args:
+            part: the part model to explain.
+            features: that image's `encode`d inputs (batch of one).
+            gray: the original uint8 image.
+
+        Returns:
+            (float32 H×W map in [0, 1], box [x0, y0, x1, y1] or None).
+        """
+        from bonenet import gradcam
+
+        size = (self.image_size, self.image_size)
+        cam = gradcam.grad_cam(self.models[part], self._feed(features), size=size)[0]
+        cam = gradcam.to_original(cam, self.recipe.layout(gray, self.image_size), gray.shape)
+        return cam, gradcam.cam_box(cam)
 
     def _decide(self, part, router_probs, p_abnormal):
         return {
@@ -66,33 +107,38 @@ class BoneNet:
             "abnormal": None if p_abnormal is None else bool(p_abnormal >= self.threshold(part)),
         }
 
+    def score_study(self, x):
+        """The two-stage pipeline on one study's prepared inputs.
+
+        The mean router softmax picks the part; that part's head scores each image; the study's
+        score is their mean. A single image is a study of one.
+
+        Returns:
+            (study result, per-image results, encoded features).
+        """
+        features = self.encode(x)
+        probs = self.router_probs(features)
+        mean = probs.mean(axis=0)
+        part = self.labels[int(mean.argmax())]
+        scores = self.abnormal_probs(part, features) if part in self.models else [None] * len(probs)
+        images = [self._decide(part, pr, s) for pr, s in zip(probs, scores, strict=True)]
+        study = self._decide(part, mean, None if scores[0] is None else float(np.mean(scores)))
+        return study, images, features
+
     def predict_image(self, image):
         """Predicts one image (path or uint8 H×W array): part, confidence, p(abnormal), decision."""
-        x = self.prepare(image)[None]
-        probs = self.router_probs(x)[0]
-        part = self.labels[int(probs.argmax())]
-        p = self.abnormal_probs(part, x)[0] if part in self.models else None
-        return self._decide(part, probs, p)
+        return self.score_study(self.prepare(image)[None])[0]
 
     def predict_study(self, images):
-        """Predicts a study from its images: the mean router softmax picks the part, whose model's
-        mean p(abnormal) over the images is the study's score.
+        """Predicts a study from its images (paths or arrays).
 
         Returns:
             {"part", "part_confidence", "p_abnormal", "abnormal", "images": [per-image results]}.
         """
         if not images:
             raise ValueError("a study needs at least one image")
-        x = np.stack([self.prepare(im) for im in images])
-        probs = self.router_probs(x)
-        part = self.labels[int(probs.mean(axis=0).argmax())]
-        scores = self.abnormal_probs(part, x) if part in self.models else None
-        result = self._decide(part, probs.mean(axis=0), None if scores is None else scores.mean())
-        result["images"] = [
-            {**self._decide(self.labels[int(pr.argmax())], pr, None if scores is None else s), "routed_part": part}
-            for pr, s in zip(probs, scores if scores is not None else [None] * len(probs), strict=True)
-        ]
-        return result
+        study, per_image, _ = self.score_study(np.stack([self.prepare(im) for im in images]))
+        return {**study, "images": per_image}
 
 
 def find_images(path):
@@ -133,6 +179,8 @@ def _cam_name(path):
 def predict_paths(net, paths, cam_dir=None):
     """Predicts images and study folders; unreadable files become error entries, the rest go on.
 
+    Each single image is scored as a study of one; the images of a folder as one study.
+
     Args:
         net: a loaded `BoneNet`.
         paths: image files, study folders or folders of studies.
@@ -155,43 +203,35 @@ def predict_paths(net, paths, cam_dir=None):
             results.append({"path": str(path), "error": str(exc)})
             return None, None
 
-    def image_entry(path, gray, x, probs, part, p):
-        entry = {"path": str(path), **net._decide(part, probs, p)}
-        if cam_dir is not None and part in net.models:
-            cam = gradcam.grad_cam(net.models[part], x[None])[0]
-            cam = gradcam.to_original(cam, net.recipe.layout(gray, net.image_size), gray.shape)
-            box = gradcam.cam_box(cam)
-            label = f"{part[3:].lower()} p(abnormal)={p:.2f}"
-            out = Path(cam_dir) / _cam_name(path)
-            out.parent.mkdir(parents=True, exist_ok=True)
-            cv2.imwrite(str(out), gradcam.overlay(gray, cam, box, label))
-            entry.update({"cam": str(out), "cam_box": box})
-        return entry
+    def score(items):
+        """items: [(path, gray, x)] → per-image entries (with CAMs) and the study's result."""
+        study, per_image, features = net.score_study(np.stack([x for _, _, x in items]))
+        entries = []
+        for i, ((path, gray, _), result) in enumerate(zip(items, per_image, strict=True)):
+            entry = {"path": str(path), **result}
+            if cam_dir is not None and result["p_abnormal"] is not None:
+                cam, box = net.cam(result["part"], take(features, slice(i, i + 1)), gray)
+                label = f"{result['part'][3:].lower()} p(abnormal)={result['p_abnormal']:.2f}"
+                out = Path(cam_dir) / _cam_name(path)
+                out.parent.mkdir(parents=True, exist_ok=True)
+                cv2.imwrite(str(out), gradcam.overlay(gray, cam, box, label))
+                entry.update({"cam": str(out), "cam_box": box})
+            entries.append(entry)
+        return entries, study
 
     for path in singles:
         gray, x = load(path)
-        if gray is None:
-            continue
-        probs = net.router_probs(x[None])[0]
-        part = net.labels[int(probs.argmax())]
-        p = float(net.abnormal_probs(part, x[None])[0]) if part in net.models else None
-        results.append(image_entry(path, gray, x, probs, part, p))
+        if gray is not None:
+            results.extend(score([(path, gray, x)])[0])
     for folder, images in sorted(studies.items()):
         loaded = [(path, *load(path)) for path in images]
         loaded = [item for item in loaded if item[1] is not None]
         if not loaded:
             results.append({"path": str(folder), "error": "no readable images in this folder"})
             continue
-        x = np.stack([item[2] for item in loaded])
-        probs = net.router_probs(x)
-        part = net.labels[int(probs.mean(axis=0).argmax())]
-        scores = net.abnormal_probs(part, x) if part in net.models else [None] * len(loaded)
-        entries = [image_entry(path, gray, xi, pr, part, None if s is None else float(s))
-                   for (path, gray, xi), pr, s in zip(loaded, probs, scores, strict=True)]
+        entries, study = score(loaded)
         results.extend(entries)
-        mean = None if scores[0] is None else float(np.mean(scores))
-        results.append({"study": str(folder), "images": [e["path"] for e in entries],
-                        **net._decide(part, probs.mean(axis=0), mean)})
+        results.append({"study": str(folder), "images": [e["path"] for e in entries], **study})
     return results
 
 

@@ -161,3 +161,75 @@ def compile_model(model, learning_rate=1e-4, jit_compile="auto"):
         jit_compile=jit_compile,
     )
     return model
+
+
+def trunk_outputs(model, trainable_layers=DEFAULT_TRAINABLE_LAYERS):
+    """Names of the layers whose outputs cross from the frozen trunk into the trainable head.
+
+    The trunk is every base layer before the last `trainable_layers`; with frozen BatchNorm it is
+    a fixed function of the input, shared by every model built on the same backbone. For the
+    last-20 recipe the cut falls inside block6d, so two tensors cross it (`block6d_se_excite`
+    and the residual `block6c_add`).
+
+    Args:
+        model: a classifier from `build_classifier`.
+        trainable_layers: the recipe's trainable layer count. Defaults to 20.
+    """
+    layers = [layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
+    names = [layer.name for layer in layers]
+    if "avg_pool" not in names:
+        raise ValueError(f"{model.name}: not a bonenet classifier (no avg_pool layer)")
+    cut = names.index("avg_pool") - trainable_layers
+    if cut < 1:
+        raise ValueError(f"trainable_layers={trainable_layers} leaves no frozen trunk to share")
+    trunk = set(names[:cut]) | {layer.name for layer in model.layers if isinstance(layer, keras.layers.InputLayer)}
+    crossing = []
+    for layer in layers[cut:]:
+        for node in layer._inbound_nodes:
+            for tensor in node.input_tensors:
+                source = tensor._keras_history.operation.name
+                if source in trunk and source not in crossing:
+                    crossing.append(source)
+    return crossing
+
+
+def split_model(model, trainable_layers=DEFAULT_TRAINABLE_LAYERS):
+    """Splits a classifier into (trunk, head) that share the classifier's layer objects.
+
+    `trunk(image)` gives the crossing tensors of `trunk_outputs` (in that order) and
+    `head(features)` gives the classifier's output, so `head(trunk(x)) == model(x)` exactly;
+    training the head trains the classifier.
+    """
+    tensors = [model.get_layer(name).output for name in trunk_outputs(model, trainable_layers)]
+    trunk = keras.Model(model.input, tensors, name="trunk")
+    head = keras.Model(tensors, model.output, name=f"{model.name}_head")
+    return trunk, head
+
+
+def join_model(trunk, head, name=None):
+    """The full image-to-probabilities model `head(trunk(image))`, for comparison and export."""
+    inputs = keras.Input(trunk.inputs[0].shape[1:], name="image")
+    features = trunk(inputs)
+    return keras.Model(inputs, head(features if isinstance(features, list) else [features]),
+                       name=name or head.name.removesuffix("_head"))
+
+
+def copy_weights(source, target):
+    """Copies weights layer by layer (matched by name) from `source` into `target`'s layers.
+
+    Returns:
+        How many layers were copied. Raises ValueError when a layer's shapes differ.
+    """
+    copied = 0
+    for layer in source.layers:
+        try:
+            other = target.get_layer(layer.name)
+        except ValueError:
+            continue
+        values = layer.get_weights()
+        if [v.shape for v in values] != [w.shape for w in other.get_weights()]:
+            raise ValueError(f"layer {layer.name}: weight shapes differ between the two models")
+        if values:
+            other.set_weights(values)
+            copied += 1
+    return copied

@@ -4,6 +4,10 @@ The manifest is the single description of a run: which models it holds, the inpu
 preprocessing recipe they were trained with, where their weights came from and how well they did
 on the hold-out. Every model in a run must share size, recipe and backbone weights; a folder made
 with another recipe is refused rather than silently mixed.
+
+Layout (format version 2): one frozen `trunk.keras` that every model shares, and one small
+`heads/<model>.keras` per model that takes the trunk's outputs. Version 1 folders, which hold full
+image-to-probabilities models, still load.
 """
 
 import datetime
@@ -17,7 +21,10 @@ from bonenet.parts import PARTS, parse_part, short_name
 
 MANIFEST = "manifest.json"
 FORMAT = "bonenet-run"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+# Versions this bonenet can read; 1 stored one full model per file.
+READABLE_VERSIONS = (1, 2)
+TRUNK_FILE = "trunk.keras"
 # Settings every model of one run must share, or their inputs would differ.
 SHARED_KEYS = ("image_size", "recipe", "weights", "trainable_layers")
 
@@ -32,8 +39,8 @@ def model_key(target):
 
 
 def model_filename(key):
-    """Relative file of a model: `router.keras` or `parts/<part>.keras` (short part name)."""
-    return "router.keras" if key == "router" else f"parts/{short_name(key)}.keras"
+    """Relative file of a model's head: `heads/router.keras` or `heads/<part>.keras` (short part name)."""
+    return f"heads/{'router' if key == 'router' else short_name(key)}.keras"
 
 
 def _atomic_replace(write, path, suffix):
@@ -85,10 +92,10 @@ def read_manifest(run_dir, required=True):
         raise ManifestError(f"{path}: not valid JSON ({exc})") from exc
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise ManifestError(f"{path}: not a BoneNet run manifest")
-    if manifest.get("format_version") != FORMAT_VERSION:
+    if manifest.get("format_version") not in READABLE_VERSIONS:
         raise ManifestError(
             f"{path}: format version {manifest.get('format_version')} is not supported by bonenet "
-            f"{__version__} (expects {FORMAT_VERSION}); retrain or use a matching bonenet"
+            f"{__version__} (reads {', '.join(map(str, READABLE_VERSIONS))}); retrain or use a matching bonenet"
         )
     return manifest
 
@@ -118,12 +125,32 @@ def _comparable(value, key):
     return value
 
 
-def record_model(run_dir, key, shared, entry):
-    """Adds or replaces one model's entry in the run manifest (created if absent), atomically."""
+def check_writable(manifest, run_dir):
+    """Refuses to add models to a folder of an older format, whose models could not share a trunk."""
+    if manifest is not None and manifest.get("format_version") != FORMAT_VERSION:
+        raise ManifestError(
+            f"{Path(run_dir) / MANIFEST}: folder holds format version {manifest.get('format_version')} models "
+            f"(full models, one per file); it still loads for prediction, but train into a new --models-dir"
+        )
+
+
+def record_model(run_dir, key, shared, entry, trunk=None):
+    """Adds or replaces one model's entry in the run manifest (created if absent), atomically.
+
+    Args:
+        run_dir: the run folder.
+        key: `router` or a part name.
+        shared: the settings every model of the run shares (checked against the folder's).
+        entry: the model's manifest entry.
+        trunk: the trunk's entry (`file`, `outputs`), written when the folder has none yet.
+    """
     manifest = read_manifest(run_dir, required=False)
+    check_writable(manifest, run_dir)
     if manifest is None:
         manifest = {"format": FORMAT, "format_version": FORMAT_VERSION, "parts": list(PARTS), "models": {}}
     check_shared(manifest, shared, run_dir)
+    if trunk is not None and "trunk" not in manifest:
+        manifest["trunk"] = trunk
     manifest.update(shared)
     manifest["bonenet_version"] = __version__
     manifest["updated"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
@@ -142,15 +169,26 @@ def load_model(path):
     return keras.saving.load_model(path, compile=False, safe_mode=True)
 
 
+def load_trunk(run_dir, manifest=None):
+    """The run's shared trunk model, or None for a folder of full models (format version 1)."""
+    manifest = manifest or read_manifest(run_dir)
+    if "trunk" not in manifest:
+        return None
+    return load_model(Path(run_dir) / manifest["trunk"]["file"])
+
+
 def load_run_models(run_dir, keys=None):
-    """Loads the models a run's manifest lists.
+    """Loads the trunk and the models a run's manifest lists.
+
+    With a trunk, each model is a head taking the trunk's outputs; without one (format version 1)
+    each model is a full image-to-probabilities model.
 
     Args:
         run_dir: the run folder.
         keys: which models (`router`, part names); None loads all listed. Defaults to None.
 
     Returns:
-        (manifest, {key: keras.Model}).
+        (manifest, trunk model or None, {key: keras.Model}).
     """
     manifest = read_manifest(run_dir)
     listed = manifest["models"]
@@ -158,4 +196,11 @@ def load_run_models(run_dir, keys=None):
     missing = [k for k in wanted if k not in listed]
     if missing:
         raise ManifestError(f"{Path(run_dir) / MANIFEST}: no {', '.join(missing)} model in this run")
-    return manifest, {k: load_model(Path(run_dir) / listed[k]["file"]) for k in wanted}
+    trunk = load_trunk(run_dir, manifest)
+    models = {k: load_model(Path(run_dir) / listed[k]["file"]) for k in wanted}
+    if trunk is not None:
+        for key, model in models.items():
+            if len(model.inputs) != len(trunk.outputs):
+                raise ManifestError(f"{Path(run_dir) / listed[key]['file']}: head takes {len(model.inputs)} "
+                                    f"input(s) but the run's trunk gives {len(trunk.outputs)}")
+    return manifest, trunk, models

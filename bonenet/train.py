@@ -2,6 +2,11 @@
 
 One function, `train_model`, trains any model of the hierarchy; `train_all` runs the router and
 then the seven parts. Progress is Keras' own bar; a killed run continues with `resume=True`.
+
+Every model is stored as the run's shared frozen trunk plus its own head. The default `cached`
+mode computes the trunk's outputs once for all train images (and a few pre-drawn augmented views)
+and trains the heads on that cache; `full` mode fits the whole model on live-augmented images.
+Both train the same layers and store the same layout.
 """
 
 import json
@@ -16,14 +21,18 @@ import numpy as np
 import tensorflow as tf
 
 from bonenet import data as bdata
-from bonenet.models import build_part_model, build_router, compile_model, resolve_weights
+from bonenet.features import compute_features, weights_digest
+from bonenet.models import (build_part_model, build_router, compile_model, copy_weights, resolve_weights,
+                            split_model, trunk_outputs)
 from bonenet.mura import fingerprint, holdout_split
 from bonenet.parts import PARTS, short_name
-from bonenet.store import check_shared, model_filename, model_key, read_manifest, record_model, save_model_atomic
+from bonenet.store import (TRUNK_FILE, check_shared, check_writable, load_trunk, model_filename, model_key,
+                           read_manifest, record_model, save_model_atomic)
 from preprocessing.augment import AugmentConfig
 from preprocessing.recipes import DEFAULT_RECIPE, get_recipe
 
 STRATEGIES = ("auto", "default", "mirrored", "multiworker")
+MODES = ("cached", "full")
 
 
 @dataclass(frozen=True)
@@ -45,7 +54,12 @@ class TrainConfig:
         holdout_fraction: patient-grouped hold-out share of train. Defaults to 0.2.
         dropout: dropout before the softmax. Defaults to 0.2.
         patience: epochs without hold-out improvement before stopping. Defaults to 4.
-        cache_dir: cache prepared images on disk here; None caches in memory. Defaults to None.
+        cache_dir: where caches live: trunk outputs (cached mode) or prepared images (full mode).
+            None means `<models-dir>/cache` for trunk outputs and memory for images. Defaults to None.
+        mode: "cached" trains heads on cached trunk outputs; "full" fits the whole model on
+            live-augmented images. Defaults to "cached".
+        views: in cached mode with `augment`, augmented views drawn once per train image and
+            cached beside the unaugmented one. Defaults to 2.
     """
 
     epochs: int = 10
@@ -63,6 +77,8 @@ class TrainConfig:
     dropout: float = 0.2
     patience: int = 4
     cache_dir: str = None
+    mode: str = "cached"
+    views: int = 2
 
     def __post_init__(self):
         for name in ("epochs", "batch_size", "image_size"):
@@ -72,6 +88,10 @@ class TrainConfig:
             raise ValueError(f"image_size must be at least 32 for EfficientNetB0, got {self.image_size}")
         if self.strategy not in STRATEGIES:
             raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}, got {self.strategy!r}")
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        if int(self.views) < 0:
+            raise ValueError(f"views must be at least 0, got {self.views}")
         if not self.learning_rate > 0:
             raise ValueError(f"learning_rate must be positive, got {self.learning_rate}")
         AugmentConfig(max_rotation=self.max_rotation)  # checks the bound
@@ -157,12 +177,13 @@ def checkpoint_dir(run_dir, key):
     return Path(run_dir) / "checkpoints" / (key if key == "router" else short_name(key))
 
 
-def _tune_on_holdout(model, val_ds, val_paths, val_images):
-    """The study-level threshold maximising kappa on the hold-out (never on an evaluated split)."""
+def _tune_on_holdout(scores, kept, val_images):
+    """The study-level threshold maximising kappa on the hold-out (never on an evaluated split).
+
+    `scores` are p(abnormal) for the hold-out images `kept` (those that decoded), in order.
+    """
     from bonenet.metrics import tune_threshold
 
-    kept = [p for p in val_paths if p not in bdata.SKIPPED_IN_PIPELINE]
-    scores = model.predict(val_ds, verbose=0)[:, 1]
     if len(scores) != len(kept):
         return None
     table = val_images.set_index("path").loc[kept, ["study", "label"]].assign(score=scores)
@@ -172,8 +193,39 @@ def _tune_on_holdout(model, val_ds, val_paths, val_images):
         return float(tune_threshold(studies["label"], studies["score"]))
 
 
+def _cached_datasets(trunk, index, train_paths, train_labels, val_paths, val_labels, num_classes, config, run_dir,
+                     verbose):
+    """Train and hold-out datasets of cached trunk outputs, plus the hold-out paths they serve.
+
+    One cache covers every train-split image, so the router and all seven parts share it.
+    """
+    everything = index.images.loc[index.images.split == "train", "path"].tolist()
+    augment = AugmentConfig(max_rotation=config.max_rotation) if config.augment and config.views else None
+    cache = compute_features(trunk, everything, config.recipe, config.image_size,
+                             Path(config.cache_dir) if config.cache_dir else run_dir / "cache",
+                             views=config.views if augment else 0, augment_config=augment, seed=config.seed,
+                             batch_size=config.batch_size, verbose=verbose)
+    n, position = len(cache.paths), {p: i for i, p in enumerate(cache.paths)}
+
+    def rows_and_labels(paths, labels, views):
+        by_image = np.full(n, -1, np.int64)
+        by_image[[position[p] for p in paths]] = labels
+        rows = cache.rows([position[p] for p in paths], views=views)
+        return rows, by_image[rows % n]
+
+    train_rows, train_y = rows_and_labels(train_paths, train_labels, views=True)
+    val_rows, val_y = rows_and_labels(val_paths, val_labels, views=False)
+    batch = dict(num_classes=num_classes, batch_size=config.batch_size)
+    train_ds = cache.dataset(train_rows, train_y, training=True, seed=config.seed, **batch)
+    val_ds = cache.dataset(val_rows, val_y, **batch)
+    return train_ds, val_ds, [cache.paths[r % n] for r in val_rows]
+
+
 def train_model(target, index, models_dir, config=TrainConfig(), resume=False, verbose=1):
     """Trains the router (`target="router"`) or one part's model and records it in the run.
+
+    The model is built on the run's trunk when the run has one, so all its models share it; its
+    head is saved to `heads/`, and the trunk to `trunk.keras` by the run's first model.
 
     Args:
         target: "router" or a part name (`wrist`, `XR_WRIST`).
@@ -184,7 +236,7 @@ def train_model(target, index, models_dir, config=TrainConfig(), resume=False, v
         verbose: Keras verbosity (1 shows the progress bar). Defaults to 1.
 
     Returns:
-        (the model's manifest entry, the trained Keras model as saved).
+        (the model's manifest entry, the trained full Keras model).
     """
     key = model_key(target)
     run_dir = Path(models_dir)
@@ -192,6 +244,7 @@ def train_model(target, index, models_dir, config=TrainConfig(), resume=False, v
     existing = read_manifest(run_dir, required=False)
     if existing is not None:
         # Refuse a folder made with another size, recipe or backbone before spending any time.
+        check_writable(existing, run_dir)
         check_shared(existing, shared_settings(config, origin, None), run_dir)
     split = holdout_split(index.studies, config.holdout_fraction, config.seed)
     held = set(split.loc[split.holdout, "study"])
@@ -208,21 +261,34 @@ def train_model(target, index, models_dir, config=TrainConfig(), resume=False, v
     keras.utils.set_random_seed(config.seed)
     gpu = configure_accelerator()
     strategy = get_strategy(config.strategy)
-    augment = AugmentConfig(max_rotation=config.max_rotation) if config.augment else None
-    common = dict(recipe=config.recipe, size=config.image_size, batch_size=config.batch_size,
-                  cache_dir=config.cache_dir)
-    train_ds = _shardable(bdata.make_dataset(train_paths, train_labels, num_classes, training=True, seed=config.seed,
-                                             augment_config=augment, **common))
-    val_ds = _shardable(bdata.make_dataset(val_paths, val_labels, num_classes, **common))
-
+    run_trunk = load_trunk(run_dir, existing) if existing is not None else None
     with strategy.scope():
         kwargs = dict(image_size=config.image_size, weights=weights, trainable_layers=config.trainable_layers,
                       dropout=config.dropout)
         model, trainable = build_router(**kwargs) if key == "router" else build_part_model(key, **kwargs)
-        compile_model(model, config.learning_rate, jit_compile=gpu)
+        if run_trunk is not None:
+            # The run's trunk is the one every model shares (with --weights none, it is the only
+            # copy of the random initialisation the first model drew).
+            copy_weights(run_trunk, model)
+        trunk, head = split_model(model, config.trainable_layers)
+        fitted = head if config.mode == "cached" else model
+        compile_model(fitted, config.learning_rate, jit_compile=gpu)
     shared = shared_settings(config, origin, trainable)
     if existing is not None:
         check_shared(existing, shared, run_dir)
+
+    if config.mode == "cached":
+        train_ds, val_ds, val_kept = _cached_datasets(trunk, index, train_paths, train_labels, val_paths, val_labels,
+                                                      num_classes, config, run_dir, verbose)
+    else:
+        augment = AugmentConfig(max_rotation=config.max_rotation) if config.augment else None
+        common = dict(recipe=config.recipe, size=config.image_size, batch_size=config.batch_size,
+                      cache_dir=config.cache_dir)
+        train_ds = bdata.make_dataset(train_paths, train_labels, num_classes, training=True, seed=config.seed,
+                                      augment_config=augment, **common)
+        val_ds = bdata.make_dataset(val_paths, val_labels, num_classes, **common)
+        val_kept = None
+    train_ds, val_ds = _shardable(train_ds), _shardable(val_ds)
 
     work = checkpoint_dir(run_dir, key)
     backup, log_path, best_path = work / "backup", work / "log.csv", work / "best.weights.h5"
@@ -250,16 +316,28 @@ def train_model(target, index, models_dir, config=TrainConfig(), resume=False, v
         # The datasets' length is unknown until the first epoch ends (unreadable files are
         # filtered out), and Keras warns about that once; it is expected here.
         warnings.filterwarnings("ignore", message="Your input ran out of data")
-        history = model.fit(train_ds, validation_data=val_ds, epochs=config.epochs, verbose=verbose, shuffle=False,
-                            class_weight=bdata.class_weights(train_labels, num_classes), callbacks=callbacks)
+        history = fitted.fit(train_ds, validation_data=val_ds, epochs=config.epochs, verbose=verbose, shuffle=False,
+                             class_weight=bdata.class_weights(train_labels, num_classes), callbacks=callbacks)
         if best_path.is_file():
-            model.load_weights(str(best_path))
-        scores = model.evaluate(val_ds, verbose=0, return_dict=True)
-        tuned = _tune_on_holdout(model, val_ds, val_paths, val_images) if key != "router" else None
+            fitted.load_weights(str(best_path))
+        scores = fitted.evaluate(val_ds, verbose=0, return_dict=True)
+        tuned = None
+        if key != "router":
+            probs = fitted.predict(val_ds, verbose=0)[:, 1]
+            if val_kept is None:
+                val_kept = [p for p in val_paths if p not in bdata.SKIPPED_IN_PIPELINE]
+            tuned = _tune_on_holdout(probs, val_kept, val_images)
+    trunk_entry = None
+    if run_trunk is None:
+        # The run's first model writes the trunk, before its head, so a listed head always has it.
+        save_model_atomic(trunk, run_dir / TRUNK_FILE)
+        trunk_entry = {"file": TRUNK_FILE, "outputs": trunk_outputs(model, config.trainable_layers),
+                       "sha256_weights": weights_digest(trunk)}
     filename = model_filename(key)
-    save_model_atomic(model, run_dir / filename)
+    save_model_atomic(head, run_dir / filename)
     entry = {
         "file": filename,
+        "input": "trunk",
         "labels": list(PARTS) if key == "router" else ["normal", "abnormal"],
         "threshold": 0.5,
         **({"tuned_threshold": tuned} if tuned is not None else {}),
@@ -271,7 +349,7 @@ def train_model(target, index, models_dir, config=TrainConfig(), resume=False, v
         "epochs_run": len(history.history.get("loss", [])),
         "log": str(log_path.relative_to(run_dir)),
     }
-    record_model(run_dir, key, shared, entry)
+    record_model(run_dir, key, shared, entry, trunk=trunk_entry)
     return entry, model
 
 

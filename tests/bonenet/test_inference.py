@@ -34,16 +34,18 @@ def test_predict_image_uses_the_saved_recipe_and_returns_a_decision(net, wrist_s
 def test_predict_study_routes_by_the_mean_softmax(net, wrist_study):
     result = net.predict_study(wrist_study)
     x = np.stack([net.prepare(p) for p in wrist_study])
-    mean = net.router_probs(x).mean(axis=0)
+    mean = net.router_probs(net.encode(x)).mean(axis=0)
     assert result["part"] == net.labels[int(mean.argmax())]
     assert len(result["images"]) == len(wrist_study)
-    assert all(image["routed_part"] == result["part"] for image in result["images"])
+    assert all(image["part"] == result["part"] for image in result["images"])
+    if result["p_abnormal"] is not None:
+        assert result["p_abnormal"] == pytest.approx(np.mean([i["p_abnormal"] for i in result["images"]]))
 
 
 def test_grad_cam_is_non_negative_image_sized_and_maps_back(net, wrist_study):
     gray = load_gray(wrist_study[0])
     x = net.prepare(gray)[None]
-    cam = gradcam.grad_cam(net.models["XR_WRIST"], x)
+    cam = gradcam.grad_cam(net.models["XR_WRIST"], net.encode(x), size=(net.image_size,) * 2)
     assert cam.shape == (1, net.image_size, net.image_size) and cam.dtype == np.float32
     assert cam.min() >= 0 and cam.max() <= 1
     full = gradcam.to_original(cam[0], net.recipe.layout(gray, net.image_size), gray.shape)
@@ -94,3 +96,37 @@ def test_group_inputs_splits_files_and_study_folders(synthetic_root):
     patient = next((synthetic_root / "valid" / "XR_HAND").iterdir())
     singles, studies = group_inputs([patient, synthetic_root / "valid_image_paths.csv"])
     assert len(singles) == 1 and all(folder.parent == patient for folder in studies)
+
+
+def test_shared_trunk_pipeline_equals_separate_full_models(run, net, wrist_study):
+    _, trained = run
+    x = np.stack([net.prepare(p) for p in wrist_study]).astype(np.float32)
+    features = net.encode(x)
+    np.testing.assert_allclose(net.router_probs(features), trained["router"].predict(x, verbose=0), atol=1e-4)
+    np.testing.assert_allclose(net.abnormal_probs("XR_WRIST", features),
+                               trained["XR_WRIST"].predict(x, verbose=0)[:, 1], atol=1e-4)
+
+
+def test_a_folder_of_full_models_from_format_version_1_still_loads(run, net, wrist_study, index, tmp_path):
+    from bonenet import store
+    from bonenet.train import TrainConfig, train_model
+
+    run_dir, trained = run
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    manifest["format_version"] = 1
+    del manifest["trunk"]
+    for key, file in [("router", "router.keras"), ("XR_WRIST", "parts/wrist.keras")]:
+        store.save_model_atomic(trained[key], tmp_path / file)
+        manifest["models"][key]["file"] = file
+        del manifest["models"][key]["input"]
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    legacy = BoneNet.load(tmp_path)
+    assert legacy.trunk is None
+    old, new = legacy.predict_study(wrist_study), net.predict_study(wrist_study)
+    assert old["part"] == new["part"]
+    for a, b in zip([old, *old["images"]], [new, *new["images"]], strict=True):
+        assert a["part_confidence"] == pytest.approx(b["part_confidence"], abs=1e-4)
+        if a["p_abnormal"] is not None:
+            assert a["p_abnormal"] == pytest.approx(b["p_abnormal"], abs=1e-4)
+    with pytest.raises(store.ManifestError, match="format version 1.*new --models-dir"):
+        train_model("hand", index, tmp_path, TrainConfig(epochs=1, image_size=64, weights="none"), verbose=0)

@@ -7,7 +7,6 @@ import cv2
 import numpy as np
 import pytest
 
-from bonenet import gradcam
 from bonenet.inference import BoneNet
 from bonenet.mura import read_mura
 from bonenet.pretrain import pretrain_backbone
@@ -42,8 +41,7 @@ def test_grad_cam_peaks_on_planted_findings_more_often_than_chance(trained):
         # Same seed, same pose: the finding is exactly where the two drawings differ.
         mask = cv2.dilate((np.abs(abnormal.astype(int) - normal.astype(int)) > 25).astype(np.uint8),
                           np.ones((15, 15), np.uint8))
-        cam = gradcam.grad_cam(net.models["XR_HUMERUS"], net.prepare(abnormal)[None])[0]
-        cam = gradcam.to_original(cam, net.recipe.layout(abnormal, net.image_size), abnormal.shape)
+        cam, _ = net.cam("XR_HUMERUS", net.encode(net.prepare(abnormal)[None]), abnormal)
         y, x = np.unravel_index(int(cam.argmax()), cam.shape)
         hits.append(bool(mask[y, x]))
         chance.append(mask.mean())

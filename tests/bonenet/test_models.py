@@ -117,3 +117,21 @@ def test_imagenet_offline_cli_fails_in_seconds_with_one_line(tmp_path, synthetic
     assert time.time() - start < 60
     lines = [line for line in proc.stderr.splitlines() if line.startswith("bonenet")]
     assert len(lines) == 1 and "efficientnetb0_notop.h5" in lines[0] and "--weights none" in lines[0]
+
+
+def test_split_model_cuts_at_the_frozen_boundary_and_recomposes_exactly():
+    from bonenet.models import join_model, split_model, trunk_outputs
+
+    model, _ = build_router(image_size=64)
+    assert trunk_outputs(model) == ["block6d_se_excite", "block6c_add"]
+    trunk, head = split_model(model)
+    assert not trunk.trainable_weights  # everything before the last 20 layers is frozen
+    assert {w.path for w in head.trainable_weights} == {w.path for w in model.trainable_weights}
+    x = np.random.default_rng(0).uniform(0, 255, (3, 64, 64, 3)).astype("float32")
+    expected = model.predict(x, verbose=0)
+    np.testing.assert_array_equal(head.predict(trunk.predict(x, verbose=0), verbose=0), expected)
+    np.testing.assert_array_equal(join_model(trunk, head).predict(x, verbose=0), expected)
+    # With no trainable base layers the head is just pooling, dropout and softmax.
+    assert trunk_outputs(model, trainable_layers=0) == ["top_activation"]
+    with pytest.raises(ValueError, match="no frozen trunk"):
+        trunk_outputs(model, trainable_layers=10_000)

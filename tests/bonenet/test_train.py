@@ -23,7 +23,12 @@ def test_training_writes_models_and_manifest(run):
     run_dir, _ = run
     manifest = store.read_manifest(run_dir)
     assert set(manifest["models"]) == {"router", "XR_WRIST"}
-    assert (run_dir / "router.keras").is_file() and (run_dir / "parts" / "wrist.keras").is_file()
+    assert manifest["format_version"] == 2
+    assert manifest["trunk"]["file"] == "trunk.keras" and (run_dir / "trunk.keras").is_file()
+    assert manifest["trunk"]["outputs"] == ["block6d_se_excite", "block6c_add"]
+    assert (run_dir / "heads" / "router.keras").is_file() and (run_dir / "heads" / "wrist.keras").is_file()
+    assert {m["input"] for m in manifest["models"].values()} == {"trunk"}
+    assert not list(run_dir.glob("parts")) and not (run_dir / "router.keras").exists()  # no full copies
     assert manifest["image_size"] == 64 and manifest["recipe"]["name"] == "equalize"
     assert manifest["weights"]["kind"] == "none"
     assert manifest["trainable_layers"]["count"] == 20 and len(manifest["trainable_layers"]["trainable"]) == 15
@@ -34,13 +39,25 @@ def test_training_writes_models_and_manifest(run):
     assert (run_dir / "checkpoints" / "wrist" / "tensorboard").is_dir()
 
 
-def test_reloaded_models_predict_identically(run, index):
+def test_reloaded_trunk_and_heads_predict_like_the_trained_models(run, index):
     run_dir, trained = run
-    _, loaded = store.load_run_models(run_dir)
+    _, trunk, heads = store.load_run_models(run_dir)
     images = index.images[index.images.part == "XR_WRIST"].head(8)
     batch = next(iter(make_router_dataset(images, "equalize", 64, 8)))[0]
+    features = trunk.predict(batch, verbose=0)
     for key, model in trained.items():
-        np.testing.assert_array_equal(loaded[key].predict(batch, verbose=0), model.predict(batch, verbose=0))
+        np.testing.assert_allclose(heads[key].predict(features, verbose=0), model.predict(batch, verbose=0),
+                                   atol=1e-6)
+
+
+def test_models_of_one_run_share_the_trunk_even_with_random_weights(run):
+    from bonenet.models import split_model
+
+    _, trained = run
+    router_trunk, _ = split_model(trained["router"])
+    wrist_trunk, _ = split_model(trained["XR_WRIST"])
+    for a, b in zip(router_trunk.weights, wrist_trunk.weights, strict=True):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
 
 
 def test_a_models_folder_from_another_recipe_is_refused(run, index):
@@ -84,7 +101,7 @@ def test_cli_train_part_accepts_short_and_canonical_names(synthetic_root, tmp_pa
     code = run_pipeline.main(["train-part", "--part", "XR_ELBOW", "--data-root", str(synthetic_root),
                               "--models-dir", str(tmp_path), "--epochs", "1", "--image-size", "64",
                               "--weights", "none", "--batch-size", "16", "--no-augment"])
-    assert code == 0 and (tmp_path / "parts" / "elbow.keras").is_file()
+    assert code == 0 and (tmp_path / "heads" / "elbow.keras").is_file()
     assert run_pipeline.main(["train-part", "--part", "knee", "--data-root", str(synthetic_root),
                               "--models-dir", str(tmp_path), "--weights", "none"]) == 2
 
@@ -133,7 +150,7 @@ def test_sigkilled_training_resumes_from_the_last_completed_epoch(synthetic_root
     proc.wait()
     killed_after = len(pd.read_csv(log))
     assert 1 <= killed_after < 6
-    assert not (tmp_path / "router.keras").exists()
+    assert not (tmp_path / "heads" / "router.keras").exists()
 
     resumed = subprocess.run(cmd + ["--resume"], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]

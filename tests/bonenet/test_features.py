@@ -1,0 +1,113 @@
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from bonenet import features as bfeatures
+from bonenet.data import make_dataset, prepare_image
+from bonenet.models import build_part_model, split_model
+from preprocessing.augment import AugmentConfig
+
+SIZE = 64
+
+
+@pytest.fixture(scope="module")
+def wrist_model():
+    model, _ = build_part_model("XR_WRIST", image_size=SIZE)
+    return model
+
+
+@pytest.fixture(scope="module")
+def paths(index):
+    return index.images[index.images.part == "XR_WRIST"].path.head(12).tolist()
+
+
+@pytest.fixture(scope="module")
+def cache(wrist_model, paths, tmp_path_factory):
+    trunk, _ = split_model(wrist_model)
+    return bfeatures.compute_features(trunk, paths, "equalize", SIZE, tmp_path_factory.mktemp("features"),
+                                      views=2, augment_config=AugmentConfig(), seed=1, batch_size=5, verbose=0)
+
+
+def test_head_on_cached_features_agrees_with_the_full_model(wrist_model, paths, cache):
+    _, head = split_model(wrist_model)
+    rows = cache.rows(range(len(paths)), views=False)
+    cached = head.predict(cache.gather(rows), verbose=0)
+    images = np.stack([prepare_image(p, "equalize", SIZE) for p in paths]).astype(np.float32)
+    np.testing.assert_allclose(cached, wrist_model.predict(images, verbose=0), atol=1e-4)
+
+
+def test_views_are_augmented_drawn_once_and_served_by_the_dataset(cache, paths):
+    n = len(paths)
+    rows = cache.rows(range(n))
+    assert sorted(rows) == list(range(3 * n))
+    view0, view1 = cache.gather(np.arange(n)), cache.gather(np.arange(n, 2 * n))
+    assert not np.allclose(view0[0], view1[0])  # augmented views differ from the plain image
+    batches = list(cache.dataset(rows, np.zeros(len(rows), int), 2, batch_size=8, training=True, seed=0))
+    assert sum(len(y) for _, y in batches) == 3 * n
+    (f0, f1), y = batches[0]
+    assert f0.shape[1:] == cache.arrays[0].shape[1:] and f1.shape[1:] == cache.arrays[1].shape[1:]
+    assert y.shape == (8, 2)
+
+
+def test_a_complete_cache_is_reused_and_any_change_gives_a_new_key(wrist_model, paths, cache, tmp_path):
+    trunk, _ = split_model(wrist_model)
+    again = bfeatures.compute_features(trunk, paths, "equalize", SIZE, cache.folder.parent, views=2,
+                                       augment_config=AugmentConfig(), seed=1, verbose=0)
+    assert again.folder == cache.folder
+    key = bfeatures.features_key(paths, "equalize", SIZE, trunk, 2, AugmentConfig(), 1)
+    assert cache.folder.name == f"features-{key}"
+    other_trunk, _ = split_model(build_part_model("XR_WRIST", image_size=SIZE)[0])  # other random weights
+    variants = [
+        bfeatures.features_key(paths[:-1], "equalize", SIZE, trunk, 2, AugmentConfig(), 1),
+        bfeatures.features_key(paths, "full", SIZE, trunk, 2, AugmentConfig(), 1),
+        bfeatures.features_key(paths, "equalize", SIZE, other_trunk, 2, AugmentConfig(), 1),
+        bfeatures.features_key(paths, "equalize", SIZE, trunk, 1, AugmentConfig(), 1),
+        bfeatures.features_key(paths, "equalize", SIZE, trunk, 2, AugmentConfig(max_rotation=5), 1),
+    ]
+    assert len({key, *variants}) == 6
+    # A file rewritten in place (same path) changes the key too.
+    copies = [shutil.copy(p, tmp_path / f"{i}.png") for i, p in enumerate(paths[:2])]
+    before = bfeatures.features_key(copies, "equalize", SIZE, trunk)
+    shutil.copy(paths[5], copies[0])
+    assert bfeatures.features_key(copies, "equalize", SIZE, trunk) != before
+
+
+def test_unreadable_images_are_flagged_and_never_served(wrist_model, paths, tmp_path):
+    trunk, _ = split_model(wrist_model)
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 100)
+    cache = bfeatures.compute_features(trunk, [paths[0], str(broken), paths[1]], "equalize", SIZE, tmp_path,
+                                       verbose=0)
+    assert cache.ok.tolist() == [True, False, True]
+    assert cache.rows([0, 1, 2]).tolist() == [0, 2]
+
+
+def test_a_killed_computation_leaves_no_cache_behind(wrist_model, paths, tmp_path, monkeypatch):
+    trunk, _ = split_model(wrist_model)
+    calls = []
+
+    def crash(x):
+        calls.append(1)
+        if len(calls) > 1:
+            raise KeyboardInterrupt
+        return type(trunk).predict_on_batch(trunk, x)
+
+    monkeypatch.setattr(trunk, "predict_on_batch", crash)
+    with pytest.raises(KeyboardInterrupt):
+        bfeatures.compute_features(trunk, paths, "equalize", SIZE, tmp_path, batch_size=4, verbose=0)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cached_images_dataset_matches_an_uncached_one(paths):
+    labels = np.zeros(len(paths), int)
+    cached = np.concatenate([x for x, _ in make_dataset(paths, labels, 2, "equalize", SIZE, 4)])
+    fresh = np.concatenate([x for x, _ in make_dataset(paths, labels, 2, "equalize", SIZE, 4, cache=False)])
+    np.testing.assert_array_equal(cached, fresh)
+
+
+def test_cache_meta_records_what_it_holds(cache, paths):
+    meta = json.loads((cache.folder / "meta.json").read_text())
+    assert meta["paths"] == paths and meta["views"] == 2 and meta["size"] == SIZE
+    assert meta["recipe"]["name"] == "equalize"
