@@ -22,12 +22,28 @@ import tensorflow as tf
 
 from bonenet import data as bdata
 from bonenet.features import compute_features, weights_digest
-from bonenet.models import (build_part_model, build_router, compile_model, copy_weights, resolve_weights,
-                            split_model, trunk_outputs)
+from bonenet.models import (
+    build_part_model,
+    build_router,
+    compile_model,
+    copy_weights,
+    resolve_weights,
+    split_model,
+    trunk_outputs,
+)
 from bonenet.mura import fingerprint, holdout_split
 from bonenet.parts import PARTS, short_name
-from bonenet.store import (TRUNK_FILE, check_shared, check_writable, load_trunk, model_filename, model_key,
-                           read_manifest, record_model, save_model_atomic)
+from bonenet.store import (
+    TRUNK_FILE,
+    check_shared,
+    check_writable,
+    load_trunk,
+    model_filename,
+    model_key,
+    read_manifest,
+    record_model,
+    save_model_atomic,
+)
 from preprocessing.augment import AugmentConfig
 from preprocessing.recipes import DEFAULT_RECIPE, get_recipe
 
