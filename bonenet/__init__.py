@@ -1,3 +1,3 @@
 """BoneNet: router + per-part abnormality models for MURA radiographs."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -42,7 +42,7 @@ def grad_cam(model, inputs, class_index=1, layer_name=LAST_CONV, size=None):
     except ValueError as exc:
         raise ValueError(f"{model.name}: no layer {layer_name!r} to explain; Grad-CAM needs it among the "
                          "trained layers (trainable_layers >= 3)") from exc
-    grad_model = keras.Model(model.inputs, [layer.output, model.output])
+    grad_model = keras.Model(model.inputs, [layer.output, model.outputs[0]])
     with tf.GradientTape() as tape:
         features, preds = grad_model(x, training=False)
         target = preds[:, class_index]

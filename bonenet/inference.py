@@ -6,6 +6,7 @@ import cv2
 import numpy as np
 
 from bonenet.imageio import ImageReadError, load_gray
+from bonenet.models import set_xla
 from bonenet.store import ManifestError, load_run_models, read_manifest
 from preprocessing.filters import check_image
 from preprocessing.recipes import Recipe
@@ -38,6 +39,7 @@ class BoneNet:
         self.image_size = int(manifest["image_size"])
         self.labels = list(manifest["models"]["router"]["labels"])
         self.parts = [p for p in self.labels if p in models]
+        set_xla(*models.values(), *([trunk] if trunk is not None else []))
 
     @classmethod
     def load(cls, models_dir):

@@ -59,8 +59,16 @@ def _atomic_replace(write, path, suffix):
 
 
 def save_model_atomic(model, path):
-    """Saves a Keras model in `.keras` format through a temporary file and an atomic rename."""
-    return _atomic_replace(lambda tmp: model.save(tmp, include_optimizer=False), path, ".keras")
+    """Saves a Keras model's architecture and weights in `.keras` format, atomically.
+
+    Keras 3 `model.save` always writes the optimizer state of a compiled model (Adam's two
+    moments per trainable weight, twice the trainable weights again), so an uncompiled model
+    sharing the same layers is saved instead; predictions do not need that state.
+    """
+    import keras
+
+    bare = keras.Model(model.inputs, model.outputs, name=model.name)
+    return _atomic_replace(lambda tmp: bare.save(tmp), path, ".keras")
 
 
 def write_json_atomic(payload, path):

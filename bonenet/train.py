@@ -28,6 +28,7 @@ from bonenet.models import (
     compile_model,
     copy_weights,
     resolve_weights,
+    set_xla,
     split_model,
     trunk_outputs,
 )
@@ -282,12 +283,13 @@ def train_model(target, index, models_dir, config=TrainConfig(), resume=False, v
         kwargs = dict(image_size=config.image_size, weights=weights, trainable_layers=config.trainable_layers,
                       dropout=config.dropout)
         model, trainable = build_router(**kwargs) if key == "router" else build_part_model(key, **kwargs)
+        trunk, head = split_model(model, config.trainable_layers)
         if run_trunk is not None:
             # The run's trunk is the one every model shares (with --weights none, it is the only
             # copy of the random initialisation the first model drew).
-            copy_weights(run_trunk, model)
-        trunk, head = split_model(model, config.trainable_layers)
+            copy_weights(run_trunk, trunk)
         fitted = head if config.mode == "cached" else model
+        set_xla(trunk)
         compile_model(fitted, config.learning_rate, jit_compile=gpu)
     shared = shared_settings(config, origin, trainable)
     if existing is not None:

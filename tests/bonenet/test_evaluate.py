@@ -26,7 +26,7 @@ def full_run(run, tmp_path_factory):
     shared = {k: manifest[k] for k in store.SHARED_KEYS}
     for part in PARTS:
         if part != "XR_WRIST":
-            shutil.copy(run_dir / "parts" / "wrist.keras", run_dir / store.model_filename(part))
+            shutil.copy(run_dir / "heads" / "wrist.keras", run_dir / store.model_filename(part))
             store.record_model(run_dir, part, shared, {**manifest["models"]["XR_WRIST"],
                                                        "file": store.model_filename(part), "tuned_threshold": 0.4})
     return run_dir
@@ -93,7 +93,7 @@ def test_missing_part_models_are_reported_and_the_rest_scored(run, synthetic_roo
     messages = " ".join(metrics["source"]["messages"])
     assert "no XR_ELBOW model in the run" in messages
     assert set(metrics["source"]["parts_scored"]) <= set(PARTS)
-    assert metrics["source"]["models"] == {"router": "router.keras", "XR_WRIST": "parts/wrist.keras"}
+    assert metrics["source"]["models"] == {"router": "heads/router.keras", "XR_WRIST": "heads/wrist.keras"}
     # The oracle still scores every true wrist study with the wrist model.
     assert metrics["oracle"]["XR_WRIST"]["n"] == int((pd.read_csv(tmp_path / "study_predictions.csv")["part_true"]
                                                       == "XR_WRIST").sum())

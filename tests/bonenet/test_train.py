@@ -29,6 +29,10 @@ def test_training_writes_models_and_manifest(run):
     assert (run_dir / "heads" / "router.keras").is_file() and (run_dir / "heads" / "wrist.keras").is_file()
     assert {m["input"] for m in manifest["models"].values()} == {"trunk"}
     assert not list(run_dir.glob("parts")) and not (run_dir / "router.keras").exists()  # no full copies
+    # The router and the wrist head trained on one cache of trunk outputs, computed once.
+    assert len(list((run_dir / "cache").glob("features-*"))) == 1
+    # Heads are stored without optimizer state: about 1.37M weights, not 3 × 1.35M.
+    assert (run_dir / "heads" / "wrist.keras").stat().st_size < 6.5e6
     assert manifest["image_size"] == 64 and manifest["recipe"]["name"] == "equalize"
     assert manifest["weights"]["kind"] == "none"
     assert manifest["trainable_layers"]["count"] == 20 and len(manifest["trainable_layers"]["trainable"]) == 15
@@ -171,3 +175,17 @@ def test_train_all_resume_keeps_models_that_had_finished(run, index, tmp_path, c
     assert entries == store.read_manifest(run_dir)["models"]
     assert {p: p.read_bytes() for p in run_dir.rglob("*.keras")} == before
     assert "already trained in this run, kept" in capsys.readouterr().err
+
+
+def test_full_mode_fits_on_live_augmented_images_into_the_same_layout(run, index, tmp_path):
+    run_dir = Path(shutil.copytree(run[0], tmp_path / "run"))
+    trunk_before = (run_dir / "trunk.keras").read_bytes()
+    config = TrainConfig(epochs=1, batch_size=16, image_size=64, weights="none", seed=0, mode="full")
+    entry, model = train_model("elbow", index, run_dir, config, verbose=0)
+    assert entry["file"] == "heads/elbow.keras" and entry["config"]["mode"] == "full"
+    assert (run_dir / "trunk.keras").read_bytes() == trunk_before  # the run's trunk is shared, not rewritten
+    _, trunk, heads = store.load_run_models(run_dir, ["elbow"])
+    images = index.images[index.images.part == "XR_ELBOW"].head(4)
+    batch = next(iter(make_router_dataset(images, "equalize", 64, 4)))[0]
+    np.testing.assert_allclose(heads["XR_ELBOW"].predict(trunk.predict(batch, verbose=0), verbose=0),
+                               model.predict(batch, verbose=0), atol=1e-5)

@@ -1,0 +1,25 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_benchmark_prints_every_figure_and_counts_bytes_correctly(tmp_path):
+    out = tmp_path / "bench.json"
+    proc = subprocess.run([sys.executable, "benchmarks/run.py", "--image-size", "32", "--images", "16",
+                           "--batch-size", "8", "--head-epochs", "2", "--out", str(out)],
+                          cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert json.loads(proc.stdout) == result
+    for key in ("train_speedup", "inference_speedup", "input_speedup", "input_vs_model", "storage_ratio",
+                "storage_ratio_weights_only", "storage_ratio_vs_paper_207_2_mb"):
+        assert result[key] > 0, key
+    assert all(v > 0 for v in result["images_per_s"].values())
+    sizes = result["bytes"]
+    # Storage does not depend on image size: eight full models hold 8 × 4.05M weights, a run one
+    # 2.69M trunk plus eight 1.37M heads; optimizer state adds two moments per trainable weight.
+    assert 2.2 < sizes["eight_full_models_weights_only"] / sizes["bonenet_run"] < 2.6
+    assert sizes["eight_full_models_default_save"] > sizes["eight_full_models_weights_only"]
