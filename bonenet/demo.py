@@ -21,7 +21,7 @@ from bonenet.train import TrainConfig, train_all
 
 @dataclass(frozen=True)
 class DemoPlan:
-    """How big the demo is. The defaults fit in about 15 minutes on 2 CPU cores."""
+    """How big the demo is. The defaults took 13 minutes on 2 CPU cores."""
 
     studies_per_part: int = 60
     image_size: int = 96
