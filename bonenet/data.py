@@ -78,6 +78,16 @@ def _drop_flag(image, ok, label):
     return image, label
 
 
+def labelled_slices(items, labels, noun):
+    """`Dataset.from_tensor_slices((items, labels))`, refusing mismatched or empty inputs."""
+    labels = np.asarray(labels, np.int32)
+    if len(items) != len(labels):
+        raise ValueError(f"{len(items)} {noun} but {len(labels)} labels")
+    if len(items) == 0:
+        raise ValueError(f"no {noun} to build a dataset from")
+    return tf.data.Dataset.from_tensor_slices((items, labels))
+
+
 def cache_key(paths, recipe, size):
     """A short hash of the image list, recipe and size; a cache under another key is never reused."""
     h = hashlib.sha256(get_recipe(recipe).to_json().encode())
@@ -107,12 +117,7 @@ def make_dataset(paths, labels, num_classes, recipe, size, batch_size, training=
             Defaults to True.
     """
     paths = [str(p) for p in paths]
-    labels = np.asarray(labels, np.int32)
-    if len(paths) != len(labels):
-        raise ValueError(f"{len(paths)} paths but {len(labels)} labels")
-    if len(paths) == 0:
-        raise ValueError("no images to build a dataset from")
-    ds = tf.data.Dataset.from_tensor_slices((paths, labels))
+    ds = labelled_slices(paths, labels, "paths")
     prepare = map_prepare(recipe, size)
     ds = ds.map(lambda p, y: (*prepare(p), y), num_parallel_calls=AUTOTUNE, deterministic=True)
     ds = ds.filter(_is_ok).map(_drop_flag)

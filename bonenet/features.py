@@ -21,7 +21,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from bonenet.data import AUTOTUNE, prepare_or_flag
+from bonenet.data import AUTOTUNE, labelled_slices, prepare_or_flag
 from preprocessing.augment import augment
 from preprocessing.recipes import get_recipe
 
@@ -97,12 +97,7 @@ class FeatureCache:
     def dataset(self, rows, labels, num_classes, batch_size, training=False, seed=0):
         """A batched dataset of ((features...), one-hot labels) over `rows`, shuffled when training."""
         rows = np.asarray(rows, np.int64)
-        labels = np.asarray(labels, np.int32)
-        if len(rows) != len(labels):
-            raise ValueError(f"{len(rows)} rows but {len(labels)} labels")
-        if len(rows) == 0:
-            raise ValueError("no cached features to build a dataset from")
-        ds = tf.data.Dataset.from_tensor_slices((rows, labels))
+        ds = labelled_slices(rows, labels, "cached rows")
         if training:
             ds = ds.shuffle(len(rows), seed=seed, reshuffle_each_iteration=True)
         shapes = [a.shape[1:] for a in self.arrays]
