@@ -7,7 +7,8 @@ of the cost: an epoch no longer decodes a PNG or runs the first 217 layers.
 A cache folder is named by a key over the image files (path, size, modification time), the
 recipe, the image size, the trunk's weights and layout, and the views; anything that changes the
 features changes the key, so a stale cache is never read. Folders are written under a temporary
-name and renamed when complete, so a killed computation leaves nothing that looks finished.
+name and renamed when complete, so a killed computation leaves nothing that looks finished; the next
+computation in the same folder deletes what a dead writer on this host left.
 """
 
 import hashlib
