@@ -127,3 +127,16 @@ def test_report_runs_the_notebooks_and_shows_the_plots(evaluation, tmp_path):
 def test_report_cli_writes_eight_html_files(evaluation, tmp_path):
     assert run_pipeline.main(["report", "--eval-dir", str(evaluation), "--out", str(tmp_path)]) == 0
     _check_pages(tmp_path, ["overview.html"] + [f"part_{p[3:].lower()}.html" for p in PARTS])
+
+
+def test_evaluated_studies_match_predict_study(evaluation, full_run, index):
+    """Tables (metrics.aggregate_studies) and single studies (BoneNet.score_study) route and score alike."""
+    from bonenet.inference import BoneNet
+
+    net = BoneNet.load(full_run)
+    studies = pd.read_csv(evaluation / "study_predictions.csv").set_index("study")
+    valid = index.images[index.images.split == "valid"]
+    for study, rows in list(valid.groupby("study"))[:6]:
+        result = net.predict_study(rows["path"].tolist())
+        assert result["part"] == studies.loc[study, "part_pred"], study
+        assert result["p_abnormal"] == pytest.approx(studies.loc[study, "score"], abs=1e-5), study
