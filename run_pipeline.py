@@ -5,10 +5,16 @@ inside the subcommands that need them, so `--help` stays fast.
 """
 
 import argparse
+import dataclasses
 import json
 import os
+import shlex
 import sys
 from pathlib import Path
+
+from bonenet.parts import PARTS, short_name
+
+PART_CHOICES = [short_name(p) for p in PARTS]
 
 
 class CommandError(Exception):
@@ -42,24 +48,13 @@ def _cmd_preprocess(args):
     print(f"wrote {save_figure(fig, args.out)}")
 
 
-def _train_config(args):
-    from bonenet.train import TrainConfig
-
-    return TrainConfig(
-        epochs=args.epochs, batch_size=args.batch_size, image_size=args.image_size, weights=args.weights,
-        trainable_layers=args.trainable_layers, learning_rate=args.learning_rate, seed=args.seed,
-        strategy=args.strategy, recipe=args.recipe, augment=not args.no_augment, max_rotation=args.max_rotation,
-        patience=args.patience, cache_dir=args.cache_dir, mode=args.mode, views=args.views,
-    )
-
-
 def _cmd_train(args):
+    from bonenet.configs import TrainConfig
+    from bonenet.models import resolve_weights
     from bonenet.mura import read_mura
     from bonenet.train import train_all, train_model
 
-    config = _train_config(args)
-    from bonenet.models import resolve_weights
-
+    config = TrainConfig(**_config_values(args, TrainConfig))
     resolve_weights(config.weights)  # fail within seconds, before reading the data
     index = read_mura(args.data_root)
     if not index.skipped.empty:
@@ -76,31 +71,17 @@ def _cmd_train(args):
           ", ".join(f"{k} {v:.4f}" for k, v in entry["holdout"].items()))
 
 
-def _add_training_flags(p):
+def _training_parent():
+    """The flags every training subcommand shares, defined once; defaults come from `TrainConfig`."""
+    from bonenet.configs import CHOICES, TRAIN_HELP, TrainConfig
+
+    p = argparse.ArgumentParser(add_help=False)
     p.add_argument("--data-root", required=True, help="the MURA-v1.1 folder or its parent")
     p.add_argument("--models-dir", required=True, help="run folder to write models and manifest.json into")
-    p.add_argument("--epochs", type=int, default=10, help="most epochs (default 10)")
-    p.add_argument("--batch-size", type=int, default=32, help="global batch size (default 32)")
-    p.add_argument("--image-size", type=int, default=224, help="input side in pixels (default 224)")
-    p.add_argument("--weights", default="imagenet", help="imagenet, none, or a backbone .weights.h5 file (default imagenet)")
-    p.add_argument("--trainable-layers", type=int, default=20, help="last base layers to fine-tune (default 20)")
-    p.add_argument("--learning-rate", type=float, default=1e-4, help="Adam learning rate (default 1e-4)")
-    p.add_argument("--seed", type=int, default=0, help="seed for split, shuffling and augmentation (default 0)")
-    p.add_argument("--strategy", default="auto", choices=["auto", "default", "mirrored", "multiworker"],
-                   help="tf.distribute strategy (default auto: mirrored when >1 GPU)")
-    p.add_argument("--recipe", default="equalize", help="preprocessing recipe name or JSON file (default equalize)")
-    p.add_argument("--no-augment", action="store_true", help="train without augmentation")
-    p.add_argument("--max-rotation", type=float, default=15.0, help="augmentation rotation bound, <= 30 (default 15)")
-    p.add_argument("--patience", type=int, default=4, help="early-stopping patience in epochs (default 4)")
-    p.add_argument("--mode", default="cached", choices=["cached", "full"],
-                   help="cached: train heads on trunk outputs computed once (default); "
-                        "full: fit the whole model on live-augmented images")
-    p.add_argument("--views", type=int, default=2,
-                   help="cached mode: augmented views drawn once per train image (default 2; 0 = none)")
-    p.add_argument("--cache-dir", help="cache folder (default: <models-dir>/cache for trunk outputs; "
-                                       "memory for images in full mode)")
+    _add_config_flags(p, TrainConfig, TRAIN_HELP, CHOICES)
     p.add_argument("--resume", action="store_true", help="continue a killed run from its last completed epoch")
     p.set_defaults(func=_cmd_train)
+    return p
 
 
 def _cmd_evaluate(args):
@@ -125,15 +106,18 @@ def _cmd_report(args):
 def _cmd_predict(args):
     from bonenet.inference import BoneNet, predict_paths
 
-    results = predict_paths(BoneNet.load(args.models_dir), args.paths, cam_dir=args.cam_dir)
+    results = predict_paths(BoneNet.load(args.models_dir, threshold=args.threshold), args.paths, cam_dir=args.cam_dir)
     for r in results:
         if "error" in r:
             print(f"{r['path']}: ERROR {r['error']}")
-        else:
-            p = "n/a (no model)" if r["p_abnormal"] is None else f"{r['p_abnormal']:.3f}"
-            verdict = "abnormal" if r["abnormal"] else "normal" if r["abnormal"] is not None else "unscored"
-            what = f"study {r['study']}" if "study" in r else r["path"]
-            print(f"{what}: {r['part']} ({r['part_confidence']:.2f}) p(abnormal)={p} -> {verdict}")
+            continue
+        what = f"study {r['study']}" if "study" in r else r["path"]
+        if r["p_abnormal"] is None:
+            print(f"{what}: {r['part']} (router confidence {r['part_confidence']:.2f}), unscored: no model for it")
+            continue
+        verdict = "abnormal" if r["abnormal"] else "normal"
+        print(f"{what}: {r['part']} (router confidence {r['part_confidence']:.2f}) p(abnormal)={r['p_abnormal']:.3f} "
+              f"-> {verdict} at threshold {r['threshold']:.3f} ({r['threshold_source']})")
     if args.json:
         _write_json(args.json, results)
     failed = sum("error" in r for r in results)
@@ -143,10 +127,58 @@ def _cmd_predict(args):
     return None
 
 
+def _cmd_pretrain_backbone(args):
+    from bonenet.pretrain import PretrainConfig, pretrain_backbone
+
+    config = PretrainConfig(**_config_values(args, PretrainConfig))
+    provenance = pretrain_backbone(args.out, config, data_dir=args.data_dir, resume=args.resume,
+                                   command=shlex.join(["bonenet", *args.argv]))
+    accuracy = provenance["holdout_accuracy"]
+    print(f"wrote {args.out} ({provenance['steps']} steps, {provenance['seconds']} s); hold-out accuracy: joint "
+          f"{accuracy['joint']:.3f}, part {accuracy['part']:.3f}, normal/abnormal {accuracy['abnormal']:.3f} "
+          f"on {accuracy['images']} images; sha256 {provenance['sha256'][:12]}…")
+
+
 def _cmd_demo(args):
+    from bonenet.configs import DemoPlan
     from bonenet.demo import run_demo
 
-    run_demo(args.out, studies_per_part=args.studies_per_part, image_size=args.image_size, quick=args.quick)
+    run_demo(args.out, quick=args.quick, **_config_values(args, DemoPlan))
+
+
+def _add_config_flags(parser, config_class, helps, choices=None, plan_defaults=False):
+    """Adds one `--flag` per dataclass field: defaults live in the dataclass alone.
+
+    A True boolean becomes `--no-FIELD`. With `plan_defaults`, flags default to None so that only
+    what the user typed overrides a plan (the demo's full or quick plan).
+    """
+    choices = choices or {}
+    for field in dataclasses.fields(config_class):
+        flag, default = field.name.replace("_", "-"), field.default
+        text = f"{helps[field.name]} (default {default})"
+        if isinstance(default, bool):
+            parser.add_argument(f"--{'no-' if default else ''}{flag}", dest=field.name, default=default,
+                                action="store_false" if default else "store_true",
+                                help=f"do not {helps[field.name]}" if default else helps[field.name])
+            continue
+        kind = str if default is None else type(default)
+        parser.add_argument(f"--{flag}", type=kind, default=None if plan_defaults else default,
+                            choices=choices.get(field.name), help=text)
+
+
+def _part(value):
+    from bonenet.parts import parse_part
+
+    try:
+        return parse_part(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def _config_values(args, config_class):
+    """The dataclass fields that `args` holds (None: not given)."""
+    return {f.name: getattr(args, f.name) for f in dataclasses.fields(config_class)
+            if getattr(args, f.name, None) is not None}
 
 
 def _write_json(path, payload):
@@ -179,13 +211,13 @@ def build_parser():
     p.add_argument("--image-size", type=int, default=224, help="model input side (default 224)")
     p.set_defaults(func=_cmd_preprocess)
 
-    p = sub.add_parser("train-router", help="train the EfficientNetB0 body-part router")
-    _add_training_flags(p)
-    p = sub.add_parser("train-part", help="train one part's abnormality model (the per-bone training)")
-    p.add_argument("--part", required=True, help="elbow, finger, forearm, hand, humerus, shoulder or wrist")
-    _add_training_flags(p)
-    p = sub.add_parser("train-all", help="train the router, then the seven part models")
-    _add_training_flags(p)
+    training = _training_parent()
+    sub.add_parser("train-router", parents=[training], help="train the EfficientNetB0 body-part router")
+    p = sub.add_parser("train-part", parents=[training],
+                       help="train one part's abnormality model (the per-bone training)")
+    p.add_argument("--part", required=True, type=_part, metavar="PART",
+                   help=f"one of {', '.join(PART_CHOICES)} (or XR_ELBOW …, any case)")
+    sub.add_parser("train-all", parents=[training], help="train the router, then the seven part models")
 
     p = sub.add_parser("evaluate", help="score a run per image and per study, per part, against the baselines")
     p.add_argument("--data-root", required=True, help="the MURA-v1.1 folder or its parent")
@@ -206,20 +238,46 @@ def build_parser():
     p.add_argument("--models-dir", required=True, help="a run folder with manifest.json")
     p.add_argument("--cam-dir", help="write a Grad-CAM overlay PNG per image here")
     p.add_argument("--json", help="write the results as JSON here")
+    p.add_argument("--threshold", default="tuned", choices=["tuned", "default"],
+                   help="tuned: each part's threshold tuned on the training hold-out, where the run has one; "
+                        "default: 0.5 (default tuned)")
     p.set_defaults(func=_cmd_predict)
 
-    p = sub.add_parser("demo", help="the whole chain on built-in synthetic data, offline, on a CPU")
+    from bonenet.configs import PRETRAIN_HELP, PretrainConfig
+
+    p = sub.add_parser("pretrain-backbone", help="train EfficientNetB0 end to end on synthetic radiographs "
+                                                 "(how the demo's shipped backbone was made; never ImageNet)")
+    p.add_argument("--out", required=True, help="backbone .weights.h5 file to write; <name>.json beside it records "
+                                                "its provenance")
+    p.add_argument("--data-dir", help="where the synthetic pretraining data goes (default <name>-data beside --out)")
+    _add_config_flags(p, PretrainConfig, PRETRAIN_HELP)
+    p.add_argument("--resume", action="store_true", help="continue a killed pretraining from its last epoch")
+    p.set_defaults(func=_cmd_pretrain_backbone)
+
+    from bonenet.configs import DEMO_HELP, DemoPlan
+
+    p = sub.add_parser("demo", help="the whole chain on built-in synthetic data, offline, on a CPU, with the "
+                                    "shipped synthetic-pretrained backbone")
     p.add_argument("--out", default="demo_output", help="folder for everything the demo writes (default demo_output)")
-    p.add_argument("--studies-per-part", type=int, default=60, help="synthetic train studies per part (default 60)")
-    p.add_argument("--image-size", type=int, default=96, help="input side for the demo models (default 96)")
-    p.add_argument("--quick", action="store_true", help="a few-minute smoke run (tiny data, few epochs)")
+    p.add_argument("--quick", action="store_true", help="a smoke run of under 2 minutes (tiny data, one epoch)")
+    _add_config_flags(p, DemoPlan, DEMO_HELP, plan_defaults=True)
     p.set_defaults(func=_cmd_demo)
     return parser
 
 
+# Subcommands that run TensorFlow: it is started once, quietly, before any of them imports it.
+TF_COMMANDS = {"train-router", "train-part", "train-all", "evaluate", "predict", "pretrain-backbone", "demo", "serve"}
+
+
 def main(argv=None):
     """Runs the command line; returns the exit status."""
+    argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
     args = build_parser().parse_args(argv)
+    args.argv = argv
+    if args.command in TF_COMMANDS:
+        from bonenet import runtime
+
+        runtime.start()
     try:
         result = args.func(args)
     except (CommandError, ValueError, FileNotFoundError, RuntimeError) as exc:

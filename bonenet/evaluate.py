@@ -1,8 +1,9 @@
 """Scoring a run on a split: the routed two-stage pipeline, per image and per study, per part.
 
-Each image is prepared once and goes through the shared trunk once. The router head scores every
-image; a study's part is its images' mean router softmax. Each part model then scores the images of the studies routed to it (the pipeline)
-and of the studies that truly show it (the oracle, which isolates routing errors).
+Images stream through in batches: each is prepared once and goes through the shared trunk once;
+the router head and every part head score it. Studies are then decided by `bonenet.study`: by
+their routed part (the pipeline), and by their true part (the oracle, which isolates routing
+errors).
 """
 
 import json
@@ -10,6 +11,7 @@ import sys
 import warnings
 from pathlib import Path
 
+import keras
 import numpy as np
 import pandas as pd
 import tensorflow as tf
@@ -17,83 +19,90 @@ from sklearn.metrics import confusion_matrix
 
 from bonenet import baselines
 from bonenet.data import AUTOTUNE, map_prepare
-from bonenet.inference import BoneNet, take
-from bonenet.metrics import aggregate_studies, per_group
+from bonenet.inference import BoneNet
+from bonenet.metrics import per_group
 from bonenet.mura import fingerprint, read_mura
+from bonenet.outputs import folder_written_whole
+from bonenet.parts import PARTS
+from bonenet.study import aggregate_studies
 
-STUDY_COLUMNS = ["study", "part_true", "part_pred", "label", "score", "pred"]
-IMAGE_COLUMNS = ["path", "study", "part_true", "part_pred", "router_confidence", "label", "score"]
+STUDY_COLUMNS = ["study", "patient", "part_true", "part_pred", "router_confidence", "label", "score", "threshold",
+                 "pred"]
+# part_pred is the study's routed part, whose model gave `score`; image_part_pred is the image's own
+# router argmax.
+IMAGE_COLUMNS = ["path", "study", "patient", "part_true", "part_pred", "image_part_pred", "router_confidence",
+                 "label", "score"]
+BATCH = 32
 
 
-def prepare_all(paths, recipe, size, batch_size=64):
-    """Decodes and prepares every image once, in parallel: (uint8 N×S×S×3, ok mask)."""
+def stream_prepared(paths, recipe, size, batch_size=BATCH):
+    """Yields (uint8 batch of prepared images, ok mask) in order, decoding in parallel.
+
+    At most a few batches are in memory at once, so memory does not grow with the split.
+    """
     prepare = map_prepare(recipe, size)
     ds = tf.data.Dataset.from_tensor_slices([str(p) for p in paths]).map(prepare, num_parallel_calls=AUTOTUNE)
-    images, oks = [], []
-    for x, ok in ds.batch(batch_size).prefetch(AUTOTUNE):
-        images.append(x.numpy())
-        oks.append(ok.numpy())
-    return np.concatenate(images), np.concatenate(oks)
+    for x, ok in ds.batch(batch_size).prefetch(2):
+        yield x.numpy(), ok.numpy()
 
 
-def predict_split(net, images):
-    """Runs the two-stage pipeline over an image table (from `read_mura`).
+def predict_split(net, images, progress=True):
+    """Runs the trunk, the router and every part model over an image table (from `read_mura`).
+
+    Each image goes through the trunk once; every part head scores it (`s_<part>`), so the routed
+    and the oracle study scores are both a selection, and nothing but the table is kept.
 
     Returns:
-        (image table with router probabilities, `part_pred`, `router_confidence`, `score` (routed) and
-        `score_oracle`; study table; list of messages about what could not be scored).
+        (image table with router probabilities `p_<part>` and part scores `s_<part>`, list of
+        messages about what could not be scored).
     """
-    messages = []
-    x, ok = prepare_all(images["path"], net.recipe, net.image_size)
-    if not ok.all():
-        messages.append(f"{int((~ok).sum())} image(s) could not be read and were skipped")
-    table = images[ok].reset_index(drop=True).rename(columns={"part": "part_true"})
-    features = net.encode(x[ok])
-    del x
-    probs = net.router_probs(features)
-    prob_columns = {p: f"p_{p}" for p in net.labels}
-    for i, part in enumerate(net.labels):
-        table[prob_columns[part]] = probs[:, i]
-    table["part_pred"] = [net.labels[i] for i in probs.argmax(axis=1)]
-    table["router_confidence"] = probs.max(axis=1)
-    table["score"] = np.nan
-    studies = aggregate_studies(table, prob_columns)
-    routed = table["study"].map(studies.set_index("study")["part_pred"])
-    table["study_part_pred"] = routed
-    table["score_oracle"] = np.nan
-    for part in net.labels:
-        want_routed = (routed == part).to_numpy()
-        want_oracle = (table["part_true"] == part).to_numpy()
-        need = want_routed | want_oracle
-        if not need.any():
-            continue
-        if part not in net.models:
-            messages.append(f"no {part} model in the run: {int(want_routed.sum())} image(s) routed to it and "
-                            f"{int(want_oracle.sum())} showing it are unscored")
-            continue
-        scores = net.abnormal_probs(part, take(features, need))
-        full = np.full(len(table), np.nan)
-        full[need] = scores
-        table.loc[want_routed, "score"] = full[want_routed]
-        table.loc[want_oracle, "score_oracle"] = full[want_oracle]
-    studies["score"] = table.groupby("study")["score"].mean().reindex(studies["study"]).to_numpy()
-    studies["score_oracle"] = table.groupby("study")["score_oracle"].mean().reindex(studies["study"]).to_numpy()
-    return table, studies, messages
+    rows, skipped = [], []
+    paths = images["path"].tolist()
+    bar = keras.utils.Progbar(len(paths), verbose=1 if progress and sys.stdout.isatty() else 0, unit_name="image")
+    start = 0
+    for x, ok in stream_prepared(paths, net.recipe, net.image_size):
+        batch = images.iloc[start:start + len(ok)]
+        skipped.extend(batch["path"][~ok])
+        if ok.any():
+            features = net.encode(x[ok])
+            scored = batch[ok].copy()
+            probs = net.router_probs(features)
+            for i, part in enumerate(net.labels):
+                scored[f"p_{part}"] = probs[:, i]
+                scored[f"s_{part}"] = net.abnormal_probs(part, features) if part in net.models else np.nan
+            rows.append(scored)
+        start += len(ok)
+        bar.add(len(ok))
+    messages = [f"skipped (could not be read): {path}" for path in skipped]
+    missing = [p for p in net.labels if p not in net.models]
+    if missing:
+        messages.append(f"no model in the run for {', '.join(missing)}: studies routed to them are unscored")
+    table = pd.concat(rows, ignore_index=True) if rows else images.iloc[:0].copy()
+    return table.rename(columns={"part": "part_true"}), messages
 
 
-def _scored(table, column):
-    rows = table[np.isfinite(table[column])]
-    return rows.assign(score=rows[column])
+def _image_rows(table, studies, labels, thresholds):
+    """Per-image predictions under the study's routed part (the model that scored them)."""
+    routed = table["study"].map(studies.set_index("study")["part_pred"]).to_numpy()
+    probs = table[[f"p_{p}" for p in labels]].to_numpy()
+    out = table.assign(part_pred=routed, image_part_pred=[labels[i] for i in probs.argmax(axis=1)],
+                       router_confidence=np.nan, score=np.nan, threshold=np.nan)
+    for part in labels:
+        mine = routed == part
+        out.loc[mine, "router_confidence"] = table.loc[mine, f"p_{part}"]
+        out.loc[mine, "score"] = table.loc[mine, f"s_{part}"]
+        out.loc[mine, "threshold"] = thresholds.get(part, (np.nan, ""))[0]
+    return out
 
 
 def evaluate_run(data_root, models_dir, out_dir, split="valid", n_boot=1000, seed=0, plots=True):
     """Evaluates a run on a split and writes metrics.json, the prediction CSVs and the plots.
 
+    The output folder is written whole or not at all (`bonenet.outputs`).
+
     Returns:
         The metrics dict written to `out_dir/metrics.json`.
     """
-    from bonenet.parts import PARTS
-
     if split not in ("train", "valid"):
         raise ValueError(f"split must be train or valid, got {split!r}")
     index = read_mura(data_root, splits=(split,))
@@ -101,31 +110,40 @@ def evaluate_run(data_root, models_dir, out_dir, split="valid", n_boot=1000, see
     if images.empty:
         raise ValueError(f"{index.root}: the {split} split has no usable images")
     net = BoneNet.load(models_dir)
-    table, studies, messages = predict_split(net, images)
-    absent = [p for p in PARTS if p not in set(studies["part_true"])]
+    table, messages = predict_split(net, images)
+    absent = [p for p in PARTS if p not in set(table["part_true"])]
     if absent:
         messages.append(f"the {split} split has no studies of {', '.join(absent)}")
+    default, tuned = net.part_thresholds("default"), net.part_thresholds("tuned")
+    for part, (_, source) in tuned.items():
+        if "not possible" in source:
+            messages.append(f"{part}: {source}; study_tuned uses 0.5 for it")
 
-    thresholds = {p: net.threshold(p) for p in net.parts}
-    tuned = {p: net.threshold(p, tuned=True) for p in net.parts}
-    scored_studies = _scored(studies, "score")
-    oracle_studies = _scored(studies, "score_oracle")
-    scored_images = _scored(table, "score")
-    parts_scored = [p for p in PARTS if p in set(scored_studies["part_true"])]
-    parts_oracle = [p for p in PARTS if p in set(oracle_studies["part_true"])]
+    studies = aggregate_studies(table, net.labels, default)
+    studies_tuned = aggregate_studies(table, net.labels, tuned)
+    oracle = aggregate_studies(table, net.labels, default, oracle=True)
+    image_rows = _image_rows(table, studies, net.labels, default)
+    scored = lambda t: t[np.isfinite(t["score"])]  # noqa: E731
+    parts_scored = [p for p in PARTS if p in set(scored(studies)["part_true"])]
     boot = {"n_boot": n_boot, "seed": seed}
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # single-class parts give NaN by design; listed in messages instead
+        # A part with one class gives NaN kappa/AUROC by design (see bonenet.metrics); the
+        # warning would repeat for every bootstrap table, so it is recorded once in messages.
+        warnings.filterwarnings("ignore", message=".*undefined.*")
         metrics = {
-            "study": per_group(scored_studies, "part_true", parts_scored, thresholds, **boot),
-            "study_tuned": per_group(scored_studies, "part_true", parts_scored, tuned, **boot),
-            "image": per_group(scored_images, "part_true", parts_scored, thresholds, **boot),
-            "oracle": per_group(oracle_studies, "part_true", parts_oracle, thresholds, **boot),
+            "study": per_group(scored(studies), "part_true", parts_scored, **boot),
+            "study_tuned": per_group(scored(studies_tuned), "part_true", parts_scored, **boot),
+            "image": per_group(scored(image_rows), "part_true", parts_scored, **boot),
+            "oracle": per_group(scored(oracle), "part_true",
+                                [p for p in PARTS if p in set(scored(oracle)["part_true"])], **boot),
         }
+    undefined = [p for p, m in metrics["study"].items() if not np.isfinite(m["kappa"]) or not np.isfinite(m["auroc"])]
+    if undefined:
+        messages.append(f"kappa or AUROC undefined (one class only) for: {', '.join(undefined)}")
     metrics["router"] = {
-        "image_accuracy": float((table["part_pred"] == table["part_true"]).mean()),
+        "image_accuracy": float((image_rows["image_part_pred"] == image_rows["part_true"]).mean()),
         "study_accuracy": float((studies["part_pred"] == studies["part_true"]).mean()),
-        "confusion": confusion_matrix(table["part_true"], table["part_pred"], labels=list(PARTS)).tolist(),
+        "confusion": confusion_matrix(image_rows["part_true"], image_rows["image_part_pred"], labels=list(PARTS)).tolist(),
         "study_confusion": confusion_matrix(studies["part_true"], studies["part_pred"], labels=list(PARTS)).tolist(),
         "labels": list(PARTS),
     }
@@ -133,27 +151,28 @@ def evaluate_run(data_root, models_dir, out_dir, split="valid", n_boot=1000, see
         "stanford_kappa": baselines.STANFORD_KAPPA, "stanford_source": baselines.STANFORD_SOURCE,
         "patel": baselines.PATEL, "patel_source": baselines.PATEL_SOURCE,
     }
-    metrics["thresholds"] = {"default": thresholds, "tuned_on_holdout": tuned}
+    metrics["thresholds"] = {
+        "default": {p: t for p, (t, _) in default.items()},
+        "tuned_on_holdout": {p: t for p, (t, source) in tuned.items() if "not possible" not in source},
+        "tuning": {p: source for p, (_, source) in tuned.items()},
+    }
     metrics["source"] = {
         "data_root": str(index.root), "split": split, "dataset_fingerprint": fingerprint(index),
+        "synthetic": (index.root / "synthetic.json").is_file(),
         "models_dir": str(Path(models_dir).resolve()), "models": {k: v["file"] for k, v in net.manifest["models"].items()},
         "recipe": net.manifest["recipe"]["name"], "image_size": net.image_size, "weights": net.manifest["weights"],
         "skipped_files": len(index.skipped), "parts_scored": parts_scored, "messages": messages,
+        "bootstrap": "cluster bootstrap over patients" if "patient" in studies else "over studies",
     }
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    studies["pred"] = [
-        int(s >= thresholds.get(p, 0.5)) if np.isfinite(s) else -1
-        for s, p in zip(studies["score"], studies["part_pred"], strict=True)
-    ]
-    studies[STUDY_COLUMNS].to_csv(out / "study_predictions.csv", index=False)
-    table[IMAGE_COLUMNS].to_csv(out / "image_predictions.csv", index=False)
-    (out / "metrics.json").write_text(json.dumps(_clean(metrics), indent=2))
-    if plots:
-        from bonenet import plots as bplots
+    with folder_written_whole(out_dir) as out:
+        studies[STUDY_COLUMNS].to_csv(out / "study_predictions.csv", index=False)
+        image_rows[IMAGE_COLUMNS].to_csv(out / "image_predictions.csv", index=False)
+        (out / "metrics.json").write_text(json.dumps(_clean(metrics), indent=2))
+        if plots:
+            from bonenet import plots as bplots
 
-        bplots.write_evaluation_plots(metrics, studies, out)
+            bplots.write_evaluation_plots(metrics, studies, out)
     for message in messages:
         print(f"bonenet evaluate: {message}", file=sys.stderr)
     return metrics
@@ -168,13 +187,3 @@ def _clean(value):
     if isinstance(value, float) and not np.isfinite(value):
         return None
     return value
-
-
-def load_evaluation(eval_dir):
-    """Reads an `evaluate` output folder: (metrics dict, study table, image table)."""
-    eval_dir = Path(eval_dir)
-    path = eval_dir / "metrics.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: not found; run `evaluate --out {eval_dir}` first")
-    return (json.loads(path.read_text()), pd.read_csv(eval_dir / "study_predictions.csv"),
-            pd.read_csv(eval_dir / "image_predictions.csv"))

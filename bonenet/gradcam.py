@@ -42,11 +42,18 @@ def grad_cam(model, inputs, class_index=1, layer_name=LAST_CONV, size=None):
     except ValueError as exc:
         raise ValueError(f"{model.name}: no layer {layer_name!r} to explain; Grad-CAM needs it among the "
                          "trained layers (trainable_layers >= 3)") from exc
-    grad_model = keras.Model(model.inputs, [layer.output, model.outputs[0]])
+    # Differentiate the log-odds of the class, not its softmax probability: a confident softmax is
+    # saturated and its gradient near zero (a blank map), worse under float16. The log-odds are
+    # computed from the last layer's input in float32, so the map does not depend on the policy.
+    dense = model.layers[-1]
+    grad_model = keras.Model(model.inputs, [layer.output, dense.input])
     with tf.GradientTape() as tape:
-        features, preds = grad_model(x, training=False)
-        target = preds[:, class_index]
-    grads = tape.gradient(target, features)
+        features, pooled = grad_model(x, training=False)
+        logits = tf.matmul(tf.cast(pooled, tf.float32), tf.cast(dense.kernel, tf.float32)) + tf.cast(dense.bias,
+                                                                                                     tf.float32)
+        others = tf.concat([logits[:, :class_index], logits[:, class_index + 1:]], axis=1)
+        target = logits[:, class_index] - tf.reduce_logsumexp(others, axis=1)
+    grads, features = tf.cast(tape.gradient(target, features), tf.float32), tf.cast(features, tf.float32)
     weights = tf.reduce_mean(grads, axis=(1, 2), keepdims=True)
     cam = tf.nn.relu(tf.reduce_sum(weights * features, axis=-1)).numpy().astype(np.float32)
     out = np.zeros((len(cam), *size), np.float32)

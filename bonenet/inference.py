@@ -8,6 +8,7 @@ import numpy as np
 from bonenet.imageio import ImageReadError, load_gray
 from bonenet.models import set_xla
 from bonenet.store import ManifestError, load_run_models, read_manifest
+from bonenet.study import DEFAULT_THRESHOLD, decide_study
 from preprocessing.filters import check_image
 from preprocessing.recipes import Recipe
 
@@ -15,9 +16,7 @@ IMAGE_SUFFIXES = (".png",)
 BATCH = 32
 
 
-def take(features, index):
-    """Rows `index` (mask or indices) of every array in a feature list."""
-    return [f[index] for f in features]
+THRESHOLD_MODES = ("default", "tuned")
 
 
 class BoneNet:
@@ -25,12 +24,18 @@ class BoneNet:
 
     Use `BoneNet.load(models_dir)`; then `predict_image(path or array)` or `predict_study(paths)`.
     The trunk runs once per image and both the router head and the routed part's head read its
-    outputs. A folder of full models (format version 1) has no trunk; its models read the images.
+    outputs. Studies are decided by `bonenet.study.decide_study`.
+
+    Args:
+        threshold: "tuned" decides with each part's threshold tuned on the training hold-out where
+            the run has one (and says so where it has none); "default" uses 0.5. Defaults to "tuned".
     """
 
-    def __init__(self, manifest, models, trunk=None, run_dir=None):
+    def __init__(self, manifest, models, trunk, run_dir=None, threshold="tuned"):
         if "router" not in models:
             raise ManifestError(f"{run_dir}: the run has no router model; train it with train-router")
+        if threshold not in THRESHOLD_MODES:
+            raise ValueError(f"threshold must be one of {', '.join(THRESHOLD_MODES)}, got {threshold!r}")
         self.manifest = manifest
         self.models = models
         self.trunk = trunk
@@ -39,18 +44,32 @@ class BoneNet:
         self.image_size = int(manifest["image_size"])
         self.labels = list(manifest["models"]["router"]["labels"])
         self.parts = [p for p in self.labels if p in models]
-        set_xla(*models.values(), *([trunk] if trunk is not None else []))
+        self.threshold_mode = threshold
+        self.thresholds = self.part_thresholds(threshold)
+        set_xla(trunk, *models.values())
 
     @classmethod
-    def load(cls, models_dir):
+    def load(cls, models_dir, threshold="tuned"):
         """Loads the trunk and every model listed in `models_dir/manifest.json` (safe mode)."""
         manifest, trunk, models = load_run_models(models_dir)
-        return cls(manifest, models, trunk, models_dir)
+        return cls(manifest, models, trunk, models_dir, threshold=threshold)
 
-    def threshold(self, part, tuned=False):
-        """The decision threshold for `part`: 0.5, or the one tuned on the training hold-out."""
-        entry = self.manifest["models"][part]
-        return float(entry.get("tuned_threshold", entry["threshold"]) if tuned else entry["threshold"])
+    def part_thresholds(self, mode="tuned"):
+        """{part: (threshold, source)} for every part with a model.
+
+        With "tuned", a part whose tuning was not possible keeps 0.5, and its source says why.
+        """
+        out = {}
+        for part in self.parts:
+            entry = self.manifest["models"][part]
+            tuning = entry.get("tuning", {})
+            if mode == "tuned" and tuning.get("threshold") is not None:
+                out[part] = (float(tuning["threshold"]), "tuned on the training hold-out")
+            elif mode == "tuned":
+                out[part] = (DEFAULT_THRESHOLD, f"default 0.5: tuning was not possible ({tuning.get('reason', 'not recorded')})")
+            else:
+                out[part] = (DEFAULT_THRESHOLD, "default 0.5")
+        return out
 
     def prepare(self, image):
         """A path or a uint8 H×W array → the uint8 S×S×3 model input, via the run's recipe."""
@@ -59,36 +78,25 @@ class BoneNet:
         return self.recipe.apply(check_image(image), self.image_size)
 
     def encode(self, batch):
-        """Prepared inputs (N×S×S×3) → what the heads read: the trunk's outputs, as a list of arrays.
-
-        For a folder of full models the "features" are the images themselves.
-        """
-        x = np.asarray(batch, np.float32)
-        if self.trunk is None:
-            return [x]
-        out = self.trunk.predict(x, verbose=0, batch_size=BATCH)
-        return [np.asarray(o) for o in (out if isinstance(out, (list, tuple)) else [out])]
-
-    @staticmethod
-    def _feed(features):
-        return features[0] if len(features) == 1 else list(features)
+        """Prepared inputs (N×S×S×3) → the trunk's output, which every head reads."""
+        return np.asarray(self.trunk.predict(np.asarray(batch, np.float32), verbose=0, batch_size=BATCH))
 
     def router_probs(self, features):
         """Router softmax (n×7) for `encode`d inputs."""
-        return np.asarray(self.models["router"].predict(self._feed(features), verbose=0, batch_size=BATCH))
+        return np.asarray(self.models["router"].predict(features, verbose=0, batch_size=BATCH))
 
     def abnormal_probs(self, part, features):
         """p(abnormal) (n,) from `part`'s model for `encode`d inputs."""
         if part not in self.models:
             raise ManifestError(f"the run has no {part} model; train it with train-part --part {part}")
-        return np.asarray(self.models[part].predict(self._feed(features), verbose=0, batch_size=BATCH))[:, 1]
+        return np.asarray(self.models[part].predict(features, verbose=0, batch_size=BATCH))[:, 1]
 
     def cam(self, part, features, gray):
         """Grad-CAM of `part`'s abnormal class for one image, mapped onto its original H×W grayscale.
 
         Args:
             part: the part model to explain.
-            features: that image's `encode`d inputs (batch of one).
+            features: that image's `encode`d input (batch of one).
             gray: the original uint8 image.
 
         Returns:
@@ -97,50 +105,35 @@ class BoneNet:
         from bonenet import gradcam
 
         size = (self.image_size, self.image_size)
-        cam = gradcam.grad_cam(self.models[part], self._feed(features), size=size)[0]
+        cam = gradcam.grad_cam(self.models[part], features, size=size)[0]
         cam = gradcam.to_original(cam, self.recipe.layout(gray, self.image_size), gray.shape)
         return cam, gradcam.cam_box(cam)
 
-    def _decide(self, part, router_probs, p_abnormal):
-        return {
-            "part": part,
-            "part_confidence": float(router_probs[self.labels.index(part)]),
-            "p_abnormal": None if p_abnormal is None else float(p_abnormal),
-            "abnormal": None if p_abnormal is None else bool(p_abnormal >= self.threshold(part)),
-        }
-
     def score_study(self, x):
-        """The two-stage pipeline on one study's prepared inputs.
-
-        The mean router softmax picks the part; that part's head scores each image; the study's
-        score is their mean. A single image is a study of one.
+        """The two-stage pipeline on one study's prepared inputs (`bonenet.study.decide_study`).
 
         Returns:
-            (study result, per-image results, encoded features).
+            (study result with per-image results under "images", encoded features).
         """
         features = self.encode(x)
-        probs = self.router_probs(features)
-        mean = probs.mean(axis=0)
-        part = self.labels[int(mean.argmax())]
-        scores = self.abnormal_probs(part, features) if part in self.models else [None] * len(probs)
-        images = [self._decide(part, pr, s) for pr, s in zip(probs, scores, strict=True)]
-        study = self._decide(part, mean, None if scores[0] is None else float(np.mean(scores)))
-        return study, images, features
+        scores = lambda part: self.abnormal_probs(part, features) if part in self.models else None  # noqa: E731
+        return decide_study(self.router_probs(features), scores, self.labels, self.thresholds), features
 
     def predict_image(self, image):
-        """Predicts one image (path or uint8 H×W array): part, confidence, p(abnormal), decision."""
-        return self.score_study(self.prepare(image)[None])[0]
+        """Predicts one image (path or uint8 H×W array) as a study of one."""
+        result, _ = self.score_study(self.prepare(image)[None])
+        return {k: v for k, v in result.items() if k != "images"}
 
     def predict_study(self, images):
         """Predicts a study from its images (paths or arrays).
 
         Returns:
-            {"part", "part_confidence", "p_abnormal", "abnormal", "images": [per-image results]}.
+            {"part", "part_confidence", "p_abnormal", "threshold", "threshold_source", "abnormal",
+            "images": [per-image results]}.
         """
         if not images:
             raise ValueError("a study needs at least one image")
-        study, per_image, _ = self.score_study(np.stack([self.prepare(im) for im in images]))
-        return {**study, "images": per_image}
+        return self.score_study(np.stack([self.prepare(im) for im in images]))[0]
 
 
 def find_images(path):
@@ -157,29 +150,38 @@ def find_images(path):
 
 
 def group_inputs(paths):
-    """Turns user inputs into (single images, {study folder: its images}).
+    """Turns user inputs into work items, in input order.
 
-    A file is a single image; a folder's PNGs are grouped by the folder that holds them, each
-    group being one study (a MURA study folder, or any folder of views).
+    A file is a study of one image; a folder's images are grouped by the folder that holds them,
+    each group being one study (a MURA study folder, or any folder of views).
+
+    Returns:
+        A list of ("image", path, [path]), ("study", folder, [its images]) or ("error", path, reason).
     """
-    singles, studies = [], {}
+    items = []
     for raw in paths:
         path = Path(raw)
-        if path.is_dir():
+        if not path.exists():
+            items.append(("error", path, "does not exist"))
+        elif path.is_dir():
+            studies = {}
             for image in find_images(path):
                 studies.setdefault(image.parent, []).append(image)
+            if not studies:
+                items.append(("error", path, f"no {'/'.join(IMAGE_SUFFIXES)} images in this folder"))
+            items.extend(("study", folder, images) for folder, images in sorted(studies.items()))
         else:
-            singles.append(path)
-    return singles, studies
+            items.append(("image", path, [path]))
+    return items
 
 
 def _cam_name(path):
     parts = Path(path).resolve().parts[-4:]
-    return "__".join(p.replace(".png", "") for p in parts) + "_cam.png"
+    return "__".join(Path(p).stem if i == 3 else p for i, p in enumerate(parts)) + "_cam.png"
 
 
 def predict_paths(net, paths, cam_dir=None):
-    """Predicts images and study folders; unreadable files become error entries, the rest go on.
+    """Predicts images and study folders, in input order; unreadable inputs become error entries.
 
     Each single image is scored as a study of one; the images of a folder as one study.
 
@@ -190,11 +192,11 @@ def predict_paths(net, paths, cam_dir=None):
 
     Returns:
         A list of dicts as in `predict --json`: per image `path, part, part_confidence, p_abnormal,
-        abnormal[, cam, cam_box]`, per study `study, images, ...`, and `path, error` for failures.
+        threshold, threshold_source, abnormal[, cam, cam_box]`, per study `study, images, ...`, and
+        `path, error` for failures.
     """
     from bonenet import gradcam
 
-    singles, studies = group_inputs(paths)
     results = []
 
     def load(path):
@@ -207,33 +209,38 @@ def predict_paths(net, paths, cam_dir=None):
 
     def score(items):
         """items: [(path, gray, x)] → per-image entries (with CAMs) and the study's result."""
-        study, per_image, features = net.score_study(np.stack([x for _, _, x in items]))
+        study, features = net.score_study(np.stack([x for _, _, x in items]))
         entries = []
-        for i, ((path, gray, _), result) in enumerate(zip(items, per_image, strict=True)):
-            entry = {"path": str(path), **result}
+        for i, ((path, gray, _), result) in enumerate(zip(items, study.pop("images"), strict=True)):
+            entry = {"path": str(path), "part": study["part"], **result, "threshold": study["threshold"],
+                     "threshold_source": study["threshold_source"]}
             if cam_dir is not None and result["p_abnormal"] is not None:
-                cam, box = net.cam(result["part"], take(features, slice(i, i + 1)), gray)
-                label = f"{result['part'][3:].lower()} p(abnormal)={result['p_abnormal']:.2f}"
+                cam, box = net.cam(study["part"], features[i:i + 1], gray)
+                verdict = "abnormal" if result["abnormal"] else "normal"
+                label = (f"{study['part'][3:].lower()} p(abnormal)={result['p_abnormal']:.2f} "
+                         f"t={study['threshold']:.2f} {verdict}")
                 out = Path(cam_dir) / _cam_name(path)
                 out.parent.mkdir(parents=True, exist_ok=True)
-                cv2.imwrite(str(out), gradcam.overlay(gray, cam, box, label))
+                if not cv2.imwrite(str(out), gradcam.overlay(gray, cam, box, label)):
+                    raise OSError(f"{out}: could not write the Grad-CAM overlay")
                 entry.update({"cam": str(out), "cam_box": box})
             entries.append(entry)
         return entries, study
 
-    for path in singles:
-        gray, x = load(path)
-        if gray is not None:
-            results.extend(score([(path, gray, x)])[0])
-    for folder, images in sorted(studies.items()):
-        loaded = [(path, *load(path)) for path in images]
+    for kind, path, images in group_inputs(paths):
+        if kind == "error":
+            results.append({"path": str(path), "error": images})
+            continue
+        loaded = [(p, *load(p)) for p in images]
         loaded = [item for item in loaded if item[1] is not None]
         if not loaded:
-            results.append({"path": str(folder), "error": "no readable images in this folder"})
+            if kind == "study":
+                results.append({"path": str(path), "error": "no readable images in this folder"})
             continue
         entries, study = score(loaded)
         results.extend(entries)
-        results.append({"study": str(folder), "images": [e["path"] for e in entries], **study})
+        if kind == "study":
+            results.append({"study": str(path), "images": [e["path"] for e in entries], **study})
     return results
 
 

@@ -1,4 +1,4 @@
-"""Metrics as pure functions of arrays, and study aggregation as a function of a table.
+"""Metrics as pure functions of arrays (study aggregation lives in `bonenet.study`).
 
 Degenerate input (one class only) warns and gives NaN where a metric is undefined, never a crash.
 Kappa is scored per study, as MURA defines it.
@@ -7,7 +7,6 @@ Kappa is scored per study, as MURA defines it.
 import warnings
 
 import numpy as np
-import pandas as pd
 from sklearn.metrics import cohen_kappa_score, confusion_matrix, roc_auc_score
 
 METRIC_KEYS = ("tp", "fn", "fp", "tn", "accuracy", "precision", "sensitivity", "specificity", "f1", "kappa",
@@ -41,8 +40,12 @@ def auroc(y_true, y_score):
     return float(roc_auc_score(y_true, np.asarray(y_score, float)))
 
 
-def kappa_ci(y_true, y_pred, n_boot=1000, seed=0, level=0.95):
-    """Percentile bootstrap confidence interval for kappa, resampling the given units (studies).
+def kappa_ci(y_true, y_pred, n_boot=1000, seed=0, level=0.95, groups=None):
+    """Percentile bootstrap confidence interval for kappa, resampling clusters of rows.
+
+    A patient's studies are correlated (MURA valid: 1,199 studies from 783 patients), so with
+    `groups` (one patient id per row) whole patients are resampled, a cluster bootstrap; without
+    it each row is its own cluster.
 
     Returns:
         [lo, hi], or [NaN, NaN] when kappa is undefined in every resample.
@@ -50,17 +53,19 @@ def kappa_ci(y_true, y_pred, n_boot=1000, seed=0, level=0.95):
     y_true, y_pred = np.asarray(y_true, int), np.asarray(y_pred, int)
     if len(y_true) == 0:
         return [float("nan"), float("nan")]
+    _, cluster = np.unique(np.arange(len(y_true)) if groups is None else np.asarray(groups), return_inverse=True)
+    k = int(cluster.max()) + 1
+    t, p = y_true.astype(bool), y_pred.astype(bool)
+    # Per-cluster confusion counts; a resample's counts are the sums over the clusters it drew, so
+    # every resample's kappa comes at once, exactly sklearn's cohen_kappa_score for binary labels.
+    per = np.stack([np.bincount(cluster, weights=w, minlength=k) for w in (t & p, ~t & ~p, t, p, np.ones_like(t))])
     rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(y_true), (n_boot, len(y_true)))
-    # Kappa from the confusion counts of every resample at once; for binary labels this is exactly
-    # sklearn's cohen_kappa_score, without a Python loop over thousands of resamples.
-    t, p = y_true[idx].astype(bool), y_pred[idx].astype(bool)
-    n = float(len(y_true))
-    tp, tn = (t & p).sum(axis=1), (~t & ~p).sum(axis=1)
-    pos_t, pos_p = t.sum(axis=1), p.sum(axis=1)
-    po = (tp + tn) / n
-    pe = (pos_t * pos_p + (n - pos_t) * (n - pos_p)) / n**2
+    draws = np.zeros((n_boot, k))
+    np.add.at(draws, (np.repeat(np.arange(n_boot), k), rng.integers(0, k, n_boot * k)), 1)
+    tp, tn, pos_t, pos_p, n = per @ draws.T
     with np.errstate(divide="ignore", invalid="ignore"):
+        po = (tp + tn) / n
+        pe = (pos_t * pos_p + (n - pos_t) * (n - pos_p)) / n**2
         values = (po - pe) / (1 - pe)
     values = values[np.isfinite(values)]
     if not len(values):
@@ -69,8 +74,12 @@ def kappa_ci(y_true, y_pred, n_boot=1000, seed=0, level=0.95):
     return [float(np.percentile(values, tail)), float(np.percentile(values, 100 - tail))]
 
 
-def binary_metrics(y_true, y_score, threshold=0.5, n_boot=1000, seed=0):
+def binary_metrics(y_true, y_score, threshold=0.5, n_boot=1000, seed=0, groups=None):
     """Confusion counts and the usual rates for scores thresholded at `threshold` (score ≥ t ⇒ 1).
+
+    Args:
+        threshold: one threshold, or one per row (each study decided by its routed part's).
+        groups: cluster ids (patients) for the kappa interval; see `kappa_ci`.
 
     Returns:
         A dict with the keys of `METRIC_KEYS`; undefined rates are NaN.
@@ -84,7 +93,7 @@ def binary_metrics(y_true, y_score, threshold=0.5, n_boot=1000, seed=0):
         nan = float("nan")
         return {"tp": 0, "fn": 0, "fp": 0, "tn": 0, "accuracy": nan, "precision": nan, "sensitivity": nan,
                 "specificity": nan, "f1": nan, "kappa": nan, "auroc": nan, "kappa_ci95": [nan, nan], "n": 0}
-    y_pred = (y_score >= threshold).astype(int)
+    y_pred = (y_score >= np.asarray(threshold, float)).astype(int)
     tn, fp, fn, tp = (int(v) for v in confusion_matrix(y_true, y_pred, labels=[0, 1]).ravel())
     precision, sensitivity = _ratio(tp, tp + fp), _ratio(tp, tp + fn)
     return {
@@ -96,43 +105,27 @@ def binary_metrics(y_true, y_score, threshold=0.5, n_boot=1000, seed=0):
         "f1": _ratio(2 * tp, 2 * tp + fp + fn),
         "kappa": kappa(y_true, y_pred),
         "auroc": auroc(y_true, y_score),
-        "kappa_ci95": kappa_ci(y_true, y_pred, n_boot=n_boot, seed=seed),
+        "kappa_ci95": kappa_ci(y_true, y_pred, n_boot=n_boot, seed=seed, groups=groups),
         "n": int(len(y_true)),
     }
 
 
-def aggregate_studies(images, prob_columns):
-    """Combines image predictions into study predictions.
-
-    A study's part is the argmax of the mean router softmax over its images; its score is the mean
-    of its images' p(abnormal).
-
-    Args:
-        images: table with `study`, `part_true`, `label`, `score` and the router probability columns.
-        prob_columns: {part: column of the router's probability for that part}.
-
-    Returns:
-        One row per study: `study`, `part_true`, `part_pred`, `label`, `score`, `router_confidence`.
-    """
-    parts = list(prob_columns)
-    grouped = images.groupby("study", sort=True)
-    mean_probs = grouped[[prob_columns[p] for p in parts]].mean()
-    studies = grouped.agg(part_true=("part_true", "first"), label=("label", "first"), score=("score", "mean"))
-    studies["part_pred"] = [parts[i] for i in mean_probs.to_numpy().argmax(axis=1)]
-    studies["router_confidence"] = mean_probs.to_numpy().max(axis=1)
-    return studies.reset_index()[["study", "part_true", "part_pred", "label", "score", "router_confidence"]]
-
-
 def tune_threshold(y_true, y_score):
-    """The score threshold that maximises kappa (ties: the one nearest 0.5). For use on a hold-out only."""
+    """The score threshold that maximises kappa (ties: the one nearest 0.5). For use on a hold-out only.
+
+    Raises:
+        ValueError: the scores cannot choose a threshold (one class only, or no studies); the
+            message says why, for the manifest.
+    """
     y_true, y_score = np.asarray(y_true, int), np.asarray(y_score, float)
-    if len(np.unique(y_true)) < 2:
-        warnings.warn("cannot tune a threshold on a single class; keeping 0.5", stacklevel=2)
-        return 0.5
+    classes = np.unique(y_true)
+    if len(classes) < 2:
+        raise ValueError(f"the hold-out has {len(y_true)} studies of one class only ({classes.tolist()})")
     candidates = np.unique(np.concatenate([y_score, [0.5]]))
     best, best_t = -np.inf, 0.5
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+        # Thresholds that call every study one class make kappa undefined; they are skipped.
+        warnings.simplefilter("ignore", RuntimeWarning)
         for t in candidates:
             k = cohen_kappa_score(y_true, (y_score >= t).astype(int), labels=[0, 1])
             if np.isfinite(k) and (k > best + 1e-12 or (abs(k - best) <= 1e-12 and abs(t - 0.5) < abs(best_t - 0.5))):
@@ -140,23 +133,17 @@ def tune_threshold(y_true, y_score):
     return best_t
 
 
-def per_group(table, group_column, parts, threshold=0.5, n_boot=1000, seed=0):
+def per_group(table, group_column, parts, n_boot=1000, seed=0):
     """`binary_metrics` for each part (rows whose `group_column` is that part) and overall.
 
     Args:
-        table: rows with `label`, `score` and `group_column`.
-        threshold: a number, or {part: threshold}; overall then uses each row's own part threshold.
+        table: rows with `label`, `score`, `threshold` (the threshold that decides that row) and
+            `group_column`; a `patient` column, when present, clusters the kappa bootstrap.
     """
-    thresholds = threshold if isinstance(threshold, dict) else {p: threshold for p in parts}
     out = {}
-    for part in parts:
-        rows = table[table[group_column] == part]
+    for part in [*parts, "overall"]:
+        rows = table if part == "overall" else table[table[group_column] == part]
         if len(rows):
-            out[part] = binary_metrics(rows["label"], rows["score"], thresholds.get(part, 0.5), n_boot, seed)
-    row_t = table[group_column].map(lambda p: thresholds.get(p, 0.5)).to_numpy(float)
-    # Shifting each score by its own threshold lets one overall cut at 0.5 apply per-part thresholds.
-    shifted = pd.Series(table["score"].to_numpy(float) - row_t + 0.5)
-    out["overall"] = binary_metrics(table["label"], shifted, 0.5, n_boot, seed)
-    # AUROC does not depend on thresholds; score it on the raw scores.
-    out["overall"]["auroc"] = auroc(table["label"], table["score"]) if len(table) else float("nan")
+            out[part] = binary_metrics(rows["label"], rows["score"], rows["threshold"].to_numpy(float), n_boot, seed,
+                                       groups=rows["patient"].to_numpy() if "patient" in rows else None)
     return out

@@ -19,6 +19,8 @@ IMAGENET_FILE = "efficientnetb0_notop.h5"
 # Where keras.utils.get_file caches downloaded application weights.
 KERAS_CACHE = Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")) / "models"
 DEFAULT_TRAINABLE_LAYERS = 20
+# The classifier's own layers on top of the EfficientNetB0 base.
+HEAD_LAYERS = ("avg_pool", "head_dropout", "predictions")
 
 
 class WeightsUnavailableError(RuntimeError):
@@ -93,6 +95,47 @@ def build_base(image_size=224, weights=None):
     return base
 
 
+def _base_layers(model):
+    """The EfficientNetB0 layers of a base or classifier, in order, without inputs and the head."""
+    return [layer for layer in model.layers
+            if not isinstance(layer, keras.layers.InputLayer) and layer.name not in HEAD_LAYERS]
+
+
+def _block(name):
+    # EfficientNet names every layer of a block `block6d_…`; stem and top layers by their part.
+    return name.split("_")[0]
+
+
+def trunk_cut(model, trainable_layers=DEFAULT_TRAINABLE_LAYERS):
+    """Where the recipe cuts EfficientNetB0: the first trainable layer, and the trunk's last layer.
+
+    The last `trainable_layers` base layers train. The frozen trunk that every model shares ends
+    at the last block boundary at or before them, so exactly one tensor crosses into the head:
+    for 20 layers the cut falls inside block6d, and the trunk ends at `block6c_add`. The head
+    then holds the frozen rest of block6d and the trainable layers, as keras-io's fine-tuning
+    example unfreezes whole blocks.
+
+    Args:
+        model: an EfficientNetB0 base or a classifier built on one.
+        trainable_layers: how many base layers, counted from the end, may train. Defaults to 20.
+
+    Returns:
+        (index of the first trainable base layer, name of the trunk's last layer).
+
+    Raises:
+        ValueError: `trainable_layers` is out of range or leaves no frozen trunk.
+    """
+    layers = _base_layers(model)
+    if not 0 <= trainable_layers <= len(layers):
+        raise ValueError(f"trainable_layers must be within 0-{len(layers)}, got {trainable_layers}")
+    first = len(layers) - trainable_layers
+    block = _block(layers[first].name) if first < len(layers) else None
+    start = next((i for i, layer in enumerate(layers) if _block(layer.name) == block), first)
+    if start < 1:
+        raise ValueError(f"trainable_layers={trainable_layers} leaves no frozen trunk to share")
+    return first, layers[start - 1].name
+
+
 def freeze_last(base, trainable_layers=DEFAULT_TRAINABLE_LAYERS):
     """Makes only the last `trainable_layers` layers of `base` trainable; BatchNorm always frozen.
 
@@ -107,14 +150,11 @@ def freeze_last(base, trainable_layers=DEFAULT_TRAINABLE_LAYERS):
     Returns:
         The names of the layers left trainable, in order.
     """
-    layers = [layer for layer in base.layers if not isinstance(layer, keras.layers.InputLayer)]
-    if not 0 <= trainable_layers <= len(layers):
-        raise ValueError(f"trainable_layers must be within 0-{len(layers)}, got {trainable_layers}")
+    first, _ = trunk_cut(base, trainable_layers)
     base.trainable = True
-    cut = len(layers) - trainable_layers
     names = []
-    for i, layer in enumerate(layers):
-        layer.trainable = i >= cut and not isinstance(layer, keras.layers.BatchNormalization)
+    for i, layer in enumerate(_base_layers(base)):
+        layer.trainable = i >= first and not isinstance(layer, keras.layers.BatchNormalization)
         if layer.trainable:
             names.append(layer.name)
     return names
@@ -150,11 +190,11 @@ def build_part_model(part, **kwargs):
 
 
 def use_xla():
-    """Whether to compile with XLA: on a GPU yes; on CPU no, where XLA ran EfficientNetB0 inference
-    about 5x slower than TensorFlow's own kernels (4.5 vs 23.5 images/s at 224 px, 2 cores)."""
-    import tensorflow as tf
+    """Whether to compile with XLA, as `bonenet.runtime.start` decided: on a GPU yes; on CPU no, where
+    XLA ran EfficientNetB0 inference about 5x slower than TensorFlow's own kernels (2 cores)."""
+    from bonenet import runtime
 
-    return bool(tf.config.list_physical_devices("GPU"))
+    return runtime.start()["xla"]
 
 
 def set_xla(*models):
@@ -178,55 +218,27 @@ def compile_model(model, learning_rate=1e-4, jit_compile="auto"):
     return model
 
 
-def trunk_outputs(model, trainable_layers=DEFAULT_TRAINABLE_LAYERS):
-    """Names of the layers whose outputs cross from the frozen trunk into the trainable head.
-
-    The trunk is every base layer before the last `trainable_layers`; with frozen BatchNorm it is
-    a fixed function of the input, shared by every model built on the same backbone. For the
-    last-20 recipe the cut falls inside block6d, so two tensors cross it (`block6d_se_excite`
-    and the residual `block6c_add`).
-
-    Args:
-        model: a classifier from `build_classifier`.
-        trainable_layers: the recipe's trainable layer count. Defaults to 20.
-    """
-    layers = [layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
-    names = [layer.name for layer in layers]
-    if "avg_pool" not in names:
-        raise ValueError(f"{model.name}: not a bonenet classifier (no avg_pool layer)")
-    cut = names.index("avg_pool") - trainable_layers
-    if cut < 1:
-        raise ValueError(f"trainable_layers={trainable_layers} leaves no frozen trunk to share")
-    trunk = set(names[:cut]) | {layer.name for layer in model.layers if isinstance(layer, keras.layers.InputLayer)}
-    crossing = []
-    for layer in layers[cut:]:
-        for node in layer._inbound_nodes:
-            for tensor in node.input_tensors:
-                source = tensor._keras_history.operation.name
-                if source in trunk and source not in crossing:
-                    crossing.append(source)
-    return crossing
-
-
 def split_model(model, trainable_layers=DEFAULT_TRAINABLE_LAYERS):
-    """Splits a classifier into (trunk, head) that share the classifier's layer objects.
+    """Splits a classifier at `trunk_cut` into (trunk, head) sharing the classifier's layer objects.
 
-    `trunk(image)` gives the crossing tensors of `trunk_outputs` (in that order) and
-    `head(features)` gives the classifier's output, so `head(trunk(x)) == model(x)` exactly;
-    training the head trains the classifier.
+    `trunk(image)` gives the one tensor at the block boundary and `head(features)` the
+    classifier's output, so `head(trunk(x)) == model(x)` exactly; training the head trains the
+    classifier.
     """
-    tensors = [model.get_layer(name).output for name in trunk_outputs(model, trainable_layers)]
-    trunk = keras.Model(model.input, tensors, name="trunk")
-    head = keras.Model(tensors, model.output, name=f"{model.name}_head")
-    return trunk, head
+    _, end = trunk_cut(model, trainable_layers)
+    tensor = model.get_layer(end).output
+    return keras.Model(model.input, tensor, name="trunk"), keras.Model(tensor, model.output, name=f"{model.name}_head")
 
 
 def join_model(trunk, head, name=None):
-    """The full image-to-probabilities model `head(trunk(image))`, for comparison and export."""
+    """The image-to-probabilities model `head(trunk(image))`, the trunk always in inference mode.
+
+    Full-mode training fits this model. Keras applies dropout whenever `training=True`, frozen or
+    not, so the trunk is called with `training=False`: its stochastic-depth dropout stays off, and
+    full and cached training train the same function.
+    """
     inputs = keras.Input(trunk.inputs[0].shape[1:], name="image")
-    features = trunk(inputs)
-    return keras.Model(inputs, head(features if isinstance(features, list) else [features]),
-                       name=name or head.name.removesuffix("_head"))
+    return keras.Model(inputs, head(trunk(inputs, training=False)), name=name or head.name.removesuffix("_head"))
 
 
 def copy_weights(source, target):

@@ -1,78 +1,250 @@
-"""Backbone pretraining on the data at hand, for machines that cannot download ImageNet weights.
+"""Backbone pretraining on synthetic radiographs: how the demo's shipped backbone is made.
 
 The last-20-layer recipe needs a trunk whose frozen layers already compute useful features; a
-randomly initialised trunk gives features that no head can use. Offline, the honest substitute is
-to train the whole EfficientNetB0 once on the training split (all layers, BatchNorm learning),
-on a joint part × normal/abnormal task, and then hand its weights to the recipe as
-`--weights PATH`. The weights file is recorded as exactly that, never as ImageNet.
+randomly initialised trunk gives features that no head can use. A real user gets them from
+ImageNet. Offline, BoneNet brings its own: EfficientNetB0 trained end to end (all layers,
+BatchNorm learning) on a joint part × normal/abnormal task over a synthetic dataset whose seed is
+disjoint from the demo's, so the demo never evaluates on data the backbone saw.
+
+`pretrain-backbone` with the defaults of `PretrainConfig` made the file the package ships
+(`SHIPPED_BACKBONE`); its provenance JSON beside it records the command, seed, data digest,
+steps, hold-out accuracy and sha256. It is never a default for real training.
 """
 
+import datetime
+import hashlib
 import json
 import math
+import os
+import platform
+import shlex
+import sys
+import tempfile
+import time
+import warnings
+from dataclasses import asdict
 from pathlib import Path
 
+import h5py
 import keras
+import numpy as np
 
 from bonenet import data as bdata
+from bonenet.configs import PretrainConfig
 from bonenet.models import build_base
-from bonenet.mura import fingerprint, holdout_split
+from bonenet.mura import fingerprint, read_mura
 from bonenet.parts import PART_INDEX, PARTS
+from bonenet.synthetic import GENERATOR_VERSION, synthetic_dataset
 from preprocessing.augment import AugmentConfig
 
+ASSETS = Path(__file__).parent / "assets"
+SHIPPED_BACKBONE = ASSETS / "synthetic_backbone_96.weights.h5"
+ORIGIN = "synthetic radiographs, NOT ImageNet"
 
-def pretrain_backbone(index, out, image_size=96, epochs=12, batch_size=32, learning_rate=1e-3, seed=0,
-                      recipe="equalize", verbose=1):
-    """Trains EfficientNetB0 end to end on the train split and saves the base's weights.
 
-    Only train studies outside the patient-grouped hold-out are used, so the hold-out the part
-    models are later selected on stays unseen.
+def joint_labels(images):
+    """One label per image: 2 × part index + study label (14 classes)."""
+    return images["part"].map(PART_INDEX).to_numpy() * 2 + images["label"].to_numpy()
 
-    Args:
-        index: a `MuraIndex`.
-        out: the `.weights.h5` file to write; a `.json` note beside it records the origin.
-        image_size: input side. Defaults to 96.
-        epochs: training epochs. Defaults to 12.
-        batch_size: batch size. Defaults to 32.
-        learning_rate: Adam learning rate (from scratch, so higher than fine-tuning). Defaults to 1e-3.
-        seed: seeds the split, shuffling and initialisation. Defaults to 0.
-        recipe: preprocessing recipe. Defaults to "equalize".
-        verbose: Keras verbosity. Defaults to 1.
+
+def build_pretrain_model(image_size, seed=0):
+    """EfficientNetB0 (random init, every layer training) + pooling + a 14-way softmax.
 
     Returns:
-        The weights path.
+        (model, base).
     """
-    out = Path(out)
-    if not out.name.endswith(".weights.h5"):
-        raise ValueError(f"{out}: backbone weights file must end in .weights.h5")
     keras.utils.set_random_seed(seed)
-    split = holdout_split(index.studies, seed=seed)
-    held = set(split.loc[split.holdout, "study"])
-    images = index.images[(index.images.split == "train") & ~index.images.study.isin(held)]
-    # One joint label per image: which part, and whether its study is abnormal.
-    labels = images["part"].map(PART_INDEX).to_numpy() * 2 + images["label"].to_numpy()
-    ds = bdata.make_dataset(images["path"].tolist(), labels, 2 * len(PARTS), recipe, image_size, batch_size,
-                            training=True, seed=seed, augment_config=AugmentConfig())
     base = build_base(image_size, weights=None)
     x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(base.output)
     x = keras.layers.Dropout(0.2, name="head_dropout")(x)
     outputs = keras.layers.Dense(2 * len(PARTS), activation="softmax", dtype="float32", name="joint")(x)
-    model = keras.Model(base.input, outputs, name="pretrain")
-    model.compile(keras.optimizers.Adam(learning_rate), keras.losses.CategoricalCrossentropy(label_smoothing=0.05),
-                  metrics=["accuracy"], jit_compile=False)
-    schedule = keras.callbacks.LearningRateScheduler(
-        lambda epoch: learning_rate * 0.5 * (1 + math.cos(math.pi * epoch / epochs))  # cosine decay
-    )
-    model.fit(ds, epochs=epochs, verbose=verbose, callbacks=[schedule], shuffle=False,
-              class_weight=bdata.class_weights(labels, 2 * len(PARTS)))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    base.save_weights(out)
-    note = {
-        "origin": "EfficientNetB0 pretrained end to end by bonenet.pretrain on the data below (NOT ImageNet)",
-        "dataset_fingerprint": fingerprint(index),
-        "root": str(index.root),
-        "image_size": image_size,
-        "epochs": epochs,
-        "recipe": recipe,
+    return keras.Model(base.input, outputs, name="pretrain"), base
+
+
+def data_digest(root):
+    """sha256 over the CSVs and every image's bytes, in sorted order: names the exact pixels."""
+    h = hashlib.sha256()
+    for path in sorted(Path(root).rglob("*")):
+        if path.is_file() and path.suffix in (".csv", ".png"):
+            h.update(str(path.relative_to(root)).encode() + b"\0")
+            h.update(path.read_bytes())
+    return h.hexdigest()
+
+
+def file_sha256(path):
+    """sha256 of a file's bytes."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def save_float16_weights(model, path):
+    """Saves `model`'s weights as a Keras `.weights.h5` whose float arrays are stored as float16.
+
+    Keras casts on load, so the file loads into a float32 model with `load_weights`; it is half
+    the size of a float32 file. Written under a temporary name and renamed, so a killed save
+    leaves any earlier file intact.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, full = tempfile.mkstemp(suffix=".weights.h5", dir=path.parent, prefix=".full-")
+    os.close(fd)
+    fd, half = tempfile.mkstemp(suffix=".weights.h5", dir=path.parent, prefix=".half-")
+    os.close(fd)
+    try:
+        model.save_weights(full)
+        with h5py.File(full, "r") as src, h5py.File(half, "w", track_order=True) as dst:
+            dst.attrs.update(src.attrs)
+
+            def copy(name, obj):
+                if isinstance(obj, h5py.Group):
+                    dst.require_group(name).attrs.update(obj.attrs)
+                else:
+                    value = obj[()]
+                    if np.issubdtype(np.asarray(value).dtype, np.floating):
+                        value = np.asarray(value, np.float16)
+                    dst.create_dataset(name, data=value, track_times=False)
+
+            src.visititems(copy)
+        os.chmod(half, 0o644)
+        os.replace(half, path)
+    finally:
+        for tmp in (full, half):
+            if os.path.exists(tmp):
+                os.remove(tmp)
+    return path
+
+
+def holdout_accuracy(model, images, config):
+    """Joint, part and normal/abnormal accuracy of the pretraining model on held-out images."""
+    labels = joint_labels(images)
+    ds = bdata.make_dataset(images["path"].tolist(), labels, 2 * len(PARTS), config.recipe, config.image_size,
+                            config.batch_size)
+    pred = np.argmax(model.predict(ds, verbose=0), axis=1)
+    return {
+        "joint": float(np.mean(pred == labels)),
+        "part": float(np.mean(pred // 2 == labels // 2)),
+        "abnormal": float(np.mean(pred % 2 == labels % 2)),
+        "images": len(labels),
     }
-    out.with_suffix("").with_suffix(".json").write_text(json.dumps(note, indent=2))
-    return out
+
+
+def _schedule(config, steps_per_epoch):
+    total = config.epochs * steps_per_epoch
+    warmup = min(config.warmup_epochs * steps_per_epoch, total - 1)
+    return keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=config.learning_rate / 100, warmup_target=config.learning_rate, warmup_steps=warmup,
+        decay_steps=total - warmup,
+    )
+
+
+def pretrain_backbone(out, config=PretrainConfig(), data_dir=None, resume=False, verbose=None, command=None):
+    """Makes the synthetic dataset, trains EfficientNetB0 on it end to end, saves the base's weights.
+
+    The synthetic train split trains; its valid split is the hold-out whose accuracy is recorded,
+    measured with the float16 weights as written.
+
+    Args:
+        out: the `.weights.h5` file to write; `<stem>.json` beside it records the provenance.
+        config: a `PretrainConfig`. Defaults to `PretrainConfig()`.
+        data_dir: where the synthetic dataset goes. Defaults to `<out stem>-data` beside `out`.
+        resume: continue a killed run from its last completed epoch. Defaults to False.
+        verbose: Keras verbosity. Defaults to a progress bar on a terminal, one line per epoch otherwise.
+        command: the command line to record. Defaults to `bonenet` and this process's arguments.
+
+    Returns:
+        The provenance dict (also written beside `out`).
+    """
+    out = Path(out)
+    if not out.name.endswith(".weights.h5"):
+        raise ValueError(f"{out}: backbone weights file must end in .weights.h5")
+    stem = out.name.removesuffix(".weights.h5")
+    data_dir = Path(data_dir) if data_dir else out.parent / f"{stem}-data"
+    backup = out.parent / f"{stem}-backup"
+    if not resume and backup.exists():
+        raise ValueError(f"{backup}: an interrupted pretraining is there; pass --resume to continue it, or delete it")
+    verbose = verbose if verbose is not None else (1 if sys.stdout.isatty() else 2)
+    start = time.time()
+
+    root = synthetic_dataset(data_dir, config.studies_per_part, config.seed)
+    index = read_mura(root)
+    train = index.images[index.images.split == "train"]
+    holdout = index.images[index.images.split == "valid"]
+    labels = joint_labels(train)
+    ds = bdata.make_dataset(train["path"].tolist(), labels, 2 * len(PARTS), config.recipe, config.image_size,
+                            config.batch_size, training=True, seed=config.seed, augment_config=AugmentConfig())
+    steps_per_epoch = math.ceil(len(train) / config.batch_size)
+
+    model, base = build_pretrain_model(config.image_size, config.seed)
+    model.compile(keras.optimizers.Adam(_schedule(config, steps_per_epoch)),
+                  keras.losses.CategoricalCrossentropy(label_smoothing=0.05), metrics=["accuracy"], jit_compile=False)
+    with warnings.catch_warnings():
+        # The dataset's length is unknown until the first epoch ends (unreadable files are
+        # filtered out), and Keras says so once; it is expected here.
+        warnings.filterwarnings("ignore", message="Your input ran out of data")
+        model.fit(ds, epochs=config.epochs, verbose=verbose, shuffle=False,
+                  class_weight=bdata.class_weights(labels, 2 * len(PARTS)),
+                  callbacks=[keras.callbacks.BackupAndRestore(str(backup))])
+
+    save_float16_weights(base, out)
+    # Score what ships: the float16 weights, reloaded, under the trained head.
+    base.load_weights(out)
+    accuracy = holdout_accuracy(model, holdout, config)
+    provenance = {
+        "origin": f"EfficientNetB0 pretrained end to end by bonenet pretrain-backbone on {ORIGIN}",
+        "command": command or shlex.join(["bonenet", *sys.argv[1:]]),
+        "config": asdict(config),
+        "generator_version": GENERATOR_VERSION,
+        "dataset_fingerprint": fingerprint(index),
+        "data_sha256": data_digest(root),
+        "train_images": len(train),
+        "holdout_images": len(holdout),
+        "steps": steps_per_epoch * config.epochs,
+        "schedule": f"Adam, linear warm-up {config.warmup_epochs} epochs to {config.learning_rate}, then cosine "
+                    "decay to 0; label smoothing 0.05; balanced class weights; AugmentConfig() augmentation",
+        "holdout_accuracy": accuracy,
+        "storage": "float16",
+        "sha256": file_sha256(out),
+        "seconds": round(time.time() - start),
+        "machine": f"{platform.machine()} {os.cpu_count()} CPU(s), {platform.system()}",
+        "date": datetime.date.today().isoformat(),
+        "versions": {"keras": keras.__version__, "tensorflow": _tf_version(), "python": platform.python_version()},
+    }
+    provenance_path(out).write_text(json.dumps(provenance, indent=2) + "\n")
+    if backup.exists():
+        import shutil
+
+        shutil.rmtree(backup)
+    return provenance
+
+
+def _tf_version():
+    import tensorflow as tf
+
+    return tf.__version__
+
+
+def provenance_path(weights):
+    """The provenance JSON beside a backbone file: `name.json` for `name.weights.h5`."""
+    weights = Path(weights)
+    return weights.with_name(weights.name.removesuffix(".weights.h5") + ".json")
+
+
+def shipped_backbone():
+    """The shipped synthetic-pretrained backbone, checked against the sha256 in its provenance.
+
+    Returns:
+        (weights path, provenance dict).
+
+    Raises:
+        FileNotFoundError: the file or its provenance is missing.
+        ValueError: the file's sha256 differs from its provenance's.
+    """
+    note = provenance_path(SHIPPED_BACKBONE)
+    if not SHIPPED_BACKBONE.is_file() or not note.is_file():
+        raise FileNotFoundError(f"{SHIPPED_BACKBONE}: the shipped backbone or its provenance is missing; "
+                                "remake it with `bonenet pretrain-backbone --out FILE`")
+    provenance = json.loads(note.read_text())
+    digest = file_sha256(SHIPPED_BACKBONE)
+    if digest != provenance.get("sha256"):
+        raise ValueError(f"{SHIPPED_BACKBONE}: sha256 {digest[:12]}… differs from its provenance's "
+                         f"{str(provenance.get('sha256'))[:12]}…; the file is damaged or was replaced")
+    return SHIPPED_BACKBONE, provenance

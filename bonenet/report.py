@@ -4,13 +4,13 @@ The notebooks in `notebooks/` only call these; `run_reports` executes them head-
 and converts each to HTML.
 """
 
+import json
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from bonenet import baselines
-from bonenet.evaluate import load_evaluation
 from bonenet.parts import PARTS, parse_part, short_name
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
@@ -18,8 +18,25 @@ ROWS = ("accuracy", "precision", "sensitivity", "specificity", "f1", "kappa", "a
 
 
 def load(eval_dir):
-    """(metrics, studies, images) of an evaluate folder; see `bonenet.evaluate.load_evaluation`."""
+    """(metrics, studies, images) of an evaluate folder; see `load_evaluation`."""
     return load_evaluation(eval_dir)
+
+
+def load_evaluation(eval_dir):
+    """Reads an `evaluate` output folder: (metrics dict, study table, image table).
+
+    Reads files only, so the report's kernels never import TensorFlow.
+    """
+    eval_dir = Path(eval_dir)
+    path = eval_dir / "metrics.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: not found; run `evaluate --out {eval_dir}` first")
+    try:
+        metrics = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc})") from exc
+    return (metrics, pd.read_csv(eval_dir / "study_predictions.csv"),
+            pd.read_csv(eval_dir / "image_predictions.csv"))
 
 
 def _fmt_kappa(m):

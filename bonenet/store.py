@@ -5,9 +5,10 @@ preprocessing recipe they were trained with, where their weights came from and h
 on the hold-out. Every model in a run must share size, recipe and backbone weights; a folder made
 with another recipe is refused rather than silently mixed.
 
-Layout (format version 2): one frozen `trunk.keras` that every model shares, and one small
-`heads/<model>.keras` per model that takes the trunk's outputs. Version 1 folders, which hold full
-image-to-probabilities models, still load.
+Layout (format version 3): one frozen `trunk.keras` that every model shares, ending at a block
+boundary (`bonenet.models.trunk_cut`), and one small `heads/<model>.keras` per model that takes the
+trunk's one output tensor. Earlier layouts (full models; two-tensor trunks) were never released
+and are refused with a message to retrain.
 """
 
 import datetime
@@ -21,9 +22,8 @@ from bonenet.parts import PARTS, parse_part, short_name
 
 MANIFEST = "manifest.json"
 FORMAT = "bonenet-run"
-FORMAT_VERSION = 2
-# Versions this bonenet can read; 1 stored one full model per file.
-READABLE_VERSIONS = (1, 2)
+FORMAT_VERSION = 3
+READABLE_VERSIONS = (FORMAT_VERSION,)
 TRUNK_FILE = "trunk.keras"
 # Settings every model of one run must share, or their inputs would differ.
 SHARED_KEYS = ("image_size", "recipe", "weights", "trainable_layers")
@@ -133,15 +133,6 @@ def _comparable(value, key):
     return value
 
 
-def check_writable(manifest, run_dir):
-    """Refuses to add models to a folder of an older format, whose models could not share a trunk."""
-    if manifest is not None and manifest.get("format_version") != FORMAT_VERSION:
-        raise ManifestError(
-            f"{Path(run_dir) / MANIFEST}: folder holds format version {manifest.get('format_version')} models "
-            f"(full models, one per file); it still loads for prediction, but train into a new --models-dir"
-        )
-
-
 def record_model(run_dir, key, shared, entry, trunk=None):
     """Adds or replaces one model's entry in the run manifest (created if absent), atomically.
 
@@ -153,7 +144,6 @@ def record_model(run_dir, key, shared, entry, trunk=None):
         trunk: the trunk's entry (`file`, `outputs`), written when the folder has none yet.
     """
     manifest = read_manifest(run_dir, required=False)
-    check_writable(manifest, run_dir)
     if manifest is None:
         manifest = {"format": FORMAT, "format_version": FORMAT_VERSION, "parts": list(PARTS), "models": {}}
     check_shared(manifest, shared, run_dir)
@@ -178,25 +168,22 @@ def load_model(path):
 
 
 def load_trunk(run_dir, manifest=None):
-    """The run's shared trunk model, or None for a folder of full models (format version 1)."""
+    """The run's shared trunk model."""
     manifest = manifest or read_manifest(run_dir)
     if "trunk" not in manifest:
-        return None
+        raise ManifestError(f"{Path(run_dir) / MANIFEST}: lists no trunk")
     return load_model(Path(run_dir) / manifest["trunk"]["file"])
 
 
 def load_run_models(run_dir, keys=None):
-    """Loads the trunk and the models a run's manifest lists.
-
-    With a trunk, each model is a head taking the trunk's outputs; without one (format version 1)
-    each model is a full image-to-probabilities model.
+    """Loads the trunk and the heads a run's manifest lists, checking that they fit together.
 
     Args:
         run_dir: the run folder.
         keys: which models (`router`, part names); None loads all listed. Defaults to None.
 
     Returns:
-        (manifest, trunk model or None, {key: keras.Model}).
+        (manifest, trunk model, {key: head model}).
     """
     manifest = read_manifest(run_dir)
     listed = manifest["models"]
@@ -205,10 +192,13 @@ def load_run_models(run_dir, keys=None):
     if missing:
         raise ManifestError(f"{Path(run_dir) / MANIFEST}: no {', '.join(missing)} model in this run")
     trunk = load_trunk(run_dir, manifest)
+    size = int(manifest["image_size"])
+    if tuple(trunk.input_shape[1:3]) != (size, size):
+        raise ManifestError(f"{Path(run_dir) / manifest['trunk']['file']}: takes {trunk.input_shape[1:3]} images "
+                            f"but the manifest says {size}×{size}")
     models = {k: load_model(Path(run_dir) / listed[k]["file"]) for k in wanted}
-    if trunk is not None:
-        for key, model in models.items():
-            if len(model.inputs) != len(trunk.outputs):
-                raise ManifestError(f"{Path(run_dir) / listed[key]['file']}: head takes {len(model.inputs)} "
-                                    f"input(s) but the run's trunk gives {len(trunk.outputs)}")
+    for key, model in models.items():
+        if tuple(model.input_shape) != tuple(trunk.output_shape):
+            raise ManifestError(f"{Path(run_dir) / listed[key]['file']}: head takes {model.input_shape} but the "
+                                f"run's trunk gives {trunk.output_shape}")
     return manifest, trunk, models

@@ -8,6 +8,7 @@ single intensity threshold separates normal from abnormal.
 This is test data, not clinical evidence.
 """
 
+import json
 import math
 from pathlib import Path
 
@@ -16,8 +17,12 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from bonenet.outputs import folder_written_whole
 from bonenet.parts import PARTS
 
+# Bump when a change to the drawing changes the pixels a seed gives: the shipped backbone's
+# provenance names the version its data came from.
+GENERATOR_VERSION = 1
 FINDINGS = ("fracture", "hardware", "lesion")
 ABNORMAL_RATE = 0.4
 VALID_FRACTION = 0.25
@@ -224,14 +229,20 @@ def _study_findings(n_views, n_bones, rng):
     return [plan if v else [] for v in visible]
 
 
-def make_synthetic(out, studies_per_part=40, seed=0, progress=True):
+def make_synthetic(out, studies_per_part=40, seed=0, valid_studies_per_part=None, overwrite=False, progress=True):
     """Writes a synthetic dataset in the exact MURA-v1.1 layout, with its four headerless CSVs.
+
+    The dataset is written into a temporary folder beside the target and renamed when complete, so
+    a killed run never leaves a `MURA-v1.1` that mixes two seeds. `MURA-v1.1/synthetic.json`
+    records how it was made.
 
     Args:
         out: folder to create `MURA-v1.1/` in.
-        studies_per_part: train studies per part; valid gets a quarter of that (at least 4).
-            Defaults to 40.
+        studies_per_part: train studies per part. Defaults to 40.
         seed: makes the output byte-identical for a given value. Defaults to 0.
+        valid_studies_per_part: valid studies per part. Defaults to a quarter of
+            `studies_per_part` (at least 4).
+        overwrite: replace an existing `out/MURA-v1.1`; otherwise one is refused. Defaults to False.
         progress: show a progress bar. Defaults to True.
 
     Returns:
@@ -239,8 +250,20 @@ def make_synthetic(out, studies_per_part=40, seed=0, progress=True):
     """
     if studies_per_part < 2:
         raise ValueError(f"studies_per_part must be at least 2, got {studies_per_part}")
+    if valid_studies_per_part is None:
+        valid_studies_per_part = max(4, int(math.ceil(studies_per_part * VALID_FRACTION)))
+    if valid_studies_per_part < 1:
+        raise ValueError(f"valid_studies_per_part must be at least 1, got {valid_studies_per_part}")
     root = Path(out) / "MURA-v1.1"
-    counts = {"train": studies_per_part, "valid": max(4, int(math.ceil(studies_per_part * VALID_FRACTION)))}
+    if root.exists() and not overwrite:
+        raise ValueError(f"{root}: already exists; pass --overwrite to replace it")
+    with folder_written_whole(root) as tmp:
+        _write_dataset(tmp, studies_per_part, valid_studies_per_part, seed, progress)
+    return root
+
+
+def _write_dataset(tmp, studies_per_part, valid_studies_per_part, seed, progress):
+    counts = {"train": studies_per_part, "valid": valid_studies_per_part}
     jobs, patient_no = [], 0
     for split in ("train", "valid"):
         for part_no, part in enumerate(PARTS):
@@ -252,24 +275,42 @@ def make_synthetic(out, studies_per_part=40, seed=0, progress=True):
                     k += 1
     image_rows = {"train": [], "valid": []}
     study_rows = {"train": [], "valid": []}
-    for split, part_no, part, patient_no, study_no in tqdm(jobs, desc="make-synthetic", disable=not progress):
+    for split, part_no, part, patient_no, study_no in tqdm(jobs, desc="make-synthetic", disable=None if progress else True):
         # One generator per study, so a study's pixels don't depend on how many came before.
         rng = np.random.default_rng([seed, patient_no, study_no, part_no])
         label = int(rng.random() < ABNORMAL_RATE)
         n_views = int(rng.choice([1, 2, 3, 4], p=[0.15, 0.45, 0.3, 0.1]))
         n_bones = len(ANATOMY[part](np.random.default_rng(0)))
         findings = _study_findings(n_views, n_bones, rng) if label else [[]] * n_views
-        rel_study = f"MURA-v1.1/{split}/{part}/patient{patient_no:05d}/study{study_no}_{'positive' if label else 'negative'}/"
-        folder = Path(out) / rel_study
+        rel_study = f"{split}/{part}/patient{patient_no:05d}/study{study_no}_{'positive' if label else 'negative'}/"
+        folder = tmp / rel_study
         folder.mkdir(parents=True, exist_ok=True)
         for view in range(n_views):
             image = draw_radiograph(part, findings[view], rng)
             if rng.random() < RGB_RATE:
                 image = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
-            cv2.imwrite(str(folder / f"image{view + 1}.png"), image)
-            image_rows[split].append(f"{rel_study}image{view + 1}.png")
-        study_rows[split].append((rel_study, label))
+            if not cv2.imwrite(str(folder / f"image{view + 1}.png"), image):
+                raise OSError(f"{folder / f'image{view + 1}.png'}: could not write the image")
+            image_rows[split].append(f"MURA-v1.1/{rel_study}image{view + 1}.png")
+        study_rows[split].append((f"MURA-v1.1/{rel_study}", label))
     for split in ("train", "valid"):
-        pd.DataFrame(image_rows[split]).to_csv(root / f"{split}_image_paths.csv", header=False, index=False)
-        pd.DataFrame(study_rows[split]).to_csv(root / f"{split}_labeled_studies.csv", header=False, index=False)
-    return root
+        pd.DataFrame(image_rows[split]).to_csv(tmp / f"{split}_image_paths.csv", header=False, index=False)
+        pd.DataFrame(study_rows[split]).to_csv(tmp / f"{split}_labeled_studies.csv", header=False, index=False)
+    made = {"seed": seed, "studies_per_part": studies_per_part, "valid_studies_per_part": valid_studies_per_part,
+            "generator_version": GENERATOR_VERSION}
+    (tmp / "synthetic.json").write_text(json.dumps(made, indent=2) + "\n")
+
+
+def synthetic_dataset(out, studies_per_part=40, seed=0, valid_studies_per_part=None, progress=True):
+    """`out/MURA-v1.1` as `make_synthetic` makes it: reused when its `synthetic.json` matches, else remade."""
+    root = Path(out) / "MURA-v1.1"
+    if valid_studies_per_part is None:
+        valid_studies_per_part = max(4, int(math.ceil(studies_per_part * VALID_FRACTION)))
+    wanted = {"seed": seed, "studies_per_part": studies_per_part, "valid_studies_per_part": valid_studies_per_part,
+              "generator_version": GENERATOR_VERSION}
+    try:
+        if json.loads((root / "synthetic.json").read_text()) == wanted:
+            return root
+    except (OSError, ValueError):
+        pass
+    return make_synthetic(out, studies_per_part, seed, valid_studies_per_part, overwrite=True, progress=progress)

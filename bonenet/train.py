@@ -18,26 +18,30 @@ from pathlib import Path
 
 import keras
 import numpy as np
+import pandas as pd
 import tensorflow as tf
 
 from bonenet import data as bdata
+from bonenet import runtime
+from bonenet.configs import STRATEGIES, TrainConfig
 from bonenet.features import compute_features, weights_digest
+from bonenet.metrics import tune_threshold
 from bonenet.models import (
     build_part_model,
     build_router,
     compile_model,
     copy_weights,
+    join_model,
     resolve_weights,
     set_xla,
     split_model,
-    trunk_outputs,
+    trunk_cut,
 )
 from bonenet.mura import fingerprint, holdout_split
 from bonenet.parts import PARTS, short_name
 from bonenet.store import (
     TRUNK_FILE,
     check_shared,
-    check_writable,
     load_trunk,
     model_filename,
     model_key,
@@ -45,88 +49,9 @@ from bonenet.store import (
     record_model,
     save_model_atomic,
 )
+from bonenet.study import DEFAULT_THRESHOLD, aggregate_studies
 from preprocessing.augment import AugmentConfig
-from preprocessing.recipes import DEFAULT_RECIPE, get_recipe
-
-STRATEGIES = ("auto", "default", "mirrored", "multiworker")
-MODES = ("cached", "full")
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Everything that decides how a model trains; written into the manifest as is.
-
-    Attributes:
-        epochs: most epochs to train. Defaults to 10.
-        batch_size: global batch size (split across replicas). Defaults to 32.
-        image_size: input side. Defaults to 224.
-        weights: "imagenet", "none" or a backbone weights file. Defaults to "imagenet".
-        trainable_layers: last base layers to fine-tune (BatchNorm stays frozen). Defaults to 20.
-        learning_rate: Adam learning rate. Defaults to 1e-4.
-        seed: seeds the split, shuffling, augmentation and initialisation. Defaults to 0.
-        strategy: one of auto, default, mirrored, multiworker. Defaults to "auto".
-        recipe: preprocessing recipe name or JSON file. Defaults to "equalize".
-        augment: augment training images. Defaults to True.
-        max_rotation: augmentation rotation bound in degrees (at most 30). Defaults to 15.
-        holdout_fraction: patient-grouped hold-out share of train. Defaults to 0.2.
-        dropout: dropout before the softmax. Defaults to 0.2.
-        patience: epochs without hold-out improvement before stopping. Defaults to 4.
-        cache_dir: where caches live: trunk outputs (cached mode) or prepared images (full mode).
-            None means `<models-dir>/cache` for trunk outputs and memory for images. Defaults to None.
-        mode: "cached" trains heads on cached trunk outputs; "full" fits the whole model on
-            live-augmented images. Defaults to "cached".
-        views: in cached mode with `augment`, augmented views drawn once per train image and
-            cached beside the unaugmented one. Defaults to 2.
-    """
-
-    epochs: int = 10
-    batch_size: int = 32
-    image_size: int = 224
-    weights: str = "imagenet"
-    trainable_layers: int = 20
-    learning_rate: float = 1e-4
-    seed: int = 0
-    strategy: str = "auto"
-    recipe: str = DEFAULT_RECIPE
-    augment: bool = True
-    max_rotation: float = 15.0
-    holdout_fraction: float = 0.2
-    dropout: float = 0.2
-    patience: int = 4
-    cache_dir: str = None
-    mode: str = "cached"
-    views: int = 2
-
-    def __post_init__(self):
-        for name in ("epochs", "batch_size", "image_size"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.image_size < 32:
-            raise ValueError(f"image_size must be at least 32 for EfficientNetB0, got {self.image_size}")
-        if self.strategy not in STRATEGIES:
-            raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}, got {self.strategy!r}")
-        if self.mode not in MODES:
-            raise ValueError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
-        if int(self.views) < 0:
-            raise ValueError(f"views must be at least 0, got {self.views}")
-        if not self.learning_rate > 0:
-            raise ValueError(f"learning_rate must be positive, got {self.learning_rate}")
-        AugmentConfig(max_rotation=self.max_rotation)  # checks the bound
-        get_recipe(self.recipe)  # checks the recipe
-
-
-def configure_accelerator():
-    """Uses mixed float16 and XLA when a GPU is visible; plain float32 on CPU.
-
-    Returns:
-        True when a GPU is in use.
-    """
-    gpus = tf.config.list_physical_devices("GPU")
-    if gpus:
-        for gpu in gpus:
-            tf.config.experimental.set_memory_growth(gpu, True)
-        keras.mixed_precision.set_global_policy("mixed_float16")
-    return bool(gpus)
+from preprocessing.recipes import get_recipe
 
 
 def get_strategy(name="auto"):
@@ -159,8 +84,6 @@ def _best_val_loss(log_path):
     """The lowest val_loss logged so far, so a resumed run keeps the true best checkpoint."""
     if not log_path.is_file():
         return None
-    import pandas as pd
-
     try:
         log = pd.read_csv(log_path)
     except (pd.errors.EmptyDataError, pd.errors.ParserError):
@@ -194,24 +117,30 @@ def checkpoint_dir(run_dir, key):
     return Path(run_dir) / "checkpoints" / (key if key == "router" else short_name(key))
 
 
-def _tune_on_holdout(scores, kept, val_images):
-    """The study-level threshold maximising kappa on the hold-out (never on an evaluated split).
+def tune_on_holdout(scores, kept, val_images, part):
+    """The study-level threshold maximising kappa on the training hold-out (never an evaluated split).
 
-    `scores` are p(abnormal) for the hold-out images `kept` (those that decoded), in order.
+    Studies are scored by the study rule (`bonenet.study`), each with its own part's model.
+
+    Args:
+        scores: p(abnormal) for the hold-out images `kept` (those that decoded), in order.
+        kept: their paths.
+        val_images: the hold-out image table.
+        part: the part.
+
+    Returns:
+        {"threshold": float} or {"threshold": None, "reason": why tuning was not possible}.
     """
-    from bonenet.metrics import tune_threshold
-
-    if len(scores) != len(kept):
-        return None
-    table = val_images.set_index("path").loc[kept, ["study", "label"]].assign(score=scores)
-    studies = table.groupby("study").agg(label=("label", "first"), score=("score", "mean"))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return float(tune_threshold(studies["label"], studies["score"]))
+    table = val_images.set_index("path").loc[kept, ["study", "label"]].reset_index()
+    table = table.assign(part_true=part, **{f"p_{part}": 1.0, f"s_{part}": np.asarray(scores, float)})
+    studies = aggregate_studies(table, [part], {part: (DEFAULT_THRESHOLD, "default")}, oracle=True)
+    try:
+        return {"threshold": tune_threshold(studies["label"], studies["score"]), "studies": len(studies)}
+    except ValueError as exc:
+        return {"threshold": None, "reason": str(exc), "studies": len(studies)}
 
 
-def _cached_datasets(trunk, index, train_paths, train_labels, val_paths, val_labels, num_classes, config, run_dir,
-                     verbose):
+def _cached_datasets(trunk, index, job, config, run_dir, verbose):
     """Train and hold-out datasets of cached trunk outputs, plus the hold-out paths they serve.
 
     One cache covers every train-split image, so the router and all seven parts share it.
@@ -222,46 +151,61 @@ def _cached_datasets(trunk, index, train_paths, train_labels, val_paths, val_lab
                              Path(config.cache_dir) if config.cache_dir else run_dir / "cache",
                              views=config.views if augment else 0, augment_config=augment, seed=config.seed,
                              batch_size=config.batch_size, verbose=verbose)
-    n, position = len(cache.paths), {p: i for i, p in enumerate(cache.paths)}
+    position = {p: i for i, p in enumerate(cache.paths)}
 
-    def rows_and_labels(paths, labels, views):
-        by_image = np.full(n, -1, np.int64)
-        by_image[[position[p] for p in paths]] = labels
-        rows = cache.rows([position[p] for p in paths], views=views)
-        return rows, by_image[rows % n]
+    def rows(paths, labels):
+        label_of = dict(zip((position[p] for p in paths), labels, strict=True))
+        images = cache.usable([position[p] for p in paths])
+        return images, np.asarray([label_of[i] for i in images], np.int64)
 
-    train_rows, train_y = rows_and_labels(train_paths, train_labels, views=True)
-    val_rows, val_y = rows_and_labels(val_paths, val_labels, views=False)
-    batch = dict(num_classes=num_classes, batch_size=config.batch_size)
-    train_ds = cache.dataset(train_rows, train_y, training=True, seed=config.seed, **batch)
-    val_ds = cache.dataset(val_rows, val_y, **batch)
-    return train_ds, val_ds, [cache.paths[r % n] for r in val_rows]
+    batch = dict(num_classes=job.num_classes, batch_size=config.batch_size)
+    train_images, train_y = rows(job.train_paths, job.train_labels)
+    val_images, val_y = rows(job.val_paths, job.val_labels)
+    return (cache.dataset(train_images, train_y, training=True, seed=config.seed, **batch),
+            cache.dataset(val_images, val_y, **batch), [cache.paths[i] for i in val_images])
 
 
-def train_model(target, index, models_dir, config=TrainConfig(), resume=False, verbose=1):
-    """Trains the router (`target="router"`) or one part's model and records it in the run.
+def _full_datasets(job, config):
+    augment = AugmentConfig(max_rotation=config.max_rotation) if config.augment else None
+    common = dict(recipe=config.recipe, size=config.image_size, batch_size=config.batch_size,
+                  cache_dir=config.cache_dir)
+    train_ds = bdata.make_dataset(job.train_paths, job.train_labels, job.num_classes, training=True,
+                                  seed=config.seed, augment_config=augment, **common)
+    val_ds = bdata.make_dataset(job.val_paths, job.val_labels, job.num_classes, **common)
+    return train_ds, val_ds, None
 
-    The model is built on the run's trunk when the run has one, so all its models share it; its
-    head is saved to `heads/`, and the trunk to `trunk.keras` by the run's first model.
 
-    Args:
-        target: "router" or a part name (`wrist`, `XR_WRIST`).
-        index: a `MuraIndex` (its train split is used, with a patient-grouped hold-out).
-        models_dir: the run folder to write into.
-        config: a `TrainConfig`.
-        resume: continue a killed run from its last completed epoch. Defaults to False.
-        verbose: Keras verbosity (1 shows the progress bar). Defaults to 1.
+@dataclass
+class _Job:
+    """What one model's training works on: its key, run folder, data split and built models."""
 
-    Returns:
-        (the model's manifest entry, the trained full Keras model).
-    """
+    key: str
+    run_dir: Path
+    existing: dict
+    origin: dict
+    weights: object
+    train_paths: list
+    train_labels: np.ndarray
+    val_paths: list
+    val_labels: np.ndarray
+    val_images: object
+    num_classes: int
+    model: object = None
+    trunk: object = None
+    head: object = None
+    fitted: object = None
+    shared: dict = None
+    run_trunk: object = None
+
+
+def _prepare(target, index, models_dir, config):
+    """Checks the run folder and the data, and splits train into fit and hold-out (by patient)."""
     key = model_key(target)
     run_dir = Path(models_dir)
     weights, origin = resolve_weights(config.weights)  # fail fast, before any data work
     existing = read_manifest(run_dir, required=False)
     if existing is not None:
         # Refuse a folder made with another size, recipe or backbone before spending any time.
-        check_writable(existing, run_dir)
         check_shared(existing, shared_settings(config, origin, None), run_dir)
     split = holdout_split(index.studies, config.holdout_fraction, config.seed)
     held = set(split.loc[split.holdout, "study"])
@@ -274,47 +218,53 @@ def train_model(target, index, models_dir, config=TrainConfig(), resume=False, v
         raise ValueError(f"{key}: training data has classes {present.tolist()}, needs all {num_classes}")
     if len(val_paths) == 0:
         raise ValueError(f"{key}: the hold-out has no images; add more train studies")
+    return _Job(key, run_dir, existing, origin, weights, train_paths, train_labels, val_paths, val_labels,
+                val_images, num_classes)
 
+
+def _build(job, config):
+    """Builds the classifier in the strategy's scope, split at the trunk cut, on the run's trunk."""
     keras.utils.set_random_seed(config.seed)
-    gpu = configure_accelerator()
+    gpu = runtime.start()["gpus"] > 0
     strategy = get_strategy(config.strategy)
-    run_trunk = load_trunk(run_dir, existing) if existing is not None else None
+    job.run_trunk = load_trunk(job.run_dir, job.existing) if job.existing is not None else None
     with strategy.scope():
-        kwargs = dict(image_size=config.image_size, weights=weights, trainable_layers=config.trainable_layers,
+        kwargs = dict(image_size=config.image_size, weights=job.weights, trainable_layers=config.trainable_layers,
                       dropout=config.dropout)
-        model, trainable = build_router(**kwargs) if key == "router" else build_part_model(key, **kwargs)
-        trunk, head = split_model(model, config.trainable_layers)
-        if run_trunk is not None:
+        job.model, trainable = (build_router(**kwargs) if job.key == "router"
+                                else build_part_model(job.key, **kwargs))
+        job.trunk, job.head = split_model(job.model, config.trainable_layers)
+        if job.run_trunk is not None:
             # The run's trunk is the one every model shares (with --weights none, it is the only
             # copy of the random initialisation the first model drew).
-            copy_weights(run_trunk, trunk)
-        fitted = head if config.mode == "cached" else model
-        set_xla(trunk)
-        compile_model(fitted, config.learning_rate, jit_compile=gpu)
-    shared = shared_settings(config, origin, trainable)
-    if existing is not None:
-        check_shared(existing, shared, run_dir)
+            copy_weights(job.run_trunk, job.trunk)
+        job.fitted = job.head if config.mode == "cached" else join_model(job.trunk, job.head)
+        set_xla(job.trunk)
+        compile_model(job.fitted, config.learning_rate, jit_compile=gpu)
+    job.shared = shared_settings(config, job.origin, trainable)
+    if job.existing is not None:
+        check_shared(job.existing, job.shared, job.run_dir)
+    return strategy
 
+
+def _datasets(job, index, config, verbose):
+    """(train, hold-out, hold-out paths kept) for the mode, sharded by element across workers."""
     if config.mode == "cached":
-        train_ds, val_ds, val_kept = _cached_datasets(trunk, index, train_paths, train_labels, val_paths, val_labels,
-                                                      num_classes, config, run_dir, verbose)
+        train_ds, val_ds, kept = _cached_datasets(job.trunk, index, job, config, job.run_dir, verbose)
     else:
-        augment = AugmentConfig(max_rotation=config.max_rotation) if config.augment else None
-        common = dict(recipe=config.recipe, size=config.image_size, batch_size=config.batch_size,
-                      cache_dir=config.cache_dir)
-        train_ds = bdata.make_dataset(train_paths, train_labels, num_classes, training=True, seed=config.seed,
-                                      augment_config=augment, **common)
-        val_ds = bdata.make_dataset(val_paths, val_labels, num_classes, **common)
-        val_kept = None
-    train_ds, val_ds = _shardable(train_ds), _shardable(val_ds)
+        train_ds, val_ds, kept = _full_datasets(job, config)
+    return _shardable(train_ds), _shardable(val_ds), kept
 
-    work = checkpoint_dir(run_dir, key)
+
+def _fit(job, train_ds, val_ds, config, resume, verbose):
+    """Fits with resumable backups, best-by-hold-out-loss weights, early stopping and logs."""
+    work = checkpoint_dir(job.run_dir, job.key)
     backup, log_path, best_path = work / "backup", work / "log.csv", work / "best.weights.h5"
     if resume:
         meta = backup / "training_metadata.json"
         start = json.loads(meta.read_text())["epoch"] if meta.is_file() else 0
-        print(f"{key}: resuming from epoch {start}" if start else f"{key}: nothing to resume, starting at epoch 0",
-              file=sys.stderr)
+        print(f"{job.key}: resuming from epoch {start}" if start else
+              f"{job.key}: nothing to resume, starting at epoch 0", file=sys.stderr)
     elif work.exists():
         shutil.rmtree(work)
     work.mkdir(parents=True, exist_ok=True)
@@ -334,66 +284,126 @@ def train_model(target, index, models_dir, config=TrainConfig(), resume=False, v
         # The datasets' length is unknown until the first epoch ends (unreadable files are
         # filtered out), and Keras warns about that once; it is expected here.
         warnings.filterwarnings("ignore", message="Your input ran out of data")
-        history = fitted.fit(train_ds, validation_data=val_ds, epochs=config.epochs, verbose=verbose, shuffle=False,
-                             class_weight=bdata.class_weights(train_labels, num_classes), callbacks=callbacks)
-        if best_path.is_file():
-            fitted.load_weights(str(best_path))
-        scores = fitted.evaluate(val_ds, verbose=0, return_dict=True)
-        tuned = None
-        if key != "router":
-            probs = fitted.predict(val_ds, verbose=0)[:, 1]
-            if val_kept is None:
-                val_kept = [p for p in val_paths if p not in bdata.SKIPPED_IN_PIPELINE]
-            tuned = _tune_on_holdout(probs, val_kept, val_images)
+        job.fitted.fit(train_ds, validation_data=val_ds, epochs=config.epochs, verbose=verbose, shuffle=False,
+                       class_weight=bdata.class_weights(job.train_labels, job.num_classes), callbacks=callbacks)
+    if best_path.is_file():
+        job.fitted.load_weights(str(best_path))
+    return log_path
+
+
+def _finalize(job, index, val_ds, kept, log_path, config):
+    """Scores the hold-out, tunes a part's threshold there, saves the head (and the run's first trunk)."""
+    scores = job.fitted.evaluate(val_ds, verbose=0, return_dict=True)
+    tuning = None
+    if job.key != "router":
+        probs = job.fitted.predict(val_ds, verbose=0)[:, 1]
+        if kept is None:
+            kept = [p for p in job.val_paths if p not in bdata.SKIPPED_IN_PIPELINE]
+        tuning = tune_on_holdout(probs, kept, job.val_images, job.key)
     trunk_entry = None
-    if run_trunk is None:
+    if job.run_trunk is None:
         # The run's first model writes the trunk, before its head, so a listed head always has it.
-        save_model_atomic(trunk, run_dir / TRUNK_FILE)
-        trunk_entry = {"file": TRUNK_FILE, "outputs": trunk_outputs(model, config.trainable_layers),
-                       "sha256_weights": weights_digest(trunk)}
-    filename = model_filename(key)
-    save_model_atomic(head, run_dir / filename)
+        save_model_atomic(job.trunk, job.run_dir / TRUNK_FILE)
+        trunk_entry = {"file": TRUNK_FILE, "output": trunk_cut(job.model, config.trainable_layers)[1],
+                       "sha256_weights": weights_digest(job.trunk)}
+    filename = model_filename(job.key)
+    save_model_atomic(job.head, job.run_dir / filename)
+    log = pd.read_csv(log_path) if log_path.is_file() else pd.DataFrame()
     entry = {
         "file": filename,
         "input": "trunk",
-        "labels": list(PARTS) if key == "router" else ["normal", "abnormal"],
-        "threshold": 0.5,
-        **({"tuned_threshold": tuned} if tuned is not None else {}),
+        "labels": list(PARTS) if job.key == "router" else ["normal", "abnormal"],
+        "threshold": DEFAULT_THRESHOLD,
+        **({"tuning": tuning} if tuning is not None else {}),
         "config": asdict(config),
-        "dataset": {"fingerprint": fingerprint(index), "train_images": len(train_paths),
-                    "holdout_images": len(val_paths),
-                    "holdout_studies": int(val_images[val_images.path.isin(val_paths)].study.nunique())},
+        "dataset": {"fingerprint": fingerprint(index), "train_images": len(job.train_paths),
+                    "holdout_images": len(job.val_paths),
+                    "holdout_studies": int(job.val_images[job.val_images.path.isin(job.val_paths)].study.nunique())},
         "holdout": {k: float(v) for k, v in scores.items()},
-        "epochs_run": len(history.history.get("loss", [])),
-        "log": str(log_path.relative_to(run_dir)),
+        "epochs_run": len(log),
+        "log": str(log_path.relative_to(job.run_dir)),
     }
-    record_model(run_dir, key, shared, entry, trunk=trunk_entry)
-    return entry, model
+    record_model(job.run_dir, job.key, job.shared, entry, trunk=trunk_entry)
+    return entry
 
 
-def train_all(index, models_dir, config=TrainConfig(), resume=False, verbose=1, parts=PARTS):
+def train_model(target, index, models_dir, config=TrainConfig(), resume=False, verbose="auto"):
+    """Trains the router (`target="router"`) or one part's model and records it in the run.
+
+    The story: prepare (checks and a patient-grouped hold-out), build (on the run's trunk when it
+    has one), datasets (cached trunk outputs or live images), fit, finalize (hold-out scores, a
+    part's tuned threshold, atomic saves, the manifest entry).
+
+    Args:
+        target: "router" or a part name (`wrist`, `XR_WRIST`).
+        index: a `MuraIndex` (its train split is used, with a patient-grouped hold-out).
+        models_dir: the run folder to write into.
+        config: a `TrainConfig`.
+        resume: continue a killed run from its last completed epoch. Defaults to False.
+        verbose: Keras verbosity; "auto" shows progress bars on a terminal only. Defaults to "auto".
+
+    Returns:
+        (the model's manifest entry, the trained full Keras model).
+    """
+    verbose = progress_verbosity(verbose)
+    job = _prepare(target, index, models_dir, config)
+    strategy = _build(job, config)
+    with strategy.scope():
+        train_ds, val_ds, kept = _datasets(job, index, config, verbose)
+    log_path = _fit(job, train_ds, val_ds, config, resume, verbose)
+    return _finalize(job, index, val_ds, kept, log_path, config), job.model
+
+
+def progress_verbosity(verbose="auto"):
+    """Keras verbosity: "auto" shows progress bars only when output is a terminal."""
+    if verbose != "auto":
+        return verbose
+    return 1 if sys.stdout.isatty() else 0
+
+
+def summary_line(key, entry):
+    """One line after a model has trained: its hold-out figures and, for a part, its threshold."""
+    holdout = entry["holdout"]
+    text = f"{key}: {entry['epochs_run']} epoch(s); hold-out loss {holdout.get('loss', float('nan')):.3f}, " \
+           f"accuracy {holdout.get('accuracy', float('nan')):.3f}"
+    if "auc" in holdout:
+        text += f", AUC {holdout['auc']:.3f}"
+    tuning = entry.get("tuning")
+    if tuning is not None:
+        text += (f"; threshold {tuning['threshold']:.3f} tuned on {tuning['studies']} hold-out studies"
+                 if tuning["threshold"] is not None else f"; threshold 0.5 (tuning not possible: {tuning['reason']})")
+    return text
+
+
+def train_all(index, models_dir, config=TrainConfig(), resume=False, verbose="auto", parts=PARTS):
     """Trains the router, then each part's model, into one run folder.
 
     A part that cannot be trained (no abnormal studies, say) is reported and skipped; the
     others still train. With `resume`, models that finished before an interruption are kept and
-    the interrupted one continues from its last completed epoch.
+    the interrupted one continues from its last completed epoch. Each model gets a header
+    ("XR_ELBOW 2/8") and one summary line.
 
     Returns:
         ({key: manifest entry}, {key: error message}).
     """
     entries, failures = {}, {}
     done = (read_manifest(models_dir, required=False) or {}).get("models", {}) if resume else {}
-    for target in ["router", *parts]:
+    targets = ["router", *parts]
+    for number, target in enumerate(targets, 1):
         key = model_key(target)
+        print(f"{key} {number}/{len(targets)}", flush=True)
         backup = checkpoint_dir(models_dir, key) / "backup"
         if key in done and (Path(models_dir) / done[key]["file"]).is_file() and not backup.exists():
             # Finished before the interruption: keep it rather than train it again.
-            print(f"{key}: already trained in this run, kept", file=sys.stderr)
+            print(f"{key}: already trained in this run, kept", flush=True)
             entries[key] = done[key]
             continue
         try:
-            entries[key], _ = train_model(key, index, models_dir, config, resume=resume, verbose=verbose)
+            entries[key], _ = train_model(key, index, models_dir, config, resume=resume,
+                                          verbose=progress_verbosity(verbose))
         except ValueError as exc:
             failures[key] = str(exc)
             print(f"bonenet: could not train {target}: {exc}", file=sys.stderr)
+            continue
+        print(summary_line(key, entries[key]), flush=True)
     return entries, failures

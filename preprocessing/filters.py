@@ -131,15 +131,19 @@ def equalize_clahe(image, clip_limit=2.0, tile_grid=8):
     return clahe.apply(image)
 
 
-def roi_box(image, min_fraction=0.05, margin=2):
+def roi_box(image, min_fraction=0.05, edge_fraction=0.005, margin=2):
     """Finds the box around the anatomy, leaving out black borders, empty film and small labels.
 
     The foreground is what lies above an Otsu threshold on a smoothed copy; connected regions
     smaller than `min_fraction` of the largest (burnt-in L/R markers, dust) do not widen the box.
+    A region that touches the film's edge is kept down to `edge_fraction` of the largest: anatomy
+    cut by the film (a thumb across a dark gap from the palm) is often small, labels rarely touch
+    the edge.
 
     Args:
         image: uint8 H×W.
         min_fraction: smallest region kept, as a share of the largest region. Defaults to 0.05.
+        edge_fraction: smallest region kept when it touches the image's edge. Defaults to 0.005.
         margin: pixels added on each side. Defaults to 2.
 
     Returns:
@@ -157,13 +161,14 @@ def roi_box(image, min_fraction=0.05, margin=2):
     n, _, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
     if n <= 1:
         return 0, h, 0, w
-    areas = stats[1:, cv2.CC_STAT_AREA]
-    keep = stats[1:][areas >= min_fraction * areas.max()]
-    top = int(keep[:, cv2.CC_STAT_TOP].min())
-    left = int(keep[:, cv2.CC_STAT_LEFT].min())
-    bottom = int((keep[:, cv2.CC_STAT_TOP] + keep[:, cv2.CC_STAT_HEIGHT]).max())
-    right = int((keep[:, cv2.CC_STAT_LEFT] + keep[:, cv2.CC_STAT_WIDTH]).max())
-    return max(0, top - margin), min(h, bottom + margin), max(0, left - margin), min(w, right + margin)
+    stats = stats[1:]
+    areas = stats[:, cv2.CC_STAT_AREA]
+    top, left = stats[:, cv2.CC_STAT_TOP], stats[:, cv2.CC_STAT_LEFT]
+    bottom, right = top + stats[:, cv2.CC_STAT_HEIGHT], left + stats[:, cv2.CC_STAT_WIDTH]
+    at_edge = (top == 0) | (left == 0) | (bottom == h) | (right == w)
+    keep = (areas >= min_fraction * areas.max()) | (at_edge & (areas >= edge_fraction * areas.max()))
+    return (max(0, int(top[keep].min()) - margin), min(h, int(bottom[keep].max()) + margin),
+            max(0, int(left[keep].min()) - margin), min(w, int(right[keep].max()) + margin))
 
 
 def roi_crop(image, **kwargs):

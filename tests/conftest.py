@@ -5,6 +5,8 @@ import os
 # Keep TensorFlow quiet and on the CPU threads we have; set before anything imports it.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import shutil
+
 import pytest
 
 from bonenet.synthetic import make_synthetic
@@ -34,3 +36,25 @@ def run(index, tmp_path_factory):
     _, router = train_model("router", index, run_dir, config, verbose=0)
     _, wrist = train_model("wrist", index, run_dir, config, verbose=0)
     return run_dir, {"router": router, "XR_WRIST": wrist}
+
+
+@pytest.fixture(scope="session")
+def full_run(run, tmp_path_factory):
+    """The session run with the wrist model standing in for every part, so every study gets scored.
+
+    Evaluation is what is under test here, not model quality; training seven models would only cost time.
+    """
+    from bonenet import store
+    from bonenet.parts import PARTS
+
+    run_dir = tmp_path_factory.mktemp("full_run")
+    shutil.copytree(run[0], run_dir, dirs_exist_ok=True, ignore=shutil.ignore_patterns("checkpoints"))
+    manifest = store.read_manifest(run_dir)
+    shared = {k: manifest[k] for k in store.SHARED_KEYS}
+    for part in PARTS:
+        if part != "XR_WRIST":
+            shutil.copy(run_dir / "heads" / "wrist.keras", run_dir / store.model_filename(part))
+            store.record_model(run_dir, part, shared, {**manifest["models"]["XR_WRIST"],
+                                                       "file": store.model_filename(part),
+                                                       "tuning": {"threshold": 0.4, "studies": 3}})
+    return run_dir

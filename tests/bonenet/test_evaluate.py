@@ -7,29 +7,10 @@ import pytest
 from sklearn.metrics import cohen_kappa_score
 
 import run_pipeline
-from bonenet import store
 from bonenet.evaluate import evaluate_run
 from bonenet.metrics import METRIC_KEYS
 from bonenet.parts import PARTS
 from bonenet.report import run_reports
-
-
-@pytest.fixture(scope="module")
-def full_run(run, tmp_path_factory):
-    """The session run with the wrist model standing in for every part, so every study gets scored.
-
-    Evaluation is what is under test here, not model quality; training seven models would only cost time.
-    """
-    run_dir = tmp_path_factory.mktemp("full_run")
-    shutil.copytree(run[0], run_dir, dirs_exist_ok=True, ignore=shutil.ignore_patterns("checkpoints"))
-    manifest = store.read_manifest(run_dir)
-    shared = {k: manifest[k] for k in store.SHARED_KEYS}
-    for part in PARTS:
-        if part != "XR_WRIST":
-            shutil.copy(run_dir / "heads" / "wrist.keras", run_dir / store.model_filename(part))
-            store.record_model(run_dir, part, shared, {**manifest["models"]["XR_WRIST"],
-                                                       "file": store.model_filename(part), "tuned_threshold": 0.4})
-    return run_dir
 
 
 @pytest.fixture(scope="module")
@@ -57,9 +38,14 @@ def test_evaluate_writes_every_file_and_key_of_the_contract(evaluation):
     assert router["labels"] == list(PARTS) and np.array(router["confusion"]).shape == (7, 7)
     assert metrics["baseline"]["stanford_kappa"]["XR_WRIST"] == 0.931
     studies = pd.read_csv(evaluation / "study_predictions.csv")
-    assert list(studies.columns) == ["study", "part_true", "part_pred", "label", "score", "pred"]
+    assert list(studies.columns) == ["study", "patient", "part_true", "part_pred", "router_confidence", "label",
+                                     "score", "threshold", "pred"]
     images = pd.read_csv(evaluation / "image_predictions.csv")
-    assert list(images.columns) == ["path", "study", "part_true", "part_pred", "router_confidence", "label", "score"]
+    assert list(images.columns) == ["path", "study", "patient", "part_true", "part_pred", "image_part_pred",
+                                    "router_confidence", "label", "score"]
+    # Each image's score comes from its study's routed part model, and the CSV says which.
+    routed = studies.set_index("study")["part_pred"]
+    assert (images["part_pred"] == images["study"].map(routed)).all()
     assert np.array(router["confusion"]).sum() == len(images)
 
 
@@ -80,7 +66,9 @@ def test_study_kappa_equals_sklearn_recomputed_from_the_csv(evaluation):
 def test_every_part_is_scored_routed_oracle_and_tuned(evaluation):
     metrics = json.loads((evaluation / "metrics.json").read_text())
     studies = pd.read_csv(evaluation / "study_predictions.csv")
-    assert metrics["source"]["parts_scored"] == list(PARTS) and not metrics["source"]["messages"]
+    assert metrics["source"]["parts_scored"] == list(PARTS)
+    # The tiny fixture's wrist hold-out has one class, so its tuning failed, and says so.
+    assert not [m for m in metrics["source"]["messages"] if "undefined" not in m and "tuning was not possible" not in m]
     assert (studies["pred"] >= 0).all()
     for level in ("study", "oracle", "study_tuned"):
         assert set(metrics[level]) == {*PARTS, "overall"}
@@ -91,7 +79,7 @@ def test_every_part_is_scored_routed_oracle_and_tuned(evaluation):
 def test_missing_part_models_are_reported_and_the_rest_scored(run, synthetic_root, tmp_path):
     metrics = evaluate_run(synthetic_root, run[0], tmp_path, n_boot=50, plots=False)
     messages = " ".join(metrics["source"]["messages"])
-    assert "no XR_ELBOW model in the run" in messages
+    assert "no model in the run for XR_ELBOW" in messages
     assert set(metrics["source"]["parts_scored"]) <= set(PARTS)
     assert metrics["source"]["models"] == {"router": "heads/router.keras", "XR_WRIST": "heads/wrist.keras"}
     # The oracle still scores every true wrist study with the wrist model.
@@ -130,7 +118,7 @@ def test_report_cli_writes_eight_html_files(evaluation, tmp_path):
 
 
 def test_evaluated_studies_match_predict_study(evaluation, full_run, index):
-    """Tables (metrics.aggregate_studies) and single studies (BoneNet.score_study) route and score alike."""
+    """Tables (study.aggregate_studies) and single studies (BoneNet.score_study) route and score alike."""
     from bonenet.inference import BoneNet
 
     net = BoneNet.load(full_run)
@@ -140,3 +128,30 @@ def test_evaluated_studies_match_predict_study(evaluation, full_run, index):
         result = net.predict_study(rows["path"].tolist())
         assert result["part"] == studies.loc[study, "part_pred"], study
         assert result["p_abnormal"] == pytest.approx(studies.loc[study, "score"], abs=1e-5), study
+
+
+def test_a_part_whose_tuning_failed_is_named_in_evaluates_output(full_run, synthetic_root, tmp_path, capsys):
+    run_dir = shutil.copytree(full_run, tmp_path / "run")
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    manifest["models"]["XR_HAND"]["tuning"] = {"threshold": None, "reason": "the hold-out has 2 studies of one class"}
+    (run_dir / "manifest.json").write_text(json.dumps(manifest))
+    metrics = evaluate_run(synthetic_root, run_dir, tmp_path / "out", n_boot=20, plots=False)
+    assert "XR_HAND" not in metrics["thresholds"]["tuned_on_holdout"]
+    assert "tuning was not possible" in metrics["thresholds"]["tuning"]["XR_HAND"]
+    assert "XR_HAND: default 0.5: tuning was not possible" in capsys.readouterr().err
+
+
+def test_an_evaluation_killed_mid_write_leaves_the_previous_one_whole(full_run, synthetic_root, tmp_path,
+                                                                      monkeypatch):
+    out = tmp_path / "eval"
+    evaluate_run(synthetic_root, full_run, out, n_boot=20, plots=False)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt  # stands in for a kill after the CSVs were written
+
+    monkeypatch.setattr(json, "dumps", killed)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate_run(synthetic_root, full_run, out, n_boot=20, plots=False, seed=1)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert [p.name for p in tmp_path.iterdir()] == ["eval"]

@@ -3,6 +3,7 @@ import shutil
 
 import cv2
 import numpy as np
+import pandas as pd
 import pytest
 
 import run_pipeline
@@ -26,7 +27,7 @@ def test_predict_image_uses_the_saved_recipe_and_returns_a_decision(net, wrist_s
     result = net.predict_image(wrist_study[0])
     assert result["part"] in net.labels and 0 <= result["part_confidence"] <= 1
     if result["part"] in net.models:
-        assert 0 <= result["p_abnormal"] <= 1 and result["abnormal"] == (result["p_abnormal"] >= 0.5)
+        assert 0 <= result["p_abnormal"] <= 1 and result["abnormal"] == (result["p_abnormal"] >= result["threshold"])
     same = net.predict_image(load_gray(wrist_study[0]))  # an array gives the same answer as its path
     assert same == result
 
@@ -37,7 +38,6 @@ def test_predict_study_routes_by_the_mean_softmax(net, wrist_study):
     mean = net.router_probs(net.encode(x)).mean(axis=0)
     assert result["part"] == net.labels[int(mean.argmax())]
     assert len(result["images"]) == len(wrist_study)
-    assert all(image["part"] == result["part"] for image in result["images"])
     if result["p_abnormal"] is not None:
         assert result["p_abnormal"] == pytest.approx(np.mean([i["p_abnormal"] for i in result["images"]]))
 
@@ -92,10 +92,13 @@ def test_predict_cli_reports_good_files_and_errors_for_bad_ones(run, wrist_study
             assert cam.shape[:2] == load_gray(r["path"]).shape
 
 
-def test_group_inputs_splits_files_and_study_folders(synthetic_root):
+def test_group_inputs_keeps_input_order_and_names_bad_inputs(synthetic_root, tmp_path):
     patient = next((synthetic_root / "valid" / "XR_HAND").iterdir())
-    singles, studies = group_inputs([patient, synthetic_root / "valid_image_paths.csv"])
-    assert len(singles) == 1 and all(folder.parent == patient for folder in studies)
+    items = group_inputs([tmp_path, patient, synthetic_root / "valid_image_paths.csv", tmp_path / "nope.png"])
+    kinds = [kind for kind, _, _ in items]
+    assert kinds[0] == "error" and "no .png images" in items[0][2]
+    assert set(kinds[1:-2]) == {"study"} and all(folder.parent == patient for _, folder, _ in items[1:-2])
+    assert kinds[-2:] == ["image", "error"] and items[-1][2] == "does not exist"
 
 
 def test_shared_trunk_pipeline_equals_separate_full_models(run, net, wrist_study):
@@ -107,26 +110,53 @@ def test_shared_trunk_pipeline_equals_separate_full_models(run, net, wrist_study
                                trained["XR_WRIST"].predict(x, verbose=0)[:, 1], atol=1e-4)
 
 
-def test_a_folder_of_full_models_from_format_version_1_still_loads(run, net, wrist_study, index, tmp_path):
-    from bonenet import store
-    from bonenet.train import TrainConfig, train_model
+def test_a_misrouted_study_is_decided_with_its_routed_parts_threshold():
+    from bonenet.study import aggregate_studies, decide_study
 
-    run_dir, trained = run
+    labels = ["XR_HAND", "XR_WRIST"]
+    thresholds = {"XR_HAND": (0.9, "tuned"), "XR_WRIST": (0.1, "tuned")}
+    probs = [[0.8, 0.2], [0.6, 0.4]]  # a wrist study that the router calls a hand
+    decided = decide_study(probs, {"XR_HAND": [0.5, 0.6], "XR_WRIST": [0.7, 0.7]}, labels, thresholds)
+    assert decided["part"] == "XR_HAND" and decided["p_abnormal"] == pytest.approx(0.55)
+    assert decided["threshold"] == 0.9 and decided["abnormal"] is False
+    table = pd.DataFrame({"study": ["s", "s"], "part_true": "XR_WRIST", "label": 1, "p_XR_HAND": [0.8, 0.6],
+                          "p_XR_WRIST": [0.2, 0.4], "s_XR_HAND": [0.5, 0.6], "s_XR_WRIST": [0.7, 0.7]})
+    row = aggregate_studies(table, labels, thresholds).iloc[0]
+    assert row.part_pred == "XR_HAND" and row.threshold == 0.9 and row.pred == 0
+    oracle = aggregate_studies(table, labels, thresholds, oracle=True).iloc[0]
+    assert oracle.part_pred == "XR_WRIST" and oracle.threshold == 0.1 and oracle.pred == 1
+
+
+def test_predict_threshold_tuned_uses_the_manifests_value(full_run, wrist_study, tmp_path):
+    run_dir = tmp_path / "run"
+    shutil.copytree(full_run, run_dir)
     manifest = json.loads((run_dir / "manifest.json").read_text())
-    manifest["format_version"] = 1
-    del manifest["trunk"]
-    for key, file in [("router", "router.keras"), ("XR_WRIST", "parts/wrist.keras")]:
-        store.save_model_atomic(trained[key], tmp_path / file)
-        manifest["models"][key]["file"] = file
-        del manifest["models"][key]["input"]
-    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
-    legacy = BoneNet.load(tmp_path)
-    assert legacy.trunk is None
-    old, new = legacy.predict_study(wrist_study), net.predict_study(wrist_study)
-    assert old["part"] == new["part"]
-    for a, b in zip([old, *old["images"]], [new, *new["images"]], strict=True):
-        assert a["part_confidence"] == pytest.approx(b["part_confidence"], abs=1e-4)
-        if a["p_abnormal"] is not None:
-            assert a["p_abnormal"] == pytest.approx(b["p_abnormal"], abs=1e-4)
-    with pytest.raises(store.ManifestError, match="format version 1.*new --models-dir"):
-        train_model("hand", index, tmp_path, TrainConfig(epochs=1, image_size=64, weights="none"), verbose=0)
+    for key in manifest["models"]:
+        if key != "router":
+            manifest["models"][key]["tuning"] = {"threshold": 1e-6, "studies": 3}
+    (run_dir / "manifest.json").write_text(json.dumps(manifest))
+    results = {}
+    for mode in ("tuned", "default"):
+        out = tmp_path / f"{mode}.json"
+        run_pipeline.main(["predict", wrist_study[0], "--models-dir", str(run_dir), "--threshold", mode,
+                           "--json", str(out)])
+        results[mode] = json.loads(out.read_text())[0]
+    tuned, default = results["tuned"], results["default"]
+    assert tuned["threshold"] == 1e-6 and tuned["threshold_source"] == "tuned on the training hold-out"
+    assert tuned["abnormal"] is True
+    assert default["threshold"] == 0.5 and default["abnormal"] == (default["p_abnormal"] >= 0.5)
+
+
+def test_a_part_whose_tuning_failed_says_so_and_decides_at_half(run, tmp_path):
+    from bonenet.train import tune_on_holdout
+
+    table = pd.DataFrame({"path": ["a", "b"], "study": ["s1", "s2"], "label": [0, 0]})
+    failed = tune_on_holdout([0.2, 0.3], ["a", "b"], table, "XR_WRIST")
+    assert failed["threshold"] is None and "one class only" in failed["reason"]
+    run_dir = tmp_path / "run"
+    shutil.copytree(run[0], run_dir)
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    manifest["models"]["XR_WRIST"]["tuning"] = failed
+    (run_dir / "manifest.json").write_text(json.dumps(manifest))
+    threshold, source = BoneNet.load(run_dir).thresholds["XR_WRIST"]
+    assert threshold == 0.5 and "tuning was not possible" in source and "one class only" in source

@@ -5,7 +5,8 @@ import pandas as pd
 import pytest
 from sklearn.metrics import cohen_kappa_score, roc_auc_score
 
-from bonenet.metrics import aggregate_studies, binary_metrics, kappa_ci, per_group, tune_threshold
+from bonenet.metrics import binary_metrics, kappa_ci, per_group, tune_threshold
+from bonenet.study import aggregate_studies
 
 
 def test_binary_metrics_known_answer():
@@ -40,24 +41,44 @@ def test_kappa_ci_is_seeded_and_brackets_the_estimate():
     assert a == b and a[0] < cohen_kappa_score(y, p) < a[1] and a[1] - a[0] < 0.4
 
 
-def test_study_aggregation_means_router_softmax_and_scores():
+def test_study_aggregation_means_router_softmax_and_the_routed_parts_scores():
     images = pd.DataFrame({
         "study": ["s1", "s1", "s2"], "part_true": ["A", "A", "B"], "label": [1, 1, 0],
-        "score": [0.2, 0.8, 0.3], "pA": [0.9, 0.2, 0.1], "pB": [0.1, 0.8, 0.9],
+        "p_A": [0.9, 0.2, 0.1], "p_B": [0.1, 0.8, 0.9], "s_A": [0.2, 0.8, 0.0], "s_B": [0.9, 0.9, 0.3],
     })
-    studies = aggregate_studies(images, {"A": "pA", "B": "pB"})
-    s1 = studies.set_index("study").loc["s1"]
+    studies = aggregate_studies(images, ["A", "B"], {"A": (0.5, "default"), "B": (0.4, "tuned")}).set_index("study")
+    s1 = studies.loc["s1"]
     assert s1["score"] == pytest.approx(0.5) and s1["part_pred"] == "A" and s1["router_confidence"] == pytest.approx(0.55)
-    assert studies.set_index("study").loc["s2", "part_pred"] == "B"
+    assert s1["threshold"] == 0.5 and s1["pred"] == 1
+    assert studies.loc["s2", "part_pred"] == "B" and studies.loc["s2", "score"] == pytest.approx(0.3)
+    assert studies.loc["s2", "pred"] == 0 and studies.loc["s2", "threshold_source"] == "tuned"
 
 
-def test_per_part_thresholds_apply_overall():
-    table = pd.DataFrame({"part": ["A", "A", "B", "B"], "label": [1, 0, 1, 0], "score": [0.3, 0.1, 0.9, 0.7]})
+def test_each_row_is_decided_by_its_own_threshold_overall_too():
+    table = pd.DataFrame({"part": ["A", "A", "B", "B"], "label": [1, 0, 1, 0], "score": [0.3, 0.1, 0.9, 0.7],
+                          "threshold": [0.2, 0.2, 0.8, 0.8]})
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        out = per_group(table, "part", ["A", "B"], {"A": 0.2, "B": 0.8}, n_boot=10)
+        out = per_group(table, "part", ["A", "B"], n_boot=10)
     assert out["A"]["accuracy"] == 1.0 and out["B"]["accuracy"] == 1.0 and out["overall"]["accuracy"] == 1.0
     assert out["overall"]["auroc"] == pytest.approx(roc_auc_score(table["label"], table["score"]))
+
+
+def test_cluster_bootstrap_resamples_patients_and_is_wider_for_correlated_studies():
+    rng = np.random.default_rng(1)
+    y = np.repeat(rng.integers(0, 2, 60), 3)  # 60 patients with 3 studies each, all alike
+    p = np.repeat(np.where(rng.random(60) < 0.8, y[::3], 1 - y[::3]), 3)
+    patients = np.repeat(np.arange(60), 3)
+    naive, cluster = kappa_ci(y, p, 2000, seed=0), kappa_ci(y, p, 2000, seed=0, groups=patients)
+    # Copies of one patient carry no new information: the cluster interval is as wide as 60 studies'.
+    assert cluster[1] - cluster[0] > 1.4 * (naive[1] - naive[0])
+    alone = kappa_ci(y[::3], p[::3], 2000, seed=0)
+    assert cluster[1] - cluster[0] == pytest.approx(alone[1] - alone[0], rel=0.25)
+
+
+def test_tuning_a_single_class_hold_out_is_refused_with_the_reason():
+    with pytest.raises(ValueError, match="one class only"):
+        tune_threshold([0, 0, 0], [0.1, 0.2, 0.3])
 
 
 def test_tuned_threshold_maximises_kappa():

@@ -119,19 +119,36 @@ def test_imagenet_offline_cli_fails_in_seconds_with_one_line(tmp_path, synthetic
     assert len(lines) == 1 and "efficientnetb0_notop.h5" in lines[0] and "--weights none" in lines[0]
 
 
-def test_split_model_cuts_at_the_frozen_boundary_and_recomposes_exactly():
-    from bonenet.models import join_model, split_model, trunk_outputs
+def test_split_model_cuts_at_the_block_boundary_and_recomposes_exactly():
+    from bonenet.models import join_model, split_model, trunk_cut
 
-    model, _ = build_router(image_size=64)
-    assert trunk_outputs(model) == ["block6d_se_excite", "block6c_add"]
+    model, trainable = build_router(image_size=64)
+    first, end = trunk_cut(model)
+    assert end == "block6c_add"  # the cut of the last 20 falls inside block6d
     trunk, head = split_model(model)
+    assert trunk.output.shape[1:] == (2, 2, 192) and len(trunk.outputs) == 1
     assert not trunk.trainable_weights  # everything before the last 20 layers is frozen
     assert {w.path for w in head.trainable_weights} == {w.path for w in model.trainable_weights}
+    # The head holds the frozen rest of block6d, then exactly the trainable layers.
+    in_head = [layer.name for layer in head.layers if layer.name.startswith(("block6d", "block7a", "top"))]
+    assert in_head[:5] == ["block6d_expand_conv", "block6d_expand_bn", "block6d_expand_activation",
+                           "block6d_dwconv", "block6d_bn"]
+    assert not head.get_layer("block6d_expand_conv").trainable and trainable == EXPECTED_TRAINABLE
     x = np.random.default_rng(0).uniform(0, 255, (3, 64, 64, 3)).astype("float32")
     expected = model.predict(x, verbose=0)
     np.testing.assert_array_equal(head.predict(trunk.predict(x, verbose=0), verbose=0), expected)
     np.testing.assert_array_equal(join_model(trunk, head).predict(x, verbose=0), expected)
-    # With no trainable base layers the head is just pooling, dropout and softmax.
-    assert trunk_outputs(model, trainable_layers=0) == ["top_activation"]
+    # A cut on a block's first layer keeps the whole previous block; none leaves pooling + softmax.
+    assert trunk_cut(model, trainable_layers=16)[1] == "block6d_add"
+    assert trunk_cut(model, trainable_layers=0)[1] == "top_activation"
     with pytest.raises(ValueError, match="no frozen trunk"):
-        trunk_outputs(model, trainable_layers=10_000)
+        trunk_cut(model, trainable_layers=236)
+    with pytest.raises(ValueError, match="trainable_layers must be within"):
+        trunk_cut(model, trainable_layers=10_000)
+
+
+def test_no_private_keras_internals_in_the_package():
+    from pathlib import Path
+
+    source = "".join(p.read_text() for p in Path(models.__file__).parent.glob("*.py"))
+    assert "_inbound_nodes" not in source and "_keras_history" not in source

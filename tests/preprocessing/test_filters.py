@@ -132,3 +132,18 @@ def test_filters_keep_dtype_and_shape(fn):
 def test_bad_input_gives_a_clear_error(fn, bad, message):
     with pytest.raises(ValueError, match=message):
         fn(bad)
+
+
+def test_roi_keeps_small_anatomy_across_a_gap_when_it_touches_the_films_edge():
+    """The thumb case: a thumb separated from the palm by a dark gap, touching the side of the film."""
+    image = np.full((400, 300), 10, np.uint8)
+    image[60:340, 40:220] = 180  # palm and fingers: the largest region
+    image[150:190, 262:300] = 170  # the thumb, 3% of the palm's area, across a dark gap, at the right edge
+    image[20:30, 20:30] = 250  # a burnt-in marker: small and away from the edge, still left out
+    top, bottom, left, right = filters.roi_box(image)
+    assert right == 300 and left >= 36 and top >= 56 and bottom <= 344
+    # The same small region away from the edge is a label or dust, and stays outside the box.
+    inner = image.copy()
+    inner[150:190, 262:300] = 10
+    inner[150:190, 245:283] = 170
+    assert filters.roi_box(inner)[3] <= 224

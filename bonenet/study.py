@@ -1,0 +1,103 @@
+"""The study rule, in one place: how a study's images become one part, one score and one decision.
+
+1. The mean of the router's softmax over the study's images picks the part.
+2. The study's score is the mean p(abnormal) of its images under the *routed* part's model.
+3. The study is abnormal when its score reaches the *routed* part's threshold.
+
+Training's threshold tuning, `evaluate`, the `BoneNet` API, `predict` and `serve` all call
+`decide_study` (one study) or `aggregate_studies` (a table of image predictions), which applies
+`decide_study` to every study, so no caller can drift from the rule. A single image is a study of
+one.
+"""
+
+import numpy as np
+import pandas as pd
+
+DEFAULT_THRESHOLD = 0.5
+
+
+def study_score(scores):
+    """A study's score from its images' p(abnormal): their mean (NaN when any image is unscored)."""
+    scores = np.asarray(scores, float)
+    return float(scores.mean()) if len(scores) else float("nan")
+
+
+def decide_study(router_probs, part_scores, labels, thresholds):
+    """The rule for one study.
+
+    Args:
+        router_probs: n×k router softmax of the study's n images.
+        part_scores: a callable `part -> n p(abnormal)` (so only the routed part's model runs), or a
+            dict {part: n scores}. A part without a model gives None.
+        labels: the router's k part names, in column order.
+        thresholds: {part: (threshold, source)}; a part missing here has no model.
+
+    Returns:
+        {"part", "part_confidence", "p_abnormal", "threshold", "threshold_source", "abnormal",
+        "images": [per-image {"part_confidence", "p_abnormal", "abnormal"}]}; p_abnormal, threshold
+        and abnormal are None when the routed part has no model.
+    """
+    probs = np.asarray(router_probs, float)
+    mean = probs.mean(axis=0)
+    part = labels[int(mean.argmax())]
+    index = labels.index(part)
+    scores = part_scores(part) if callable(part_scores) else part_scores.get(part)
+    threshold, source = thresholds.get(part, (None, "no model for this part"))
+    if scores is None or threshold is None:
+        scores = [None] * len(probs)
+        score, threshold = None, None
+    else:
+        scores = [float(s) for s in np.asarray(scores, float)]
+        score = study_score(scores)
+    images = [{"part_confidence": float(p[index]), "p_abnormal": s,
+               "abnormal": None if s is None else bool(s >= threshold)} for p, s in zip(probs, scores, strict=True)]
+    return {
+        "part": part,
+        "part_confidence": float(mean[index]),
+        "p_abnormal": score,
+        "threshold": threshold,
+        "threshold_source": source,
+        "abnormal": None if score is None else bool(score >= threshold),
+        "images": images,
+    }
+
+
+def aggregate_studies(images, labels, thresholds, oracle=False):
+    """Applies `decide_study` to every study of a table of image predictions.
+
+    Args:
+        images: one row per image with `study`, `part_true`, `label`, router columns `p_<part>` and
+            per-part model scores `s_<part>` (NaN where not scored).
+        labels: the router's part names.
+        thresholds: {part: (threshold, source)}.
+        oracle: give each study its true part instead of the routed one, which isolates routing
+            errors. Defaults to False.
+
+    Returns:
+        One row per study: `study`, `patient` (the study when the table has none), `part_true`, `part_pred`, `router_confidence`, `label`, `score`,
+        `threshold`, `threshold_source`, `pred` (1, 0, or -1 when unscored).
+    """
+    rows = []
+    for study, group in images.groupby("study", sort=True):
+        probs = group[[f"p_{p}" for p in labels]].to_numpy()
+        if oracle:  # the true part's column gets all the mass, so the rule routes there
+            probs = np.eye(len(labels))[[labels.index(group["part_true"].iloc[0])] * len(group)]
+
+        def scores(part, group=group):
+            column = f"s_{part}"
+            if column not in group or group[column].isna().any():
+                return None
+            return group[column].to_numpy()
+
+        decided = decide_study(probs, scores, labels, thresholds)
+        rows.append({
+            "study": study, "patient": group["patient"].iloc[0] if "patient" in group else study,
+            "part_true": group["part_true"].iloc[0], "part_pred": decided["part"],
+            "router_confidence": decided["part_confidence"], "label": int(group["label"].iloc[0]),
+            "score": np.nan if decided["p_abnormal"] is None else decided["p_abnormal"],
+            "threshold": np.nan if decided["threshold"] is None else decided["threshold"],
+            "threshold_source": decided["threshold_source"],
+            "pred": -1 if decided["abnormal"] is None else int(decided["abnormal"]),
+        })
+    return pd.DataFrame(rows, columns=["study", "patient", "part_true", "part_pred", "router_confidence", "label", "score",
+                                       "threshold", "threshold_source", "pred"])

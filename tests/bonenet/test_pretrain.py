@@ -1,0 +1,60 @@
+import json
+
+import numpy as np
+import pytest
+
+import run_pipeline
+from bonenet.models import build_base, resolve_weights
+from bonenet.pretrain import ORIGIN, SHIPPED_BACKBONE, file_sha256, provenance_path, shipped_backbone
+
+
+def test_the_shipped_backbone_matches_the_sha256_and_says_what_it_is():
+    path, provenance = shipped_backbone()
+    assert file_sha256(path) == provenance["sha256"]
+    assert path.stat().st_size <= 10 * 2**20 and provenance["storage"] == "float16"
+    assert ORIGIN == "synthetic radiographs, NOT ImageNet" and ORIGIN in provenance["origin"]
+    assert provenance["command"].startswith("bonenet pretrain-backbone")
+    config = provenance["config"]
+    assert config["seed"] != 0  # the demo's data uses seed 0: disjoint from what the backbone saw
+    assert config["studies_per_part"] >= 240 and config["image_size"] == 96 and provenance["steps"] >= 6000
+    assert {"generator_version", "dataset_fingerprint", "data_sha256", "holdout_accuracy"} <= set(provenance)
+    # Loaded as `--weights PATH`, it is recorded as a file with that provenance, never as ImageNet.
+    weights, origin = resolve_weights(str(path))
+    assert origin["kind"] == "file" and "NOT ImageNet" in origin["description"]
+    base = build_base(96, weights)
+    assert all(w.dtype == "float32" for w in base.weights)
+
+
+def test_a_damaged_shipped_backbone_is_refused(tmp_path, monkeypatch):
+    import bonenet.pretrain as pretrain
+
+    copy = tmp_path / SHIPPED_BACKBONE.name
+    data = bytearray(SHIPPED_BACKBONE.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    copy.write_bytes(bytes(data))
+    provenance_path(copy).write_text(provenance_path(SHIPPED_BACKBONE).read_text())
+    monkeypatch.setattr(pretrain, "SHIPPED_BACKBONE", copy)
+    with pytest.raises(ValueError, match="differs from its provenance"):
+        pretrain.shipped_backbone()
+
+
+def test_pretrain_backbone_cli_at_a_toy_size(tmp_path, capsys):
+    out = tmp_path / "toy.weights.h5"
+    code = run_pipeline.main(["pretrain-backbone", "--out", str(out), "--studies-per-part", "2", "--epochs", "1",
+                              "--image-size", "32", "--batch-size", "16", "--warmup-epochs", "0"])
+    assert code == 0 and out.is_file()
+    provenance = json.loads(provenance_path(out).read_text())
+    assert provenance["sha256"] == file_sha256(out) and provenance["storage"] == "float16"
+    assert provenance["config"]["studies_per_part"] == 2 and provenance["steps"] >= 1
+    assert "--studies-per-part 2" in provenance["command"] and "NOT ImageNet" in provenance["origin"]
+    assert 0 <= provenance["holdout_accuracy"]["joint"] <= 1
+    assert (tmp_path / "toy-data" / "MURA-v1.1" / "synthetic.json").is_file()
+    assert not (tmp_path / "toy-backup").exists()  # the resume backup is gone once the file is written
+    # float16 on disk, float32 in the model.
+    import h5py
+
+    with h5py.File(out) as f:
+        dtypes = set()
+        f.visititems(lambda name, obj: dtypes.add(obj.dtype) if isinstance(obj, h5py.Dataset) else None)
+    assert np.dtype("float16") in dtypes and np.dtype("float32") not in dtypes
+    assert "hold-out accuracy" in capsys.readouterr().out
