@@ -277,7 +277,11 @@ def main(argv=None):
     if args.command in TF_COMMANDS:
         from bonenet import runtime
 
-        runtime.start()
+        try:
+            runtime.start(getattr(args, "precision", "auto"))
+        except ValueError as exc:
+            print(f"bonenet {args.command}: error: {exc}", file=sys.stderr)
+            return 2
     try:
         result = args.func(args)
     except (CommandError, ValueError, FileNotFoundError, RuntimeError) as exc:
@@ -285,9 +289,16 @@ def main(argv=None):
         # become one line; BONENET_DEBUG=1 shows the traceback.
         if os.environ.get("BONENET_DEBUG"):
             raise
-        print(f"bonenet {args.command}: error: {exc}", file=sys.stderr)
+        print(f"bonenet {args.command}: error: {_one_line(exc)}", file=sys.stderr)
         return 2
     return 0 if result is None else int(result)
+
+
+def _one_line(exc, limit=500):
+    # Some library errors carry whole tensors in their text; the user gets the first line.
+    lines = str(exc).strip().splitlines() or [type(exc).__name__]
+    text = lines[0] if len(lines[0]) <= limit else lines[0][:limit] + "…"
+    return text + (" (…)" if len(lines) > 1 else "")
 
 
 if __name__ == "__main__":

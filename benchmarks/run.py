@@ -18,6 +18,9 @@ What is compared:
   preparing every PNG again.
 - input_vs_model: uncached input images/s divided by full-model training images/s; above 1 the
   model never waits for input.
+- cache: bytes per image and view of the cached trunk output (float16), the estimate for MURA's
+  train split with the default two augmented views, and the largest difference float16 storage
+  makes to the head's p(abnormal) against float32 trunk outputs.
 - storage_ratio: bytes of eight full EfficientNetB0 models (router + seven parts) saved as Keras 3
   `model.save()` saves a trained model (weights plus the optimizer state, which it always
   includes; 27.8 MB each, close to the paper's 25.9 MB) versus BoneNet's run folder (trunk +
@@ -43,13 +46,14 @@ import tensorflow as tf
 
 from bonenet.data import make_dataset
 from bonenet.features import compute_features
-from bonenet.models import build_part_model, build_router, compile_model, set_xla, split_model, trunk_outputs
+from bonenet.models import build_part_model, build_router, compile_model, set_xla, split_model, trunk_cut
 from bonenet.mura import read_mura
 from bonenet.parts import PARTS
 from bonenet.store import model_filename, record_model, save_model_atomic
 from bonenet.synthetic import make_synthetic
 
 PAPER_MB = 207.2  # Patel et al.: eight EfficientNetB0 models
+MURA_TRAIN_IMAGES = 36_808
 
 
 class StepTimer(keras.callbacks.Callback):
@@ -123,7 +127,7 @@ def storage(size, work):
             trunk_saved = True
         save_model_atomic(head, run / model_filename(key))
         record_model(run, key, {"image_size": size}, {"file": model_filename(key), "input": "trunk"},
-                     trunk={"file": "trunk.keras", "outputs": trunk_outputs(model)})
+                     trunk={"file": "trunk.keras", "output": trunk_cut(model)[1]})
     return folder_bytes(full_default), folder_bytes(full_weights), folder_bytes(run)
 
 
@@ -163,9 +167,14 @@ def main(argv=None):
     features = compute_features(trunk, paths, "equalize", size, work / "cache", batch_size=bs, verbose=0)
     extract = n / (time.perf_counter() - start)
     compile_model(head, jit_compile=False)
-    rows = features.rows(range(n), views=False)
-    train_heads = fit_rate(head, features.dataset(rows, labels[rows], 2, bs, training=True), bs,
+    usable = features.usable(range(n))
+    train_heads = fit_rate(head, features.dataset(usable, labels[usable], 2, bs, training=True), bs,
                            epochs=args.head_epochs)
+    # What float16 storage of the trunk's output costs at the head's output.
+    images = np.concatenate([xb.numpy() for xb, _ in cached])
+    exact = head.predict(trunk.predict(images, batch_size=bs, verbose=0), batch_size=bs, verbose=0)
+    stored = head.predict(features.gather(usable), batch_size=bs, verbose=0)
+    float16_error = float(np.abs(exact - stored).max())
     ten_epochs = 10 / train_full / (1 / extract + 10 / train_heads)
 
     # Two-stage inference: trunk once + router head + part head, versus two separate full models.
@@ -209,6 +218,13 @@ def main(argv=None):
         "storage_ratio": round(full_default / run_bytes, 2),
         "storage_ratio_weights_only": round(full_weights / run_bytes, 2),
         "storage_ratio_vs_paper_207_2_mb": round(PAPER_MB * 1e6 / run_bytes, 2),
+        "cache": {
+            "bytes_per_image_and_view": features.nbytes_per_row,
+            "dtype": str(features.array.dtype),
+            # MURA train: 36,808 images, each cached unaugmented plus 2 augmented views (the default).
+            "full_mura_train_2_views_gb": round(MURA_TRAIN_IMAGES * 3 * features.nbytes_per_row / 1e9, 2),
+            "float16_max_abs_error_in_probability": float16_error,
+        },
         "images_per_s": {
             "train_full_model": round(train_full, 1),
             "train_cached_heads": round(train_heads, 1),
@@ -224,10 +240,15 @@ def main(argv=None):
                   "bonenet_run": run_bytes, "paper_eight_models": int(PAPER_MB * 1e6)},
     }
     shutil.rmtree(work, ignore_errors=True)
+    return emit(result, args.out)
+
+
+def emit(result, out=None):
+    """Prints a benchmark's result as JSON, and writes it to `out` too when given."""
     text = json.dumps(result, indent=2)
     print(text)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
+    if out:
+        Path(out).write_text(text + "\n")
     return result
 
 

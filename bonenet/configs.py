@@ -34,6 +34,7 @@ class PretrainConfig:
 
 
 STRATEGIES = ("auto", "default", "mirrored", "multiworker")
+PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 MODES = ("cached", "full")
 
 
@@ -62,6 +63,8 @@ class TrainConfig:
             live-augmented images. Defaults to "cached".
         views: in cached mode with `augment`, augmented views drawn once per train image and
             cached beside the unaugmented one. Defaults to 2.
+        precision: "auto" (mixed float16 on a GPU, float32 on a CPU), "float32", "mixed_float16"
+            or "mixed_bfloat16"; decided once per process (`bonenet.runtime`). Defaults to "auto".
     """
 
     epochs: int = 10
@@ -81,6 +84,7 @@ class TrainConfig:
     cache_dir: str = None
     mode: str = "cached"
     views: int = 2
+    precision: str = "auto"
 
     def __post_init__(self):
         for name in ("epochs", "batch_size", "image_size"):
@@ -92,6 +96,8 @@ class TrainConfig:
             raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}, got {self.strategy!r}")
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if int(self.views) < 0:
             raise ValueError(f"views must be at least 0, got {self.views}")
         if not self.learning_rate > 0:
@@ -123,8 +129,10 @@ TRAIN_HELP = {
                  "default <models-dir>/cache, or memory for images)",
     "mode": "cached: heads on trunk outputs computed once; full: the whole model on live-augmented images",
     "views": "cached mode: augmented views drawn once per train image; each epoch serves one of them",
+    "precision": "compute precision: auto (mixed_float16 on a GPU, float32 on a CPU), float32, mixed_float16, "
+                 "mixed_bfloat16; saved models compute in float32 wherever they are loaded",
 }
-CHOICES = {"strategy": STRATEGIES, "mode": MODES}
+CHOICES = {"strategy": STRATEGIES, "mode": MODES, "precision": PRECISIONS}
 
 
 PRETRAIN_HELP = {

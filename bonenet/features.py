@@ -222,13 +222,16 @@ def compute_features(trunk, paths, recipe, size, cache_dir, views=0, augment_con
 
         ds = tf.data.Dataset.from_tensor_slices((paths, np.arange(n))).map(
             prepare, num_parallel_calls=AUTOTUNE, deterministic=True).batch(batch_size).prefetch(AUTOTUNE)
+        # One traced call of the trunk in inference mode; unlike `predict_on_batch`, it gives each
+        # image's row once under a MirroredStrategy too (read in cross-replica context).
+        encode = tf.function(lambda x: trunk(x, training=False), reduce_retracing=True)
         bar = keras.utils.Progbar(n, verbose=verbose, unit_name="image")
         start = 0
         for x, flags in ds:
             x, count = x.numpy().astype(np.float32), len(flags)
             ok[start:start + count] = flags.numpy()
             for v in range(stride):
-                out = keras.ops.convert_to_numpy(trunk.predict_on_batch(x[:, v]))
+                out = np.asarray(encode(tf.constant(x[:, v])))
                 array[v * n + start: v * n + start + count] = out
             start += count
             bar.add(count)

@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 
 from bonenet.imageio import ImageReadError, load_gray
-from bonenet.models import set_xla
+from bonenet.models import set_xla, use_xla
 from bonenet.store import ManifestError, load_run_models, read_manifest
 from bonenet.study import DEFAULT_THRESHOLD, decide_study
 from preprocessing.filters import check_image
@@ -29,9 +29,12 @@ class BoneNet:
     Args:
         threshold: "tuned" decides with each part's threshold tuned on the training hold-out where
             the run has one (and says so where it has none); "default" uses 0.5. Defaults to "tuned".
+        pad_batches: pad every prediction batch to `BATCH` rows, so that XLA compiles each model
+            once rather than once per study size; the padding rows are dropped and cannot change
+            the others (BatchNorm runs in inference mode). Defaults to whether XLA is in use.
     """
 
-    def __init__(self, manifest, models, trunk, run_dir=None, threshold="tuned"):
+    def __init__(self, manifest, models, trunk, run_dir=None, threshold="tuned", pad_batches=None):
         if "router" not in models:
             raise ManifestError(f"{run_dir}: the run has no router model; train it with train-router")
         if threshold not in THRESHOLD_MODES:
@@ -47,6 +50,7 @@ class BoneNet:
         self.threshold_mode = threshold
         self.thresholds = self.part_thresholds(threshold)
         set_xla(trunk, *models.values())
+        self.pad_batches = use_xla() if pad_batches is None else bool(pad_batches)
 
     @classmethod
     def load(cls, models_dir, threshold="tuned"):
@@ -77,19 +81,31 @@ class BoneNet:
             image = load_gray(image)
         return self.recipe.apply(check_image(image), self.image_size)
 
+    def _predict(self, model, x):
+        # predict_on_batch reuses one traced function per model and batch shape; `predict` would
+        # build a dataset and an iterator for every study.
+        out = []
+        for start in range(0, len(x), BATCH):
+            chunk = x[start:start + BATCH]
+            n = len(chunk)
+            if self.pad_batches and n < BATCH:
+                chunk = np.concatenate([chunk, np.zeros((BATCH - n, *chunk.shape[1:]), chunk.dtype)])
+            out.append(np.asarray(model.predict_on_batch(chunk))[:n])
+        return np.concatenate(out)
+
     def encode(self, batch):
         """Prepared inputs (N×S×S×3) → the trunk's output, which every head reads."""
-        return np.asarray(self.trunk.predict(np.asarray(batch, np.float32), verbose=0, batch_size=BATCH))
+        return self._predict(self.trunk, np.asarray(batch, np.float32))
 
     def router_probs(self, features):
         """Router softmax (n×7) for `encode`d inputs."""
-        return np.asarray(self.models["router"].predict(features, verbose=0, batch_size=BATCH))
+        return self._predict(self.models["router"], features)
 
     def abnormal_probs(self, part, features):
         """p(abnormal) (n,) from `part`'s model for `encode`d inputs."""
         if part not in self.models:
             raise ManifestError(f"the run has no {part} model; train it with train-part --part {part}")
-        return np.asarray(self.models[part].predict(features, verbose=0, batch_size=BATCH))[:, 1]
+        return self._predict(self.models[part], features)[:, 1]
 
     def cam(self, part, features, gray):
         """Grad-CAM of `part`'s abnormal class for one image, mapped onto its original H×W grayscale.

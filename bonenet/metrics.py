@@ -143,7 +143,7 @@ def per_group(table, group_column, parts, n_boot=1000, seed=0):
     out = {}
     for part in [*parts, "overall"]:
         rows = table if part == "overall" else table[table[group_column] == part]
-        if len(rows):
+        if len(rows) or part == "overall":  # overall always exists; NaN (with a warning) when empty
             out[part] = binary_metrics(rows["label"], rows["score"], rows["threshold"].to_numpy(float), n_boot, seed,
                                        groups=rows["patient"].to_numpy() if "patient" in rows else None)
     return out

@@ -17,6 +17,8 @@ import sys
 import tempfile
 from contextlib import contextmanager
 
+from bonenet.configs import PRECISIONS
+
 # The start-up lines held back; nothing else is.
 NOISE = re.compile(
     r"All log messages before absl::InitializeLog\(\) is called"
@@ -47,16 +49,29 @@ def _held_back_stderr():
             sys.stderr.flush()
 
 
-def start():
-    """Imports TensorFlow quietly and decides the devices, once per process.
+def start(precision="auto"):
+    """Imports TensorFlow quietly and decides the devices and the precision, once per process.
 
-    On a GPU: memory growth (so several processes can share a card), the mixed float16 policy and
-    XLA. On a CPU: float32 and no XLA (XLA ran EfficientNetB0 about 5× slower on 2 cores).
+    On a GPU: memory growth (so several processes can share a card) and XLA. The precision is
+    the Keras dtype policy models are built under: "auto" is mixed float16 on a GPU and float32
+    on a CPU; "mixed_bfloat16" runs on CPUs too. Saved models never carry it
+    (`bonenet.store.save_model_atomic`): they compute in float32 wherever they are loaded.
+
+    Args:
+        precision: one of `PRECISIONS`. Defaults to "auto".
 
     Returns:
         {"gpus": number of GPUs visible, "precision": the Keras dtype policy name, "xla": bool}.
+
+    Raises:
+        ValueError: an unknown precision, or another explicit precision than the process already uses.
     """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if _STATE:
+        if precision not in ("auto", _STATE["precision"]):
+            raise ValueError(f"this process already computes in {_STATE['precision']}; precision {precision!r} "
+                             "must be chosen before the first model (one per process)")
         return dict(_STATE)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     with _held_back_stderr():
@@ -67,7 +82,8 @@ def start():
 
     for gpu in gpus:
         tf.config.experimental.set_memory_growth(gpu, True)
-    if gpus:
-        keras.mixed_precision.set_global_policy("mixed_float16")
-    _STATE.update({"gpus": len(gpus), "precision": keras.mixed_precision.global_policy().name, "xla": bool(gpus)})
+    if precision == "auto":
+        precision = "mixed_float16" if gpus else "float32"
+    keras.mixed_precision.set_global_policy(precision)
+    _STATE.update({"gpus": len(gpus), "precision": precision, "xla": bool(gpus)})
     return dict(_STATE)

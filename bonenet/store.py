@@ -59,16 +59,52 @@ def _atomic_replace(write, path, suffix):
 
 
 def save_model_atomic(model, path):
-    """Saves a Keras model's architecture and weights in `.keras` format, atomically.
+    """Saves a Keras model's architecture and weights in `.keras` format, atomically, computing in float32.
 
     Keras 3 `model.save` always writes the optimizer state of a compiled model (Adam's two
     moments per trainable weight, twice the trainable weights again), so an uncompiled model
     sharing the same layers is saved instead; predictions do not need that state.
+
+    Keras also writes each layer's dtype policy into the file, so a model trained in mixed
+    precision would compute in float16 wherever it is loaded, a CPU too. The saved config names
+    float32 instead (mixed policies keep their variables in float32, so the weights are exact):
+    a run computes in float32 wherever it is loaded, whatever precision trained it.
     """
     import keras
 
     bare = keras.Model(model.inputs, model.outputs, name=model.name)
-    return _atomic_replace(lambda tmp: bare.save(tmp), path, ".keras")
+
+    def write(tmp):
+        bare.save(tmp)
+        _float32_policies(tmp)
+
+    return _atomic_replace(write, path, ".keras")
+
+
+def _float32_policies(keras_file):
+    """Rewrites a `.keras` file's config.json so that no layer names a mixed dtype policy."""
+    import zipfile
+
+    def fix(node):
+        if isinstance(node, dict):
+            if node.get("class_name") == "DTypePolicy" and str(node.get("config", {}).get("name", "")).startswith(
+                    "mixed_"):
+                return {**node, "config": {**node["config"], "name": "float32"}}
+            return {k: fix(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [fix(v) for v in node]
+        return node
+
+    with zipfile.ZipFile(keras_file) as src:
+        entries = {info.filename: src.read(info) for info in src.infolist()}
+    config = json.loads(entries["config.json"])
+    fixed = fix(config)
+    if fixed == config:
+        return
+    entries["config.json"] = json.dumps(fixed).encode()
+    with zipfile.ZipFile(keras_file, "w", zipfile.ZIP_DEFLATED) as dst:
+        for name, data in entries.items():
+            dst.writestr(name, data)
 
 
 def write_json_atomic(payload, path):

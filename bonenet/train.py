@@ -10,8 +10,10 @@ Both train the same layers and store the same layout.
 """
 
 import json
+import os
 import shutil
 import sys
+import tempfile
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -53,24 +55,52 @@ from bonenet.study import DEFAULT_THRESHOLD, aggregate_studies
 from preprocessing.augment import AugmentConfig
 from preprocessing.recipes import get_recipe
 
+_STRATEGIES = {}
+
 
 def get_strategy(name="auto"):
-    """Returns the tf.distribute strategy for `name`.
+    """Returns the tf.distribute strategy for `name`, one instance per process.
 
-    `auto` mirrors across GPUs when more than one is visible; `multiworker` reads the cluster from
-    the TF_CONFIG environment variable (see README).
+    `auto` mirrors across GPUs when more than one is visible. `mirrored` mirrors across every GPU,
+    or across the logical CPUs where there is no GPU (how tests run it on a CPU). `multiworker`
+    reads the cluster from the TF_CONFIG environment variable (see README). A strategy is made
+    once and reused by every model the process trains (`train-all` trains eight): a second
+    instance would start its collective operations over and clash with the first's.
     """
-    import os
-
     if name not in STRATEGIES:
         raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}, got {name!r}")
+    if name not in _STRATEGIES:
+        _STRATEGIES[name] = _make_strategy(name)
+    return _STRATEGIES[name]
+
+
+def _make_strategy(name):
     if name == "multiworker":
         if "TF_CONFIG" not in os.environ:
             raise ValueError("strategy 'multiworker' needs the TF_CONFIG environment variable (see README)")
         return tf.distribute.MultiWorkerMirroredStrategy()
-    if name == "mirrored" or (name == "auto" and len(tf.config.list_logical_devices("GPU")) > 1):
-        return tf.distribute.MirroredStrategy()
+    gpus = [d.name for d in tf.config.list_logical_devices("GPU")]
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy(gpus or [d.name for d in tf.config.list_logical_devices("CPU")])
+    if name == "auto" and len(gpus) > 1:
+        return tf.distribute.MirroredStrategy(gpus)
     return tf.distribute.get_strategy()
+
+
+def is_chief(strategy_name):
+    """Whether this process writes the run.
+
+    Under `multiworker`, only the chief does (TF_CONFIG's "chief" task, or worker 0 when the
+    cluster names none), as Keras' multi-worker guide prescribes; the other workers write their
+    checkpoints, logs and cache into a private temporary folder that is removed afterwards.
+    """
+    if strategy_name != "multiworker":
+        return True
+    tf_config = json.loads(os.environ.get("TF_CONFIG", "{}"))
+    task = tf_config.get("task", {})
+    kind, index = task.get("type"), int(task.get("index", 0))
+    return kind is None or kind == "chief" or (kind == "worker" and index == 0
+                                               and "chief" not in tf_config.get("cluster", {}))
 
 
 def _shardable(ds):
@@ -147,8 +177,11 @@ def _cached_datasets(trunk, index, job, config, run_dir, verbose):
     """
     everything = index.images.loc[index.images.split == "train", "path"].tolist()
     augment = AugmentConfig(max_rotation=config.max_rotation) if config.augment and config.views else None
-    cache = compute_features(trunk, everything, config.recipe, config.image_size,
-                             Path(config.cache_dir) if config.cache_dir else run_dir / "cache",
+    if job.scratch:  # a non-chief worker computes its own copy rather than race the chief's
+        cache_dir = job.scratch / "cache"
+    else:
+        cache_dir = Path(config.cache_dir) if config.cache_dir else run_dir / "cache"
+    cache = compute_features(trunk, everything, config.recipe, config.image_size, cache_dir,
                              views=config.views if augment else 0, augment_config=augment, seed=config.seed,
                              batch_size=config.batch_size, verbose=verbose)
     position = {p: i for i, p in enumerate(cache.paths)}
@@ -196,6 +229,12 @@ class _Job:
     fitted: object = None
     shared: dict = None
     run_trunk: object = None
+    scratch: Path = None  # a non-chief worker's private folder; None for the process that writes the run
+
+    @property
+    def home(self):
+        """Where this process writes: the run folder, or a non-chief worker's scratch folder."""
+        return self.scratch or self.run_dir
 
 
 def _prepare(target, index, models_dir, config):
@@ -218,14 +257,15 @@ def _prepare(target, index, models_dir, config):
         raise ValueError(f"{key}: training data has classes {present.tolist()}, needs all {num_classes}")
     if len(val_paths) == 0:
         raise ValueError(f"{key}: the hold-out has no images; add more train studies")
+    scratch = None if is_chief(config.strategy) else Path(tempfile.mkdtemp(prefix="bonenet-worker-"))
     return _Job(key, run_dir, existing, origin, weights, train_paths, train_labels, val_paths, val_labels,
-                val_images, num_classes)
+                val_images, num_classes, scratch=scratch)
 
 
 def _build(job, config):
     """Builds the classifier in the strategy's scope, split at the trunk cut, on the run's trunk."""
     keras.utils.set_random_seed(config.seed)
-    gpu = runtime.start()["gpus"] > 0
+    gpu = runtime.start(config.precision)["gpus"] > 0
     strategy = get_strategy(config.strategy)
     job.run_trunk = load_trunk(job.run_dir, job.existing) if job.existing is not None else None
     with strategy.scope():
@@ -258,7 +298,7 @@ def _datasets(job, index, config, verbose):
 
 def _fit(job, train_ds, val_ds, config, resume, verbose):
     """Fits with resumable backups, best-by-hold-out-loss weights, early stopping and logs."""
-    work = checkpoint_dir(job.run_dir, job.key)
+    work = checkpoint_dir(job.home, job.key)
     backup, log_path, best_path = work / "backup", work / "log.csv", work / "best.weights.h5"
     if resume:
         meta = backup / "training_metadata.json"
@@ -291,23 +331,29 @@ def _fit(job, train_ds, val_ds, config, resume, verbose):
     return log_path
 
 
+def _holdout_probabilities(job, val_ds):
+    """p(abnormal) of the hold-out in dataset order, computed eagerly: `predict` under a
+    multi-worker strategy would gather each worker's shard in no fixed order."""
+    return np.concatenate([np.asarray(job.fitted(x, training=False))[:, 1] for x, _ in val_ds])
+
+
 def _finalize(job, index, val_ds, kept, log_path, config):
     """Scores the hold-out, tunes a part's threshold there, saves the head (and the run's first trunk)."""
     scores = job.fitted.evaluate(val_ds, verbose=0, return_dict=True)
     tuning = None
     if job.key != "router":
-        probs = job.fitted.predict(val_ds, verbose=0)[:, 1]
         if kept is None:
             kept = [p for p in job.val_paths if p not in bdata.SKIPPED_IN_PIPELINE]
-        tuning = tune_on_holdout(probs, kept, job.val_images, job.key)
+        tuning = tune_on_holdout(_holdout_probabilities(job, val_ds), kept, job.val_images, job.key)
     trunk_entry = None
     if job.run_trunk is None:
         # The run's first model writes the trunk, before its head, so a listed head always has it.
-        save_model_atomic(job.trunk, job.run_dir / TRUNK_FILE)
+        # Every worker saves (saving may take part in collectives); only the chief's lands in the run.
+        save_model_atomic(job.trunk, job.home / TRUNK_FILE)
         trunk_entry = {"file": TRUNK_FILE, "output": trunk_cut(job.model, config.trainable_layers)[1],
                        "sha256_weights": weights_digest(job.trunk)}
     filename = model_filename(job.key)
-    save_model_atomic(job.head, job.run_dir / filename)
+    save_model_atomic(job.head, job.home / filename)
     log = pd.read_csv(log_path) if log_path.is_file() else pd.DataFrame()
     entry = {
         "file": filename,
@@ -321,9 +367,12 @@ def _finalize(job, index, val_ds, kept, log_path, config):
                     "holdout_studies": int(job.val_images[job.val_images.path.isin(job.val_paths)].study.nunique())},
         "holdout": {k: float(v) for k, v in scores.items()},
         "epochs_run": len(log),
-        "log": str(log_path.relative_to(job.run_dir)),
+        "log": str(Path(os.path.relpath(log_path, job.home))),
     }
-    record_model(job.run_dir, job.key, job.shared, entry, trunk=trunk_entry)
+    if job.scratch is None:
+        record_model(job.run_dir, job.key, job.shared, entry, trunk=trunk_entry)
+    else:
+        shutil.rmtree(job.scratch, ignore_errors=True)
     return entry
 
 

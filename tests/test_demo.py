@@ -1,0 +1,36 @@
+"""`demo --quick` through the command line: the whole chain, a quiet console, the last words."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from bonenet.parts import PARTS, short_name
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_demo_quick_runs_the_chain_and_ends_with_the_per_part_table(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}  # as a newcomer's shell has it
+    proc = subprocess.run([sys.executable, "run_pipeline.py", "demo", "--quick", "--out", str(tmp_path / "demo")],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    console = proc.stdout + proc.stderr
+    # No TensorFlow C++ or absl log lines, and no CUDA probe errors, reach the console.
+    assert not re.search(r"^[IWEF]\d{4} |absl::|cuda|cuInit", console, re.MULTILINE), console[:3000]
+    lines = proc.stdout.strip().splitlines()
+    assert lines[-1].startswith("open first: ") and lines[-1].endswith("overview.html")
+    assert lines[-2].startswith("router study accuracy")
+    table = lines[-11:-2]
+    assert table[0].split() == ["part", "studies", "kappa", "95%", "CI", "AUROC", "Stanford"]
+    assert [row.split()[0] for row in table[1:]] == [short_name(p) for p in PARTS] + ["overall"]
+    summary = json.loads((tmp_path / "demo" / "demo_summary.json").read_text())
+    assert summary["plan"]["studies_per_part"] == 8 and summary["plan"]["image_size"] == 64  # the quick plan
+    assert set(summary["study"]) == {*PARTS, "overall"} and summary["stanford_kappa"]["overall"] == 0.705
+    assert "NOT ImageNet" in summary["backbone"]["origin"]
+    manifest = json.loads((tmp_path / "demo" / "saved_models" / "demo" / "manifest.json").read_text())
+    assert manifest["weights"]["kind"] == "file" and "NOT ImageNet" in manifest["weights"]["description"]
+    assert (tmp_path / "demo" / "reports" / "overview.html").is_file()
+    assert len(json.loads((tmp_path / "demo" / "predictions.json").read_text())) >= 7
