@@ -24,7 +24,8 @@ class CommandError(Exception):
 def _cmd_make_synthetic(args):
     from bonenet.synthetic import make_synthetic
 
-    root = make_synthetic(args.out, studies_per_part=args.studies_per_part, seed=args.seed)
+    root = make_synthetic(args.out, studies_per_part=args.studies_per_part, seed=args.seed,
+                          valid_studies_per_part=args.valid_studies_per_part, overwrite=args.overwrite)
     print(f"wrote {root}")
 
 
@@ -196,7 +197,10 @@ def build_parser():
     p = sub.add_parser("make-synthetic", help="write a synthetic MURA-v1.1-shaped dataset")
     p.add_argument("--out", required=True, help="folder to create MURA-v1.1/ in")
     p.add_argument("--studies-per-part", type=int, default=40, help="train studies per part (default 40)")
+    p.add_argument("--valid-studies-per-part", type=int,
+                   help="valid studies per part (default a quarter of --studies-per-part, at least 4)")
     p.add_argument("--seed", type=int, default=0, help="random seed; same seed, same bytes (default 0)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing OUT/MURA-v1.1")
     p.set_defaults(func=_cmd_make_synthetic)
 
     p = sub.add_parser("data-summary", help="per part and split counts, and skipped files")
@@ -284,9 +288,10 @@ def main(argv=None):
             return 2
     try:
         result = args.func(args)
-    except (CommandError, ValueError, FileNotFoundError, RuntimeError) as exc:
-        # Bad input and known failures (ValueError covers MuraError, ImageReadError, ManifestError)
-        # become one line; BONENET_DEBUG=1 shows the traceback.
+    except (CommandError, ValueError, OSError, RuntimeError) as exc:
+        # Bad input and known failures become one line (ValueError covers MuraError, ImageReadError,
+        # ManifestError; OSError an unwritable, full or missing path, which its text names);
+        # BONENET_DEBUG=1 shows the traceback.
         if os.environ.get("BONENET_DEBUG"):
             raise
         print(f"bonenet {args.command}: error: {_one_line(exc)}", file=sys.stderr)

@@ -91,8 +91,8 @@ def run_demo(out="demo_output", quick=False, **overrides):
     reports = run_reports(out / "eval", out / "reports", parts=[] if quick else None)
 
     _stage("5/5 predict one valid study per part, with Grad-CAM overlays", start)
-    valid = index.studies[index.studies["split"] == "valid"]
-    sample = [str(index.root.parent / s) for s in valid.groupby("part").head(1)["study"]]
+    valid = index.images[index.images["split"] == "valid"]
+    sample = [str(Path(path).parent) for path in valid.groupby("part").head(1)["path"]]  # study folders
     net = BoneNet.load(run_dir)
     predictions = predict_paths(net, sample, cam_dir=out / "cams")
     (out / "predictions.json").write_text(json.dumps(predictions, indent=2))

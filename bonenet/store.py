@@ -194,13 +194,24 @@ def record_model(run_dir, key, shared, entry, trunk=None):
 
 
 def load_model(path):
-    """Loads a `.keras` model with `safe_mode=True` (no arbitrary code from the file)."""
+    """Loads a `.keras` model with `safe_mode=True` (no arbitrary code from the file).
+
+    Raises:
+        ManifestError: the file is missing, or is not a readable Keras model (truncated, corrupt).
+    """
+    import zipfile
+
     import keras
 
     path = Path(path)
     if not path.is_file():
         raise ManifestError(f"{path}: model file listed in the manifest is missing")
-    return keras.saving.load_model(path, compile=False, safe_mode=True)
+    try:
+        return keras.saving.load_model(path, compile=False, safe_mode=True)
+    except (zipfile.BadZipFile, OSError, ValueError, KeyError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ManifestError(f"{path}: not a readable Keras model file ({reason}); retrain it or restore the run") \
+            from exc
 
 
 def load_trunk(run_dir, manifest=None):

@@ -1,5 +1,6 @@
 import cv2
 import numpy as np
+import pytest
 
 import run_pipeline
 from bonenet.parts import PARTS
@@ -47,3 +48,28 @@ def test_findings_change_the_bone_not_the_markers():
 def test_cli_writes_dataset(tmp_path):
     assert run_pipeline.main(["make-synthetic", "--out", str(tmp_path), "--studies-per-part", "2", "--seed", "1"]) == 0
     assert (tmp_path / "MURA-v1.1" / "train_image_paths.csv").is_file()
+
+
+def test_make_synthetic_refuses_an_existing_dataset_and_a_killed_run_leaves_the_old_one_whole(tmp_path, monkeypatch):
+    import json
+
+    from bonenet import synthetic
+
+    root = make_synthetic(tmp_path, studies_per_part=2, seed=0, progress=False)
+    before = {p: p.read_bytes() for p in root.rglob("*") if p.is_file()}
+    assert json.loads((root / "synthetic.json").read_text())["seed"] == 0
+    with pytest.raises(ValueError, match="already exists; pass --overwrite"):
+        make_synthetic(tmp_path, studies_per_part=2, seed=1, progress=False)
+    calls = []
+
+    def killed(path, image):
+        calls.append(path)
+        if len(calls) > 3:
+            raise KeyboardInterrupt  # stands in for kill -9 half-way through the images
+        return cv2.imwrite(path, image)
+
+    monkeypatch.setattr(synthetic.cv2, "imwrite", killed)
+    with pytest.raises(KeyboardInterrupt):
+        make_synthetic(tmp_path, studies_per_part=2, seed=1, overwrite=True, progress=False)
+    assert {p: p.read_bytes() for p in root.rglob("*") if p.is_file()} == before  # seed 0, whole
+    assert [p.name for p in tmp_path.iterdir()] == ["MURA-v1.1"]

@@ -248,3 +248,17 @@ def test_train_part_help_lists_every_training_flag_once_with_trainconfigs_defaul
         if not isinstance(field.default, bool):
             after = text.split(flag, 1)[1]
             assert f"(default {field.default})" in after.split(" --")[0], flag
+
+
+@pytest.mark.parametrize("damage", ["flipped bytes", "truncated"])
+def test_a_damaged_head_is_refused_with_its_path(run, tmp_path, damage):
+    head = Path(shutil.copy(run[0] / "heads" / "wrist.keras", tmp_path / "wrist.keras"))
+    data = bytearray(head.read_bytes())
+    if damage == "flipped bytes":
+        for i in range(len(data) // 2, len(data) // 2 + 64):
+            data[i] ^= 0xFF
+    else:
+        data = data[: len(data) // 3]
+    head.write_bytes(bytes(data))
+    with pytest.raises(store.ManifestError, match=f"{head}: not a readable Keras model file"):
+        store.load_model(head)
