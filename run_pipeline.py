@@ -156,7 +156,7 @@ def _add_config_flags(parser, config_class, helps, choices=None, plan_defaults=F
     choices = choices or {}
     for field in dataclasses.fields(config_class):
         flag, default = field.name.replace("_", "-"), field.default
-        text = f"{helps[field.name]} (default {default})"
+        text = helps[field.name] if default is None else f"{helps[field.name]} (default {default})"
         if isinstance(default, bool):
             parser.add_argument(f"--{'no-' if default else ''}{flag}", dest=field.name, default=default,
                                 action="store_false" if default else "store_true",

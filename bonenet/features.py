@@ -1,8 +1,9 @@
 """The frozen trunk's outputs, computed once per image (and per pre-drawn augmented view) and cached on disk.
 
-With frozen layers and frozen BatchNorm, the trunk is a fixed function of the prepared image, so a
-head trained on cached trunk outputs computes exactly what the full model computes, at a fraction
-of the cost: an epoch no longer decodes a PNG or runs the first 217 layers.
+With frozen layers and frozen BatchNorm, and the trunk run in inference mode in both training
+modes, the trunk is a fixed function of the prepared image, so a head trained on cached trunk
+outputs trains the same function as full-mode training, up to the float16 storage of the outputs,
+at a fraction of the cost: an epoch no longer decodes a PNG or runs the trunk (most of the network).
 
 A cache folder is named by a key over the image files (path, size, modification time), the
 recipe, the image size, the trunk's weights and layout, and the views; anything that changes the

@@ -4,9 +4,10 @@ One function, `train_model`, trains any model of the hierarchy; `train_all` runs
 then the seven parts. Progress is Keras' own bar; a killed run continues with `resume=True`.
 
 Every model is stored as the run's shared frozen trunk plus its own head. The default `cached`
-mode computes the trunk's outputs once for all train images (and a few pre-drawn augmented views)
-and trains the heads on that cache; `full` mode fits the whole model on live-augmented images.
-Both train the same layers and store the same layout.
+mode computes the trunk's output once for all train images (and a few pre-drawn augmented views)
+and trains the heads on that cache, one view per image per epoch; `full` mode fits
+`head(trunk(image))` on live-augmented images, the trunk in inference mode. Both train the same
+function, count an epoch as one pass over the images, and store the same layout.
 """
 
 import json

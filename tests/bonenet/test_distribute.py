@@ -73,6 +73,7 @@ print(json.dumps({{"policies": policies, "float32": float32, "bfloat16": out,
 """
 
 
+@pytest.mark.slow  # about 2 minutes: two trainings, an evaluate and a predict in subprocesses
 def test_a_run_trained_in_mixed_bfloat16_reloads_computing_in_float32(synthetic_root, index, tmp_path):
     run = tmp_path / "run"
     common = ["--data-root", synthetic_root, "--models-dir", run, "--epochs", "1", "--image-size", "64",
@@ -115,6 +116,7 @@ print("MODELS", sorted(heads))
 """
 
 
+@pytest.mark.slow  # about 2 minutes
 def test_train_model_under_mirrored_strategy_on_two_logical_cpus_in_both_modes(synthetic_root, tmp_path):
     out = _python(MIRRORED, root=str(synthetic_root), run=str(tmp_path / "run"))
     assert "REPLICAS 2" in out

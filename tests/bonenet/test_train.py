@@ -1,5 +1,6 @@
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -244,9 +245,9 @@ def test_train_part_help_lists_every_training_flag_once_with_trainconfigs_defaul
     text = " ".join(options.split())
     for field in dataclasses.fields(TrainConfig):
         flag = "--" + ("no-" if field.default is True else "") + field.name.replace("_", "-")
-        assert options.count(f"  {flag}") == 1, flag
-        if not isinstance(field.default, bool):
-            after = text.split(flag, 1)[1]
+        assert len(re.findall(rf"^  {re.escape(flag)}(?=[ \n])", options, re.MULTILINE)) == 1, flag
+        if not isinstance(field.default, bool) and field.default is not None:
+            after = re.split(rf"{re.escape(flag)}(?= )", text, maxsplit=1)[1]
             assert f"(default {field.default})" in after.split(" --")[0], flag
 
 
