@@ -17,6 +17,19 @@ from bonenet.parts import PARTS, short_name
 PART_CHOICES = [short_name(p) for p in PARTS]
 
 
+DESCRIPTION = """\
+BoneNet finds abnormal musculoskeletal radiographs (Stanford's MURA): an EfficientNetB0 router
+sends each image to one of seven per-part abnormality models (elbow ... wrist).
+
+  1. data-summary --data-root MURA      check the dataset (or make-synthetic --out DIR)
+  2. train-all --data-root MURA --models-dir RUN   train the router and the seven part models
+  3. evaluate --data-root MURA --models-dir RUN --out EVAL   per-part study kappa, F1, AUROC
+  4. report --eval-dir EVAL --out REPORTS   HTML reports, one per part plus an overview
+  5. predict STUDY --models-dir RUN --cam-dir CAMS   (or serve --models-dir RUN) read a study
+
+demo runs all five on synthetic data, offline, on a CPU. Not for clinical use."""
+
+
 class CommandError(Exception):
     """A failure the user can fix; printed as one line, exit status 2."""
 
@@ -104,10 +117,20 @@ def _cmd_report(args):
         print(f"wrote {path}")
 
 
+def _cmd_serve(args):
+    from bonenet.serve import serve
+
+    serve(args.models_dir, host=args.host, port=args.port, threshold=args.threshold, max_file_mb=args.max_file_mb,
+          max_files=args.max_files)
+
+
 def _cmd_predict(args):
     from bonenet.inference import BoneNet, predict_paths
 
-    results = predict_paths(BoneNet.load(args.models_dir, threshold=args.threshold), args.paths, cam_dir=args.cam_dir)
+    net = BoneNet.load(args.models_dir, threshold=args.threshold)
+    if net.backbone_warning():
+        print(f"bonenet predict: warning: {net.backbone_warning()}", file=sys.stderr)
+    results = predict_paths(net, args.paths, cam_dir=args.cam_dir)
     for r in results:
         if "error" in r:
             print(f"{r['path']}: ERROR {r['error']}")
@@ -121,6 +144,12 @@ def _cmd_predict(args):
               f"-> {verdict} at threshold {r['threshold']:.3f} ({r['threshold_source']})")
     if args.json:
         _write_json(args.json, results)
+    if args.csv:
+        from bonenet.inference import results_table
+
+        Path(args.csv).parent.mkdir(parents=True, exist_ok=True)
+        results_table(results).to_csv(args.csv, index=False)
+        print(f"wrote {args.csv}")
     failed = sum("error" in r for r in results)
     if failed:
         print(f"bonenet predict: {failed} input(s) could not be read", file=sys.stderr)
@@ -162,7 +191,7 @@ def _add_config_flags(parser, config_class, helps, choices=None, plan_defaults=F
                                 action="store_false" if default else "store_true",
                                 help=f"do not {helps[field.name]}" if default else helps[field.name])
             continue
-        kind = str if default is None else type(default)
+        kind = _recipe if field.name == "recipe" else str if default is None else type(default)
         parser.add_argument(f"--{flag}", type=kind, default=None if plan_defaults else default,
                             choices=choices.get(field.name), help=text)
 
@@ -174,6 +203,17 @@ def _part(value):
         return parse_part(value)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def _recipe(value):
+    """A recipe name or JSON file, checked while parsing so that a typo fails before TensorFlow loads."""
+    from preprocessing.recipes import get_recipe
+
+    try:
+        get_recipe(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+    return value
 
 
 def _config_values(args, config_class):
@@ -191,7 +231,11 @@ def _write_json(path, payload):
 
 def build_parser():
     """Returns the argparse parser for every subcommand."""
-    parser = argparse.ArgumentParser(prog="bonenet", description=__doc__.splitlines()[0])
+    from bonenet import __version__
+
+    parser = argparse.ArgumentParser(prog="bonenet", description=DESCRIPTION,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"bonenet {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="SUBCOMMAND")
 
     p = sub.add_parser("make-synthetic", help="write a synthetic MURA-v1.1-shaped dataset")
@@ -209,9 +253,10 @@ def build_parser():
     p.set_defaults(func=_cmd_data_summary)
 
     p = sub.add_parser("preprocess", help="a labelled figure of one image through each filter and the recipe")
-    p.add_argument("image", help="a PNG radiograph")
+    p.add_argument("image", help="a PNG, JPEG or DICOM radiograph")
     p.add_argument("--out", required=True, help="panel PNG to write")
-    p.add_argument("--recipe", default="equalize", help="recipe name (none, equalize, sharpen, edges, full) or JSON file")
+    p.add_argument("--recipe", default="equalize", type=_recipe,
+                   help="recipe name (none, equalize, sharpen, edges, full) or JSON file")
     p.add_argument("--image-size", type=int, default=224, help="model input side (default 224)")
     p.set_defaults(func=_cmd_preprocess)
 
@@ -238,14 +283,26 @@ def build_parser():
     p.set_defaults(func=_cmd_report)
 
     p = sub.add_parser("predict", help="part, p(abnormal) and decision for images, study folders or directories")
-    p.add_argument("paths", nargs="+", help="PNG files, study folders or folders of studies")
+    p.add_argument("paths", nargs="+", help="PNG, JPEG or DICOM files, study folders or folders of studies")
     p.add_argument("--models-dir", required=True, help="a run folder with manifest.json")
     p.add_argument("--cam-dir", help="write a Grad-CAM overlay PNG per image here")
     p.add_argument("--json", help="write the results as JSON here")
+    p.add_argument("--csv", help="write the results as CSV here, one row per image, study or error")
     p.add_argument("--threshold", default="tuned", choices=["tuned", "default"],
                    help="tuned: each part's threshold tuned on the training hold-out, where the run has one; "
                         "default: 0.5 (default tuned)")
     p.set_defaults(func=_cmd_predict)
+
+    p = sub.add_parser("serve", help="a web page and an HTTP API (POST /api/predict, GET /api/health) for reading "
+                                     "a study")
+    p.add_argument("--models-dir", required=True, help="a run folder with manifest.json")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.add_argument("--threshold", default="tuned", choices=["tuned", "default"],
+                   help="tuned: each part's threshold tuned on the training hold-out; default: 0.5 (default tuned)")
+    p.add_argument("--max-file-mb", type=float, default=20, help="largest accepted file in MB (default 20)")
+    p.add_argument("--max-files", type=int, default=32, help="most files per request (default 32)")
+    p.set_defaults(func=_cmd_serve)
 
     from bonenet.configs import PRETRAIN_HELP, PretrainConfig
 

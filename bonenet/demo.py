@@ -84,7 +84,8 @@ def run_demo(out="demo_output", quick=False, **overrides):
     _, failures = train_all(index, run_dir, config)
 
     _stage("3/5 evaluate on the synthetic valid split", start)
-    metrics = evaluate_run(data_root, run_dir, out / "eval", n_boot=1000, seed=plan.seed)
+    net = BoneNet.load(run_dir)  # once, for evaluate and predict
+    metrics = evaluate_run(data_root, run_dir, out / "eval", n_boot=1000, seed=plan.seed, net=net)
 
     _stage("4/5 report: notebooks to HTML", start)
     # The smoke run renders the overview only; the per-part pages cost a notebook kernel each.
@@ -93,7 +94,6 @@ def run_demo(out="demo_output", quick=False, **overrides):
     _stage("5/5 predict one valid study per part, with Grad-CAM overlays", start)
     valid = index.images[index.images["split"] == "valid"]
     sample = [str(Path(path).parent) for path in valid.groupby("part").head(1)["path"]]  # study folders
-    net = BoneNet.load(run_dir)
     predictions = predict_paths(net, sample, cam_dir=out / "cams")
     (out / "predictions.json").write_text(json.dumps(predictions, indent=2))
 

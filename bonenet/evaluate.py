@@ -95,10 +95,11 @@ def _image_rows(table, studies, labels, thresholds):
     return out
 
 
-def evaluate_run(data_root, models_dir, out_dir, split="valid", n_boot=1000, seed=0, plots=True):
+def evaluate_run(data_root, models_dir, out_dir, split="valid", n_boot=1000, seed=0, plots=True, net=None):
     """Evaluates a run on a split and writes metrics.json, the prediction CSVs and the plots.
 
-    The output folder is written whole or not at all (`bonenet.outputs`).
+    The output folder is written whole or not at all (`bonenet.outputs`). `net` is the run already
+    loaded as a `BoneNet` with the default threshold mode, to save loading it again. Defaults to None.
 
     Returns:
         The metrics dict written to `out_dir/metrics.json`.
@@ -109,7 +110,7 @@ def evaluate_run(data_root, models_dir, out_dir, split="valid", n_boot=1000, see
     images = index.images[index.images["split"] == split]
     if images.empty:
         raise ValueError(f"{index.root}: the {split} split has no usable images")
-    net = BoneNet.load(models_dir)
+    net = net or BoneNet.load(models_dir)
     table, messages = predict_split(net, images)
     absent = [p for p in PARTS if p not in set(table["part_true"])]
     if absent:

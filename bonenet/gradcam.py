@@ -89,14 +89,79 @@ def cam_box(cam, level=BOX_LEVEL):
     return [x, y, x + w, y + h]
 
 
-def overlay(gray, cam, box=None, label=None, alpha=0.4):
-    """Draws a heat map (and its box and label) over a uint8 H×W radiograph; returns a BGR image."""
-    base = cv2.cvtColor(gray, cv2.COLOR_GRAY2BGR)
-    heat = cv2.applyColorMap(np.uint8(np.clip(cam, 0, 1) * 255), cv2.COLORMAP_JET)
-    out = cv2.addWeighted(base, 1 - alpha, heat, alpha, 0)
-    if box is not None:
-        cv2.rectangle(out, (box[0], box[1]), (box[2] - 1, box[3] - 1), (255, 255, 255), 2)
-    if label:
-        scale = max(0.4, gray.shape[1] / 900)
-        cv2.putText(out, label, (8, int(24 * scale + 6)), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), 2)
-    return out
+BOX_COLOUR = (0, 215, 255)  # BGR amber: not a grey level, so it never reads as anatomy
+ABNORMAL_COLOUR, NORMAL_COLOUR = (60, 60, 235), (90, 200, 90)
+HEAT_ALPHA = {True: 0.6, False: 0.25}  # most opacity at the hottest pixel: strong for abnormal, faint for normal
+
+
+def _text_scale(lines, width, thickness):
+    """The largest Hershey scale (≤ 1) at which every line fits `width` pixels."""
+    widest = max(cv2.getTextSize(line, cv2.FONT_HERSHEY_SIMPLEX, 1.0, thickness)[0][0] for line in lines)
+    return min(1.0, (width - 12) / max(widest, 1))
+
+
+def overlay(gray, cam, abnormal, box=None, lines=()):
+    """Draws a Grad-CAM heat map over a radiograph, with a colour bar and a caption band.
+
+    The heat's opacity follows the heat, so cold regions show the plain radiograph. An image
+    decided normal gets a faint overlay and no box, so that nobody reads it as a finding. The map
+    is scaled to its own maximum (Grad-CAM has no absolute unit), which the colour bar says. The
+    caption sits in a band above the image, where it covers no anatomy.
+
+    Args:
+        gray: the uint8 H×W radiograph.
+        cam: float H×W map in [0, 1] on the radiograph.
+        abnormal: the image's decision; None when unscored (drawn as normal).
+        box: [x0, y0, x1, y1] of the hottest region, drawn only for an abnormal image.
+        lines: caption lines; the last is drawn in the decision's colour.
+
+    Returns:
+        A BGR uint8 image: caption band above, radiograph, colour bar on the right.
+    """
+    abnormal = bool(abnormal)
+    h, w = gray.shape
+    base = cv2.cvtColor(gray, cv2.COLOR_GRAY2BGR).astype(np.float32)
+    cam = np.clip(np.asarray(cam, np.float32), 0, 1)
+    heat = cv2.applyColorMap(np.uint8(cam * 255), cv2.COLORMAP_JET).astype(np.float32)
+    weight = (HEAT_ALPHA[abnormal] * cam)[..., None]
+    image = np.uint8(np.round(base * (1 - weight) + heat * weight))
+    thick = max(1, round(min(h, w) / 150))
+    if abnormal and box is not None:
+        x0, y0, x1, y1 = box
+        # Inset so that a box reaching the film's edge stays a box, not a line along the border.
+        x0, y0 = max(x0, thick), max(y0, thick)
+        x1, y1 = min(x1 - 1, w - 1 - thick), min(y1 - 1, h - 1 - thick)
+        cv2.rectangle(image, (x0, y0), (x1, y1), BOX_COLOUR, thick)
+
+    bar_w = max(12, w // 25)
+    ramp = np.linspace(255, 0, h).astype(np.uint8)[:, None].repeat(bar_w, axis=1)
+    bar = cv2.applyColorMap(ramp, cv2.COLORMAP_JET)
+    margin = np.zeros((h, max(40, w // 8), 3), np.uint8)
+    scale = min(0.5, max(0.3, h / 900))
+    for text, y in (("max", int(14 * scale / 0.4)), ("0", h - 6)):
+        cv2.putText(margin, text, (4, y), cv2.FONT_HERSHEY_SIMPLEX, scale, (230, 230, 230), 1, cv2.LINE_AA)
+    body = np.hstack([image, np.zeros((h, 4, 3), np.uint8), bar, margin])
+
+    lines = [line for line in lines if line]
+    if not lines:
+        return body
+    width = body.shape[1]
+    text_thick = 1 if width < 500 else 2
+    scale = _text_scale(lines, width, text_thick)
+    line_h = int(cv2.getTextSize("Ag", cv2.FONT_HERSHEY_SIMPLEX, scale, text_thick)[0][1] * 1.9) + 2
+    band = np.full((line_h * len(lines) + 6, width, 3), 20, np.uint8)
+    for i, line in enumerate(lines):
+        colour = (ABNORMAL_COLOUR if abnormal else NORMAL_COLOUR) if i == len(lines) - 1 else (235, 235, 235)
+        cv2.putText(band, line, (6, line_h * (i + 1) - 2), cv2.FONT_HERSHEY_SIMPLEX, scale, colour, text_thick,
+                    cv2.LINE_AA)
+    return np.vstack([band, body])
+
+
+def caption(part, router_confidence, p_abnormal, threshold, abnormal):
+    """The overlay's caption lines: what was routed where, and the decision with its threshold."""
+    first = f"{part} (router confidence {router_confidence:.2f})"
+    if p_abnormal is None:
+        return [first, "unscored: the run has no model for this part"]
+    if abnormal:
+        return [first, f"p(abnormal) {p_abnormal:.2f} >= threshold {threshold:.2f}: ABNORMAL"]
+    return [first, f"p(abnormal) {p_abnormal:.2f} < threshold {threshold:.2f}: NORMAL (faint map, no box)"]

@@ -1,11 +1,19 @@
-"""Reading radiograph PNGs as uint8 grayscale, with errors that name the file."""
+"""Reading radiographs (PNG, JPEG, DICOM) as uint8 grayscale, with errors that name the file.
 
+One decoder, `decode_gray`, serves files on disk (`load_gray`) and uploads (`bonenet.serve`).
+The format is told by the bytes, not by the file name.
+"""
+
+import io
 import os
 
 import cv2
 import numpy as np
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+JPEG_SIGNATURE = b"\xff\xd8\xff"
+DICOM_PREAMBLE = 128  # DICOM Part 10: 128 bytes, then "DICM"
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm", ".dicom")
 
 
 class ImageReadError(ValueError):
@@ -40,10 +48,21 @@ def check_png_file(path):
     return None
 
 
-def to_gray_uint8(image):
-    """Converts any decoded image (8/16-bit; gray, BGR or BGRA) to a uint8 H×W array.
+def image_format(data):
+    """"png", "jpeg" or "dicom" from a file's first bytes; None for anything else."""
+    if data.startswith(PNG_SIGNATURE):
+        return "png"
+    if data.startswith(JPEG_SIGNATURE):
+        return "jpeg"
+    if data[DICOM_PREAMBLE:DICOM_PREAMBLE + 4] == b"DICM":
+        return "dicom"
+    return None
 
-    16-bit data is stretched from its own min to max: such files usually hold 10-12 bit
+
+def to_gray_uint8(image):
+    """Converts any decoded image (8/16-bit or float; gray, BGR or BGRA) to a uint8 H×W array.
+
+    Non-uint8 data is stretched from its own min to max: 16-bit files usually hold 10-12 bit
     detector values, which a fixed /257 would leave almost black.
     """
     image = np.asarray(image)
@@ -65,17 +84,80 @@ def to_gray_uint8(image):
     return np.round((image - lo) * (255.0 / (hi - lo))).astype(np.uint8)
 
 
-def load_gray(path):
-    """Loads a PNG as a uint8 H×W grayscale array, whatever its bit depth or channels.
+def _decode_raster(data, kind):
+    if kind == "png" and b"IEND" not in data[-12:]:
+        raise ValueError("truncated PNG (no IEND chunk)")
+    if kind == "jpeg" and b"\xff\xd9" not in data[-32:]:
+        # libjpeg would decode the top of a cut-off file and grey out the rest, with a warning on stderr.
+        raise ValueError("truncated JPEG (no end-of-image marker)")
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if image is None or image.size == 0:
+        raise ValueError(f"corrupt {kind.upper()} (OpenCV could not decode it)")
+    return to_gray_uint8(image)
+
+
+def _decode_dicom(data):
+    """A DICOM radiograph with its modality and VOI LUTs applied; MONOCHROME1 inverted."""
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
+    try:
+        ds = pydicom.dcmread(io.BytesIO(data))
+    except (InvalidDicomError, EOFError, OSError, ValueError, KeyError) as exc:
+        raise ValueError(f"corrupt DICOM ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from exc
+    if "PixelData" not in ds:
+        raise ValueError(f"DICOM without pixel data (SOP class {ds.get('SOPClassUID', 'unknown')}), not an image")
+    if int(ds.get("NumberOfFrames", 1) or 1) > 1:
+        raise ValueError(f"multi-frame DICOM ({ds.NumberOfFrames} frames); export the radiograph as a single frame")
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2"))
+    if photometric not in ("MONOCHROME1", "MONOCHROME2"):
+        raise ValueError(f"DICOM with {photometric} pixels; a radiograph is MONOCHROME1 or MONOCHROME2")
+    try:
+        pixels = ds.pixel_array
+    except Exception as exc:  # pydicom raises many types for missing codecs and bad pixel data
+        raise ValueError(f"DICOM pixel data cannot be decoded ({type(exc).__name__}: {exc})".splitlines()[0]) from exc
+    gray = to_gray_uint8(apply_voi_lut(apply_modality_lut(pixels, ds), ds))
+    # MONOCHROME1 shows low values white; flip after windowing so that bone is bright, as in MURA.
+    return 255 - gray if photometric == "MONOCHROME1" else gray
+
+
+def decode_gray(data, name):
+    """Decodes an image file's bytes (PNG, JPEG or DICOM) to a uint8 H×W grayscale array.
+
+    Args:
+        data: the file's bytes.
+        name: what to call it in errors (a path, or an upload's file name).
 
     Raises:
-        ImageReadError: naming the path and the problem (missing, empty, truncated, not a PNG).
+        ImageReadError: "`name`: problem" (empty, not an image, truncated, corrupt, multi-frame…).
     """
-    reason = check_png_file(path)
-    if reason is not None:
-        raise ImageReadError(f"{path}: {reason}")
-    data = np.fromfile(str(path), dtype=np.uint8)
-    image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
-    if image is None or image.size == 0:
-        raise ImageReadError(f"{path}: corrupt PNG (OpenCV could not decode it)")
-    return to_gray_uint8(image)
+    if not data:
+        raise ImageReadError(f"{name}: empty file (0 bytes)")
+    kind = image_format(data)
+    if kind is None:
+        raise ImageReadError(f"{name}: not a PNG, JPEG or DICOM image")
+    try:
+        return _decode_dicom(data) if kind == "dicom" else _decode_raster(data, kind)
+    except ValueError as exc:
+        raise ImageReadError(f"{name}: {exc}") from exc
+
+
+def load_gray(path):
+    """Loads a PNG, JPEG or DICOM file as a uint8 H×W grayscale array.
+
+    Raises:
+        ImageReadError: naming the path and the problem (missing, empty, truncated, not an image).
+    """
+    if os.path.basename(str(path)).startswith("._"):
+        raise ImageReadError(f"{path}: macOS resource fork (._ file), not an image")
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        raise ImageReadError(f"{path}: file does not exist") from None
+    except IsADirectoryError:
+        raise ImageReadError(f"{path}: is a folder, not an image") from None
+    except OSError as exc:
+        raise ImageReadError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    return decode_gray(data, path)

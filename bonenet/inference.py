@@ -5,14 +5,14 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from bonenet.imageio import ImageReadError, load_gray
+from bonenet.imageio import IMAGE_SUFFIXES, ImageReadError, decode_gray, load_gray
 from bonenet.models import set_xla, use_xla
+from bonenet.parts import short_name
 from bonenet.store import ManifestError, load_run_models, read_manifest
 from bonenet.study import DEFAULT_THRESHOLD, decide_study
 from preprocessing.filters import check_image
 from preprocessing.recipes import Recipe
 
-IMAGE_SUFFIXES = (".png",)
 BATCH = 32
 
 
@@ -57,6 +57,18 @@ class BoneNet:
         """Loads the trunk and every model listed in `models_dir/manifest.json` (safe mode)."""
         manifest, trunk, models = load_run_models(models_dir)
         return cls(manifest, models, trunk, models_dir, threshold=threshold)
+
+    def backbone_warning(self):
+        """A sentence for users when the run's trunk is not ImageNet-pretrained, else None.
+
+        Models on a synthetic or random backbone have not seen real radiographs, so their answers
+        on a real study mean little; predict and serve say so once.
+        """
+        weights = self.manifest.get("weights", {})
+        if weights.get("kind") == "imagenet":
+            return None
+        origin = weights.get("description") or weights.get("kind", "unknown")
+        return f"this run's backbone is not ImageNet-pretrained ({origin}); its results on real radiographs mean little"
 
     def part_thresholds(self, mode="tuned"):
         """{part: (threshold, source)} for every part with a model.
@@ -153,9 +165,10 @@ class BoneNet:
 
 
 def find_images(path):
-    """Lists the PNGs a user pointed at: a file, a study folder or any folder (recursively).
+    """Lists the images a user pointed at: a file, a study folder or any folder (recursively).
 
-    Resource forks (`._*`) are left out. Raises ImageReadError for a path that does not exist.
+    Folders are searched for `bonenet.imageio.IMAGE_SUFFIXES`; resource forks (`._*`) are left
+    out. Raises ImageReadError for a path that does not exist.
     """
     path = Path(path)
     if not path.exists():
@@ -184,11 +197,76 @@ def group_inputs(paths):
             for image in find_images(path):
                 studies.setdefault(image.parent, []).append(image)
             if not studies:
-                items.append(("error", path, f"no {'/'.join(IMAGE_SUFFIXES)} images in this folder"))
+                items.append(("error", path, "no PNG, JPEG or DICOM images in this folder "
+                                             f"({', '.join(IMAGE_SUFFIXES)})"))
             items.extend(("study", folder, images) for folder, images in sorted(studies.items()))
         else:
             items.append(("image", path, [path]))
     return items
+
+
+def read_image(name, data=None):
+    """Reads one input for prediction: a path, or an upload's bytes called `name`.
+
+    Returns:
+        The uint8 H×W grayscale image, checked to be usable.
+
+    Raises:
+        ImageReadError: "`name`: problem" (unreadable, not an image, too small…).
+    """
+    gray = load_gray(name) if data is None else decode_gray(data, name)
+    try:
+        return check_image(gray, name=str(name))
+    except ValueError as exc:
+        raise ImageReadError(str(exc)) from exc
+
+
+def predict_images(net, images, render_cam=None):
+    """Scores decoded images as one study, the step shared by `predict` and `serve`.
+
+    Args:
+        net: a loaded `BoneNet`.
+        images: [(name, uint8 H×W gray)], in the order the entries come back.
+        render_cam: None for no heat maps, or `f(name, overlay BGR image) -> dict` of fields to add
+            to that image's entry (a file path, a data URL). Defaults to None.
+
+    Returns:
+        (per-image entries `path, part, part_confidence, p_abnormal, threshold, threshold_source,
+        abnormal[, cam, cam_box, cam_caption]`, the study's result without its "images").
+    """
+    from bonenet import gradcam
+
+    study, features = net.score_study(np.stack([net.prepare(gray) for _, gray in images]))
+    entries = []
+    for i, ((name, gray), result) in enumerate(zip(images, study.pop("images"), strict=True)):
+        entry = {"path": str(name), "part": study["part"], **result, "threshold": study["threshold"],
+                 "threshold_source": study["threshold_source"]}
+        if render_cam is not None and result["p_abnormal"] is not None:
+            cam, box = net.cam(study["part"], features[i:i + 1], gray)
+            box = box if result["abnormal"] else None  # a normal image's hottest region is not a finding
+            lines = gradcam.caption(short_name(study["part"]), result["part_confidence"], result["p_abnormal"],
+                                    study["threshold"], result["abnormal"])
+            entry.update({"cam_box": box, "cam_caption": " | ".join(lines)})
+            entry.update(render_cam(name, gradcam.overlay(gray, cam, result["abnormal"], box, lines)))
+        entries.append(entry)
+    return entries, study
+
+
+CSV_COLUMNS = ["path", "study", "part", "part_confidence", "p_abnormal", "threshold", "abnormal", "threshold_source",
+               "cam", "error"]
+
+
+def results_table(results):
+    """`predict_paths` results as a table for `predict --csv`: one row per image, study or error.
+
+    A study row's `path` is its folder; image rows carry their study's folder in `study`.
+    """
+    import pandas as pd
+
+    study_of = {image: r["study"] for r in results if "study" in r for image in r["images"]}
+    rows = [{**r, "path": r.get("study", r.get("path")), "study": r.get("study", study_of.get(r.get("path")))}
+            for r in results]
+    return pd.DataFrame(rows).reindex(columns=CSV_COLUMNS)
 
 
 def _cam_name(path):
@@ -196,10 +274,24 @@ def _cam_name(path):
     return "__".join(Path(p).stem if i == 3 else p for i, p in enumerate(parts)) + "_cam.png"
 
 
+def cam_file_writer(cam_dir):
+    """A `predict_images` `render_cam` that writes each overlay as a PNG in `cam_dir`."""
+
+    def write(name, image):
+        out = Path(cam_dir) / _cam_name(name)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        if not cv2.imwrite(str(out), image):
+            raise OSError(f"{out}: could not write the Grad-CAM overlay")
+        return {"cam": str(out)}
+
+    return write
+
+
 def predict_paths(net, paths, cam_dir=None):
     """Predicts images and study folders, in input order; unreadable inputs become error entries.
 
-    Each single image is scored as a study of one; the images of a folder as one study.
+    Each single image is scored as a study of one; the images of a folder as one study. PNG,
+    JPEG and DICOM files are read (`bonenet.imageio.load_gray`).
 
     Args:
         net: a loaded `BoneNet`.
@@ -208,56 +300,31 @@ def predict_paths(net, paths, cam_dir=None):
 
     Returns:
         A list of dicts as in `predict --json`: per image `path, part, part_confidence, p_abnormal,
-        threshold, threshold_source, abnormal[, cam, cam_box]`, per study `study, images, ...`, and
-        `path, error` for failures.
+        threshold, threshold_source, abnormal[, cam, cam_box, cam_caption]`, per study `study,
+        images, ...`, and `path, error` for failures.
     """
-    from bonenet import gradcam
-
+    render = cam_file_writer(cam_dir) if cam_dir is not None else None
     results = []
-
-    def load(path):
-        try:
-            gray = load_gray(path)
-            return gray, net.prepare(gray)
-        except (ImageReadError, ValueError) as exc:
-            results.append({"path": str(path), "error": str(exc)})
-            return None, None
-
-    def score(items):
-        """items: [(path, gray, x)] → per-image entries (with CAMs) and the study's result."""
-        study, features = net.score_study(np.stack([x for _, _, x in items]))
-        entries = []
-        for i, ((path, gray, _), result) in enumerate(zip(items, study.pop("images"), strict=True)):
-            entry = {"path": str(path), "part": study["part"], **result, "threshold": study["threshold"],
-                     "threshold_source": study["threshold_source"]}
-            if cam_dir is not None and result["p_abnormal"] is not None:
-                cam, box = net.cam(study["part"], features[i:i + 1], gray)
-                verdict = "abnormal" if result["abnormal"] else "normal"
-                label = (f"{study['part'][3:].lower()} p(abnormal)={result['p_abnormal']:.2f} "
-                         f"t={study['threshold']:.2f} {verdict}")
-                out = Path(cam_dir) / _cam_name(path)
-                out.parent.mkdir(parents=True, exist_ok=True)
-                if not cv2.imwrite(str(out), gradcam.overlay(gray, cam, box, label)):
-                    raise OSError(f"{out}: could not write the Grad-CAM overlay")
-                entry.update({"cam": str(out), "cam_box": box})
-            entries.append(entry)
-        return entries, study
-
-    for kind, path, images in group_inputs(paths):
+    for kind, path, files in group_inputs(paths):
         if kind == "error":
-            results.append({"path": str(path), "error": images})
+            results.append({"path": str(path), "error": files})
             continue
-        loaded = [(p, *load(p)) for p in images]
-        loaded = [item for item in loaded if item[1] is not None]
+        loaded = []
+        for file in files:
+            try:
+                loaded.append((file, read_image(file)))
+            except ImageReadError as exc:
+                results.append({"path": str(file), "error": str(exc)})
         if not loaded:
             if kind == "study":
                 results.append({"path": str(path), "error": "no readable images in this folder"})
             continue
-        entries, study = score(loaded)
+        entries, study = predict_images(net, loaded, render)
         results.extend(entries)
         if kind == "study":
             results.append({"study": str(path), "images": [e["path"] for e in entries], **study})
     return results
 
 
-__all__ = ["BoneNet", "find_images", "group_inputs", "predict_paths", "read_manifest"]
+__all__ = ["BoneNet", "cam_file_writer", "find_images", "group_inputs", "predict_images", "predict_paths",
+           "read_image", "read_manifest", "results_table"]

@@ -26,7 +26,21 @@ NOISE = re.compile(
     r"|cuda_platform\.cc:\d+\] failed call to cuInit"
     r"|cuda_executor\.cc:\d+\] .*(kernel driver does not appear|no NVIDIA GPU)"
 )
+# TensorFlow's retracing detector keys on a function's code location, and every Keras model's
+# train/predict step is a closure at the same location in Keras. Building or loading eight models
+# (train-all, a run's heads) is therefore reported as "retracing" although each model traces
+# once. Only that message about those Keras steps is dropped; a real retracing elsewhere still shows.
+KERAS_STEP_RETRACING = re.compile(
+    r"<function TensorFlowTrainer\.\w+\.<locals>\.\w+ at 0x[0-9a-f]+> triggered tf\.function retracing")
 _STATE = {}
+
+
+class _KerasStepRetracing:
+    """A logging filter for the `tensorflow` logger that drops `KERAS_STEP_RETRACING` only."""
+
+    @staticmethod
+    def filter(record):
+        return not KERAS_STEP_RETRACING.search(record.getMessage())
 
 
 @contextmanager
@@ -80,6 +94,7 @@ def start(precision="auto"):
         gpus = tf.config.list_physical_devices("GPU")
     import keras
 
+    tf.get_logger().addFilter(_KerasStepRetracing)
     for gpu in gpus:
         tf.config.experimental.set_memory_growth(gpu, True)
     if precision == "auto":

@@ -263,12 +263,30 @@ def _prepare(target, index, models_dir, config):
                 val_images, num_classes, scratch=scratch)
 
 
+_TRUNK_MEMO = {}
+
+
+def _run_trunk(run_dir, manifest):
+    """The run's trunk, loaded once per process while its file is unchanged.
+
+    `train_all` builds eight models on one trunk; deserialising it for each cost seconds apiece.
+    """
+    path = Path(run_dir, manifest["trunk"]["file"]).resolve() if "trunk" in manifest else None
+    stat = path.stat() if path is not None and path.is_file() else None
+    key = (str(path), stat.st_mtime_ns, stat.st_size) if stat else None
+    if key is None or key not in _TRUNK_MEMO:
+        trunk = load_trunk(run_dir, manifest)  # raises the manifest's own error for a missing file
+        _TRUNK_MEMO.clear()  # one entry: a long process training many runs keeps one trunk alive
+        _TRUNK_MEMO[key] = trunk
+    return _TRUNK_MEMO[key]
+
+
 def _build(job, config):
     """Builds the classifier in the strategy's scope, split at the trunk cut, on the run's trunk."""
     keras.utils.set_random_seed(config.seed)
     gpu = runtime.start(config.precision)["gpus"] > 0
     strategy = get_strategy(config.strategy)
-    job.run_trunk = load_trunk(job.run_dir, job.existing) if job.existing is not None else None
+    job.run_trunk = _run_trunk(job.run_dir, job.existing) if job.existing is not None else None
     with strategy.scope():
         kwargs = dict(image_size=config.image_size, weights=job.weights, trainable_layers=config.trainable_layers,
                       dropout=config.dropout)

@@ -58,3 +58,32 @@ def full_run(run, tmp_path_factory):
                                                        "file": store.model_filename(part),
                                                        "tuning": {"threshold": 0.4, "studies": 3}})
     return run_dir
+
+
+def _write_dicom(path, pixels, photometric="MONOCHROME2", frames=1):
+    """Writes `pixels` (uint8 or uint16 H×W) as a DICOM Part 10 file, as a modality would."""
+    import numpy as np
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.Modality = "CR"
+    pixels = np.asarray(pixels)
+    if frames > 1:
+        pixels = np.stack([pixels] * frames)
+    bits = 8 if pixels.dtype == np.uint8 else 16
+    ds.set_pixel_data(pixels, photometric, bits if bits == 8 else 12)
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+@pytest.fixture(scope="session")
+def write_dicom():
+    """`write_dicom(path, pixels, photometric="MONOCHROME2", frames=1)`: a DICOM file made by pydicom."""
+    return _write_dicom

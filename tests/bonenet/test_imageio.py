@@ -77,3 +77,57 @@ def test_corrupt_body_with_intact_ends_is_an_error_not_a_black_image(tmp_path, g
 def test_resource_fork_is_refused(tmp_path, gray):
     path = _write(tmp_path / "._image1.png", gray)
     assert "resource fork" in check_png_file(path)
+
+
+def test_jpeg_and_dicom_are_read_by_their_bytes_not_their_names(tmp_path, gray, write_dicom):
+    jpeg = tmp_path / "scan.png"  # a JPEG with the wrong suffix is still a JPEG
+    assert cv2.imwrite(str(tmp_path / "j.jpg"), gray, [cv2.IMWRITE_JPEG_QUALITY, 100])
+    jpeg.write_bytes((tmp_path / "j.jpg").read_bytes())
+    assert np.abs(load_gray(jpeg).astype(int) - gray).max() <= 3
+    assert np.array_equal(load_gray(write_dicom(tmp_path / "m2.dcm", gray)), gray)
+
+
+def test_dicom_monochrome1_is_inverted_and_16_bit_stretched_like_a_16_bit_png(tmp_path, gray, write_dicom):
+    assert np.array_equal(load_gray(write_dicom(tmp_path / "m1.dcm", 255 - gray, "MONOCHROME1")), gray)
+    wide = (gray.astype(np.uint16) * 16 + 7)  # 12-bit detector values
+    png16 = load_gray(_write(tmp_path / "w.png", wide))
+    assert np.array_equal(load_gray(write_dicom(tmp_path / "w.dcm", wide)), png16)
+
+
+def test_dicom_windowing_and_rescale_are_applied(tmp_path, gray, write_dicom):
+    import pydicom
+
+    path = write_dicom(tmp_path / "w.dcm", gray.astype(np.uint16) * 16)
+    ds = pydicom.dcmread(path)
+    ds.WindowCenter, ds.WindowWidth = 1000, 800  # shows 600..1400 only
+    ds.save_as(path)
+    out = load_gray(path)
+    raw = gray.astype(int) * 16
+    assert out[raw <= 600].max() == 0 and out[raw >= 1400].min() == 255
+
+
+@pytest.mark.parametrize("kind,reason", [("frames", "multi-frame"), ("nopixels", "without pixel data"),
+                                         ("cut", "corrupt DICOM|cannot be decoded"), ("cutjpeg", "truncated JPEG"),
+                                         ("text", "not a PNG, JPEG or DICOM")])
+def test_unusable_clinical_files_get_one_line_reasons(tmp_path, gray, write_dicom, kind, reason):
+    import pydicom
+
+    path = tmp_path / "bad"
+    if kind == "frames":
+        write_dicom(path, gray, frames=3)
+    elif kind == "nopixels":
+        ds = pydicom.dcmread(write_dicom(path, gray))
+        del ds.PixelData
+        ds.save_as(path)
+    elif kind == "cut":
+        data = write_dicom(path, gray).read_bytes()
+        path.write_bytes(data[: len(data) - 300])
+    elif kind == "cutjpeg":
+        assert cv2.imwrite(str(tmp_path / "j.jpg"), gray)
+        data = (tmp_path / "j.jpg").read_bytes()
+        path.write_bytes(data[: len(data) // 2])
+    else:
+        path.write_text("patient notes\n")
+    with pytest.raises(ImageReadError, match=reason) as info:
+        load_gray(path)
+    assert str(path) in str(info.value) and "\n" not in str(info.value)

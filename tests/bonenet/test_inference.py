@@ -88,15 +88,15 @@ def test_predict_cli_reports_good_files_and_errors_for_bad_ones(run, wrist_study
     for r in images:
         assert {"part", "part_confidence", "p_abnormal", "abnormal"} <= set(r)
         if "cam" in r:
-            cam = cv2.imread(r["cam"])
-            assert cam.shape[:2] == load_gray(r["path"]).shape
+            cam, (h, w) = cv2.imread(r["cam"]), load_gray(r["path"]).shape
+            assert cam.shape[0] > h and cam.shape[1] > w  # the radiograph, a caption band and a colour bar
 
 
 def test_group_inputs_keeps_input_order_and_names_bad_inputs(synthetic_root, tmp_path):
     patient = next((synthetic_root / "valid" / "XR_HAND").iterdir())
     items = group_inputs([tmp_path, patient, synthetic_root / "valid_image_paths.csv", tmp_path / "nope.png"])
     kinds = [kind for kind, _, _ in items]
-    assert kinds[0] == "error" and "no .png images" in items[0][2]
+    assert kinds[0] == "error" and "no PNG, JPEG or DICOM images" in items[0][2]
     assert set(kinds[1:-2]) == {"study"} and all(folder.parent == patient for _, folder, _ in items[1:-2])
     assert kinds[-2:] == ["image", "error"] and items[-1][2] == "does not exist"
 

@@ -1,0 +1,203 @@
+"""`bonenet serve`: a web page and an HTTP API for reading a study, over the same code as `predict`.
+
+`create_app(net)` builds the FastAPI app around a loaded `BoneNet`:
+
+- `GET /` is one static page (`bonenet/static/index.html`): plain JavaScript, no build step, no CDN.
+- `GET /api/health` describes the run.
+- `POST /api/predict` takes one study's images (multipart field `files`) and answers with the
+  schema of `predict --json`: an entry per image (its Grad-CAM overlay as a PNG data URL under
+  `cam`, and the image as read under `image`), an error entry per unreadable file, and the
+  study's entry last.
+
+Uploads are read in memory (Starlette spools a part over 1 MB to an anonymous, already unlinked
+temporary file, closed after the request); nothing is written anywhere, and the client's file
+names are only echoed back, never used as paths. Prediction runs under one lock: TensorFlow
+models are not safe to call from several threads at once, so concurrent requests queue.
+"""
+
+import base64
+import threading
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from bonenet import __version__
+from bonenet.imageio import ImageReadError, image_format
+from bonenet.inference import predict_images, read_image
+
+STATIC = Path(__file__).resolve().parent / "static"
+MAX_FILE_MB = 20
+MAX_FILES = 32
+NOT_FOR_CLINICAL_USE = "Research software: not for clinical use."
+
+
+class RequestRejected(Exception):
+    """A request the API refuses as a whole: an HTTP status and a one-line reason."""
+
+    def __init__(self, status, message):
+        super().__init__(message)
+        self.status = status
+
+
+def png_data_url(image):
+    """A BGR/gray uint8 image as a `data:image/png;base64,...` URL."""
+    ok, data = cv2.imencode(".png", image)
+    if not ok:
+        raise RuntimeError("could not encode the Grad-CAM overlay as PNG")
+    return "data:image/png;base64," + base64.b64encode(data.tobytes()).decode("ascii")
+
+
+def display_name(name, number):
+    """What an upload is called in answers: its base name, printable, never a path. Defaults to "file N"."""
+    base = str(name or "").replace("\\", "/").rsplit("/", 1)[-1]
+    base = "".join(ch for ch in base if ch.isprintable())[:200]
+    return base or f"file {number}"
+
+
+def health(net, limits):
+    """The `/api/health` answer: what run is served and how it decides."""
+    manifest = net.manifest
+    weights = manifest.get("weights", {})
+    return {
+        "status": "ok",
+        "bonenet_version": __version__,
+        "format_version": manifest.get("format_version"),
+        "parts": net.parts,
+        "router_labels": net.labels,
+        "image_size": net.image_size,
+        "recipe": manifest["recipe"],
+        "backbone": {"kind": weights.get("kind"), "origin": weights.get("description") or weights.get("kind")},
+        "backbone_warning": net.backbone_warning(),
+        "threshold_mode": net.threshold_mode,
+        "thresholds": {part: {"threshold": t, "source": source} for part, (t, source) in net.thresholds.items()},
+        "limits": limits,
+        "notice": NOT_FOR_CLINICAL_USE,
+    }
+
+
+def predict_uploads(net, uploads, lock, cams=True):
+    """One study from uploaded files: [(client name, bytes)] → `predict --json` entries, study last.
+
+    Raises:
+        RequestRejected: 415 when a file is not an image at all, 422 when no file could be read.
+    """
+    names = [display_name(name, i) for i, (name, _) in enumerate(uploads, 1)]
+    for name, (_, data) in zip(names, uploads, strict=True):
+        if data and image_format(data) is None:
+            raise RequestRejected(415, f"{name}: not a PNG, JPEG or DICOM image")
+    errors, loaded = {}, []
+    for number, (name, (_, data)) in enumerate(zip(names, uploads, strict=True)):
+        try:
+            loaded.append((number, name, read_image(name, data)))
+        except ImageReadError as exc:
+            errors[number] = {"path": name, "error": str(exc)}
+    if not loaded:
+        raise RequestRejected(422, "no readable image in this study: " + "; ".join(e["error"] for e in errors.values()))
+    render = (lambda _name, image: {"cam": png_data_url(image)}) if cams else None  # noqa: E731
+    with lock:
+        entries, study = predict_images(net, [(name, gray) for _, name, gray in loaded], render)
+    for entry, (_, _, gray) in zip(entries, loaded, strict=True):
+        entry["image"] = png_data_url(gray)  # the pixels as read (DICOM windowed, MONOCHROME1 inverted)
+    by_number = errors | {number: entry for (number, _, _), entry in zip(loaded, entries, strict=True)}
+    return [*(by_number[n] for n in sorted(by_number)),
+            {"study": "upload", "images": [e["path"] for e in entries], **study}]
+
+
+def create_app(net, max_file_mb=MAX_FILE_MB, max_files=MAX_FILES, cams=True):
+    """The FastAPI app serving `net` (a loaded `BoneNet`).
+
+    Args:
+        net: the run to serve.
+        max_file_mb: largest accepted file, in MB; larger gets 413. Defaults to 20.
+        max_files: most files per request; more gets 413. Defaults to 32.
+        cams: return Grad-CAM overlays. Defaults to True.
+    """
+    from fastapi import FastAPI, Request
+    from fastapi.responses import FileResponse, JSONResponse
+    from starlette.datastructures import UploadFile
+    from starlette.formparsers import MultiPartException
+
+    limits = {"max_file_mb": max_file_mb, "max_files": max_files}
+    max_bytes = int(max_file_mb * 1024 * 1024)
+    lock = threading.Lock()
+    app = FastAPI(title="BoneNet", version=__version__, description=NOT_FOR_CLINICAL_USE)
+
+    def error(status, message):
+        return JSONResponse({"error": message}, status_code=status)
+
+    @app.exception_handler(Exception)
+    async def _internal(_request, exc):  # a fault of ours: one line, no traceback to the client
+        return error(500, f"internal error ({type(exc).__name__}); see the server's console")
+
+    @app.get("/", include_in_schema=False)
+    def page():
+        return FileResponse(STATIC / "index.html", media_type="text/html")
+
+    @app.get("/api/health")
+    def get_health():
+        return health(net, limits)
+
+    @app.post("/api/predict")
+    async def post_predict(request: Request):
+        length = request.headers.get("content-length")
+        if length and length.isdigit() and int(length) > max_files * max_bytes + 1024 * 1024:
+            return error(413, f"request of {int(length) / 2**20:.0f} MB is over {max_files} files × {max_file_mb} MB")
+        try:
+            form = await request.form(max_files=max_files + 1, max_fields=16)
+        except MultiPartException as exc:
+            status = 413 if "Too many files" in str(exc) else 400
+            return error(status, f"{exc}; at most {max_files} files per request" if status == 413 else str(exc))
+        except ValueError as exc:  # not multipart at all
+            return error(400, f"expected multipart/form-data with image files under 'files' ({exc})")
+        try:
+            files = [f for f in form.getlist("files") if isinstance(f, UploadFile)]
+            if not files:
+                return error(422, "no files: send one study's images as multipart field 'files'")
+            if len(files) > max_files:
+                return error(413, f"{len(files)} files: at most {max_files} files per request")
+            uploads = []
+            for number, upload in enumerate(files, 1):
+                data = await upload.read(max_bytes + 1)
+                if len(data) > max_bytes:
+                    name = display_name(upload.filename, number)
+                    return error(413, f"{name}: larger than {max_file_mb} MB")
+                uploads.append((upload.filename, data))
+        finally:
+            await form.close()
+        try:
+            # A plain thread: prediction is CPU-bound and queues on the lock, and the event loop stays free.
+            from starlette.concurrency import run_in_threadpool
+
+            return await run_in_threadpool(predict_uploads, net, uploads, lock, cams)
+        except RequestRejected as exc:
+            return error(exc.status, str(exc))
+
+    return app
+
+
+def startup_line(net, host, port, run_dir):
+    """What `serve` prints first: the URL, the run, the backbone's origin, and any exposure."""
+    manifest = net.manifest
+    origin = manifest.get("weights", {}).get("description") or manifest.get("weights", {}).get("kind")
+    line = (f"BoneNet serving http://{host}:{port}/ - run {run_dir} ({len(net.parts)} part models, "
+            f"{net.image_size} px, recipe {manifest['recipe']['name']}, format {manifest.get('format_version')}, "
+            f"thresholds {net.threshold_mode}); backbone: {origin}. {NOT_FOR_CLINICAL_USE}")
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        line += (f"\nbound to {host} by your choice: other machines can reach this server; it has no "
+                 "authentication and no TLS")
+    return line
+
+
+def serve(models_dir, host="127.0.0.1", port=8000, threshold="tuned", max_file_mb=MAX_FILE_MB, max_files=MAX_FILES):
+    """Loads the run once and serves it until stopped (Ctrl-C)."""
+    import uvicorn
+
+    from bonenet.inference import BoneNet
+
+    net = BoneNet.load(models_dir, threshold=threshold)
+    # Warm-up: the first request should not pay for tracing the models.
+    net.predict_image(np.full((net.image_size, net.image_size), 128, np.uint8))
+    app = create_app(net, max_file_mb=max_file_mb, max_files=max_files)
+    print(startup_line(net, host, port, models_dir), flush=True)
+    uvicorn.run(app, host=host, port=port, log_level="warning")

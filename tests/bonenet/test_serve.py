@@ -1,0 +1,119 @@
+"""`bonenet serve`'s API through FastAPI's TestClient, against the session's small trained run."""
+
+import io
+import os
+import tempfile
+
+import cv2
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from bonenet.inference import BoneNet, predict_paths
+from bonenet.serve import create_app, startup_line
+
+
+@pytest.fixture(scope="module")
+def net(full_run):
+    return BoneNet.load(full_run)
+
+
+@pytest.fixture(scope="module")
+def client(net):
+    return TestClient(create_app(net))
+
+
+@pytest.fixture(scope="module")
+def study(index):
+    images = index.images[(index.images.part == "XR_ELBOW") & (index.images.split == "valid")]
+    paths = sorted(images.groupby("study").path.apply(list).values, key=len)[-1]
+    assert len(paths) >= 2
+    return paths
+
+
+def _files(*named):
+    return [("files", (name, io.BytesIO(data), "application/octet-stream")) for name, data in named]
+
+
+def _read(path):
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def test_a_good_study_gives_predicts_answer(client, net, study):
+    response = client.post("/api/predict", files=_files(*((f"view{i}.png", _read(p)) for i, p in enumerate(study))))
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    expected = predict_paths(net, [os.path.dirname(study[0])])
+    assert len(answer) == len(expected) == len(study) + 1
+    for got, want in zip(answer, expected, strict=True):
+        for key in ("part", "part_confidence", "p_abnormal", "threshold", "threshold_source", "abnormal"):
+            assert got[key] == pytest.approx(want[key], abs=1e-6) if isinstance(want[key], float) else got[key] == want[key]
+    assert answer[-1]["study"] == "upload" and answer[-1]["images"] == [f"view{i}.png" for i in range(len(study))]
+    for entry in answer[:-1]:
+        assert entry["cam"].startswith("data:image/png;base64,") and entry["image"].startswith("data:image/png;base64,")
+        assert "router confidence" in entry["cam_caption"]
+
+
+def test_a_corrupt_file_is_an_error_entry_and_the_others_are_still_read(client, study):
+    good = _read(study[0])
+    corrupt = good[:60] + bytes(len(good) - 80) + good[-20:]  # PNG signature and IEND, broken body
+    response = client.post("/api/predict", files=_files(("a.png", good), ("broken.png", corrupt), ("c.png", good)))
+    assert response.status_code == 200
+    answer = response.json()
+    assert [e.get("path") for e in answer[:-1]] == ["a.png", "broken.png", "c.png"]
+    assert "broken.png" in answer[1]["error"] and "corrupt" in answer[1]["error"]
+    assert answer[0]["p_abnormal"] == pytest.approx(answer[2]["p_abnormal"])
+    assert answer[-1]["images"] == ["a.png", "c.png"]
+
+
+def test_a_text_file_is_refused_with_its_name(client, study):
+    response = client.post("/api/predict", files=_files(("a.png", _read(study[0])), ("notes.txt", b"hello\n")))
+    assert response.status_code == 415
+    assert response.json() == {"error": "notes.txt: not a PNG, JPEG or DICOM image"}
+
+
+def test_limits_give_413_and_names_are_never_paths(net, study):
+    small = TestClient(create_app(net, max_file_mb=0.01, max_files=2))
+    data = _read(study[0])
+    assert len(data) > 0.01 * 2**20
+    response = small.post("/api/predict", files=_files(("../../etc/passwd", data)))
+    assert response.status_code == 413 and response.json()["error"] == "passwd: larger than 0.01 MB"
+    tiny = cv2.imencode(".png", np.full((64, 64), 90, np.uint8))[1].tobytes()
+    response = small.post("/api/predict", files=_files(*((f"{i}.png", tiny) for i in range(3))))
+    assert response.status_code == 413 and "at most 2 files" in response.json()["error"]
+
+
+@pytest.mark.parametrize("kwargs,status", [({}, 422), ({"data": {"x": "1"}}, 422),
+                                           ({"content": b"raw", "headers": {"content-type": "image/png"}}, 400)])
+def test_requests_without_files_get_a_4xx_in_words(client, kwargs, status):
+    response = client.post("/api/predict", **kwargs)
+    assert response.status_code == status and "error" in response.json()
+
+
+def test_health_describes_the_run(client, net):
+    health = client.get("/api/health").json()
+    assert health["status"] == "ok" and health["parts"] == net.parts and health["image_size"] == 64
+    assert health["recipe"]["name"] == net.manifest["recipe"]["name"] and health["format_version"] == 3
+    assert health["backbone"]["kind"] == "none" and "not ImageNet-pretrained" in health["backbone_warning"]
+    assert health["limits"] == {"max_file_mb": 20, "max_files": 32}
+    page = client.get("/")
+    assert page.status_code == 200 and "not for clinical use" in page.text.lower() and 'type="file"' in page.text
+    assert "http" not in page.text.split("<script>")[1].replace("/api/", "")  # no CDN, no outside address
+
+
+def test_uploads_leave_nothing_in_the_temporary_folder(client, study):
+    before = set(os.listdir(tempfile.gettempdir()))
+    noise = np.random.default_rng(0).integers(0, 256, (1100, 1100), dtype=np.uint8)
+    big = cv2.imencode(".png", noise)[1].tobytes()  # over Starlette's 1 MB in-memory spool
+    assert len(big) > 2**20
+    response = client.post("/api/predict", files=_files(("big.png", big), ("b.png", _read(study[0]))))
+    assert response.status_code == 200
+    assert set(os.listdir(tempfile.gettempdir())) - before == set()
+
+
+def test_the_startup_line_names_the_url_the_run_and_an_exposed_address(net, full_run):
+    line = startup_line(net, "127.0.0.1", 8000, full_run)
+    assert line.startswith("BoneNet serving http://127.0.0.1:8000/") and "random initialisation" in line
+    assert "\n" not in line
+    assert "by your choice" in startup_line(net, "0.0.0.0", 8000, full_run)
