@@ -52,11 +52,12 @@ def _cmd_data_summary(args):
 
 
 def _cmd_preprocess(args):
-    from bonenet.figures import preprocess_panel, save_figure
+    from bonenet.figures import image_title, preprocess_panel, save_figure
     from bonenet.imageio import load_gray
 
     try:
-        fig = preprocess_panel(load_gray(args.image), args.recipe, args.image_size, title=str(args.image))
+        fig = preprocess_panel(load_gray(args.image), args.recipe, args.image_size, title=image_title(args.image),
+                               all_filters=args.all_filters)
     except ValueError as exc:
         raise CommandError(exc) from exc
     print(f"wrote {save_figure(fig, args.out)}")
@@ -258,6 +259,8 @@ def build_parser():
     p.add_argument("--recipe", default="equalize", type=_recipe,
                    help="recipe name (none, equalize, sharpen, edges, full) or JSON file")
     p.add_argument("--image-size", type=int, default=224, help="model input side (default 224)")
+    p.add_argument("--all-filters", action="store_true",
+                   help="also show every filter (Sobel, Prewitt, Roberts, Canny, Laplacian, equalization, CLAHE)")
     p.set_defaults(func=_cmd_preprocess)
 
     training = _training_parent()

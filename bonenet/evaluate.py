@@ -11,6 +11,7 @@ import sys
 import warnings
 from pathlib import Path
 
+import cv2
 import keras
 import numpy as np
 import pandas as pd
@@ -23,7 +24,7 @@ from bonenet.inference import BoneNet
 from bonenet.metrics import per_group
 from bonenet.mura import fingerprint, read_mura
 from bonenet.outputs import folder_written_whole
-from bonenet.parts import PARTS
+from bonenet.parts import PARTS, short_name
 from bonenet.study import aggregate_studies
 
 STUDY_COLUMNS = ["study", "patient", "part_true", "part_pred", "router_confidence", "label", "score", "threshold",
@@ -95,11 +96,62 @@ def _image_rows(table, studies, labels, thresholds):
     return out
 
 
-def evaluate_run(data_root, models_dir, out_dir, split="valid", n_boot=1000, seed=0, plots=True, net=None):
+GALLERY_KINDS = {"tp": "true positives", "fn": "false negatives", "fp": "false positives"}
+
+
+def write_gallery(net, studies, image_rows, out_dir, per_kind=3):
+    """Grad-CAM overlays of each part's most confident true positives, false negatives and false positives.
+
+    Per study, the view with the highest p(abnormal) is shown, drawn as `predict` draws it (a
+    faint map and no box when that view is below the threshold), with the study's own score and
+    truth on top. Written here because the report's kernels do not load models.
+
+    Returns:
+        The `gallery.csv` table: part, kind, rank, study, path, study_score, image_score, threshold, file.
+    """
+    from bonenet import gradcam
+    from bonenet.inference import read_image
+
+    folder = Path(out_dir) / "gallery"
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = []
+    scored = studies[np.isfinite(studies["score"]) & (studies["pred"] >= 0)]
+    for part in PARTS:
+        mine = scored[scored["part_true"] == part]
+        picks = {"tp": mine[(mine.pred == 1) & (mine.label == 1)].sort_values("score", ascending=False),
+                 "fn": mine[(mine.pred == 0) & (mine.label == 1)].sort_values("score"),
+                 "fp": mine[(mine.pred == 1) & (mine.label == 0)].sort_values("score", ascending=False)}
+        for kind, chosen in picks.items():
+            for rank, study in enumerate(chosen.head(per_kind).itertuples(), 1):
+                views = image_rows[(image_rows["study"] == study.study) & np.isfinite(image_rows["score"])]
+                view = views.loc[views["score"].idxmax()]
+                gray = read_image(view["path"])
+                features = net.encode(net.prepare(gray)[None])
+                cam, box = net.cam(study.part_pred, features, gray)
+                abnormal = bool(view["score"] >= study.threshold)
+                lines = [f"{kind.upper()} {study.study}: study p(abnormal) {study.score:.2f} (mean of {len(views)} "
+                         f"view(s)), truth {'abnormal' if study.label else 'normal'}",
+                         *gradcam.caption(short_name(study.part_pred), float(view["router_confidence"]),
+                                          float(view["score"]), float(study.threshold), abnormal)]
+                file = folder / f"{short_name(part)}_{kind}_{rank}.png"
+                if not cv2.imwrite(str(file), gradcam.overlay(gray, cam, abnormal, box if abnormal else None, lines)):
+                    raise OSError(f"{file}: could not write the heat map")
+                rows.append({"part": part, "kind": kind, "rank": rank, "study": study.study, "path": view["path"],
+                             "study_score": study.score, "image_score": float(view["score"]),
+                             "threshold": study.threshold, "file": f"gallery/{file.name}"})
+    table = pd.DataFrame(rows, columns=["part", "kind", "rank", "study", "path", "study_score", "image_score",
+                                        "threshold", "file"])
+    table.to_csv(Path(out_dir) / "gallery.csv", index=False)
+    return table
+
+
+def evaluate_run(data_root, models_dir, out_dir, split="valid", n_boot=1000, seed=0, plots=True, net=None,
+                 gallery=3):
     """Evaluates a run on a split and writes metrics.json, the prediction CSVs and the plots.
 
     The output folder is written whole or not at all (`bonenet.outputs`). `net` is the run already
     loaded as a `BoneNet` with the default threshold mode, to save loading it again. Defaults to None.
+    `gallery` heat maps per part and kind (`write_gallery`); 0 for none. Defaults to 3.
 
     Returns:
         The metrics dict written to `out_dir/metrics.json`.
@@ -174,6 +226,8 @@ def evaluate_run(data_root, models_dir, out_dir, split="valid", n_boot=1000, see
             from bonenet import plots as bplots
 
             bplots.write_evaluation_plots(metrics, studies, out)
+        if gallery:
+            write_gallery(net, studies, image_rows, out, gallery)
     for message in messages:
         print(f"bonenet evaluate: {message}", file=sys.stderr)
     return metrics

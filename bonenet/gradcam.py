@@ -4,6 +4,8 @@
 `overlay` map the map back onto the radiograph and draw it.
 """
 
+import weakref
+
 import cv2
 import keras
 import numpy as np
@@ -11,6 +13,20 @@ import tensorflow as tf
 
 LAST_CONV = "top_activation"
 BOX_LEVEL = 0.2
+
+
+_GRAD_MODELS = weakref.WeakKeyDictionary()
+
+
+def _grad_model(model, layer):
+    """model's inputs → (layer's output, last layer's input), built once per model and layer.
+
+    `serve` explains every image it reads; a new Keras model per call would grow memory and time.
+    """
+    per_model = _GRAD_MODELS.setdefault(model, {})
+    if layer.name not in per_model:
+        per_model[layer.name] = keras.Model(model.inputs, [layer.output, model.layers[-1].input])
+    return per_model[layer.name]
 
 
 def grad_cam(model, inputs, class_index=1, layer_name=LAST_CONV, size=None):
@@ -46,7 +62,7 @@ def grad_cam(model, inputs, class_index=1, layer_name=LAST_CONV, size=None):
     # saturated and its gradient near zero (a blank map), worse under float16. The log-odds are
     # computed from the last layer's input in float32, so the map does not depend on the policy.
     dense = model.layers[-1]
-    grad_model = keras.Model(model.inputs, [layer.output, dense.input])
+    grad_model = _grad_model(model, layer)
     with tf.GradientTape() as tape:
         features, pooled = grad_model(x, training=False)
         logits = tf.matmul(tf.cast(pooled, tf.float32), tf.cast(dense.kernel, tf.float32)) + tf.cast(dense.bias,
@@ -97,7 +113,7 @@ HEAT_ALPHA = {True: 0.6, False: 0.25}  # most opacity at the hottest pixel: stro
 def _text_scale(lines, width, thickness):
     """The largest Hershey scale (≤ 1) at which every line fits `width` pixels."""
     widest = max(cv2.getTextSize(line, cv2.FONT_HERSHEY_SIMPLEX, 1.0, thickness)[0][0] for line in lines)
-    return min(1.0, (width - 12) / max(widest, 1))
+    return min(1.0, 0.95 * (width - 12) / max(widest, 1))
 
 
 def overlay(gray, cam, abnormal, box=None, lines=()):

@@ -2,7 +2,7 @@
 
 import matplotlib.pyplot as plt
 import numpy as np
-from sklearn.metrics import precision_recall_curve, roc_curve
+from sklearn.metrics import average_precision_score, precision_recall_curve, roc_curve
 
 from bonenet.baselines import STANFORD_KAPPA
 from bonenet.figures import save_figure
@@ -56,9 +56,9 @@ def part_confusions_figure(study_metrics, parts):
 
 
 def roc_figure(studies, parts, title="ROC per part (study level)"):
-    """ROC curves per part plus overall, with AUROC in the legend."""
+    """ROC curves per part, plus overall when there are several parts, with AUROC in the legend."""
     fig, ax = plt.subplots(figsize=(6.5, 6))
-    for part in [*parts, "overall"]:
+    for part in [*parts, "overall"] if len(parts) > 1 else parts:
         rows = studies if part == "overall" else studies[studies["part_true"] == part]
         rows = rows[np.isfinite(rows["score"])]
         if rows["label"].nunique() < 2:
@@ -78,12 +78,14 @@ def roc_figure(studies, parts, title="ROC per part (study level)"):
 
 
 def pr_figure(rows, title):
-    """Precision-recall curve for one table of scored studies."""
+    """Precision-recall curve for one table of scored studies, as steps, with average precision."""
     fig, ax = plt.subplots(figsize=(5, 4.5))
     rows = rows[np.isfinite(rows["score"])]
     if rows["label"].nunique() == 2:
         precision, recall, _ = precision_recall_curve(rows["label"], rows["score"])
-        ax.plot(recall, precision)
+        ap = average_precision_score(rows["label"], rows["score"])
+        # Steps, not lines: interpolating between operating points overstates precision.
+        ax.step(recall, precision, where="post", label=f"studies (AP {ap:.3f})")
         ax.axhline(rows["label"].mean(), ls=":", color="grey", label="prevalence")
         ax.legend()
     ax.set_xlabel("sensitivity (recall)")

@@ -5,10 +5,13 @@ and converts each to HTML.
 """
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from jupyter_client.manager import AsyncKernelManager
+from traitlets import default
 
 from bonenet import baselines
 from bonenet.parts import PARTS, parse_part, short_name
@@ -39,12 +42,69 @@ def load_evaluation(eval_dir):
             pd.read_csv(eval_dir / "image_predictions.csv"))
 
 
+MISSING = "—"
+GLOSSARY = {
+    "studies": "scored studies of this part in the evaluated split",
+    "kappa [95% CI]": "Cohen's kappa of the study decisions against the labels, with a 95% cluster-bootstrap "
+                      "interval over patients; MURA's headline metric",
+    "kappa, true part given": "kappa when each study is sent to its true part's model instead of the routed one; "
+                              "the gap to kappa is what routing errors cost",
+    "kappa": "Cohen's kappa of the study decisions against the labels (95% cluster-bootstrap interval over "
+             "patients in brackets)",
+    "AUROC": "area under the ROC curve of the study scores (threshold-free)",
+    "sensitivity": "share of abnormal studies called abnormal",
+    "specificity": "share of normal studies called normal",
+    "precision": "share of studies called abnormal that are abnormal",
+    "f1": "harmonic mean of precision and sensitivity",
+    "accuracy": "share of studies decided correctly",
+    "n": "scored studies",
+    "Stanford kappa": "Stanford's DenseNet-169 ensemble on the hidden MURA test set (Rajpurkar et al., 2018); "
+                      "for scale only, not the same images",
+    "threshold": "a study is abnormal when its score (mean p(abnormal) of its views) reaches it",
+    "study p(abnormal)": "the mean p(abnormal) of the study's views under the routed part's model",
+}
+
+
 def _fmt_kappa(m):
     if m is None or m.get("kappa") is None:
-        return "n/a"
+        return MISSING
     lo, hi = m["kappa_ci95"]
     ci = "" if lo is None else f" [{lo:.3f}, {hi:.3f}]"
     return f"{m['kappa']:.3f}{ci}"
+
+
+def styled(table):
+    """A table as the reports show it: 3 decimals, "—" where a value is missing."""
+    return table.style.format(precision=3, na_rep=MISSING).format_index(str)
+
+
+def glossary(columns):
+    """Markdown defining each of `columns` once (those in `GLOSSARY`, matched in any case)."""
+    lower = {k.lower(): v for k, v in GLOSSARY.items()}
+    return "\n".join(f"- **{c}**: {lower[c.lower()]}" for c in dict.fromkeys(columns) if c.lower() in lower)
+
+
+def is_synthetic(metrics):
+    """Whether an evaluation involved synthetic data or a non-ImageNet backbone, from its provenance."""
+    source = metrics.get("source", {})
+    weights = source.get("weights", {})
+    return bool(source.get("synthetic")) or "synthetic" in str(weights.get("description", "")).lower()
+
+
+def banner(metrics):
+    """A Markdown warning when the evaluation is not clinical evidence; "" when it may be."""
+    source = metrics.get("source", {})
+    weights = source.get("weights", {})
+    notes = []
+    if source.get("synthetic"):
+        notes.append(f"the evaluated data (`{source.get('data_root')}`) is synthetic, made by `make-synthetic`")
+    if weights.get("kind") != "imagenet":
+        notes.append(f"the backbone is not ImageNet-pretrained ({weights.get('description') or weights.get('kind')})")
+    if not notes:
+        return ""
+    return ("<div style='background:#fde8e8;border:1px solid #e6a1a1;padding:8px 12px;border-radius:6px'>"
+            "<b>Not clinical evidence:</b> " + "; ".join(notes) + ". These numbers show that the machinery "
+            "works, not how it would do on real radiographs.</div>")
 
 
 def part_table(metrics, part):
@@ -70,13 +130,13 @@ def overview_table(metrics):
     for part in [*PARTS, "overall"]:
         m = metrics["study"].get(part)
         if m is None:
-            rows.append({"part": short_name(part), "studies": 0, "kappa [95% CI]": "not scored"})
+            rows.append({"part": short_name(part), "studies": 0, "kappa [95% CI]": MISSING})
             continue
         rows.append({
             "part": short_name(part) if part != "overall" else "overall",
             "studies": m["n"],
             "kappa [95% CI]": _fmt_kappa(m),
-            "oracle kappa": _fmt_kappa(metrics["oracle"].get(part)),
+            "kappa, true part given": _fmt_kappa(metrics["oracle"].get(part)),
             "AUROC": m["auroc"],
             "sensitivity": m["sensitivity"],
             "specificity": m["specificity"],
@@ -85,15 +145,25 @@ def overview_table(metrics):
     return pd.DataFrame(rows).set_index("part")
 
 
-def threshold_sweep(studies, part, thresholds=np.linspace(0.05, 0.95, 19)):
-    """Sensitivity, specificity, F1 and kappa of one part's studies at each threshold."""
+def threshold_sweep(studies, part, tuned=None, default=0.5, steps=12):
+    """Sensitivity, specificity, F1 and kappa of one part's studies at thresholds spread over its scores.
+
+    The grid follows the scores (their quantiles), so scores bunched in 0.45-0.53 still get rows;
+    the default and the tuned thresholds are added and marked in the `mark` column.
+    """
     from bonenet.metrics import binary_metrics
 
-    rows = studies[(studies["part_true"] == parse_part(part)) & np.isfinite(studies["score"])]
+    rows = part_studies(studies, part)
+    scores = rows["score"].to_numpy(float)
+    grid = set(np.round(np.quantile(scores, np.linspace(0, 1, steps)), 3)) if len(scores) else set()
+    marks = {round(float(default), 3): "default"}
+    if tuned is not None:
+        marks[round(float(tuned), 3)] = "tuned" if round(float(tuned), 3) not in marks else "default = tuned"
     out = []
-    for t in thresholds:
+    for t in sorted(grid | set(marks)):
         m = binary_metrics(rows["label"], rows["score"], t, n_boot=0) if len(rows) else {}
-        out.append({"threshold": round(float(t), 3), **{k: m.get(k) for k in ("sensitivity", "specificity", "f1", "kappa")}})
+        out.append({"threshold": t, "mark": marks.get(t, ""),
+                    **{k: m.get(k) for k in ("sensitivity", "specificity", "f1", "kappa")}})
     return pd.DataFrame(out).set_index("threshold")
 
 
@@ -102,37 +172,46 @@ def part_studies(studies, part):
     return studies[(studies["part_true"] == parse_part(part)) & np.isfinite(studies["score"])]
 
 
-def gallery(studies, images, part, kind, n=6):
-    """A figure of the most confident true positives (`tp`), false positives (`fp`) or false negatives (`fn`).
-
-    One image per study (the one with the highest p(abnormal)), titled with the study's score.
-    """
+def gallery(eval_dir, part, kind):
+    """The heat maps `evaluate` drew for one part's `tp`, `fn` or `fp` studies, as one figure (None when none)."""
     import matplotlib.pyplot as plt
 
-    from bonenet.imageio import ImageReadError, load_gray
-
-    rows = part_studies(studies, part)
-    pred = rows["pred"] == 1
-    pick = {"tp": pred & (rows["label"] == 1), "fp": pred & (rows["label"] == 0), "fn": ~pred & (rows["label"] == 1)}
-    if kind not in pick:
-        raise ValueError(f"kind must be tp, fp or fn, got {kind!r}")
-    chosen = rows[pick[kind]].sort_values("score", ascending=(kind == "fn")).head(n)
-    fig, axes = plt.subplots(1, max(1, len(chosen)), figsize=(3 * max(1, len(chosen)), 3.4), squeeze=False)
-    for ax in axes.ravel():
-        ax.axis("off")
+    if kind not in ("tp", "fn", "fp"):
+        raise ValueError(f"kind must be tp, fn or fp, got {kind!r}")
+    path = Path(eval_dir) / "gallery.csv"
+    table = pd.read_csv(path) if path.is_file() else pd.DataFrame(columns=["part", "kind", "file"])
+    chosen = table[(table["part"] == parse_part(part)) & (table["kind"] == kind)]
     if chosen.empty:
-        axes[0, 0].text(0.5, 0.5, f"no {kind.upper()} studies", ha="center", va="center")
-    for ax, study in zip(axes.ravel(), chosen.itertuples(), strict=False):
-        imgs = images[images["study"] == study.study].sort_values("score", ascending=False)
-        try:
-            ax.imshow(load_gray(imgs["path"].iloc[0]), cmap="gray")
-        except (ImageReadError, IndexError) as exc:
-            ax.text(0.5, 0.5, f"image unavailable\n{exc}", ha="center", va="center", fontsize=6, wrap=True)
-        ax.set_title(f"{study.study.split('/')[2]}\np(abnormal)={study.score:.2f}", fontsize=8)
-    names = {"tp": "true positives", "fp": "false positives", "fn": "false negatives"}
-    fig.suptitle(f"{short_name(parse_part(part))}: most confident {names[kind]}")
+        return None
+    fig, axes = plt.subplots(1, len(chosen), figsize=(4.6 * len(chosen), 4.6), squeeze=False)
+    for ax, row in zip(axes.ravel(), chosen.itertuples(), strict=True):
+        ax.imshow(plt.imread(Path(eval_dir) / row.file))
+        ax.axis("off")
     fig.tight_layout()
     return fig
+
+
+class IPCKernelManager(AsyncKernelManager):
+    """Report kernels listen on local Unix sockets: over TCP each kernel warns that its traffic is unencrypted."""
+
+    @default("transport")
+    def _default_transport(self):
+        return "ipc"
+
+
+def _take_stderr(node):
+    """Removes the stderr streams from an executed notebook and returns their lines."""
+    lines = []
+    for cell in node.cells:
+        kept = []
+        for output in cell.get("outputs", []):
+            if output.get("output_type") == "stream" and output.get("name") == "stderr":
+                lines.extend(line for line in output.get("text", "").splitlines() if line.strip())
+            else:
+                kept.append(output)
+        if "outputs" in cell:
+            cell["outputs"] = kept
+    return lines
 
 
 def run_reports(eval_dir, out_dir, parts=None, timeout=600):
@@ -154,13 +233,18 @@ def run_reports(eval_dir, out_dir, parts=None, timeout=600):
     out_dir.mkdir(parents=True, exist_ok=True)
     jobs = [("overview", "overview.ipynb", {"eval_dir": str(eval_dir)})]
     jobs += [(f"part_{short_name(p)}", "part_report.ipynb", {"eval_dir": str(eval_dir), "part": p}) for p in parts]
-    exporter = HTMLExporter(exclude_input=True)
+    # No code, no In/Out prompts: the pages are for reading.
+    exporter = HTMLExporter(exclude_input=True, exclude_input_prompt=True, exclude_output_prompt=True)
     written = []
     for name, notebook, params in jobs:
         executed = out_dir / f"{name}.ipynb"
         papermill.execute_notebook(str(NOTEBOOKS / notebook), str(executed), parameters=params, kernel_name="python3",
-                                   progress_bar=False, execution_timeout=timeout, cwd=str(out_dir))
-        body, _ = exporter.from_notebook_node(nbformat.read(executed, as_version=4))
+                                   progress_bar=False, execution_timeout=timeout, cwd=str(out_dir),
+                                   kernel_manager_class=IPCKernelManager)
+        node = nbformat.read(executed, as_version=4)
+        for line in _take_stderr(node):  # warnings go to the console, where they are seen, not into the page
+            print(f"bonenet report: {name}: {line}", file=sys.stderr)
+        body, _ = exporter.from_notebook_node(node)
         html = out_dir / f"{name}.html"
         html.write_text(body, encoding="utf-8")
         written.append(html)

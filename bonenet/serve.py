@@ -94,7 +94,7 @@ def predict_uploads(net, uploads, lock, cams=True):
             errors[number] = {"path": name, "error": str(exc)}
     if not loaded:
         raise RequestRejected(422, "no readable image in this study: " + "; ".join(e["error"] for e in errors.values()))
-    render = (lambda _name, image: {"cam": png_data_url(image)}) if cams else None  # noqa: E731
+    render = (lambda _name, image: {"cam": png_data_url(image)}) if cams else None
     with lock:
         entries, study = predict_images(net, [(name, gray) for _, name, gray in loaded], render)
     for entry, (_, _, gray) in zip(entries, loaded, strict=True):

@@ -87,3 +87,40 @@ def _write_dicom(path, pixels, photometric="MONOCHROME2", frames=1):
 def write_dicom():
     """`write_dicom(path, pixels, photometric="MONOCHROME2", frames=1)`: a DICOM file made by pydicom."""
     return _write_dicom
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """Debian's headless chromium through Selenium; skips where chromium or its driver is missing."""
+    chromium, chromedriver = shutil.which("chromium"), shutil.which("chromedriver")
+    if not (chromium and chromedriver):
+        pytest.skip("needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1280,1600"):
+        options.add_argument(arg)
+    driver = webdriver.Chrome(service=Service(chromedriver), options=options)
+    yield driver
+    driver.quit()
+
+
+@pytest.fixture
+def screenshot(tmp_path):
+    """`screenshot(driver, name)`: a full-page PNG in tmp_path, copied to $BONENET_SCREENSHOTS when set."""
+    from pathlib import Path
+
+    def take(driver, name):
+        height = driver.execute_script("return document.documentElement.scrollHeight")
+        driver.set_window_size(1280, min(max(height + 40, 600), 8000))
+        path = tmp_path / name
+        driver.save_screenshot(str(path))
+        keep = os.environ.get("BONENET_SCREENSHOTS")
+        if keep:
+            Path(keep).mkdir(parents=True, exist_ok=True)
+            shutil.copy(path, Path(keep) / name)
+        return path
+
+    return take

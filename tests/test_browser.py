@@ -1,11 +1,10 @@
-"""Pages looked at in a real browser: Debian's headless chromium driven by Selenium (marker `browser`).
+"""The serve page in a real browser: Debian's headless chromium driven by Selenium (marker `browser`).
 
-`.ci/run` installs `chromium` and `chromium-driver`. Set BONENET_SCREENSHOTS=DIR to keep the
-screenshots (the README's picture of the serve page comes from here).
+`.ci/run` installs `chromium` and `chromium-driver`; the `browser` and `screenshot` fixtures are in
+conftest.py. Set BONENET_SCREENSHOTS=DIR to keep the screenshots (the README's picture of the
+serve page comes from here).
 """
 
-import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -17,40 +16,6 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.browser
-
-
-def _driver():
-    chromium, chromedriver = shutil.which("chromium"), shutil.which("chromedriver")
-    if not (chromium and chromedriver):
-        pytest.skip("needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver)")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = chromium
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1280,1600"):
-        options.add_argument(arg)
-    return webdriver.Chrome(service=Service(chromedriver), options=options)
-
-
-@pytest.fixture(scope="module")
-def browser():
-    driver = _driver()
-    yield driver
-    driver.quit()
-
-
-def screenshot(driver, tmp_path, name):
-    """Saves a full-page screenshot to tmp_path, and to $BONENET_SCREENSHOTS when set."""
-    height = driver.execute_script("return document.documentElement.scrollHeight")
-    driver.set_window_size(1280, min(max(height + 40, 600), 6000))
-    path = tmp_path / name
-    driver.save_screenshot(str(path))
-    keep = os.environ.get("BONENET_SCREENSHOTS")
-    if keep:
-        Path(keep).mkdir(parents=True, exist_ok=True)
-        shutil.copy(path, Path(keep) / name)
-    return path
 
 
 def _free_port():
@@ -82,7 +47,7 @@ def server(full_run):
     proc.wait(timeout=30)
 
 
-def test_the_serve_page_reads_an_uploaded_study(browser, server, index, tmp_path):
+def test_the_serve_page_reads_an_uploaded_study(browser, screenshot, server, index):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.ui import WebDriverWait
@@ -103,7 +68,7 @@ def test_the_serve_page_reads_an_uploaded_study(browser, server, index, tmp_path
     assert all(browser.execute_script("return arguments[0].complete && arguments[0].naturalWidth > 0", img)
                for img in overlays)
     assert "Not for clinical use" in browser.find_element(By.TAG_NAME, "body").text
-    shot = screenshot(browser, tmp_path, "serve_page.png")
+    shot = screenshot(browser, "serve_page.png")
     assert shot.stat().st_size > 10_000
 
 

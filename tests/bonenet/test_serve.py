@@ -85,7 +85,7 @@ def test_limits_give_413_and_names_are_never_paths(net, study):
 
 
 @pytest.mark.parametrize("kwargs,status", [({}, 422), ({"data": {"x": "1"}}, 422),
-                                           ({"content": b"raw", "headers": {"content-type": "image/png"}}, 400)])
+                                           ({"content": b"raw", "headers": {"content-type": "image/png"}}, 422)])
 def test_requests_without_files_get_a_4xx_in_words(client, kwargs, status):
     response = client.post("/api/predict", **kwargs)
     assert response.status_code == status and "error" in response.json()

@@ -1,0 +1,125 @@
+"""A bounded load test of `bonenet serve`: latency and memory under concurrent studies.
+
+Starts `bonenet serve` on 127.0.0.1 (never another address), sends REQUESTS posts of one
+3-image study, CONCURRENCY at a time, and reports errors, p50/p95 latency and the server
+process's resident memory before and after (from /proc, Linux only).
+
+    python benchmarks/serve_load.py --models-dir RUN [--study DIR] [--requests 200] [--concurrency 8]
+
+Without --study, three valid images of the run's own synthetic kind are made with
+`make-synthetic` in a temporary folder.
+"""
+
+import argparse
+import json
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def rss_mb(pid):
+    """Resident memory of a process in MB (VmRSS)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmRSS for process {pid}")
+
+
+def multipart(files):
+    """(body, content type) of a multipart/form-data post of [(name, bytes)] under field "files"."""
+    boundary = uuid.uuid4().hex
+    chunks = []
+    for name, data in files:
+        chunks += [f"--{boundary}\r\nContent-Disposition: form-data; name=\"files\"; filename=\"{name}\"\r\n"
+                   "Content-Type: application/octet-stream\r\n\r\n".encode(), data, b"\r\n"]
+    chunks.append(f"--{boundary}--\r\n".encode())
+    return b"".join(chunks), f"multipart/form-data; boundary={boundary}"
+
+
+def post(url, body, content_type):
+    """(seconds, HTTP status) of one request."""
+    start = time.perf_counter()
+    request = urllib.request.Request(url, data=body, headers={"Content-Type": content_type}, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=300) as response:
+            response.read()
+            status = response.status
+    except urllib.error.HTTPError as exc:
+        status = exc.code
+    except OSError:
+        status = 0
+    return time.perf_counter() - start, status
+
+
+def study_files(study):
+    """Three image files: from `study`, or a fresh synthetic valid study."""
+    if study is None:
+        out = Path(tempfile.mkdtemp(prefix="bonenet-load-"))
+        subprocess.run([sys.executable, "run_pipeline.py", "make-synthetic", "--out", str(out), "--studies-per-part",
+                        "4"], cwd=REPO, check=True, capture_output=True)
+        study = next(p for p in sorted((out / "MURA-v1.1" / "valid").rglob("study*")) if len(list(p.glob("*.png"))) >= 3)
+    return [(p.name, p.read_bytes()) for p in sorted(Path(study).glob("*.png"))[:3]]
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models-dir", required=True)
+    parser.add_argument("--study", help="a folder with at least three PNG views")
+    parser.add_argument("--requests", type=int, default=200)
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--out", help="write the figures as JSON here")
+    args = parser.parse_args()
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "run_pipeline.py", "serve", "--models-dir", args.models_dir,
+                               "--host", "127.0.0.1", "--port", str(port)], cwd=REPO)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(300):
+            try:
+                urllib.request.urlopen(base + "/api/health", timeout=2).read()
+                break
+            except OSError:
+                if server.poll() is not None:
+                    sys.exit("serve exited before answering")
+                time.sleep(1)
+        body, content_type = multipart(study_files(args.study))
+        url = base + "/api/predict"
+        post(url, body, content_type)  # one request first: start-up allocations are not growth
+        before = rss_mb(server.pid)
+        start = time.perf_counter()
+        with ThreadPoolExecutor(args.concurrency) as pool:
+            results = list(pool.map(lambda _: post(url, body, content_type), range(args.requests)))
+        wall = time.perf_counter() - start
+        after = rss_mb(server.pid)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    latencies = sorted(t for t, _ in results)
+    errors = sum(status != 200 for _, status in results)
+    figures = {
+        "requests": args.requests, "concurrency": args.concurrency, "images_per_request": 3, "errors": errors,
+        "p50_s": round(statistics.median(latencies), 3),
+        "p95_s": round(latencies[int(0.95 * (len(latencies) - 1))], 3),
+        "requests_per_s": round(args.requests / wall, 2),
+        "rss_before_mb": round(before, 1), "rss_after_mb": round(after, 1), "rss_growth_mb": round(after - before, 1),
+    }
+    print(json.dumps(figures, indent=2))
+    if args.out:
+        Path(args.out).write_text(json.dumps(figures, indent=2))
+    return 0 if errors == 0 and figures["rss_growth_mb"] < 100 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
