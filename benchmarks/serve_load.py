@@ -96,11 +96,20 @@ def main():
                 time.sleep(1)
         body, content_type = multipart(study_files(args.study))
         url = base + "/api/predict"
-        post(url, body, content_type)  # one request first: start-up allocations are not growth
+        # A first round at full concurrency: the worker threads' and allocator's start-up memory is not growth.
+        with ThreadPoolExecutor(args.concurrency) as pool:
+            list(pool.map(lambda _: post(url, body, content_type), range(2 * args.concurrency)))
         before = rss_mb(server.pid)
         start = time.perf_counter()
+        trace = []  # resident memory after each answered request, to tell a plateau from a leak
+
+        def one(_):
+            result = post(url, body, content_type)
+            trace.append(rss_mb(server.pid))
+            return result
+
         with ThreadPoolExecutor(args.concurrency) as pool:
-            results = list(pool.map(lambda _: post(url, body, content_type), range(args.requests)))
+            results = list(pool.map(one, range(args.requests)))
         wall = time.perf_counter() - start
         after = rss_mb(server.pid)
     finally:
@@ -114,6 +123,7 @@ def main():
         "p95_s": round(latencies[int(0.95 * (len(latencies) - 1))], 3),
         "requests_per_s": round(args.requests / wall, 2),
         "rss_before_mb": round(before, 1), "rss_after_mb": round(after, 1), "rss_growth_mb": round(after - before, 1),
+        "rss_by_quarter_mb": [round(trace[int(q * (len(trace) - 1))], 1) for q in (0.25, 0.5, 0.75, 1.0)],
     }
     print(json.dumps(figures, indent=2))
     if args.out:

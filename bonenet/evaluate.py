@@ -129,8 +129,9 @@ def write_gallery(net, studies, image_rows, out_dir, per_kind=3):
                 features = net.encode(net.prepare(gray)[None])
                 cam, box = net.cam(study.part_pred, features, gray)
                 abnormal = bool(view["score"] >= study.threshold)
-                lines = [f"{kind.upper()} {study.study}: study p(abnormal) {study.score:.2f} (mean of {len(views)} "
-                         f"view(s)), truth {'abnormal' if study.label else 'normal'}",
+                name = "/".join(str(study.study).split("/")[-2:])  # patient/study
+                lines = [f"{kind.upper()} {name}: study p(abnormal) {study.score:.2f} (mean of {len(views)} "
+                         f"views), truth {'abnormal' if study.label else 'normal'}",
                          *gradcam.caption(short_name(study.part_pred), float(view["router_confidence"]),
                                           float(view["score"]), float(study.threshold), abnormal)]
                 file = folder / f"{short_name(part)}_{kind}_{rank}.png"

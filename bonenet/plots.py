@@ -72,7 +72,10 @@ def roc_figure(studies, parts, title="ROC per part (study level)"):
     ax.set_xlabel("1 − specificity (false-positive rate)")
     ax.set_ylabel("sensitivity (true-positive rate)")
     ax.set_title(title)
-    ax.legend(title="part (AUROC)", loc="lower right", fontsize=8)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(title="part (AUROC)", loc="lower right", fontsize=8)
+    else:
+        ax.text(0.5, 0.5, "no ROC curve: one class only", ha="center", va="center", transform=ax.transAxes)
     fig.tight_layout()
     return fig
 
@@ -88,6 +91,8 @@ def pr_figure(rows, title):
         ax.step(recall, precision, where="post", label=f"studies (AP {ap:.3f})")
         ax.axhline(rows["label"].mean(), ls=":", color="grey", label="prevalence")
         ax.legend()
+    else:
+        ax.text(0.5, 0.5, "no precision-recall curve: one class only", ha="center", va="center", transform=ax.transAxes)
     ax.set_xlabel("sensitivity (recall)")
     ax.set_ylabel("precision")
     ax.set_title(title)

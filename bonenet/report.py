@@ -199,6 +199,28 @@ class IPCKernelManager(AsyncKernelManager):
         return "ipc"
 
 
+def _describe_images(node):
+    """Gives every figure in an executed notebook alt text: the heading of its section.
+
+    Jupyter's figures carry none, so readers with a screen reader would hear nothing useful (and
+    nbconvert warns for each page). The figure is re-emitted as an HTML <img> with that text.
+    """
+    import html
+
+    heading = "BoneNet report figure"
+    for cell in node.cells:
+        if cell.cell_type == "markdown":
+            titles = [line.lstrip("#").strip() for line in cell.source.splitlines() if line.startswith("#")]
+            heading = titles[-1] if titles else heading
+            continue
+        for output in cell.get("outputs", []):
+            data = output.get("data", {})
+            if "image/png" in data and "text/html" not in data:
+                png = data["image/png"].replace("\n", "")
+                data["text/html"] = f'<img src="data:image/png;base64,{png}" alt="{html.escape(heading, quote=True)}">'
+                del data["image/png"]
+
+
 def _take_stderr(node):
     """Removes the stderr streams from an executed notebook and returns their lines."""
     lines = []
@@ -244,6 +266,7 @@ def run_reports(eval_dir, out_dir, parts=None, timeout=600):
         node = nbformat.read(executed, as_version=4)
         for line in _take_stderr(node):  # warnings go to the console, where they are seen, not into the page
             print(f"bonenet report: {name}: {line}", file=sys.stderr)
+        _describe_images(node)
         body, _ = exporter.from_notebook_node(node)
         html = out_dir / f"{name}.html"
         html.write_text(body, encoding="utf-8")
