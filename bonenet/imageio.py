@@ -14,6 +14,9 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 JPEG_SIGNATURE = b"\xff\xd8\xff"
 DICOM_PREAMBLE = 128  # DICOM Part 10: 128 bytes, then "DICM"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm", ".dicom")
+# Longest side kept after decoding. Models see at most a few hundred pixels, and every filter
+# works on float copies: a 10000×10000 scan at full size took 5.6 GB in `preprocess`.
+MAX_SIDE = 2048
 
 
 class ImageReadError(ValueError):
@@ -125,6 +128,8 @@ def _decode_dicom(data):
 def decode_gray(data, name):
     """Decodes an image file's bytes (PNG, JPEG or DICOM) to a uint8 H×W grayscale array.
 
+    Images longer than `MAX_SIDE` pixels are reduced to it (`reduce_large`).
+
     Args:
         data: the file's bytes.
         name: what to call it in errors (a path, or an upload's file name).
@@ -138,9 +143,19 @@ def decode_gray(data, name):
     if kind is None:
         raise ImageReadError(f"{name}: not a PNG, JPEG or DICOM image")
     try:
-        return _decode_dicom(data) if kind == "dicom" else _decode_raster(data, kind)
-    except ValueError as exc:
-        raise ImageReadError(f"{name}: {exc}") from exc
+        gray = _decode_dicom(data) if kind == "dicom" else _decode_raster(data, kind)
+    except (ValueError, cv2.error) as exc:  # cv2.error: OpenCV's own limits, e.g. over 2^30 pixels
+        raise ImageReadError(f"{name}: {str(exc).strip().splitlines()[-1]}") from exc
+    return reduce_large(gray)
+
+
+def reduce_large(gray, max_side=MAX_SIDE):
+    """Shrinks an image whose longest side exceeds `max_side` (area averaging), keeping its aspect."""
+    h, w = gray.shape
+    if max(h, w) <= max_side:
+        return gray
+    scale = max_side / max(h, w)
+    return cv2.resize(gray, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
 
 
 def load_gray(path):

@@ -15,6 +15,7 @@ import datetime
 import json
 import os
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 from bonenet import __version__
@@ -169,6 +170,79 @@ def _comparable(value, key):
     return value
 
 
+_HELD = set()
+
+
+@contextmanager
+def run_lock(run_dir):
+    """Holds an exclusive lock on a run folder (`.lock`, flock) while writing its trunk or manifest.
+
+    Two trainings into one folder take turns: each re-reads the manifest under the lock, so
+    neither overwrites the other's entry or trunk.
+    """
+    import fcntl
+
+    Path(run_dir).mkdir(parents=True, exist_ok=True)
+    key = str(Path(run_dir).resolve())
+    if key in _HELD:  # re-entered by this process: flock would wait for itself
+        yield
+        return
+    with open(Path(run_dir) / ".lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        _HELD.add(key)
+        try:
+            yield
+        finally:
+            _HELD.discard(key)
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def check_consistent(manifest, run_dir, trunk=None):
+    """Refuses a run whose models disagree with its manifest: recipe, input size or trunk.
+
+    Each model's entry records the recipe and size it was trained with and the digest of the
+    trunk it was trained on; the manifest records the trunk's digest. A hand-edited manifest, or
+    two trainings that wrote one folder at once, would otherwise predict silently with the wrong
+    preprocessing or on another trunk.
+
+    Args:
+        manifest: the run's manifest.
+        run_dir: the run folder (for messages).
+        trunk: the loaded trunk, to check its weights against the manifest. Defaults to None.
+
+    Raises:
+        ManifestError: naming the file and the setting that disagrees.
+    """
+    run_dir = Path(run_dir)
+    recorded = manifest.get("trunk", {}).get("sha256_weights")
+    if trunk is not None and recorded:
+        from bonenet.features import weights_digest
+
+        if weights_digest(trunk) != recorded:
+            raise ManifestError(f"{run_dir / manifest['trunk']['file']}: its weights are not the trunk the manifest "
+                                "records (another training or a copy replaced it); retrain into a new --models-dir")
+    for key, entry in manifest.get("models", {}).items():
+        where = run_dir / entry.get("file", key)
+        config = entry.get("config", {})
+        run_recipe = manifest["recipe"]
+        if "recipe" in entry:  # the whole recipe the model was trained with
+            same = {k: entry["recipe"].get(k) for k in ("name", "roi", "channels")} == \
+                {k: run_recipe.get(k) for k in ("name", "roi", "channels")}
+            name = entry["recipe"].get("name")
+        else:  # entries written before models recorded their recipe: the name in their config
+            name = Path(str(config.get("recipe", run_recipe.get("name")))).stem
+            same = name == run_recipe.get("name")
+        if not same:
+            raise ManifestError(f"{where}: trained with recipe {name!r} but the manifest's run recipe is "
+                                f"{run_recipe.get('name')!r}; the manifest was edited or mixed from two runs")
+        if "image_size" in config and int(config["image_size"]) != int(manifest["image_size"]):
+            raise ManifestError(f"{where}: trained at {config['image_size']} px but the manifest says "
+                                f"{manifest['image_size']} px")
+        if recorded and entry.get("trunk_sha256") not in (None, recorded):
+            raise ManifestError(f"{where}: trained on another trunk than the run's {manifest['trunk']['file']} "
+                                "(two trainings wrote this folder at once); retrain it")
+
+
 def record_model(run_dir, key, shared, entry, trunk=None):
     """Adds or replaces one model's entry in the run manifest (created if absent), atomically.
 
@@ -179,6 +253,11 @@ def record_model(run_dir, key, shared, entry, trunk=None):
         entry: the model's manifest entry.
         trunk: the trunk's entry (`file`, `outputs`), written when the folder has none yet.
     """
+    with run_lock(run_dir):
+        return _record_model(run_dir, key, shared, entry, trunk)
+
+
+def _record_model(run_dir, key, shared, entry, trunk):
     manifest = read_manifest(run_dir, required=False)
     if manifest is None:
         manifest = {"format": FORMAT, "format_version": FORMAT_VERSION, "parts": list(PARTS), "models": {}}
@@ -239,6 +318,7 @@ def load_run_models(run_dir, keys=None):
     if missing:
         raise ManifestError(f"{Path(run_dir) / MANIFEST}: no {', '.join(missing)} model in this run")
     trunk = load_trunk(run_dir, manifest)
+    check_consistent(manifest, run_dir, trunk)
     size = int(manifest["image_size"])
     if tuple(trunk.input_shape[1:3]) != (size, size):
         raise ManifestError(f"{Path(run_dir) / manifest['trunk']['file']}: takes {trunk.input_shape[1:3]} images "

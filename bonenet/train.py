@@ -50,6 +50,7 @@ from bonenet.store import (
     model_key,
     read_manifest,
     record_model,
+    run_lock,
     save_model_atomic,
 )
 from bonenet.study import DEFAULT_THRESHOLD, aggregate_studies
@@ -364,21 +365,17 @@ def _finalize(job, index, val_ds, kept, log_path, config):
         if kept is None:
             kept = [p for p in job.val_paths if p not in bdata.SKIPPED_IN_PIPELINE]
         tuning = tune_on_holdout(_holdout_probabilities(job, val_ds), kept, job.val_images, job.key)
-    trunk_entry = None
-    if job.run_trunk is None:
-        # The run's first model writes the trunk, before its head, so a listed head always has it.
-        # Every worker saves (saving may take part in collectives); only the chief's lands in the run.
-        save_model_atomic(job.trunk, job.home / TRUNK_FILE)
-        trunk_entry = {"file": TRUNK_FILE, "output": trunk_cut(job.model, config.trainable_layers)[1],
-                       "sha256_weights": weights_digest(job.trunk)}
     filename = model_filename(job.key)
-    save_model_atomic(job.head, job.home / filename)
+    save_model_atomic(job.head, job.home / filename)  # unlisted until the manifest names it below
+    trunk_entry, trunk_digest = None, weights_digest(job.trunk)
     log = pd.read_csv(log_path) if log_path.is_file() else pd.DataFrame()
     entry = {
         "file": filename,
         "input": "trunk",
         "labels": list(PARTS) if job.key == "router" else ["normal", "abnormal"],
         "threshold": DEFAULT_THRESHOLD,
+        "recipe": job.shared["recipe"],
+        "trunk_sha256": trunk_digest,
         **({"tuning": tuning} if tuning is not None else {}),
         "config": asdict(config),
         "dataset": {"fingerprint": fingerprint(index), "train_images": len(job.train_paths),
@@ -388,9 +385,24 @@ def _finalize(job, index, val_ds, kept, log_path, config):
         "epochs_run": len(log),
         "log": str(Path(os.path.relpath(log_path, job.home))),
     }
-    if job.scratch is None:
-        record_model(job.run_dir, job.key, job.shared, entry, trunk=trunk_entry)
-    else:
+    # One lock around the trunk check, the trunk's save and the manifest's update: a training
+    # started beside this one into the same folder waits here, and cannot slip its trunk in between.
+    with run_lock(job.home):
+        if job.run_trunk is None:
+            # The run's first model writes the trunk. Every worker saves (saving may take part in
+            # collectives); only the chief's lands in the run.
+            written = (read_manifest(job.home, required=False) or {}).get("trunk")
+            if written is None:
+                save_model_atomic(job.trunk, job.home / TRUNK_FILE)
+                trunk_entry = {"file": TRUNK_FILE, "output": trunk_cut(job.model, config.trainable_layers)[1],
+                               "sha256_weights": trunk_digest}
+            elif written.get("sha256_weights") != trunk_digest:
+                raise ValueError(f"{job.home / TRUNK_FILE}: another training wrote this run's trunk while "
+                                 f"{job.key} trained on a different one (another seed or backbone); train "
+                                 f"{job.key} again into this folder, or use a new --models-dir")
+        if job.scratch is None:
+            record_model(job.run_dir, job.key, job.shared, entry, trunk=trunk_entry)
+    if job.scratch is not None:
         shutil.rmtree(job.scratch, ignore_errors=True)
     return entry
 

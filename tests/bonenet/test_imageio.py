@@ -131,3 +131,23 @@ def test_unusable_clinical_files_get_one_line_reasons(tmp_path, gray, write_dico
     with pytest.raises(ImageReadError, match=reason) as info:
         load_gray(path)
     assert str(path) in str(info.value) and "\n" not in str(info.value)
+
+
+def test_a_huge_scan_is_reduced_on_reading_and_preprocess_stays_under_1_gb(tmp_path):
+    import subprocess
+    import sys
+
+    from bonenet.imageio import MAX_SIDE
+
+    huge = np.zeros((10000, 10000), np.uint8)
+    huge[2000:8000, 3000:7000] = 180
+    path = _write(tmp_path / "huge.png", huge)
+    out = load_gray(path)
+    assert out.shape == (MAX_SIDE, MAX_SIDE) and out.max() == 180
+    code = ("import resource, run_pipeline, sys; rc = run_pipeline.main(sys.argv[1:]); "
+            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
+    proc = subprocess.run([sys.executable, "-c", code, "preprocess", str(path), "--out", str(tmp_path / "p.png"),
+                           "--image-size", "224"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    peak_kb = int(proc.stdout.strip().splitlines()[-1])
+    assert peak_kb < 1024 * 1024, f"{peak_kb / 1024:.0f} MB"
