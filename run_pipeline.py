@@ -329,6 +329,12 @@ def build_parser():
     return parser
 
 
+# The arguments each subcommand writes to: checked before any work, so that a read-only or full
+# target fails in a second rather than after minutes of computing.
+OUTPUTS = {"make-synthetic": ["out"], "data-summary": ["json"], "preprocess": ["out"], "train-router": ["models_dir"],
+           "train-part": ["models_dir"], "train-all": ["models_dir"], "evaluate": ["out"], "report": ["out"],
+           "predict": ["json", "csv", "cam_dir"], "pretrain-backbone": ["out"], "demo": ["out"]}
+
 # Subcommands that run TensorFlow: it is started once, quietly, before any of them imports it.
 TF_COMMANDS = {"train-router", "train-part", "train-all", "evaluate", "predict", "pretrain-backbone", "demo", "serve"}
 
@@ -338,6 +344,15 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
     args = build_parser().parse_args(argv)
     args.argv = argv
+    try:
+        from bonenet.outputs import check_writable
+
+        for name in OUTPUTS.get(args.command, []):
+            if getattr(args, name, None):
+                check_writable(getattr(args, name))
+    except OSError as exc:
+        print(f"bonenet {args.command}: error: {_one_line(exc)}", file=sys.stderr)
+        return 2
     if args.command in TF_COMMANDS:
         from bonenet import runtime
 

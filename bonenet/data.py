@@ -36,8 +36,9 @@ def prepare_or_flag(path, recipe, size):
         return prepare_image(path, recipe, size), True
     except (ImageReadError, ValueError) as exc:
         if path not in SKIPPED_IN_PIPELINE:
-            SKIPPED_IN_PIPELINE[path] = str(exc)
-            print(f"bonenet: skipping {exc}", file=sys.stderr)
+            reason = str(exc).removeprefix(f"{path}: ")  # every skip names its file once
+            SKIPPED_IN_PIPELINE[path] = reason
+            print(f"bonenet: skipping {path}: {reason}", file=sys.stderr)
         return np.zeros((size, size, 3), np.uint8), False
 
 

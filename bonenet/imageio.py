@@ -34,20 +34,25 @@ def check_png_file(path):
     name = os.path.basename(str(path))
     if name.startswith("._"):
         return "macOS resource fork (._ file), not an image"
+    if os.path.isdir(path):
+        return "a folder, not an image"
     try:
         size = os.path.getsize(path)
     except OSError:
         return "file does not exist"
     if size == 0:
         return "empty file (0 bytes)"
-    with open(path, "rb") as f:
-        head = f.read(8)
-        if head != PNG_SIGNATURE:
-            return "not a PNG (bad signature)"
-        # A complete PNG ends with the IEND chunk; a cut-off download does not.
-        f.seek(max(0, size - 12))
-        if b"IEND" not in f.read(12):
-            return "truncated PNG (no IEND chunk)"
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+            if head != PNG_SIGNATURE:
+                return "not a PNG (bad signature)"
+            # A complete PNG ends with the IEND chunk; a cut-off download does not.
+            f.seek(max(0, size - 12))
+            if b"IEND" not in f.read(12):
+                return "truncated PNG (no IEND chunk)"
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror or exc})"
     return None
 
 

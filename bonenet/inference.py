@@ -175,7 +175,8 @@ def find_images(path):
         raise ImageReadError(f"{path}: does not exist")
     if path.is_file():
         return [path]
-    return sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("._"))
+    return sorted(p for p in path.rglob("*")
+                  if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("._") and p.is_file())
 
 
 def group_inputs(paths):

@@ -7,6 +7,7 @@ mixes old and new files, or looks finished when it is not.
 
 import os
 import shutil
+import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -31,3 +32,27 @@ def folder_written_whole(target):
         os.replace(tmp, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def check_writable(path):
+    """Fails at once, before any work, when `path` (a file or folder to be written) cannot be written.
+
+    Tries a temporary file in the nearest existing folder on the way to `path`, so read-only
+    mounts, permissions and full disks give their real error; nothing is left behind.
+
+    Raises:
+        OSError: "`path`: cannot write here (reason)".
+    """
+    path = Path(path).absolute()
+    folder = path if path.is_dir() else path.parent
+    while not folder.exists():
+        folder = folder.parent
+    if not folder.is_dir():
+        raise NotADirectoryError(f"{path}: cannot write here ({folder} is a file, not a folder)")
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        error = OSError(f"{path}: cannot write here ({exc.strerror or exc})")
+        error.errno = exc.errno
+        raise error from None

@@ -14,6 +14,7 @@ from jupyter_client.manager import AsyncKernelManager
 from traitlets import default
 
 from bonenet import baselines
+from bonenet.outputs import folder_written_whole
 from bonenet.parts import PARTS, parse_part, short_name
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
@@ -252,23 +253,22 @@ def run_reports(eval_dir, out_dir, parts=None, timeout=600):
     parts = scored if parts is None else [parse_part(p) for p in parts]
     if not (NOTEBOOKS / "part_report.ipynb").is_file():
         raise FileNotFoundError(f"{NOTEBOOKS}: report notebooks not found; install bonenet from its source tree")
-    out_dir.mkdir(parents=True, exist_ok=True)
     jobs = [("overview", "overview.ipynb", {"eval_dir": str(eval_dir)})]
     jobs += [(f"part_{short_name(p)}", "part_report.ipynb", {"eval_dir": str(eval_dir), "part": p}) for p in parts]
     # No code, no In/Out prompts: the pages are for reading.
     exporter = HTMLExporter(exclude_input=True, exclude_input_prompt=True, exclude_output_prompt=True)
     written = []
-    for name, notebook, params in jobs:
-        executed = out_dir / f"{name}.ipynb"
-        papermill.execute_notebook(str(NOTEBOOKS / notebook), str(executed), parameters=params, kernel_name="python3",
-                                   progress_bar=False, execution_timeout=timeout, cwd=str(out_dir),
-                                   kernel_manager_class=IPCKernelManager)
-        node = nbformat.read(executed, as_version=4)
-        for line in _take_stderr(node):  # warnings go to the console, where they are seen, not into the page
-            print(f"bonenet report: {name}: {line}", file=sys.stderr)
-        _describe_images(node)
-        body, _ = exporter.from_notebook_node(node)
-        html = out_dir / f"{name}.html"
-        html.write_text(body, encoding="utf-8")
-        written.append(html)
+    with folder_written_whole(out_dir) as tmp:
+        for name, notebook, params in jobs:
+            executed = tmp / f"{name}.ipynb"
+            papermill.execute_notebook(str(NOTEBOOKS / notebook), str(executed), parameters=params,
+                                       kernel_name="python3", progress_bar=False, execution_timeout=timeout,
+                                       cwd=str(tmp), kernel_manager_class=IPCKernelManager)
+            node = nbformat.read(executed, as_version=4)
+            for line in _take_stderr(node):  # warnings go to the console, where they are seen, not into the page
+                print(f"bonenet report: {name}: {line}", file=sys.stderr)
+            _describe_images(node)
+            body, _ = exporter.from_notebook_node(node)
+            (tmp / f"{name}.html").write_text(body, encoding="utf-8")
+            written.append(out_dir / f"{name}.html")
     return written

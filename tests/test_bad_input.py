@@ -1,0 +1,92 @@
+"""Bad input and faults through the command line: one line naming the file and the problem, exit 2
+(or 1 for predict's per-input errors), no traceback, nothing half-written."""
+
+import json
+import subprocess
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+import run_pipeline
+
+
+@pytest.fixture(scope="module")
+def read_only(tmp_path_factory):
+    """A real read-only mount (tmpfs, ro); skipped where this process may not mount."""
+    where = tmp_path_factory.mktemp("ro")
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,ro", "tmpfs", str(where)], capture_output=True)
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a read-only tmpfs here: {proc.stderr.decode().strip()}")
+    yield where
+    subprocess.run(["umount", str(where)], check=False)
+
+
+def _run(args, capsys):
+    code = run_pipeline.main([str(a) for a in args])
+    captured = capsys.readouterr()
+    return code, captured.err.strip().splitlines()
+
+
+@pytest.mark.parametrize("command", [
+    ["make-synthetic", "--out", "{ro}/data"],
+    ["data-summary", "--data-root", "{data}", "--json", "{ro}/summary.json"],
+    ["preprocess", "{image}", "--out", "{ro}/panel.png"],
+    ["train-part", "--part", "wrist", "--data-root", "{data}", "--models-dir", "{ro}/run"],
+    ["evaluate", "--data-root", "{data}", "--models-dir", "{run}", "--out", "{ro}/eval"],
+    ["report", "--eval-dir", "{ro}", "--out", "{ro}/reports"],
+    ["predict", "{image}", "--models-dir", "{run}", "--json", "{ro}/p.json"],
+    ["predict", "{image}", "--models-dir", "{run}", "--cam-dir", "{ro}/cams"],
+    ["predict", "{image}", "--models-dir", "{run}", "--csv", "{ro}/p.csv"],
+])
+def test_an_unwritable_output_fails_at_once_in_one_line(command, read_only, synthetic_root, run, index, capsys):
+    image = index.images.path.iloc[0]
+    args = [a.format(ro=read_only, data=synthetic_root, run=run[0], image=image) for a in command]
+    code, err = _run(args, capsys)
+    assert code == 2 and len(err) == 1, err
+    assert "cannot write here (Read-only file system)" in err[0] and str(read_only) in err[0]
+
+
+def test_predict_skips_a_folder_named_like_an_image_and_keeps_the_good_ones(full_run, index, tmp_path, capsys):
+    study = tmp_path / "study1"
+    (study / "scan.png").mkdir(parents=True)  # a folder with an image's name
+    good = study / "image1.png"
+    cv2.imwrite(str(good), cv2.imread(index.images.path.iloc[0], cv2.IMREAD_GRAYSCALE))
+    out = tmp_path / "p.json"
+    code, _ = _run(["predict", study, "--models-dir", full_run, "--json", out], capsys)
+    results = json.loads(out.read_text())
+    assert code == 0 and [r.get("study", r.get("path")) for r in results] == [str(good), str(study)]
+
+
+def test_preprocess_on_a_folder_names_it(tmp_path, capsys):
+    code, err = _run(["preprocess", tmp_path, "--out", tmp_path / "p.png"], capsys)
+    assert code == 2 and err == [f"bonenet preprocess: error: {tmp_path}: is a folder, not an image"]
+
+
+def test_data_summary_names_a_listed_path_that_is_a_folder(synthetic_root, tmp_path, capsys):
+    import shutil
+
+    root = tmp_path / "MURA-v1.1"
+    shutil.copytree(synthetic_root, root)
+    listed = Path(root / "valid_image_paths.csv").read_text().splitlines()[0].split("/", 1)[1]
+    target = root / listed
+    target.unlink()
+    target.mkdir()
+    code, _ = _run(["data-summary", "--data-root", root, "--json", tmp_path / "s.json"], capsys)
+    summary = json.loads((tmp_path / "s.json").read_text())
+    assert code == 0 and any("a folder, not an image" in str(s) for s in summary["skipped"])
+
+
+def test_run_files_are_readable_by_the_group_like_any_file(run):
+    for path in Path(run[0]).rglob("*.keras"):
+        assert path.stat().st_mode & 0o044, path  # not the 0600 mkstemp would leave
+
+
+def test_a_skipped_training_image_is_named(tmp_path, capsys):
+    from bonenet.data import prepare_or_flag
+
+    tiny = tmp_path / "tiny.png"
+    cv2.imwrite(str(tiny), np.zeros((1, 1), np.uint8))
+    _, ok = prepare_or_flag(str(tiny), "equalize", 32)
+    assert not ok and f"bonenet: skipping {tiny}: image is too small" in capsys.readouterr().err
