@@ -45,7 +45,7 @@ def _cmd_make_synthetic(args):
 def _cmd_data_summary(args):
     from bonenet.mura import format_summary, read_mura, summarize
 
-    summary = summarize(read_mura(args.data_root))
+    summary = summarize(read_mura(args.data_root, verify=args.verify))
     print(format_summary(summary))
     if args.json:
         _write_json(args.json, summary)
@@ -251,6 +251,8 @@ def build_parser():
     p = sub.add_parser("data-summary", help="per part and split counts, and skipped files")
     p.add_argument("--data-root", required=True, help="the MURA-v1.1 folder or its parent")
     p.add_argument("--json", help="also write the summary as JSON here")
+    p.add_argument("--verify", action="store_true",
+                   help="decode every image fully (slow), not only its first and last bytes")
     p.set_defaults(func=_cmd_data_summary)
 
     p = sub.add_parser("preprocess", help="a labelled figure of one image through each filter and the recipe")

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from tqdm import tqdm
 
 from bonenet.imageio import check_png_file
 from bonenet.parts import PART_INDEX, PARTS
@@ -40,12 +41,14 @@ class MuraIndex:
         images: one row per usable image: `path` (absolute), `split`, `part`, `patient`, `study`, `label`.
         studies: one row per usable study: `study`, `split`, `part`, `patient`, `label`, `n_images`.
         skipped: one row per unusable file, row or study: `path`, `reason`.
+        check: how image files were checked.
     """
 
     root: Path
     images: pd.DataFrame
     studies: pd.DataFrame
     skipped: pd.DataFrame
+    check: str = "PNG signature and IEND trailer of every image"
 
 
 def resolve_data_root(data_root):
@@ -139,7 +142,18 @@ def _read_split(root, split, skipped):
     return rows, labels
 
 
-def read_mura(data_root, splits=SPLITS):
+def _decode_problem(path):
+    """None when `path` decodes fully, else why not (the `--verify` check)."""
+    from bonenet.imageio import ImageReadError, load_gray
+
+    try:
+        load_gray(path)
+    except ImageReadError as exc:
+        return str(exc).removeprefix(f"{path}: ")
+    return None
+
+
+def read_mura(data_root, splits=SPLITS, verify=False):
     """Indexes a MURA-v1.1 folder (or its parent) and checks it.
 
     Uses the official CSVs where present and walks the tree where not. Checks that every listed
@@ -149,6 +163,9 @@ def read_mura(data_root, splits=SPLITS):
     Args:
         data_root: the MURA-v1.1 folder or its parent.
         splits: which splits to read. Defaults to both.
+        verify: decode every image fully (slow: minutes for MURA), which also finds corrupt
+            bodies between an intact signature and trailer. Defaults to False (first and last
+            bytes only).
 
     Returns:
         A `MuraIndex`.
@@ -160,7 +177,7 @@ def read_mura(data_root, splits=SPLITS):
         rels, labels = _read_split(root, split, skipped)
         study_labels.update(labels)
         use_csv_labels = bool(labels) or (root / f"{split}_labeled_studies.csv").is_file()
-        for rel in rels:
+        for rel in tqdm(rels, desc=f"verify {split}", unit="image", disable=None if verify else True):
             path = root / rel
             match = _PATH_RE.search(rel)
             if not match or not match.group("image"):
@@ -169,7 +186,7 @@ def read_mura(data_root, splits=SPLITS):
             if match.group("part") not in PART_INDEX:
                 skipped.append((str(path), f"unknown body part folder {match.group('part')}"))
                 continue
-            reason = check_png_file(path)
+            reason = check_png_file(path) or (_decode_problem(path) if verify else None)
             if reason is not None:
                 skipped.append((str(path), reason))
                 continue
@@ -197,7 +214,8 @@ def read_mura(data_root, splits=SPLITS):
              label=("label", "first"), n_images=("path", "size"))
         .reset_index()
     )[STUDY_COLUMNS]
-    return MuraIndex(root, images, studies, pd.DataFrame(skipped, columns=["path", "reason"]))
+    return MuraIndex(root, images, studies, pd.DataFrame(skipped, columns=["path", "reason"]),
+                     **({"check": "every image decoded"} if verify else {}))
 
 
 def summarize(index):
@@ -226,6 +244,7 @@ def summarize(index):
         }
         result["totals"][split] = counts(imgs, stds)
     result["skipped"] = [{"path": p, "reason": r} for p, r in index.skipped.itertuples(index=False)]
+    result["check"] = index.check
     return result
 
 
@@ -239,6 +258,7 @@ def format_summary(summary):
                 f"{split:<6} {part:<12} {c['images']:>7} {c['studies']:>8} {c['patients']:>9} "
                 f"{c['normal_studies']:>7} {c['abnormal_studies']:>9}"
             )
+    lines.append(f"checked: {summary.get('check', 'PNG signature and IEND trailer of every image')}")
     lines.append(f"skipped: {len(summary['skipped'])} file(s)")
     for entry in summary["skipped"][:20]:
         lines.append(f"  {entry['path']}: {entry['reason']}")

@@ -90,3 +90,21 @@ def test_a_skipped_training_image_is_named(tmp_path, capsys):
     cv2.imwrite(str(tiny), np.zeros((1, 1), np.uint8))
     _, ok = prepare_or_flag(str(tiny), "equalize", 32)
     assert not ok and f"bonenet: skipping {tiny}: image is too small" in capsys.readouterr().err
+
+
+def test_data_summary_verify_decodes_and_finds_a_corrupt_body(synthetic_root, tmp_path, capsys):
+    import shutil
+
+    root = tmp_path / "MURA-v1.1"
+    shutil.copytree(synthetic_root, root)
+    listed = Path(root / "train_image_paths.csv").read_text().splitlines()[0].split("/", 1)[1]
+    data = bytearray((root / listed).read_bytes())
+    data[60:-20] = bytes(len(data) - 80)  # signature and IEND intact, body zeroed
+    (root / listed).write_bytes(bytes(data))
+    code, _ = _run(["data-summary", "--data-root", root, "--json", tmp_path / "quick.json"], capsys)
+    quick = json.loads((tmp_path / "quick.json").read_text())
+    assert code == 0 and quick["check"].startswith("PNG signature") and not quick["skipped"]
+    code, _ = _run(["data-summary", "--data-root", root, "--verify", "--json", tmp_path / "full.json"], capsys)
+    full = json.loads((tmp_path / "full.json").read_text())
+    assert full["check"] == "every image decoded"
+    assert [s["path"] for s in full["skipped"]] == [str(root / listed)] and "corrupt" in full["skipped"][0]["reason"]
