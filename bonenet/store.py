@@ -14,6 +14,7 @@ and are refused with a message to retrain.
 import datetime
 import json
 import os
+import socket
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -44,11 +45,28 @@ def model_filename(key):
     return f"heads/{'router' if key == 'router' else short_name(key)}.keras"
 
 
+def _remove_dead_writers_temps(path, suffix):
+    """Deletes `path`'s temporary files left by a save on this host whose process was killed."""
+    from bonenet.features import _alive
+
+    host = socket.gethostname()
+    for tmp in path.parent.glob(f".{path.stem}.*{suffix}"):
+        # .<stem>.<host>.<pid>.<random><suffix>; hosts may hold dots, so read the pid from the right.
+        fields = tmp.name[len(path.stem) + 2:-len(suffix)].rsplit(".", 2)
+        if len(fields) != 3 or not fields[1].isdigit():
+            continue
+        if fields[0] == host and not _alive(int(fields[1])):
+            tmp.unlink(missing_ok=True)
+
+
 def _atomic_replace(write, path, suffix):
     """Calls `write(tmp_path)` then renames onto `path`, so a crash leaves the old file whole."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=suffix, dir=path.parent)
+    _remove_dead_writers_temps(path, suffix)
+    # The writer's host and pid are in the name, so a later writer can tell an orphan from a live save.
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.{socket.gethostname()}.{os.getpid()}.", suffix=suffix,
+                               dir=path.parent)
     os.close(fd)
     # mkstemp makes the file private (0600); a run folder is shared, so give it the umask's mode.
     umask = os.umask(0)

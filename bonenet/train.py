@@ -44,7 +44,9 @@ from bonenet.mura import fingerprint, holdout_split
 from bonenet.parts import PARTS, short_name
 from bonenet.store import (
     TRUNK_FILE,
+    ManifestError,
     check_shared,
+    load_model,
     load_trunk,
     model_filename,
     model_key,
@@ -330,7 +332,9 @@ def _fit(job, train_ds, val_ds, config, resume, verbose):
     work.mkdir(parents=True, exist_ok=True)
     callbacks = [
         # BackupAndRestore comes first, so that when the CSV shows an epoch its backup exists.
-        keras.callbacks.BackupAndRestore(str(backup)),
+        # Kept after training ends: a kill during the final save must still resume at the last
+        # epoch, not from scratch. `_finalize` removes it once the model is saved and listed.
+        keras.callbacks.BackupAndRestore(str(backup), delete_checkpoint=False),
         keras.callbacks.ModelCheckpoint(str(best_path), monitor="val_loss", save_best_only=True,
                                         save_weights_only=True, initial_value_threshold=_best_val_loss(log_path)
                                         if resume else None),
@@ -404,6 +408,8 @@ def _finalize(job, index, val_ds, kept, log_path, config):
             record_model(job.run_dir, job.key, job.shared, entry, trunk=trunk_entry)
     if job.scratch is not None:
         shutil.rmtree(job.scratch, ignore_errors=True)
+    else:
+        shutil.rmtree(checkpoint_dir(job.home, job.key) / "backup", ignore_errors=True)  # saved: nothing to resume
     return entry
 
 
@@ -474,10 +480,15 @@ def train_all(index, models_dir, config=TrainConfig(), resume=False, verbose="au
         print(f"{key} {number}/{len(targets)}", flush=True)
         backup = checkpoint_dir(models_dir, key) / "backup"
         if key in done and (Path(models_dir) / done[key]["file"]).is_file() and not backup.exists():
-            # Finished before the interruption: keep it rather than train it again.
-            print(f"{key}: already trained in this run, kept", flush=True)
-            entries[key] = done[key]
-            continue
+            # Finished before the interruption: keep it rather than train it again, if it still loads.
+            try:
+                load_model(Path(models_dir) / done[key]["file"])
+            except ManifestError as exc:
+                print(f"{key}: {exc}; training it again", file=sys.stderr, flush=True)
+            else:
+                print(f"{key}: already trained in this run, kept", flush=True)
+                entries[key] = done[key]
+                continue
         try:
             entries[key], _ = train_model(key, index, models_dir, config, resume=resume,
                                           verbose=progress_verbosity(verbose))

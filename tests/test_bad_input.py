@@ -108,3 +108,42 @@ def test_data_summary_verify_decodes_and_finds_a_corrupt_body(synthetic_root, tm
     full = json.loads((tmp_path / "full.json").read_text())
     assert full["check"] == "every image decoded"
     assert [s["path"] for s in full["skipped"]] == [str(root / listed)] and "corrupt" in full["skipped"][0]["reason"]
+
+
+def test_a_killed_saves_temporary_file_is_removed_by_the_next_save(tmp_path):
+    import os
+    import socket
+    import tempfile
+
+    from bonenet.store import write_json_atomic
+
+    target = tmp_path / "manifest.json"
+    host = socket.gethostname()
+    fd, dead = tempfile.mkstemp(prefix=f".manifest.{host}.999999999.", suffix=".json", dir=tmp_path)
+    os.close(fd)
+    fd, live = tempfile.mkstemp(prefix=f".manifest.{host}.{os.getpid()}.", suffix=".json", dir=tmp_path)
+    os.close(fd)
+    write_json_atomic({"a": 1}, target)
+    assert not Path(dead).exists() and Path(live).exists() and json.loads(target.read_text()) == {"a": 1}
+
+
+def test_a_kill_during_the_final_save_resumes_without_retraining(index, tmp_path, monkeypatch):
+    from bonenet import train
+    from bonenet.configs import TrainConfig
+
+    config = TrainConfig(epochs=2, batch_size=16, image_size=64, weights="none", seed=0)
+    real_save = train.save_model_atomic
+
+    def killed(model, path):
+        raise KeyboardInterrupt("killed during the save")  # stands in for SIGKILL at this point
+
+    monkeypatch.setattr(train, "save_model_atomic", killed)
+    with pytest.raises(KeyboardInterrupt):
+        train.train_model("router", index, tmp_path, config, verbose=0)
+    backup = train.checkpoint_dir(tmp_path, "router") / "backup"
+    assert backup.is_dir()  # Keras' backup survives the end of training until the model is saved
+    monkeypatch.setattr(train, "save_model_atomic", real_save)
+    entry, _ = train.train_model("router", index, tmp_path, config, resume=True, verbose=0)
+    log = (train.checkpoint_dir(tmp_path, "router") / "log.csv").read_text().splitlines()
+    assert len(log) == 1 + 2 and entry["epochs_run"] == 2  # the two epochs once, none again
+    assert not backup.exists()  # saved and listed: nothing left to resume

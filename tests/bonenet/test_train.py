@@ -263,3 +263,16 @@ def test_a_damaged_head_is_refused_with_its_path(run, tmp_path, damage):
     head.write_bytes(bytes(data))
     with pytest.raises(store.ManifestError, match=f"{head}: not a readable Keras model file"):
         store.load_model(head)
+
+
+def test_train_all_resume_retrains_a_kept_head_that_no_longer_loads(run, index, tmp_path, capsys):
+    from bonenet.train import train_all
+
+    run_dir = Path(shutil.copytree(run[0], tmp_path / "run"))
+    head = run_dir / store.model_filename("XR_WRIST")
+    head.write_bytes(head.read_bytes()[:1000])  # a truncated head
+    config = TrainConfig(epochs=1, batch_size=16, image_size=64, weights="none", seed=0)
+    entries, failures = train_all(index, run_dir, config, resume=True, verbose=0, parts=["XR_WRIST"])
+    captured = capsys.readouterr()
+    assert not failures and "XR_WRIST: " in captured.err and "training it again" in captured.err
+    assert store.load_model(head) is not None
