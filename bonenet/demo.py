@@ -85,7 +85,9 @@ def run_demo(out="demo_output", quick=False, **overrides):
 
     _stage("3/5 evaluate on the synthetic valid split", start)
     net = BoneNet.load(run_dir)  # once, for evaluate and predict
-    metrics = evaluate_run(data_root, run_dir, out / "eval", n_boot=1000, seed=plan.seed, net=net)
+    # The smoke run renders no part pages, so it draws no heat-map galleries for them either.
+    metrics = evaluate_run(data_root, run_dir, out / "eval", n_boot=1000, seed=plan.seed, net=net,
+                           gallery=0 if quick else 3)
 
     _stage("4/5 report: notebooks to HTML", start)
     # The smoke run renders the overview only; the per-part pages cost a notebook kernel each.

@@ -223,12 +223,19 @@ def evaluate_run(data_root, models_dir, out_dir, split="valid", n_boot=1000, see
         studies[STUDY_COLUMNS].to_csv(out / "study_predictions.csv", index=False)
         image_rows[IMAGE_COLUMNS].to_csv(out / "image_predictions.csv", index=False)
         (out / "metrics.json").write_text(json.dumps(_clean(metrics), indent=2))
+        # Every file left out, by the reader (headers, labels) or the pipeline (full decode), with why.
+        pipeline = [(m.split(": ", 1)[1], "could not be decoded") for m in messages
+                    if m.startswith("skipped (could not be read): ")]
+        skipped = pd.concat([index.skipped, pd.DataFrame(pipeline, columns=["path", "reason"])], ignore_index=True)
+        skipped.to_csv(out / "skipped.csv", index=False)
         if plots:
             from bonenet import plots as bplots
 
             bplots.write_evaluation_plots(metrics, studies, out)
         if gallery:
             write_gallery(net, studies, image_rows, out, gallery)
+    for path, reason in index.skipped.itertuples(index=False):
+        print(f"bonenet evaluate: skipped {path}: {reason}", file=sys.stderr)
     for message in messages:
         print(f"bonenet evaluate: {message}", file=sys.stderr)
     return metrics

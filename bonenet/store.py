@@ -174,7 +174,7 @@ def check_shared(manifest, shared, run_dir):
         ManifestError: naming each setting that differs, old and new.
     """
     diffs = [
-        f"{k}: folder has {manifest[k]!r}, this model {shared[k]!r}"
+        f"{k}: folder has {_shown(manifest[k], k)!r}, this model {_shown(shared[k], k)!r}"
         for k in SHARED_KEYS
         if k in manifest and k in shared and _comparable(manifest[k], k) != _comparable(shared[k], k)
     ]
@@ -185,10 +185,16 @@ def check_shared(manifest, shared, run_dir):
         )
 
 
+def _shown(value, key):
+    return _comparable(value, key) if key == "trainable_layers" else value
+
+
 def _comparable(value, key):
     # A weights file is identified by its content, not by where it was read from.
     if key == "weights" and isinstance(value, dict):
         return {k: v for k, v in value.items() if k in ("kind", "sha256")}
+    if key == "trainable_layers" and isinstance(value, dict):
+        return value.get("count")  # the layer list follows from the count and the architecture
     return value
 
 

@@ -141,8 +141,8 @@ def shared_settings(config, weights_origin, trainable):
         "weights": weights_origin,
         "trainable_layers": {"count": int(config.trainable_layers), "trainable": trainable},
     }
-    if trainable is None:  # not known before the model is built; compare the rest
-        del settings["trainable_layers"]
+    if trainable is None:  # not known before the model is built: the count alone is compared
+        settings["trainable_layers"] = {"count": int(config.trainable_layers)}
     return settings
 
 

@@ -147,3 +147,14 @@ def test_a_kill_during_the_final_save_resumes_without_retraining(index, tmp_path
     log = (train.checkpoint_dir(tmp_path, "router") / "log.csv").read_text().splitlines()
     assert len(log) == 1 + 2 and entry["epochs_run"] == 2  # the two epochs once, none again
     assert not backup.exists()  # saved and listed: nothing left to resume
+
+
+def test_another_trainable_layers_count_is_refused_naming_the_setting(run, synthetic_root, tmp_path, capsys):
+    import shutil
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(run[0], run_dir, ignore=shutil.ignore_patterns("checkpoints"))
+    code, err = _run(["train-part", "--part", "elbow", "--data-root", synthetic_root, "--models-dir", run_dir,
+                      "--image-size", "64", "--weights", "none", "--trainable-layers", "30"], capsys)
+    assert code == 2 and len(err) == 1
+    assert "trainable_layers: folder has 20, this model 30" in err[0] and str(run_dir) in err[0]

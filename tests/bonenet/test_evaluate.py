@@ -26,7 +26,7 @@ def evaluation(full_run, synthetic_root, tmp_path_factory):
 
 def test_evaluate_writes_every_file_and_key_of_the_contract(evaluation):
     for name in ("metrics.json", "study_predictions.csv", "image_predictions.csv", "router_confusion.png",
-                 "part_confusion.png", "roc.png", "kappa_vs_stanford.png", "gallery.csv"):
+                 "part_confusion.png", "roc.png", "kappa_vs_stanford.png", "gallery.csv", "skipped.csv"):
         assert (evaluation / name).is_file(), name
     metrics = json.loads((evaluation / "metrics.json").read_text())
     assert {"study", "image", "router", "baseline", "oracle"} <= set(metrics)
