@@ -127,6 +127,7 @@ def test_a_killed_saves_temporary_file_is_removed_by_the_next_save(tmp_path):
     assert not Path(dead).exists() and Path(live).exists() and json.loads(target.read_text()) == {"a": 1}
 
 
+@pytest.mark.slow
 def test_a_kill_during_the_final_save_resumes_without_retraining(index, tmp_path, monkeypatch):
     from bonenet import train
     from bonenet.configs import TrainConfig

@@ -166,7 +166,7 @@ def test_an_evaluation_killed_mid_write_leaves_the_previous_one_whole(full_run, 
                                                                       monkeypatch):
     out = tmp_path / "eval"
     evaluate_run(synthetic_root, full_run, out, n_boot=20, plots=False)
-    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob('*') if p.is_file()}
 
     def killed(*args, **kwargs):
         raise KeyboardInterrupt  # stands in for a kill after the CSVs were written
@@ -174,5 +174,5 @@ def test_an_evaluation_killed_mid_write_leaves_the_previous_one_whole(full_run, 
     monkeypatch.setattr(json, "dumps", killed)
     with pytest.raises(KeyboardInterrupt):
         evaluate_run(synthetic_root, full_run, out, n_boot=20, plots=False, seed=1)
-    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob('*') if p.is_file()} == before
     assert [p.name for p in tmp_path.iterdir()] == ["eval"]

@@ -53,6 +53,7 @@ def test_a_head_trained_on_another_trunk_is_refused(copy):
         BoneNet.load(copy)
 
 
+@pytest.mark.slow
 def test_two_trainings_with_different_seeds_into_one_empty_folder_leave_one_trunk(index, tmp_path):
     run_dir = tmp_path / "both"
     late = TrainConfig(epochs=1, batch_size=16, image_size=64, weights="none", seed=1)

@@ -265,6 +265,7 @@ def test_a_damaged_head_is_refused_with_its_path(run, tmp_path, damage):
         store.load_model(head)
 
 
+@pytest.mark.slow
 def test_train_all_resume_retrains_a_kept_head_that_no_longer_loads(run, index, tmp_path, capsys):
     from bonenet.train import train_all
 
