@@ -61,7 +61,10 @@ def post(url, body, content_type):
 
 
 def study_files(study):
-    """Three image files: from `study`, or a fresh synthetic valid study."""
+    """Three image files: from `study` when it has three, else a fresh synthetic valid study."""
+    if study is not None and len(list(Path(study).glob("*.png"))) < 3:
+        print(f"{study} has fewer than three PNG views; using a synthetic study", file=sys.stderr)
+        study = None
     if study is None:
         out = Path(tempfile.mkdtemp(prefix="bonenet-load-"))
         subprocess.run([sys.executable, "run_pipeline.py", "make-synthetic", "--out", str(out), "--studies-per-part",
