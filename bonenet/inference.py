@@ -58,17 +58,22 @@ class BoneNet:
         manifest, trunk, models = load_run_models(models_dir)
         return cls(manifest, models, trunk, models_dir, threshold=threshold)
 
+    @property
+    def backbone_origin(self):
+        """Where the run's trunk weights came from, in words (the manifest's description, else its kind)."""
+        weights = self.manifest.get("weights", {})
+        return weights.get("description") or weights.get("kind", "unknown")
+
     def backbone_warning(self):
         """A sentence for users when the run's trunk is not ImageNet-pretrained, else None.
 
         Models on a synthetic or random backbone have not seen real radiographs, so their answers
         on a real study mean little; predict and serve say so once.
         """
-        weights = self.manifest.get("weights", {})
-        if weights.get("kind") == "imagenet":
+        if self.manifest.get("weights", {}).get("kind") == "imagenet":
             return None
-        origin = weights.get("description") or weights.get("kind", "unknown")
-        return f"this run's backbone is not ImageNet-pretrained ({origin}); its results on real radiographs mean little"
+        return (f"this run's backbone is not ImageNet-pretrained ({self.backbone_origin}); its results on real "
+                "radiographs mean little")
 
     def part_thresholds(self, mode="tuned"):
         """{part: (threshold, source)} for every part with a model.

@@ -67,7 +67,7 @@ def health(net, limits):
         "router_labels": net.labels,
         "image_size": net.image_size,
         "recipe": manifest["recipe"],
-        "backbone": {"kind": weights.get("kind"), "origin": weights.get("description") or weights.get("kind")},
+        "backbone": {"kind": weights.get("kind"), "origin": net.backbone_origin},
         "backbone_warning": net.backbone_warning(),
         "threshold_mode": net.threshold_mode,
         "thresholds": {part: {"threshold": t, "source": source} for part, (t, source) in net.thresholds.items()},
@@ -179,10 +179,9 @@ def create_app(net, max_file_mb=MAX_FILE_MB, max_files=MAX_FILES, cams=True):
 def startup_line(net, host, port, run_dir):
     """What `serve` prints first: the URL, the run, the backbone's origin, and any exposure."""
     manifest = net.manifest
-    origin = manifest.get("weights", {}).get("description") or manifest.get("weights", {}).get("kind")
     line = (f"BoneNet serving http://{host}:{port}/ - run {run_dir} ({len(net.parts)} part models, "
             f"{net.image_size} px, recipe {manifest['recipe']['name']}, format {manifest.get('format_version')}, "
-            f"thresholds {net.threshold_mode}); backbone: {origin}. {NOT_FOR_CLINICAL_USE}")
+            f"thresholds {net.threshold_mode}); backbone: {net.backbone_origin}. {NOT_FOR_CLINICAL_USE}")
     if host not in ("127.0.0.1", "localhost", "::1"):
         line += (f"\nbound to {host} by your choice: other machines can reach this server; it has no "
                  "authentication and no TLS")
