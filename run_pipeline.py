@@ -67,7 +67,7 @@ def _cmd_train(args):
     from bonenet.configs import TrainConfig
     from bonenet.models import resolve_weights
     from bonenet.mura import read_mura
-    from bonenet.train import train_all, train_model
+    from bonenet.train import is_chief, train_all, train_model
 
     config = TrainConfig(**_config_values(args, TrainConfig))
     resolve_weights(config.weights)  # fail within seconds, before reading the data
@@ -82,7 +82,8 @@ def _cmd_train(args):
         return
     target = "router" if args.command == "train-router" else args.part
     entry, _ = train_model(target, index, args.models_dir, config, resume=args.resume)
-    print(f"saved {Path(args.models_dir) / entry['file']}; hold-out " +
+    where = "saved" if is_chief(config.strategy) else "trained (the chief saves)"
+    print(f"{where} {Path(args.models_dir) / entry['file']}; hold-out " +
           ", ".join(f"{k} {v:.4f}" for k, v in entry["holdout"].items()))
 
 

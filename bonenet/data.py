@@ -4,8 +4,10 @@ Decoding and the recipe run once per image and are cached; augmentation runs aft
 so every epoch sees fresh, seeded variations of the same prepared input.
 """
 
+import contextlib
 import hashlib
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +24,15 @@ AUTOTUNE = tf.data.AUTOTUNE
 # this catches what only a full decode reveals, so such a file is skipped and counted, never
 # replaced by a blank image that keeps its label.
 SKIPPED_IN_PIPELINE = {}
+
+
+@contextlib.contextmanager
+def length_found_at_the_end():
+    """Keras warns each time a dataset whose length it did not know runs out; ours do not know it
+    (unreadable files are filtered out while reading), so for them that end is expected."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Your input ran out of data")
+        yield
 
 
 def prepare_image(path, recipe, size):

@@ -21,7 +21,6 @@ import shlex
 import sys
 import tempfile
 import time
-import warnings
 from dataclasses import asdict
 from pathlib import Path
 
@@ -176,10 +175,7 @@ def pretrain_backbone(out, config=PretrainConfig(), data_dir=None, resume=False,
     model, base = build_pretrain_model(config.image_size, config.seed)
     model.compile(keras.optimizers.Adam(_schedule(config, steps_per_epoch)),
                   keras.losses.CategoricalCrossentropy(label_smoothing=0.05), metrics=["accuracy"], jit_compile=False)
-    with warnings.catch_warnings():
-        # The dataset's length is unknown until the first epoch ends (unreadable files are
-        # filtered out), and Keras says so once; it is expected here.
-        warnings.filterwarnings("ignore", message="Your input ran out of data")
+    with bdata.length_found_at_the_end():
         model.fit(ds, epochs=config.epochs, verbose=verbose, shuffle=False,
                   class_weight=bdata.class_weights(labels, 2 * len(PARTS)),
                   callbacks=[keras.callbacks.BackupAndRestore(str(backup))])

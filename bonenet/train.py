@@ -10,12 +10,13 @@ and trains the heads on that cache, one view per image per epoch; `full` mode fi
 function, count an epoch as one pass over the images, and store the same layout.
 """
 
+import atexit
+import functools
 import json
 import os
 import shutil
 import sys
 import tempfile
-import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -82,13 +83,33 @@ def _make_strategy(name):
     if name == "multiworker":
         if "TF_CONFIG" not in os.environ:
             raise ValueError("strategy 'multiworker' needs the TF_CONFIG environment variable (see README)")
-        return tf.distribute.MultiWorkerMirroredStrategy()
+        return _MultiWorkerStrategy()
     gpus = [d.name for d in tf.config.list_logical_devices("GPU")]
     if name == "mirrored":
         return tf.distribute.MirroredStrategy(gpus or [d.name for d in tf.config.list_logical_devices("CPU")])
     if name == "auto" and len(gpus) > 1:
         return tf.distribute.MirroredStrategy(gpus)
     return tf.distribute.get_strategy()
+
+
+class _MultiWorkerStrategy(tf.distribute.MultiWorkerMirroredStrategy):
+    """MultiWorkerMirroredStrategy whose `reduce` accepts what Keras 3.15's `fit` passes it.
+
+    Across several workers Keras' TensorFlow trainer calls `reduce` with a whole (x, y,
+    sample_weight) batch before building, and with `axis=0` on scalar per-replica logs after
+    each step; the collective reduce takes one tensor and needs the axis to exist, so both fail
+    (keras-team/keras#20585). Each leaf is reduced on its own, and a scalar across replicas only,
+    which is what those calls mean.
+    """
+
+    def reduce(self, reduce_op, value, axis):
+        """Reduces every leaf of `value` across replicas (see `tf.distribute.Strategy.reduce`)."""
+
+        def leaf(v):
+            scalar = axis is not None and self.experimental_local_results(v)[0].shape.rank == 0
+            return super(_MultiWorkerStrategy, self).reduce(reduce_op, v, None if scalar else axis)
+
+        return tf.nest.map_structure(leaf, value)
 
 
 def is_chief(strategy_name):
@@ -261,9 +282,18 @@ def _prepare(target, index, models_dir, config):
         raise ValueError(f"{key}: training data has classes {present.tolist()}, needs all {num_classes}")
     if len(val_paths) == 0:
         raise ValueError(f"{key}: the hold-out has no images; add more train studies")
-    scratch = None if is_chief(config.strategy) else Path(tempfile.mkdtemp(prefix="bonenet-worker-"))
+    scratch = None if is_chief(config.strategy) else _worker_scratch()
     return _Job(key, run_dir, existing, origin, weights, train_paths, train_labels, val_paths, val_labels,
                 val_images, num_classes, scratch=scratch)
+
+
+@functools.cache
+def _worker_scratch():
+    """A non-chief worker's private folder, one per process (so `train-all` computes its feature
+    cache once, not once per model), removed when the process exits."""
+    path = Path(tempfile.mkdtemp(prefix="bonenet-worker-"))
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    return path
 
 
 _TRUNK_MEMO = {}
@@ -322,6 +352,13 @@ def _fit(job, train_ds, val_ds, config, resume, verbose):
     """Fits with resumable backups, best-by-hold-out-loss weights, early stopping and logs."""
     work = checkpoint_dir(job.home, job.key)
     backup, log_path, best_path = work / "backup", work / "log.csv", work / "best.weights.h5"
+    if resume and job.scratch is not None:
+        # Every worker must resume at the chief's epoch, from the chief's weights. Its checkpoints
+        # stay put until this fit's first epoch ends, which needs this worker too.
+        chief_work = checkpoint_dir(job.run_dir, job.key)
+        shutil.rmtree(work, ignore_errors=True)
+        if chief_work.is_dir():
+            shutil.copytree(chief_work, work, ignore=shutil.ignore_patterns("tensorboard"))
     if resume:
         meta = backup / "training_metadata.json"
         start = json.loads(meta.read_text())["epoch"] if meta.is_file() else 0
@@ -344,10 +381,7 @@ def _fit(job, train_ds, val_ds, config, resume, verbose):
         keras.callbacks.CSVLogger(str(log_path), append=resume),
         keras.callbacks.TensorBoard(str(work / "tensorboard"), write_graph=False),
     ]
-    with warnings.catch_warnings():
-        # The datasets' length is unknown until the first epoch ends (unreadable files are
-        # filtered out), and Keras warns about that once; it is expected here.
-        warnings.filterwarnings("ignore", message="Your input ran out of data")
+    with bdata.length_found_at_the_end():
         job.fitted.fit(train_ds, validation_data=val_ds, epochs=config.epochs, verbose=verbose, shuffle=False,
                        class_weight=bdata.class_weights(job.train_labels, job.num_classes), callbacks=callbacks)
     if best_path.is_file():
@@ -363,7 +397,8 @@ def _holdout_probabilities(job, val_ds):
 
 def _finalize(job, index, val_ds, kept, log_path, config):
     """Scores the hold-out, tunes a part's threshold there, saves the head (and the run's first trunk)."""
-    scores = job.fitted.evaluate(val_ds, verbose=0, return_dict=True)
+    with bdata.length_found_at_the_end():
+        scores = job.fitted.evaluate(val_ds, verbose=0, return_dict=True)
     tuning = None
     if job.key != "router":
         if kept is None:
@@ -406,10 +441,9 @@ def _finalize(job, index, val_ds, kept, log_path, config):
                                  f"{job.key} again into this folder, or use a new --models-dir")
         if job.scratch is None:
             record_model(job.run_dir, job.key, job.shared, entry, trunk=trunk_entry)
-    if job.scratch is not None:
-        shutil.rmtree(job.scratch, ignore_errors=True)
-    else:
-        shutil.rmtree(checkpoint_dir(job.home, job.key) / "backup", ignore_errors=True)  # saved: nothing to resume
+    # Saved: nothing left to resume. A non-chief's checkpoints were only ever its own copy.
+    work = checkpoint_dir(job.home, job.key)
+    shutil.rmtree(work if job.scratch else work / "backup", ignore_errors=True)
     return entry
 
 
