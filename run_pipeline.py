@@ -10,6 +10,7 @@ import json
 import os
 import shlex
 import sys
+import warnings
 from pathlib import Path
 
 from bonenet.parts import PARTS, short_name
@@ -115,7 +116,7 @@ def _cmd_evaluate(args):
 def _cmd_report(args):
     from bonenet.report import run_reports
 
-    for path in run_reports(args.eval_dir, args.out):
+    for path in run_reports(args.eval_dir, args.out, parts=args.part):
         print(f"wrote {path}")
 
 
@@ -148,9 +149,10 @@ def _cmd_predict(args):
         _write_json(args.json, results)
     if args.csv:
         from bonenet.inference import results_table
+        from bonenet.outputs import file_written_whole
 
-        Path(args.csv).parent.mkdir(parents=True, exist_ok=True)
-        results_table(results).to_csv(args.csv, index=False)
+        with file_written_whole(args.csv) as tmp:
+            results_table(results).to_csv(tmp, index=False)
         print(f"wrote {args.csv}")
     failed = sum("error" in r for r in results)
     if failed:
@@ -225,10 +227,9 @@ def _config_values(args, config_class):
 
 
 def _write_json(path, payload):
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(payload, indent=2))
-    print(f"wrote {path}")
+    from bonenet.outputs import write_text_whole
+
+    print(f"wrote {write_text_whole(path, json.dumps(payload, indent=2))}")
 
 
 def build_parser():
@@ -286,6 +287,8 @@ def build_parser():
     p = sub.add_parser("report", help="run the report notebooks head-less: one HTML per part plus an overview")
     p.add_argument("--eval-dir", required=True, help="an evaluate --out folder")
     p.add_argument("--out", required=True, help="folder for the HTML reports")
+    p.add_argument("--part", action="append", type=_part, metavar="PART",
+                   help="render this part's page (repeatable); default every scored part. The overview is always made")
     p.set_defaults(func=_cmd_report)
 
     p = sub.add_parser("predict", help="part, p(abnormal) and decision for images, study folders or directories")
@@ -347,6 +350,9 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
     args = build_parser().parse_args(argv)
     args.argv = argv
+    if not os.environ.get("BONENET_DEBUG"):
+        # Every warning still shows, as one line like the errors; BONENET_DEBUG=1 adds the source line.
+        warnings.formatwarning = lambda message, *_, **__: f"bonenet {args.command}: warning: {_one_line(message)}\n"
     try:
         from bonenet.outputs import check_writable
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from bonenet.baselines import STANFORD_KAPPA
 from bonenet.configs import QUICK_PLAN, DemoPlan, TrainConfig
+from bonenet.outputs import write_text_whole
 from bonenet.parts import PARTS, short_name
 
 
@@ -97,7 +98,7 @@ def run_demo(out="demo_output", quick=False, **overrides):
     valid = index.images[index.images["split"] == "valid"]
     sample = [str(Path(path).parent) for path in valid.groupby("part").head(1)["path"]]  # study folders
     predictions = predict_paths(net, sample, cam_dir=out / "cams")
-    (out / "predictions.json").write_text(json.dumps(predictions, indent=2))
+    write_text_whole(out / "predictions.json", json.dumps(predictions, indent=2))
 
     router = metrics["router"]
     summary = {
@@ -112,7 +113,7 @@ def run_demo(out="demo_output", quick=False, **overrides):
         "parts_not_trained": sorted(failures),
         "open_first": str(next(p for p in reports if p.name == "overview.html")),
     }
-    (out / "demo_summary.json").write_text(json.dumps(summary, indent=2))
+    write_text_whole(out / "demo_summary.json", json.dumps(summary, indent=2))
     print(f"\n=== done in {summary['seconds']:.0f}s ===")
     for label, path in [("models", run_dir / "manifest.json"), ("metrics", out / "eval" / "metrics.json"),
                         ("predictions", out / "predictions.json"), ("Grad-CAM overlays", out / "cams"),

@@ -25,14 +25,8 @@ from bonenet.metrics import per_group
 from bonenet.mura import fingerprint, read_mura
 from bonenet.outputs import folder_written_whole
 from bonenet.parts import PARTS, short_name
-from bonenet.study import aggregate_studies
+from bonenet.study import IMAGE_COLUMNS, STUDY_COLUMNS, aggregate_studies
 
-STUDY_COLUMNS = ["study", "patient", "part_true", "part_pred", "router_confidence", "label", "score", "threshold",
-                 "pred"]
-# part_pred is the study's routed part, whose model gave `score`; image_part_pred is the image's own
-# router argmax.
-IMAGE_COLUMNS = ["path", "study", "patient", "part_true", "part_pred", "image_part_pred", "router_confidence",
-                 "label", "score"]
 BATCH = 32
 
 

@@ -16,7 +16,6 @@ import hashlib
 import json
 import os
 import shutil
-import socket
 import tempfile
 from pathlib import Path
 
@@ -25,6 +24,7 @@ import numpy as np
 import tensorflow as tf
 
 from bonenet.data import AUTOTUNE, labelled_slices, prepare_or_flag
+from bonenet.outputs import check_free_space, remove_dead_writers_temps, temp_prefix
 from preprocessing.augment import augment
 from preprocessing.recipes import get_recipe
 
@@ -133,39 +133,6 @@ class FeatureCache:
         return ds.batch(batch_size).map(load, num_parallel_calls=AUTOTUNE).prefetch(AUTOTUNE)
 
 
-def _temp_prefix(folder):
-    # Host and pid in the name let a later run tell a dead writer's leftovers from a live one's.
-    return f".{folder.name}-{socket.gethostname()}-{os.getpid()}-"
-
-
-def _alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's live process
-        return True
-    return True
-
-
-def remove_stale_temps(cache_dir):
-    """Deletes temp folders left by computations on this host whose process has died (a SIGKILL).
-
-    Returns:
-        The removed paths.
-    """
-    removed, host = [], socket.gethostname()
-    for tmp in Path(cache_dir).glob(".features-*"):
-        parts = tmp.name.split("-")
-        # .features-<key>-<host>-<pid>-<random>; hosts may contain dashes, so read from the right.
-        if len(parts) < 5 or not parts[-2].isdigit() or "-".join(parts[2:-2]) != host:
-            continue
-        if not _alive(int(parts[-2])):
-            shutil.rmtree(tmp, ignore_errors=True)
-            removed.append(tmp)
-    return removed
-
-
 def _prepare_views(path, index, recipe, size, views, augment_config, seed):
     image, ok = prepare_or_flag(path, recipe, size)
     stack = [image]
@@ -206,12 +173,14 @@ def compute_features(trunk, paths, recipe, size, cache_dir, views=0, augment_con
     if (folder / "meta.json").is_file():
         return FeatureCache(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temps(folder.parent)
-    tmp = Path(tempfile.mkdtemp(prefix=_temp_prefix(folder), dir=folder.parent))
+    remove_dead_writers_temps(folder)
+    n, stride = len(paths), 1 + views
+    shape = (stride * n, *trunk.output.shape[1:])
+    check_free_space(folder.parent, int(np.prod(shape)) * np.dtype(STORAGE_DTYPE).itemsize,
+                     f"the feature cache of {n:,} images × {stride} view(s)")
+    tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(folder), dir=folder.parent))
     try:
-        n, stride = len(paths), 1 + views
-        array = np.lib.format.open_memmap(tmp / "features.npy", mode="w+", dtype=STORAGE_DTYPE,
-                                          shape=(stride * n, *trunk.output.shape[1:]))
+        array = np.lib.format.open_memmap(tmp / "features.npy", mode="w+", dtype=STORAGE_DTYPE, shape=shape)
         ok = np.zeros(n, bool)
 
         def prepare(path, index):

@@ -93,11 +93,15 @@ def _chain_label(chain):
 
 
 def save_figure(fig, path, dpi=110):
-    """Writes a figure to `path` (parents created) and closes it."""
+    """Writes a figure to `path` whole (parents created; see `bonenet.outputs`) and closes it."""
     from pathlib import Path
 
+    from bonenet.outputs import file_written_whole
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=dpi, bbox_inches="tight")
-    plt.close(fig)
+    try:
+        with file_written_whole(path, path.suffix) as tmp:
+            fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
+    finally:
+        plt.close(fig)
     return path

@@ -290,6 +290,12 @@ def holdout_split(studies, fraction=0.2, seed=0):
     strata = train["part"] + ":" + train["label"].astype(str)
     if train["patient"].nunique() < n_splits:
         raise ValueError(f"need at least {n_splits} train patients for a {fraction:.0%} hold-out")
+    sizes = strata.value_counts()
+    if sizes.max() < n_splits:  # scikit-learn's own words for this would name its n_splits
+        raise ValueError(f"too few train studies for a {fraction:.0%} patient-grouped hold-out: each part needs "
+                         f"at least {n_splits} normal and {n_splits} abnormal train studies, and the most any part "
+                         f"and label has here is {sizes.max()} ({_stratum_name(sizes.idxmax())}); with make-synthetic, use "
+                         f"--studies-per-part {4 * n_splits} or more")
     splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
     with warnings.catch_warnings():
         # Tiny synthetic sets have strata smaller than n_splits; the split stays grouped.
@@ -298,6 +304,11 @@ def holdout_split(studies, fraction=0.2, seed=0):
     train["holdout"] = False
     train.loc[held, "holdout"] = True
     return train
+
+
+def _stratum_name(stratum):
+    part, label = stratum.rsplit(":", 1)
+    return f"{part} {'abnormal' if label == '1' else 'normal'}"
 
 
 def fingerprint(index):

@@ -1,37 +1,141 @@
-"""Output folders written whole or not at all.
+"""Outputs written whole or not at all: one mechanism for every file and folder BoneNet writes.
 
-`evaluate --out`, `report --out` and `make-synthetic --out` write into a temporary folder beside
-the target and rename it into place when complete, so a killed command never leaves a folder that
-mixes old and new files, or looks finished when it is not.
+A file or folder is written under a temporary name beside its target and renamed into place when
+complete, so a killed or failed command never leaves a target that mixes old and new content, or
+looks finished when it is not. The temporary name carries the writer's host and pid, so a later
+writer removes what a killed one left. A write that fails (a full disk, a read-only mount) names
+the target, not the temporary file, and leaves any earlier target unchanged.
 """
 
+import errno
+import glob
 import os
 import shutil
+import socket
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
 
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def temp_prefix(target):
+    """The start of a temporary name for `target`: `.<name>.<host>.<pid>.` beside it."""
+    return f".{Path(target).name}.{socket.gethostname()}.{os.getpid()}."
+
+
+def remove_dead_writers_temps(target):
+    """Deletes the temporary files and folders of `target` left on this host by killed writers.
+
+    Returns:
+        The removed paths.
+    """
+    target = Path(target)
+    start = f".{target.name}.{socket.gethostname()}."
+    removed = []
+    for tmp in target.parent.glob(glob.escape(start) + "*"):
+        pid = tmp.name[len(start):].split(".", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            if tmp.is_dir() and not tmp.is_symlink():
+                shutil.rmtree(tmp, ignore_errors=True)
+            else:
+                tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed
+
+
+class NotWritten(OSError):
+    """A write that failed, named by its target rather than by the temporary file it went to."""
+
+    def __init__(self, target, reason, code=None):
+        super().__init__(code, reason, str(target))
+
+    def __str__(self):
+        return f"{self.filename}: not written ({self.strerror}); any earlier version is unchanged"
+
+
+@contextmanager
+def _naming(target, tmp):
+    """Re-raises a failed write (no file named, or one inside `tmp`) as `NotWritten(target)`."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.filename is not None and not str(exc.filename).startswith(str(tmp)):
+            raise
+        raise NotWritten(target, exc.strerror or str(exc), exc.errno) from None
+
+
+@contextmanager
+def file_written_whole(path, suffix=""):
+    """Yields a temporary file path beside `path`; when the block succeeds it replaces `path`.
+
+    Args:
+        path: the file to write.
+        suffix: the temporary file's ending, for writers that insist on one (Keras: ".keras").
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    remove_dead_writers_temps(path)
+    with _naming(path, path.parent / temp_prefix(path)):
+        fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path), suffix=suffix, dir=path.parent)
+        os.close(fd)
+        # mkstemp makes the file private (0600); shared run and output folders need the umask's mode.
+        os.chmod(tmp, 0o666 & ~_umask())
+        try:
+            yield Path(tmp)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+
+
+def write_text_whole(path, text):
+    """Writes `text` to `path` whole (see `file_written_whole`), synced to disk before the rename."""
+    with file_written_whole(path) as tmp:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+    return Path(path)
+
+
 @contextmanager
 def folder_written_whole(target):
-    """Yields a fresh temporary folder beside `target`; on success it replaces `target`.
+    """Yields a fresh temporary folder beside `target`; when the block succeeds it replaces `target`.
 
     On an exception the temporary folder is removed and `target` is left as it was.
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.parent / f".{target.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
-        yield tmp
-        if target.exists():
-            old = target.parent / f".{target.name}.old-{os.getpid()}"
-            os.replace(target, old)
-            shutil.rmtree(old)
-        os.replace(tmp, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    remove_dead_writers_temps(target)
+    with _naming(target, target.parent / temp_prefix(target)):
+        tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(target), dir=target.parent))
+        os.chmod(tmp, 0o777 & ~_umask())
+        try:
+            yield tmp
+            if target.exists():
+                # A folder cannot be renamed over a non-empty one: move the old one aside first.
+                # Killed in between, the old one is a dead writer's temporary, removed next time.
+                old = Path(tempfile.mkdtemp(prefix=temp_prefix(target), dir=target.parent))
+                os.replace(target, old / "old")
+                shutil.rmtree(old)
+            os.replace(tmp, target)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def check_writable(path):
@@ -56,3 +160,27 @@ def check_writable(path):
         error = OSError(f"{path}: cannot write here ({exc.strerror or exc})")
         error.errno = exc.errno
         raise error from None
+
+
+def check_free_space(folder, nbytes, what):
+    """Fails before writing when the disk holding `folder` has less than `nbytes` free.
+
+    A disk that fills up half-way is worse than one found full at the start: a memory-mapped
+    write then kills the process, and HDF5 fails inside its destructors.
+
+    Raises:
+        OSError (ENOSPC): "`folder`: N MB free, `what` needs about M MB".
+    """
+    folder = Path(folder).absolute()
+    while not folder.exists():
+        folder = folder.parent
+    free = shutil.disk_usage(folder).free
+    if free < nbytes:
+        error = OSError(f"{folder}: {_megabytes(free)} free, {what} needs about {_megabytes(nbytes)}; "
+                        "free some space or write elsewhere")
+        error.errno = errno.ENOSPC
+        raise error
+
+
+def _megabytes(nbytes):
+    return f"{nbytes / 1e6:,.1f} MB" if nbytes < 1e7 else f"{nbytes / 1e6:,.0f} MB"

@@ -32,6 +32,7 @@ from bonenet import data as bdata
 from bonenet.configs import PretrainConfig
 from bonenet.models import build_base
 from bonenet.mura import fingerprint, read_mura
+from bonenet.outputs import file_written_whole, temp_prefix, write_text_whole
 from bonenet.parts import PART_INDEX, PARTS
 from bonenet.synthetic import GENERATOR_VERSION, synthetic_dataset
 from preprocessing.augment import AugmentConfig
@@ -83,13 +84,10 @@ def save_float16_weights(model, path):
     leaves any earlier file intact.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, full = tempfile.mkstemp(suffix=".weights.h5", dir=path.parent, prefix=".full-")
-    os.close(fd)
-    fd, half = tempfile.mkstemp(suffix=".weights.h5", dir=path.parent, prefix=".half-")
-    os.close(fd)
-    try:
-        model.save_weights(full)
+    with file_written_whole(path, ".weights.h5") as half, \
+            tempfile.TemporaryDirectory(prefix=temp_prefix(path), dir=path.parent) as scratch:
+        full = Path(scratch) / "full.weights.h5"
+        model.save_weights(str(full))
         with h5py.File(full, "r") as src, h5py.File(half, "w", track_order=True) as dst:
             dst.attrs.update(src.attrs)
 
@@ -103,12 +101,6 @@ def save_float16_weights(model, path):
                     dst.create_dataset(name, data=value, track_times=False)
 
             src.visititems(copy)
-        os.chmod(half, 0o644)
-        os.replace(half, path)
-    finally:
-        for tmp in (full, half):
-            if os.path.exists(tmp):
-                os.remove(tmp)
     return path
 
 
@@ -117,7 +109,8 @@ def holdout_accuracy(model, images, config):
     labels = joint_labels(images)
     ds = bdata.make_dataset(images["path"].tolist(), labels, 2 * len(PARTS), config.recipe, config.image_size,
                             config.batch_size)
-    pred = np.argmax(model.predict(ds, verbose=0), axis=1)
+    with bdata.length_found_at_the_end():
+        pred = np.argmax(model.predict(ds, verbose=0), axis=1)
     return {
         "joint": float(np.mean(pred == labels)),
         "part": float(np.mean(pred // 2 == labels // 2)),
@@ -204,7 +197,7 @@ def pretrain_backbone(out, config=PretrainConfig(), data_dir=None, resume=False,
         "date": datetime.date.today().isoformat(),
         "versions": {"keras": keras.__version__, "tensorflow": _tf_version(), "python": platform.python_version()},
     }
-    provenance_path(out).write_text(json.dumps(provenance, indent=2) + "\n")
+    write_text_whole(provenance_path(out), json.dumps(provenance, indent=2) + "\n")
     if backup.exists():
         import shutil
 

@@ -16,6 +16,7 @@ from traitlets import default
 from bonenet import baselines
 from bonenet.outputs import folder_written_whole
 from bonenet.parts import PARTS, parse_part, short_name
+from bonenet.study import IMAGE_COLUMNS, STUDY_COLUMNS
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 ROWS = ("accuracy", "precision", "sensitivity", "specificity", "f1", "kappa", "auroc", "n")
@@ -39,8 +40,25 @@ def load_evaluation(eval_dir):
         metrics = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise ValueError(f"{path}: not valid JSON ({exc})") from exc
-    return (metrics, pd.read_csv(eval_dir / "study_predictions.csv"),
-            pd.read_csv(eval_dir / "image_predictions.csv"))
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path}: not a text file ({exc.reason})") from exc
+    missing = sorted({"study", "router"} - set(metrics)) if isinstance(metrics, dict) else ["study", "router"]
+    if missing:
+        raise ValueError(f"{path}: not the metrics.json of `evaluate` (no {', '.join(missing)} section)")
+    tables = []
+    for name, columns in (("study_predictions.csv", STUDY_COLUMNS), ("image_predictions.csv", IMAGE_COLUMNS)):
+        table_path = eval_dir / name
+        if not table_path.is_file():
+            raise FileNotFoundError(f"{table_path}: not found; run `evaluate --out {eval_dir}` again")
+        try:
+            table = pd.read_csv(table_path)
+        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+            raise ValueError(f"{table_path}: not a readable CSV ({str(exc).strip()})") from exc
+        absent = [c for c in columns if c not in table.columns]
+        if absent:
+            raise ValueError(f"{table_path}: not `evaluate`'s table (no column {', '.join(absent)})")
+        tables.append(table)
+    return metrics, *tables
 
 
 MISSING = "—"

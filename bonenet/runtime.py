@@ -1,7 +1,7 @@
 """TensorFlow start-up, once per process: a quiet import and the device decisions.
 
 TensorFlow's C++ side logs through absl before Python can configure anything: the CUDA probe
-("Could not find cuda drivers", "failed call to cuInit") and absl's "All log messages before
+("Could not find cuda drivers", "failed call to cuInit"), oneDNN's start-up notice and absl's "All log messages before
 absl::InitializeLog()" notice reach stderr whatever `TF_CPP_MIN_LOG_LEVEL` says. `start` sets the
 log level before the first import and holds back exactly those known start-up lines (`NOISE`);
 every other line, Python warnings included, is passed on unchanged.
@@ -25,6 +25,8 @@ NOISE = re.compile(
     r"|cudart_stub\.cc:\d+\] Could not find cuda drivers"
     r"|cuda_platform\.cc:\d+\] failed call to cuInit"
     r"|cuda_executor\.cc:\d+\] .*(kernel driver does not appear|no NVIDIA GPU)"
+    # On CPUs with AVX-512, oneDNN's notice that results may differ in the last bits, at every start.
+    r"|port\.cc:\d+\] oneDNN custom operations are on"
 )
 # TensorFlow's retracing detector keys on a function's code location, and every Keras model's
 # train/predict step is a closure at the same location in Keras. Building or loading eight models

@@ -13,13 +13,11 @@ and are refused with a message to retrain.
 
 import datetime
 import json
-import os
-import socket
-import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
 from bonenet import __version__
+from bonenet.outputs import file_written_whole, write_text_whole
 from bonenet.parts import PARTS, parse_part, short_name
 
 MANIFEST = "manifest.json"
@@ -45,40 +43,11 @@ def model_filename(key):
     return f"heads/{'router' if key == 'router' else short_name(key)}.keras"
 
 
-def _remove_dead_writers_temps(path, suffix):
-    """Deletes `path`'s temporary files left by a save on this host whose process was killed."""
-    from bonenet.features import _alive
-
-    host = socket.gethostname()
-    for tmp in path.parent.glob(f".{path.stem}.*{suffix}"):
-        # .<stem>.<host>.<pid>.<random><suffix>; hosts may hold dots, so read the pid from the right.
-        fields = tmp.name[len(path.stem) + 2:-len(suffix)].rsplit(".", 2)
-        if len(fields) != 3 or not fields[1].isdigit():
-            continue
-        if fields[0] == host and not _alive(int(fields[1])):
-            tmp.unlink(missing_ok=True)
-
-
 def _atomic_replace(write, path, suffix):
     """Calls `write(tmp_path)` then renames onto `path`, so a crash leaves the old file whole."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _remove_dead_writers_temps(path, suffix)
-    # The writer's host and pid are in the name, so a later writer can tell an orphan from a live save.
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.{socket.gethostname()}.{os.getpid()}.", suffix=suffix,
-                               dir=path.parent)
-    os.close(fd)
-    # mkstemp makes the file private (0600); a run folder is shared, so give it the umask's mode.
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    with file_written_whole(path, suffix) as tmp:
+        write(str(tmp))
+    return Path(path)
 
 
 def save_model_atomic(model, path):
@@ -132,14 +101,7 @@ def _float32_policies(keras_file):
 
 def write_json_atomic(payload, path):
     """Writes JSON through a temporary file and an atomic rename."""
-
-    def write(tmp):
-        with open(tmp, "w") as f:
-            json.dump(payload, f, indent=2)
-            f.flush()
-            os.fsync(f.fileno())
-
-    return _atomic_replace(write, path, ".json")
+    return write_text_whole(path, json.dumps(payload, indent=2))
 
 
 def read_manifest(run_dir, required=True):
@@ -313,6 +275,9 @@ def load_model(path):
     path = Path(path)
     if not path.is_file():
         raise ManifestError(f"{path}: model file listed in the manifest is missing")
+    if not zipfile.is_zipfile(path):  # Keras would call a truncated file "not found"
+        raise ManifestError(f"{path}: not a readable Keras model file (not a complete .keras zip archive: "
+                            f"truncated or damaged, {path.stat().st_size:,} bytes); retrain it or restore the run")
     try:
         return keras.saving.load_model(path, compile=False, safe_mode=True)
     except (zipfile.BadZipFile, OSError, ValueError, KeyError) as exc:

@@ -16,6 +16,15 @@ import pandas as pd
 DEFAULT_THRESHOLD = 0.5
 
 
+# The columns of `evaluate`'s study_predictions.csv and image_predictions.csv, which reports read.
+STUDY_COLUMNS = ["study", "patient", "part_true", "part_pred", "router_confidence", "label", "score", "threshold",
+                 "pred"]
+# part_pred is the study's routed part, whose model gave `score`; image_part_pred is the image's own
+# router argmax.
+IMAGE_COLUMNS = ["path", "study", "patient", "part_true", "part_pred", "image_part_pred", "router_confidence",
+                 "label", "score"]
+
+
 def study_score(scores):
     """A study's score from its images' p(abnormal): their mean (NaN when any image is unscored)."""
     scores = np.asarray(scores, float)

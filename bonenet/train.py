@@ -42,6 +42,7 @@ from bonenet.models import (
     trunk_cut,
 )
 from bonenet.mura import fingerprint, holdout_split
+from bonenet.outputs import check_free_space
 from bonenet.parts import PARTS, short_name
 from bonenet.store import (
     TRUNK_FILE,
@@ -339,6 +340,14 @@ def _build(job, config):
     return strategy
 
 
+def _check_free_space(job):
+    """Refuses to train into a disk that cannot hold this model's files: the head and its save's
+    temporary copy, Keras' backup (weights and optimizer moments), the best weights, and the
+    run's trunk when this is its first model."""
+    nbytes = 6 * 4 * job.fitted.count_params() + (4 * job.trunk.count_params() if job.run_trunk is None else 0)
+    check_free_space(job.home, nbytes, f"training {job.key} (model files and checkpoints)")
+
+
 def _datasets(job, index, config, verbose):
     """(train, hold-out, hold-out paths kept) for the mode, sharded by element across workers."""
     if config.mode == "cached":
@@ -468,6 +477,7 @@ def train_model(target, index, models_dir, config=TrainConfig(), resume=False, v
     verbose = progress_verbosity(verbose)
     job = _prepare(target, index, models_dir, config)
     strategy = _build(job, config)
+    _check_free_space(job)
     with strategy.scope():
         train_ds, val_ds, kept = _datasets(job, index, config, verbose)
     log_path = _fit(job, train_ds, val_ds, config, resume, verbose)

@@ -6,6 +6,7 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import shutil
+import subprocess
 
 import pytest
 
@@ -124,3 +125,63 @@ def screenshot(tmp_path):
         return path
 
     return take
+
+
+def _tmpfs(where, options):
+    """Mounts a real tmpfs at `where` (root only); skips the test where this process may not mount."""
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)], capture_output=True)
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.decode().strip()}")
+    return where
+
+
+@pytest.fixture(scope="module")
+def read_only(tmp_path_factory):
+    """A real read-only mount (tmpfs, ro)."""
+    where = _tmpfs(tmp_path_factory.mktemp("ro"), "size=1m,ro")
+    yield where
+    subprocess.run(["umount", str(where)], check=False)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 256 KiB tmpfs that fills up: writes past it fail with ENOSPC, as on a full disk."""
+    (tmp_path / "small").mkdir()
+    where = _tmpfs(tmp_path / "small", "size=256k")
+    yield where
+    subprocess.run(["umount", str(where)], check=False)
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "corpus(*ids): reproduces bad-input cases of tests/bad_input_cases.py")
+
+
+_CORPUS = {}
+
+
+def pytest_runtest_logreport(report):
+    """Records each corpus test's outcome: a case passes when every one of its tests passed."""
+    ids = getattr(report, "corpus", None)
+    if ids and (report.when == "call" or report.outcome != "passed"):
+        for case in ids:
+            _CORPUS.setdefault(case, []).append(report.outcome)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    outcome.get_result().corpus = [case for m in item.iter_markers("corpus") for case in m.args]
+
+
+def pytest_terminal_summary(terminalreporter):
+    from bad_input_cases import CASES
+
+    if not _CORPUS:
+        return
+    tried = {c: o for c, o in _CORPUS.items() if any(x != "skipped" for x in o)}
+    passed = [c for c, o in tried.items() if all(x == "passed" for x in o if x != "skipped")]
+    failed = sorted(set(tried) - set(passed))
+    untried = sorted(set(CASES) - set(tried))
+    terminalreporter.write_line(f"bad-input corpus: {len(tried)} of {len(CASES)} cases tried, {len(passed)} passed"
+                                + (f"; failed: {', '.join(failed)}" if failed else "")
+                                + (f"; not tried here (deselected or skipped): {', '.join(untried)}" if untried else ""))

@@ -162,6 +162,7 @@ def test_a_part_whose_tuning_failed_is_named_in_evaluates_output(full_run, synth
     assert "XR_HAND: default 0.5: tuning was not possible" in capsys.readouterr().err
 
 
+@pytest.mark.corpus("S5")
 def test_an_evaluation_killed_mid_write_leaves_the_previous_one_whole(full_run, synthetic_root, tmp_path,
                                                                       monkeypatch):
     out = tmp_path / "eval"

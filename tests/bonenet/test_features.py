@@ -130,22 +130,3 @@ def test_cache_meta_records_what_it_holds(cache, paths):
     meta = json.loads((cache.folder / "meta.json").read_text())
     assert meta["paths"] == paths and meta["views"] == 2 and meta["size"] == SIZE
     assert meta["recipe"]["name"] == "equalize"
-
-
-def test_temp_folders_of_dead_writers_are_removed_and_live_ones_kept(tmp_path):
-    import os
-    import socket
-    import subprocess
-    import sys
-
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
-                          text=True, check=True)
-    host = socket.gethostname()
-    stale = tmp_path / f".features-abc-{host}-{int(dead.stdout)}-x1y2"
-    live = tmp_path / f".features-abc-{host}-{os.getpid()}-x1y2"
-    other_host = tmp_path / f".features-abc-elsewhere-{int(dead.stdout)}-x1y2"
-    for folder in (stale, live, other_host):
-        (folder / "0.npy").parent.mkdir()
-        (folder / "0.npy").write_bytes(b"partial")
-    assert bfeatures.remove_stale_temps(tmp_path) == [stale]
-    assert not stale.exists() and live.exists() and other_host.exists()

@@ -65,6 +65,7 @@ def test_truncated_png_is_detected(tmp_path, gray):
         load_gray(path)
 
 
+@pytest.mark.corpus("H01")
 def test_corrupt_body_with_intact_ends_is_an_error_not_a_black_image(tmp_path, gray):
     good = bytearray(_write(tmp_path / "good.png", gray).read_bytes())
     good[40:-20] = bytes(len(good) - 60)
@@ -133,6 +134,7 @@ def test_unusable_clinical_files_get_one_line_reasons(tmp_path, gray, write_dico
     assert str(path) in str(info.value) and "\n" not in str(info.value)
 
 
+@pytest.mark.corpus("A1")
 def test_a_huge_scan_is_reduced_on_reading_and_preprocess_stays_under_1_gb(tmp_path):
     import subprocess
     import sys

@@ -20,6 +20,7 @@ def _csv(root, name):
     return pd.read_csv(root / name, header=None)
 
 
+@pytest.mark.corpus("H11")
 def test_counts_agree_with_the_csvs_written(synthetic_root):
     index = read_mura(synthetic_root)
     for split in ("train", "valid"):
@@ -46,6 +47,7 @@ def test_missing_root_is_a_clear_error(tmp_path):
         read_mura(tmp_path)
 
 
+@pytest.mark.corpus("H10")
 def test_header_row_is_tolerated(tree):
     base = read_mura(tree)
     for split in ("train", "valid"):
@@ -68,6 +70,7 @@ def test_walks_the_tree_when_csvs_are_missing(tree):
     )
 
 
+@pytest.mark.corpus("H02", "H03", "H04", "H05")
 def test_bad_files_are_skipped_with_reasons_and_good_ones_counted(tree, tmp_path):
     base = read_mura(tree)
     train = base.images[base.images.split == "train"].reset_index(drop=True)
@@ -96,6 +99,7 @@ def test_bad_files_are_skipped_with_reasons_and_good_ones_counted(tree, tmp_path
     assert images_counted == len(train) - 3
 
 
+@pytest.mark.corpus("H12")
 def test_label_disagreeing_with_folder_suffix_is_skipped_not_relabelled(tree):
     csv = tree / "train_labeled_studies.csv"
     rows = csv.read_text().splitlines()

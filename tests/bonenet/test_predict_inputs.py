@@ -47,6 +47,7 @@ def test_dicom_and_jpeg_give_the_png_answer(full_run, radiograph, tmp_path, writ
     assert p["jpeg"] == pytest.approx(p["png"], abs=0.02)  # quality-95 JPEG: small pixel error
 
 
+@pytest.mark.corpus("S2")
 def test_bad_inputs_are_one_line_error_entries_in_input_order(full_run, radiograph, tmp_path, capsys):
     good1, good2 = tmp_path / "g1.png", tmp_path / "g2.jpg"
     cv2.imwrite(str(good1), radiograph)

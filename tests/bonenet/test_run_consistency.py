@@ -33,6 +33,7 @@ def test_models_record_their_recipe_and_trunk(run):
         assert entry["recipe"] == manifest["recipe"] and entry["trunk_sha256"] == manifest["trunk"]["sha256_weights"]
 
 
+@pytest.mark.corpus("S3")
 def test_a_run_recipe_edited_away_from_the_models_is_refused(copy):
     from preprocessing.recipes import get_recipe
 
@@ -41,18 +42,21 @@ def test_a_run_recipe_edited_away_from_the_models_is_refused(copy):
         BoneNet.load(copy)
 
 
+@pytest.mark.corpus("S3")
 def test_a_replaced_trunk_is_refused_naming_the_file(copy):
     _edit(copy, lambda m: m["trunk"].update(sha256_weights="0" * 64))
     with pytest.raises(store.ManifestError, match=r"trunk\.keras: its weights are not the trunk the manifest records"):
         BoneNet.load(copy)
 
 
+@pytest.mark.corpus("S3")
 def test_a_head_trained_on_another_trunk_is_refused(copy):
     _edit(copy, lambda m: m["models"]["XR_WRIST"].update(trunk_sha256="1" * 64))
     with pytest.raises(store.ManifestError, match=r"wrist\.keras: trained on another trunk"):
         BoneNet.load(copy)
 
 
+@pytest.mark.corpus("S4")
 @pytest.mark.slow
 def test_two_trainings_with_different_seeds_into_one_empty_folder_leave_one_trunk(index, tmp_path):
     run_dir = tmp_path / "both"

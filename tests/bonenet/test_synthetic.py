@@ -50,6 +50,7 @@ def test_cli_writes_dataset(tmp_path):
     assert (tmp_path / "MURA-v1.1" / "train_image_paths.csv").is_file()
 
 
+@pytest.mark.corpus("M7")
 def test_make_synthetic_refuses_an_existing_dataset_and_a_killed_run_leaves_the_old_one_whole(tmp_path, monkeypatch):
     import json
 

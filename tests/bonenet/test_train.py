@@ -143,6 +143,7 @@ def test_training_steps_under_mirrored_strategy_on_two_logical_cpus():
     assert "REPLICAS 2 STEPS_OK True MOVED True" in proc.stdout, proc.stderr[-3000:]
 
 
+@pytest.mark.corpus("H13", "A3")
 def test_sigkilled_training_resumes_from_the_last_completed_epoch(synthetic_root, tmp_path):
     cmd = [sys.executable, "run_pipeline.py", "train-router", "--data-root", str(synthetic_root),
            "--models-dir", str(tmp_path), "--epochs", "6", "--image-size", "64", "--weights", "none",
@@ -270,6 +271,7 @@ def test_a_damaged_head_is_refused_with_its_path(run, tmp_path, damage):
         store.load_model(head)
 
 
+@pytest.mark.corpus("A4")
 @pytest.mark.slow
 def test_train_all_resume_retrains_a_kept_head_that_no_longer_loads(run, index, tmp_path, capsys):
     from bonenet.train import train_all

@@ -1,0 +1,53 @@
+"""The bad-input and fault corpus of issue #16, one id per case.
+
+Tests carry `@pytest.mark.corpus("<id>", ...)` wherever they live (most are in
+tests/test_bad_input_corpus.py; cases an older test already reproduces are marked there), and
+the end of every pytest run counts the cases tried and passed (tests/conftest.py).
+"""
+
+CASES = {
+    # Cases that held when the corpus was first run.
+    "H01": "corrupt PNG body among good images",
+    "H02": "empty (0-byte) PNG",
+    "H03": "truncated PNG",
+    "H04": "fake PNG (text named .png)",
+    "H05": "macOS ._ resource-fork files",
+    "H06": "8-bit grayscale PNG",
+    "H07": "16-bit PNG",
+    "H08": "RGB PNG",
+    "H09": "RGBA PNG",
+    "H10": "MURA CSVs with a header row",
+    "H11": "MURA CSVs without a header (the official form)",
+    "H12": "label conflicting with the study folder's suffix",
+    "H13": "kill -9 mid-epoch, then --resume",
+    "H14": "kill -9 during a save",
+    "H15": "two trainings with the same seed into one folder",
+    # Tracebacks.
+    "T1": "read-only or unwritable output, for every writing command",
+    "T2": "disk full: evaluate --out, a model save, the feature cache",
+    "T3": "corrupt model file: bad CRC inside an intact zip; truncated file",
+    "T4": "predict: a folder named like an image; an unreadable (mode 000) image among good ones",
+    "T5": "preprocess on a folder",
+    "T6": "data-summary: a listed path that is a folder, or unreadable",
+    # Silent wrong or missing results.
+    "S1": "predict --cam-dir into a read-only folder",
+    "S2": "predict on an empty folder, or one without images",
+    "S3": "run-level recipe disagreeing with the models' own",
+    "S4": "two trainings with different seeds into one empty folder",
+    "S5": "evaluate or report killed mid-write over an earlier output",
+    # Minor.
+    "M1": "training skip messages name the file",
+    "M2": "data-summary trusting first and last bytes (--verify decodes)",
+    "M3": "evaluate lists its skipped files",
+    "M4": "--trainable-layers differing from the run's",
+    "M5": "a head built for another input size copied into a run",
+    "M6": "--resume after a kill during the final save",
+    "M7": "make-synthetic killed over an existing dataset",
+    "M8": "too few studies per part and label",
+    "M9": "invalid metrics.json given to report",
+    # Also seen.
+    "A1": "a 10000 x 10000 PNG",
+    "A2": "run files private (mode 0600)",
+    "A3": "epochs_run counting only the resumed part",
+    "A4": "train-all --resume keeping heads that do not load",
+}

@@ -1,0 +1,69 @@
+"""Outputs written whole or not at all (`bonenet/outputs.py`): dead writers' leftovers, full disks."""
+
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from bonenet import outputs
+
+
+def _dead_pid():
+    return int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True, check=True).stdout)
+
+
+def test_temporaries_of_dead_writers_are_removed_and_live_or_foreign_ones_kept(tmp_path):
+    target, host = tmp_path / "eval", socket.gethostname()
+    stale_folder = tmp_path / f".eval.{host}.{_dead_pid()}.x1y2"
+    stale_file = tmp_path / f".eval.{host}.{_dead_pid()}.ab.keras"
+    live = tmp_path / f".eval.{host}.{os.getpid()}.x1y2"
+    other_host = tmp_path / f".eval.elsewhere.{_dead_pid()}.x1y2"
+    other_target = tmp_path / f".evaluation.{host}.{_dead_pid()}.x1y2"
+    for folder in (stale_folder, live, other_host, other_target):
+        folder.mkdir()
+        (folder / "0.npy").write_bytes(b"partial")
+    stale_file.write_bytes(b"partial")
+    assert sorted(outputs.remove_dead_writers_temps(target)) == sorted([stale_folder, stale_file])
+    assert live.exists() and other_host.exists() and other_target.exists()
+
+
+def test_a_file_is_replaced_whole_with_the_umasks_mode(tmp_path):
+    target = tmp_path / "a" / "p.json"
+    outputs.write_text_whole(target, "old")
+    outputs.write_text_whole(target, "new")
+    assert target.read_text() == "new" and sorted(p.name for p in target.parent.iterdir()) == ["p.json"]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert target.stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_a_failed_folder_write_leaves_the_earlier_folder_and_no_temporary(tmp_path):
+    target = tmp_path / "eval"
+    with outputs.folder_written_whole(target) as tmp:
+        (tmp / "metrics.json").write_text("1")
+    with pytest.raises(RuntimeError), outputs.folder_written_whole(target) as tmp:
+        (tmp / "metrics.json").write_text("2")
+        raise RuntimeError("killed half-way")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["eval"] and (target / "metrics.json").read_text() == "1"
+
+
+def test_a_full_disk_names_the_target_and_keeps_the_earlier_file(small_disk):
+    target = small_disk / "p.json"
+    outputs.write_text_whole(target, "earlier")
+    with pytest.raises(OSError) as caught:
+        outputs.write_text_whole(target, "x" * 1_000_000)
+    assert caught.value.errno == 28
+    assert str(caught.value) == (f"{target}: not written (No space left on device); any earlier version is "
+                                 "unchanged")
+    assert target.read_text() == "earlier" and [p.name for p in small_disk.iterdir()] == ["p.json"]
+
+
+def test_a_full_disk_fails_a_folder_write_naming_the_folder(small_disk):
+    target = small_disk / "eval"
+    with pytest.raises(OSError) as caught, outputs.folder_written_whole(target) as tmp:
+        (tmp / "big.csv").write_text("x" * 1_000_000)
+    assert caught.value.errno == 28 and str(caught.value).startswith(f"{target}: not written (No space left")
+    assert list(small_disk.iterdir()) == []
