@@ -66,13 +66,18 @@ def test_truncated_png_is_detected(tmp_path, gray):
 
 
 @pytest.mark.corpus("H01")
-def test_corrupt_body_with_intact_ends_is_an_error_not_a_black_image(tmp_path, gray):
+@pytest.mark.parametrize("damage", ["zeroed body", "one flipped bit"])
+def test_corrupt_body_with_intact_ends_is_an_error_not_a_black_image(tmp_path, gray, damage, capfd):
     good = bytearray(_write(tmp_path / "good.png", gray).read_bytes())
-    good[40:-20] = bytes(len(good) - 60)
+    if damage == "zeroed body":
+        good[40:-20] = bytes(len(good) - 60)
+    else:
+        good[len(good) // 2] ^= 1
     path = tmp_path / "corrupt.png"
     path.write_bytes(bytes(good))
-    with pytest.raises(ImageReadError, match="corrupt"):
+    with pytest.raises(ImageReadError, match=f"{path}: corrupt PNG .* fails its CRC check"):
         load_gray(path)
+    assert "libpng" not in capfd.readouterr().err  # libpng never saw it, so printed nothing of its own
 
 
 def test_resource_fork_is_refused(tmp_path, gray):
