@@ -409,7 +409,7 @@ def test_report_killed_mid_write_leaves_the_earlier_pages(evaluated, tmp_path, c
     assert _snapshot(out) == before
     assert _run([*args, "--part", "wrist"], capsys)[0] == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["reports"]
-    assert sorted(p.name for p in out.glob("*.html")) == ["overview.html", "wrist.html"]  # --part: that page only
+    assert sorted(p.name for p in out.glob("*.html")) == ["overview.html", "part_wrist.html"]  # --part: that page only
 
 
 @pytest.fixture(scope="module")
