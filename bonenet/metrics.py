@@ -120,7 +120,8 @@ def tune_threshold(y_true, y_score):
     y_true, y_score = np.asarray(y_true, int), np.asarray(y_score, float)
     classes = np.unique(y_true)
     if len(classes) < 2:
-        raise ValueError(f"the hold-out has {len(y_true)} studies of one class only ({classes.tolist()})")
+        noun = "study" if len(y_true) == 1 else "studies"
+        raise ValueError(f"the hold-out has {len(y_true)} {noun}, of one class only ({classes.tolist()})")
     candidates = np.unique(np.concatenate([y_score, [0.5]]))
     best, best_t = -np.inf, 0.5
     with warnings.catch_warnings():
