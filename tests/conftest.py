@@ -6,7 +6,11 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import shutil
+import signal
 import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 
@@ -185,3 +189,25 @@ def pytest_terminal_summary(terminalreporter):
     terminalreporter.write_line(f"bad-input corpus: {len(tried)} of {len(CASES)} cases tried, {len(passed)} passed"
                                 + (f"; failed: {', '.join(failed)}" if failed else "")
                                 + (f"; not tried here (deselected or skipped): {', '.join(untried)}" if untried else ""))
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def kill_cli_when(args, ready, timeout=400):
+    """Starts `bonenet *args` and SIGKILLs it as soon as `ready()` holds, as kill -9 would; returns its pid."""
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    proc = subprocess.Popen([sys.executable, "run_pipeline.py", *map(str, args)], cwd=REPO, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None and not ready():
+        time.sleep(0.01)
+    assert proc.poll() is None, "the command ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    return proc.pid
+
+
+def epoch_logged(log):
+    """A `ready` for `kill_cli_when`: the training's CSV log shows one finished epoch (header + a row)."""
+    return lambda: log.is_file() and len(log.read_text().strip().splitlines()) >= 2

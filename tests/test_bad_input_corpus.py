@@ -6,18 +6,16 @@ silent wrong answer, nothing half-written. Cases an older test already reproduce
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import _tmpfs
+from conftest import _tmpfs, kill_cli_when
 
 import run_pipeline
 
@@ -367,17 +365,11 @@ def test_a_head_built_for_another_size_is_refused_on_load_naming_it(full_run, in
 
 def _kill_while_writing(args, target, files):
     """Starts `bonenet *args`, SIGKILLs it once its temporary copy of `target` holds `files` files."""
-    proc = subprocess.Popen([sys.executable, "run_pipeline.py", *map(str, args)], cwd=REPO,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        temps = list(target.parent.glob(f".{target.name}.*"))
-        if temps and sum(1 for t in temps for p in t.rglob("*") if p.is_file()) >= files:
-            break
-        time.sleep(0.01)
-    assert proc.poll() is None, "the command ended before it could be killed mid-write"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    def ready():
+        temps = target.parent.glob(f".{target.name}.*")
+        return sum(1 for t in temps for p in t.rglob("*") if p.is_file()) >= files
+
+    kill_cli_when(args, ready, timeout=300)
 
 
 def _snapshot(folder):

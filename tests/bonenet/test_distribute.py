@@ -5,16 +5,15 @@ precision (bfloat16 runs on CPUs), MirroredStrategy over logical CPUs, two multi
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import epoch_logged, kill_cli_when
 
 REPO = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
@@ -213,17 +212,7 @@ def test_two_local_workers_resume_a_killed_run_at_the_chiefs_epoch(synthetic_roo
     args = ["train-router", "--data-root", synthetic_root, "--models-dir", run, "--epochs", 3, "--image-size", 64,
             "--weights", "none", "--batch-size", 16, "--patience", 10]
     log = run / "checkpoints" / "router" / "log.csv"
-    proc = subprocess.Popen([sys.executable, "run_pipeline.py", *map(str, args)], cwd=REPO, env=ENV,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        if log.is_file() and len(log.read_text().strip().splitlines()) >= 2:  # header + one finished epoch
-            break
-        time.sleep(0.05)
-    assert proc.poll() is None, "training ended before it could be killed"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    _KILLED_PIDS.add(str(proc.pid))
+    _KILLED_PIDS.add(str(kill_cli_when(args, epoch_logged(log), timeout=300)))
     done = len(pd.read_csv(log))
     assert 1 <= done < 3
 

@@ -2,16 +2,15 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
-import time
 import warnings
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import epoch_logged, kill_cli_when
 
 import run_pipeline
 from bonenet import store
@@ -150,15 +149,7 @@ def test_sigkilled_training_resumes_from_the_last_completed_epoch(synthetic_root
            "--batch-size", "8", "--patience", "10"]
     log = tmp_path / "checkpoints" / "router" / "log.csv"
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 400
-    while time.time() < deadline and proc.poll() is None:
-        if log.is_file() and len(log.read_text().strip().splitlines()) >= 2:  # header + one finished epoch
-            break
-        time.sleep(0.05)
-    assert proc.poll() is None, "training ended before it could be killed"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_cli_when(cmd[2:], epoch_logged(log))
     killed_after = len(pd.read_csv(log))
     assert 1 <= killed_after < 6
     assert not (tmp_path / "heads" / "router.keras").exists()
