@@ -31,6 +31,10 @@ sends each image to one of seven per-part abnormality models (elbow ... wrist).
 demo runs all five on synthetic data, offline, on a CPU. Not for clinical use."""
 
 
+DATA_ROOT_HELP = ("the MURA-v1.1 folder or its parent, or a datalist CSV (path,patient,study,part,label[,split]; "
+                  "see bonenet/datalist.py)")
+
+
 class CommandError(Exception):
     """A failure the user can fix; printed as one line, exit status 2."""
 
@@ -43,10 +47,21 @@ def _cmd_make_synthetic(args):
     print(f"wrote {root}")
 
 
-def _cmd_data_summary(args):
-    from bonenet.mura import format_summary, read_mura, summarize
+def _cmd_fracatlas_datalist(args):
+    from bonenet.datalist import fracatlas_datalist
 
-    summary = summarize(read_mura(args.data_root, verify=args.verify))
+    table = fracatlas_datalist(args.fracatlas, args.out)
+    counts = table.groupby(["part", "label"]).size()
+    print(f"wrote {args.out}: {len(table)} images, each its own study and patient (FracAtlas publishes no patient "
+          "identifiers); " + ", ".join(f"{part} {'abnormal' if label else 'normal'} {n}"
+                                      for (part, label), n in counts.items()))
+
+
+def _cmd_data_summary(args):
+    from bonenet.datalist import read_dataset
+    from bonenet.mura import format_summary, summarize
+
+    summary = summarize(read_dataset(args.data_root, verify=args.verify))
     print(format_summary(summary))
     if args.json:
         _write_json(args.json, summary)
@@ -66,13 +81,13 @@ def _cmd_preprocess(args):
 
 def _cmd_train(args):
     from bonenet.configs import TrainConfig
+    from bonenet.datalist import read_dataset
     from bonenet.models import resolve_weights
-    from bonenet.mura import read_mura
     from bonenet.train import is_chief, train_all, train_model
 
     config = TrainConfig(**_config_values(args, TrainConfig))
     resolve_weights(config.weights)  # fail within seconds, before reading the data
-    index = read_mura(args.data_root)
+    index = read_dataset(args.data_root)
     if not index.skipped.empty:
         print(f"bonenet: {len(index.skipped)} file(s) skipped; run data-summary to list them", file=sys.stderr)
     if args.command == "train-all":
@@ -93,7 +108,7 @@ def _training_parent():
     from bonenet.configs import CHOICES, TRAIN_HELP, TrainConfig
 
     p = argparse.ArgumentParser(add_help=False)
-    p.add_argument("--data-root", required=True, help="the MURA-v1.1 folder or its parent")
+    p.add_argument("--data-root", required=True, help=DATA_ROOT_HELP)
     p.add_argument("--models-dir", required=True, help="run folder to write models and manifest.json into")
     _add_config_flags(p, TrainConfig, TRAIN_HELP, CHOICES)
     p.add_argument("--resume", action="store_true", help="continue a killed run from its last completed epoch")
@@ -130,15 +145,23 @@ def _cmd_serve(args):
 def _cmd_predict(args):
     from bonenet.inference import BoneNet, predict_paths
 
+    from bonenet.inference import mixed_parts_text
+
     net = BoneNet.load(args.models_dir, threshold=args.threshold)
     if net.backbone_warning():
         print(f"bonenet predict: warning: {net.backbone_warning()}", file=sys.stderr)
-    results = predict_paths(net, args.paths, cam_dir=args.cam_dir)
+    if len(net.parts) < len(PARTS):
+        print(f"bonenet predict: this run covers {', '.join(net.parts)} only; every image is routed to one of them",
+              file=sys.stderr)
+    results = predict_paths(net, args.paths, cam_dir=args.cam_dir, per_image=args.per_image)
     for r in results:
         if "error" in r:
             print(f"{r['path']}: ERROR {r['error']}")
             continue
         what = f"study {r['study']}" if "study" in r else r["path"]
+        if r.get("mixed_parts"):
+            print(f"{what}: warning: its images disagree about the part ({mixed_parts_text(r['mixed_parts'])}); "
+                  "are they one study? --per-image scores each image alone")
         if r["p_abnormal"] is None:
             print(f"{what}: {r['part']} (router confidence {r['part_confidence']:.2f}), unscored: no model for it")
             continue
@@ -250,8 +273,14 @@ def build_parser():
     p.add_argument("--overwrite", action="store_true", help="replace an existing OUT/MURA-v1.1")
     p.set_defaults(func=_cmd_make_synthetic)
 
+    p = sub.add_parser("fracatlas-datalist", help="a datalist CSV of FracAtlas' hand and shoulder radiographs "
+                                                  "(CC BY 4.0) for training and evaluating on real images")
+    p.add_argument("--fracatlas", required=True, help="the FracAtlas folder (dataset.csv and images/)")
+    p.add_argument("--out", required=True, help="datalist CSV to write (paths relative to its folder)")
+    p.set_defaults(func=_cmd_fracatlas_datalist)
+
     p = sub.add_parser("data-summary", help="per part and split counts, and skipped files")
-    p.add_argument("--data-root", required=True, help="the MURA-v1.1 folder or its parent")
+    p.add_argument("--data-root", required=True, help=DATA_ROOT_HELP)
     p.add_argument("--json", help="also write the summary as JSON here")
     p.add_argument("--verify", action="store_true",
                    help="decode every image fully (slow), not only its first and last bytes")
@@ -276,7 +305,7 @@ def build_parser():
     sub.add_parser("train-all", parents=[training], help="train the router, then the seven part models")
 
     p = sub.add_parser("evaluate", help="score a run per image and per study, per part, against the baselines")
-    p.add_argument("--data-root", required=True, help="the MURA-v1.1 folder or its parent")
+    p.add_argument("--data-root", required=True, help=DATA_ROOT_HELP)
     p.add_argument("--models-dir", required=True, help="a run folder with manifest.json")
     p.add_argument("--out", required=True, help="folder for metrics.json, prediction CSVs and plots")
     p.add_argument("--split", default="valid", choices=["valid", "train"], help="split to score (default valid)")
@@ -300,6 +329,8 @@ def build_parser():
     p.add_argument("--threshold", default="tuned", choices=["tuned", "default"],
                    help="tuned: each part's threshold tuned on the training hold-out, where the run has one; "
                         "default: 0.5 (default tuned)")
+    p.add_argument("--per-image", action="store_true",
+                   help="score every image on its own; by default the images directly in one folder are one study")
     p.set_defaults(func=_cmd_predict)
 
     p = sub.add_parser("serve", help="a web page and an HTTP API (POST /api/predict, GET /api/health) for reading "
@@ -337,7 +368,7 @@ def build_parser():
 
 # The arguments each subcommand writes to: checked before any work, so that a read-only or full
 # target fails in a second rather than after minutes of computing.
-OUTPUTS = {"make-synthetic": ["out"], "data-summary": ["json"], "preprocess": ["out"], "train-router": ["models_dir"],
+OUTPUTS = {"make-synthetic": ["out"], "fracatlas-datalist": ["out"], "data-summary": ["json"], "preprocess": ["out"], "train-router": ["models_dir"],
            "train-part": ["models_dir"], "train-all": ["models_dir"], "evaluate": ["out"], "report": ["out"],
            "predict": ["json", "csv", "cam_dir"], "pretrain-backbone": ["out"], "demo": ["out"]}
 

@@ -23,8 +23,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bonenet.imageio import load_gray  # noqa: E402
-from preprocessing.filters import roi_box  # noqa: E402
+from bonenet.imageio import load_gray
+from preprocessing.filters import roi_box
 
 CUT_SHARE = 0.005
 

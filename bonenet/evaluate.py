@@ -20,12 +20,13 @@ from sklearn.metrics import confusion_matrix
 
 from bonenet import baselines
 from bonenet.data import AUTOTUNE, map_prepare
+from bonenet.datalist import read_dataset
 from bonenet.inference import BoneNet
 from bonenet.metrics import per_group
-from bonenet.mura import fingerprint, read_mura
+from bonenet.mura import fingerprint
 from bonenet.outputs import folder_written_whole
 from bonenet.parts import PARTS, short_name
-from bonenet.study import IMAGE_COLUMNS, STUDY_COLUMNS, aggregate_studies
+from bonenet.study import IMAGE_COLUMNS, STUDY_COLUMNS, aggregate_studies, route
 
 BATCH = 32
 
@@ -42,7 +43,7 @@ def stream_prepared(paths, recipe, size, batch_size=BATCH):
 
 
 def predict_split(net, images, progress=True):
-    """Runs the trunk, the router and every part model over an image table (from `read_mura`).
+    """Runs the trunk, the router and every part model over an image table (from `read_dataset`).
 
     Each image goes through the trunk once; every part head scores it (`s_<part>`), so the routed
     and the oracle study scores are both a selection, and nothing but the table is kept.
@@ -69,9 +70,6 @@ def predict_split(net, images, progress=True):
         start += len(ok)
         bar.add(len(ok))
     messages = [f"skipped (could not be read): {path}" for path in skipped]
-    missing = [p for p in net.labels if p not in net.models]
-    if missing:
-        messages.append(f"no model in the run for {', '.join(missing)}: studies routed to them are unscored")
     table = pd.concat(rows, ignore_index=True) if rows else images.iloc[:0].copy()
     return table.rename(columns={"part": "part_true"}), messages
 
@@ -80,7 +78,7 @@ def _image_rows(table, studies, labels, thresholds):
     """Per-image predictions under the study's routed part (the model that scored them)."""
     routed = table["study"].map(studies.set_index("study")["part_pred"]).to_numpy()
     probs = table[[f"p_{p}" for p in labels]].to_numpy()
-    out = table.assign(part_pred=routed, image_part_pred=[labels[i] for i in probs.argmax(axis=1)],
+    out = table.assign(part_pred=routed, image_part_pred=route(probs, labels, thresholds),
                        router_confidence=np.nan, score=np.nan, threshold=np.nan)
     for part in labels:
         mine = routed == part
@@ -153,15 +151,24 @@ def evaluate_run(data_root, models_dir, out_dir, split="valid", n_boot=1000, see
     """
     if split not in ("train", "valid"):
         raise ValueError(f"split must be train or valid, got {split!r}")
-    index = read_mura(data_root, splits=(split,))
+    index = read_dataset(data_root, splits=(split,))
     images = index.images[index.images["split"] == split]
     if images.empty:
         raise ValueError(f"{index.root}: the {split} split has no usable images")
     net = net or BoneNet.load(models_dir)
-    table, messages = predict_split(net, images)
-    absent = [p for p in PARTS if p not in set(table["part_true"])]
-    if absent:
-        messages.append(f"the {split} split has no studies of {', '.join(absent)}")
+    # One line per part the data or the run lacks; the parts both have are scored.
+    present = set(images["part"])
+    messages = [f"the {split} split has no studies of {p}" for p in PARTS if p not in present]
+    uncovered = [p for p in PARTS if p in present and p not in net.parts]
+    for part in uncovered:
+        n = images.loc[images["part"] == part, "study"].nunique()
+        messages.append(f"no model in the run for {part}: its {n} {split} studies are not scored")
+    images = images[~images["part"].isin(uncovered)]
+    if images.empty:
+        raise ValueError(f"{models_dir}: the run covers {', '.join(net.parts) or 'no part'}, and the {split} split "
+                         f"has none of them")
+    table, unread = predict_split(net, images)
+    messages += unread
     default, tuned = net.part_thresholds("default"), net.part_thresholds("tuned")
     for part, (_, source) in tuned.items():
         if "not possible" in source:

@@ -11,6 +11,8 @@ import zlib
 import cv2
 import numpy as np
 
+from preprocessing.filters import MIN_SIDE
+
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 JPEG_SIGNATURE = b"\xff\xd8\xff"
 DICOM_PREAMBLE = 128  # DICOM Part 10: 128 bytes, then "DICM"
@@ -18,16 +20,21 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm", ".dicom")
 # Longest side kept after decoding. Models see at most a few hundred pixels, and every filter
 # works on float copies: a 10000×10000 scan at full size took 5.6 GB in `preprocess`.
 MAX_SIDE = 2048
+# Bytes read by the cheap check: enough for a PNG's IHDR, a JPEG's EXIF and SOF, a DICOM header.
+HEADER_BYTES = 65536
 
 
 class ImageReadError(ValueError):
     """An image file that cannot be used; the message names the path and the problem."""
 
 
-def check_png_file(path):
-    """Cheaply checks that `path` looks like a whole PNG without decoding it.
+def check_image_file(path):
+    """Cheaply checks that `path` is a whole, usable PNG, JPEG or DICOM without decoding its pixels.
 
-    Reads only the first and last bytes, so that indexing 40,000 files stays fast.
+    Reads the header and the last bytes only, so that indexing 40,000 files stays fast; the
+    format is told by the bytes, as `decode_gray` tells it, and the size read from the header
+    (PNG IHDR, JPEG SOF, DICOM Rows/Columns) must reach `MIN_SIDE`, as `decode_gray` requires.
+    `load_gray` is the full check (`data-summary --verify`).
 
     Returns:
         None when the file looks usable, else a short reason string.
@@ -39,22 +46,73 @@ def check_png_file(path):
         return "a folder, not an image"
     try:
         size = os.path.getsize(path)
-    except OSError:
-        return "file does not exist"
-    if size == 0:
-        return "empty file (0 bytes)"
-    try:
+        if size == 0:
+            return "empty file (0 bytes)"
         with open(path, "rb") as f:
-            head = f.read(8)
-            if head != PNG_SIGNATURE:
-                return "not a PNG (bad signature)"
-            # A complete PNG ends with the IEND chunk; a cut-off download does not.
-            f.seek(max(0, size - 12))
-            if b"IEND" not in f.read(12):
-                return "truncated PNG (no IEND chunk)"
+            head = f.read(HEADER_BYTES)
+            f.seek(max(0, size - 32))
+            tail = f.read(32)
+    except FileNotFoundError:
+        return "file does not exist"
     except OSError as exc:
         return f"cannot be read ({exc.strerror or exc})"
+    kind = image_format(head)
+    if kind is None:
+        return "not a PNG, JPEG or DICOM image"
+    if kind == "png" and b"IEND" not in tail[-12:]:
+        return "truncated PNG (no IEND chunk)"
+    if kind == "jpeg" and b"\xff\xd9" not in tail:
+        return "truncated JPEG (no end-of-image marker)"
+    try:
+        shape = header_shape(head, kind)
+    except ValueError as exc:
+        return str(exc)
+    return size_problem(shape)
+
+
+def size_problem(shape):
+    """Why an image of `shape` (rows, columns) is too small to use, or None when it is not."""
+    if shape is not None and min(shape) < MIN_SIDE:
+        return f"image is too small ({shape[0]}×{shape[1]}); need at least {MIN_SIDE}×{MIN_SIDE}"
     return None
+
+
+def header_shape(head, kind):
+    """(rows, columns) read from an image's first bytes; None where the header does not say."""
+    if kind == "png":
+        if head[12:16] != b"IHDR":
+            raise ValueError("corrupt PNG (no IHDR chunk first)")
+        return int.from_bytes(head[20:24], "big"), int.from_bytes(head[16:20], "big")
+    if kind == "jpeg":
+        return _jpeg_shape(head)
+    return _dicom_shape(head)
+
+
+def _jpeg_shape(head):
+    """The frame size from the first SOF marker, walking the segments; None past `HEADER_BYTES`."""
+    at = 2
+    while at + 9 <= len(head):
+        if head[at] != 0xFF:
+            raise ValueError("corrupt JPEG (bad marker in its header)")
+        marker = head[at + 1]
+        if marker == 0xFF:  # fill byte
+            at += 1
+            continue
+        length = int.from_bytes(head[at + 2:at + 4], "big")
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            return int.from_bytes(head[at + 5:at + 7], "big"), int.from_bytes(head[at + 7:at + 9], "big")
+        at += 2 + length
+    return None
+
+
+def _dicom_shape(head):
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(io.BytesIO(head), stop_before_pixels=True, specific_tags=["Rows", "Columns"])
+        return int(ds.Rows), int(ds.Columns)
+    except Exception:  # a header cut at HEADER_BYTES, or tags missing: the full decode decides
+        return None
 
 
 def image_format(data):
@@ -156,14 +214,17 @@ def _decode_dicom(data):
 def decode_gray(data, name):
     """Decodes an image file's bytes (PNG, JPEG or DICOM) to a uint8 H×W grayscale array.
 
-    Images longer than `MAX_SIDE` pixels are reduced to it (`reduce_large`).
+    Images longer than `MAX_SIDE` pixels are reduced to it (`reduce_large`); images with a side
+    under `MIN_SIDE` are refused, so that a file is usable for training exactly when `predict`
+    can read it.
 
     Args:
         data: the file's bytes.
         name: what to call it in errors (a path, or an upload's file name).
 
     Raises:
-        ImageReadError: "`name`: problem" (empty, not an image, truncated, corrupt, multi-frame…).
+        ImageReadError: "`name`: problem" (empty, not an image, truncated, corrupt, multi-frame,
+            too small…).
     """
     if not data:
         raise ImageReadError(f"{name}: empty file (0 bytes)")
@@ -174,6 +235,9 @@ def decode_gray(data, name):
         gray = _decode_dicom(data) if kind == "dicom" else _decode_raster(data, kind)
     except (ValueError, cv2.error) as exc:  # cv2.error: OpenCV's own limits, e.g. over 2^30 pixels
         raise ImageReadError(f"{name}: {str(exc).strip().splitlines()[-1]}") from exc
+    problem = size_problem(gray.shape)
+    if problem:
+        raise ImageReadError(f"{name}: {problem}")
     return reduce_large(gray)
 
 

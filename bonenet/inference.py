@@ -184,11 +184,13 @@ def find_images(path):
                   if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("._") and p.is_file())
 
 
-def group_inputs(paths):
-    """Turns user inputs into work items, in input order.
+def group_inputs(paths, per_image=False):
+    """Turns user inputs into work items, in input order: the rule by which images become studies.
 
-    A file is a study of one image; a folder's images are grouped by the folder that holds them,
-    each group being one study (a MURA study folder, or any folder of views).
+    A file named on its own is a study of one image. A folder's images are grouped by the folder
+    that directly holds them, each group being one study (a MURA study folder, or any folder of
+    views); subfolders are studies of their own. With `per_image`, every image is a study of one.
+    A study whose images the router sends to different parts is flagged (`bonenet.study`).
 
     Returns:
         A list of ("image", path, [path]), ("study", folder, [its images]) or ("error", path, reason).
@@ -205,7 +207,9 @@ def group_inputs(paths):
             if not studies:
                 items.append(("error", path, "no PNG, JPEG or DICOM images in this folder "
                                              f"({', '.join(IMAGE_SUFFIXES)})"))
-            items.extend(("study", folder, images) for folder, images in sorted(studies.items()))
+            for folder, images in sorted(studies.items()):
+                items.extend([("image", image, [image]) for image in images] if per_image
+                             else [("study", folder, images)])
         else:
             items.append(("image", path, [path]))
     return items
@@ -237,8 +241,9 @@ def predict_images(net, images, render_cam=None):
             to that image's entry (a file path, a data URL). Defaults to None.
 
     Returns:
-        (per-image entries `path, part, part_confidence, p_abnormal, threshold, threshold_source,
-        abnormal[, cam, cam_box, cam_caption]`, the study's result without its "images").
+        (per-image entries `path, part, image_part, part_confidence, p_abnormal, threshold,
+        threshold_source, abnormal[, cam, cam_box, cam_caption]`, the study's result without its
+        "images", with `mixed_parts` when the images' router votes disagree).
     """
     from bonenet import gradcam
 
@@ -259,7 +264,7 @@ def predict_images(net, images, render_cam=None):
 
 
 CSV_COLUMNS = ["path", "study", "part", "part_confidence", "p_abnormal", "threshold", "abnormal", "threshold_source",
-               "cam", "error"]
+               "image_part", "mixed_parts", "cam", "error"]
 
 
 def results_table(results):
@@ -270,9 +275,14 @@ def results_table(results):
     import pandas as pd
 
     study_of = {image: r["study"] for r in results if "study" in r for image in r["images"]}
-    rows = [{**r, "path": r.get("study", r.get("path")), "study": r.get("study", study_of.get(r.get("path")))}
-            for r in results]
+    rows = [{**r, "path": r.get("study", r.get("path")), "study": r.get("study", study_of.get(r.get("path"))),
+             "mixed_parts": mixed_parts_text(r.get("mixed_parts"))} for r in results]
     return pd.DataFrame(rows).reindex(columns=CSV_COLUMNS)
+
+
+def mixed_parts_text(counts):
+    """"XR_HAND×3 XR_WRIST×2" for a study whose images disagree about the part; "" otherwise."""
+    return " ".join(f"{part}×{n}" for part, n in counts.items()) if counts else ""
 
 
 def _cam_name(path):
@@ -293,16 +303,18 @@ def cam_file_writer(cam_dir):
     return write
 
 
-def predict_paths(net, paths, cam_dir=None):
+def predict_paths(net, paths, cam_dir=None, per_image=False):
     """Predicts images and study folders, in input order; unreadable inputs become error entries.
 
-    Each single image is scored as a study of one; the images of a folder as one study. PNG,
-    JPEG and DICOM files are read (`bonenet.imageio.load_gray`).
+    Images become studies by `group_inputs`' rule: each single image is scored as a study of one,
+    the images directly in a folder as one study, or every image alone with `per_image`. PNG, JPEG
+    and DICOM files are read (`bonenet.imageio.load_gray`).
 
     Args:
         net: a loaded `BoneNet`.
         paths: image files, study folders or folders of studies.
         cam_dir: write a Grad-CAM overlay per image here. Defaults to None (no CAMs).
+        per_image: score every image on its own, whatever folder holds it. Defaults to False.
 
     Returns:
         A list of dicts as in `predict --json`: per image `path, part, part_confidence, p_abnormal,
@@ -311,7 +323,7 @@ def predict_paths(net, paths, cam_dir=None):
     """
     render = cam_file_writer(cam_dir) if cam_dir is not None else None
     results = []
-    for kind, path, files in group_inputs(paths):
+    for kind, path, files in group_inputs(paths, per_image):
         if kind == "error":
             results.append({"path": str(path), "error": files})
             continue

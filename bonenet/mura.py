@@ -14,10 +14,11 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from bonenet.imageio import check_png_file
+from bonenet.imageio import check_image_file
 from bonenet.parts import PART_INDEX, PARTS
 
 SPLITS = ("train", "valid")
+HEADER_CHECK = "header and trailer of every image (PNG, JPEG or DICOM, told by its bytes; at least 8×8)"
 IMAGE_COLUMNS = ["path", "split", "part", "patient", "study", "label"]
 STUDY_COLUMNS = ["study", "split", "part", "patient", "label", "n_images"]
 
@@ -48,7 +49,7 @@ class MuraIndex:
     images: pd.DataFrame
     studies: pd.DataFrame
     skipped: pd.DataFrame
-    check: str = "PNG signature and IEND trailer of every image"
+    check: str = HEADER_CHECK
 
 
 def resolve_data_root(data_root):
@@ -125,7 +126,7 @@ def _read_split(root, split, skipped):
         listed_set = set(listed)
         for rel in on_disk:
             if rel not in listed_set:
-                reason = check_png_file(root / rel) or f"not listed in {images_csv.name}"
+                reason = check_image_file(root / rel) or f"not listed in {images_csv.name}"
                 skipped.append((str(root / rel), reason))
         seen = set()
         for rel in listed:
@@ -157,7 +158,8 @@ def read_mura(data_root, splits=SPLITS, verify=False):
     """Indexes a MURA-v1.1 folder (or its parent) and checks it.
 
     Uses the official CSVs where present and walks the tree where not. Checks that every listed
-    image exists and looks like a whole PNG, that each CSV label agrees with its folder suffix
+    image exists and is a whole PNG, JPEG or DICOM of a usable size (`check_image_file`, the
+    decoder's own header rules), that each CSV label agrees with its folder suffix
     and that every study keeps at least one image. Unusable entries go to `skipped`.
 
     Args:
@@ -186,7 +188,7 @@ def read_mura(data_root, splits=SPLITS, verify=False):
             if match.group("part") not in PART_INDEX:
                 skipped.append((str(path), f"unknown body part folder {match.group('part')}"))
                 continue
-            reason = check_png_file(path) or (_decode_problem(path) if verify else None)
+            reason = file_problem(path, verify)
             if reason is not None:
                 skipped.append((str(path), reason))
                 continue
@@ -206,6 +208,11 @@ def read_mura(data_root, splits=SPLITS, verify=False):
         for study in sorted(set(labels) - with_images):
             skipped.append((str(root / study), "study has no usable images"))
 
+    return tabulate(root, image_rows, skipped, verify)
+
+
+def tabulate(root, image_rows, skipped, verify):
+    """A `MuraIndex` from checked image rows (`IMAGE_COLUMNS` tuples) and (path, reason) skips."""
     images = pd.DataFrame(image_rows, columns=IMAGE_COLUMNS)
     images["label"] = images["label"].astype(np.int64)
     studies = (
@@ -216,6 +223,11 @@ def read_mura(data_root, splits=SPLITS, verify=False):
     )[STUDY_COLUMNS]
     return MuraIndex(root, images, studies, pd.DataFrame(skipped, columns=["path", "reason"]),
                      **({"check": "every image decoded"} if verify else {}))
+
+
+def file_problem(path, verify=False):
+    """Why an image file cannot be used (header check, or a full decode with `verify`); None if usable."""
+    return check_image_file(path) or (_decode_problem(path) if verify else None)
 
 
 def summarize(index):
@@ -258,7 +270,7 @@ def format_summary(summary):
                 f"{split:<6} {part:<12} {c['images']:>7} {c['studies']:>8} {c['patients']:>9} "
                 f"{c['normal_studies']:>7} {c['abnormal_studies']:>9}"
             )
-    lines.append(f"checked: {summary.get('check', 'PNG signature and IEND trailer of every image')}")
+    lines.append(f"checked: {summary.get('check', HEADER_CHECK)}")
     lines.append(f"skipped: {len(summary['skipped'])} file(s)")
     for entry in summary["skipped"][:20]:
         lines.append(f"  {entry['path']}: {entry['reason']}")

@@ -1,6 +1,7 @@
 """The study rule, in one place: how a study's images become one part, one score and one decision.
 
-1. The mean of the router's softmax over the study's images picks the part.
+1. The mean of the router's softmax over the study's images picks the part, among the parts the
+   run has a model for (a run trained on a subset of the parts covers those).
 2. The study's score is the mean p(abnormal) of its images under the *routed* part's model.
 3. The study is abnormal when its score reaches the *routed* part's threshold.
 
@@ -31,8 +32,24 @@ def study_score(scores):
     return float(scores.mean()) if len(scores) else float("nan")
 
 
+def routable(labels, thresholds):
+    """Column indices of the router's parts that the run has a model for (all when it has none)."""
+    return [i for i, part in enumerate(labels) if part in thresholds] or list(range(len(labels)))
+
+
+def route(router_probs, labels, thresholds):
+    """Each image's own part: its router argmax among the parts the run covers."""
+    columns = routable(labels, thresholds)
+    probs = np.asarray(router_probs, float)
+    return [labels[columns[i]] for i in probs[:, columns].argmax(axis=1)]
+
+
 def decide_study(router_probs, part_scores, labels, thresholds):
     """The rule for one study.
+
+    A study whose images' own router votes name two or more parts is flagged (`mixed_parts`):
+    its images may not be one study at all (a folder of unrelated images), and its single part
+    and score should not be trusted without a look.
 
     Args:
         router_probs: n×k router softmax of the study's n images.
@@ -43,13 +60,17 @@ def decide_study(router_probs, part_scores, labels, thresholds):
 
     Returns:
         {"part", "part_confidence", "p_abnormal", "threshold", "threshold_source", "abnormal",
-        "images": [per-image {"part_confidence", "p_abnormal", "abnormal"}]}; p_abnormal, threshold
-        and abnormal are None when the routed part has no model.
+        "mixed_parts": {part: images voting for it} when the votes disagree else None,
+        "images": [per-image {"image_part", "part_confidence", "p_abnormal", "abnormal"}]};
+        p_abnormal, threshold and abnormal are None when the routed part has no model.
     """
     probs = np.asarray(router_probs, float)
     mean = probs.mean(axis=0)
-    part = labels[int(mean.argmax())]
-    index = labels.index(part)
+    columns = routable(labels, thresholds)
+    index = columns[int(mean[columns].argmax())]
+    part = labels[index]
+    votes = route(probs, labels, thresholds)
+    counts = {p: votes.count(p) for p in sorted(set(votes), key=labels.index)}
     scores = part_scores(part) if callable(part_scores) else part_scores.get(part)
     threshold, source = thresholds.get(part, (None, "no model for this part"))
     if scores is None or threshold is None:
@@ -58,8 +79,9 @@ def decide_study(router_probs, part_scores, labels, thresholds):
     else:
         scores = [float(s) for s in np.asarray(scores, float)]
         score = study_score(scores)
-    images = [{"part_confidence": float(p[index]), "p_abnormal": s,
-               "abnormal": None if s is None else bool(s >= threshold)} for p, s in zip(probs, scores, strict=True)]
+    images = [{"image_part": v, "part_confidence": float(p[index]), "p_abnormal": s,
+               "abnormal": None if s is None else bool(s >= threshold)}
+              for v, p, s in zip(votes, probs, scores, strict=True)]
     return {
         "part": part,
         "part_confidence": float(mean[index]),
@@ -67,6 +89,7 @@ def decide_study(router_probs, part_scores, labels, thresholds):
         "threshold": threshold,
         "threshold_source": source,
         "abnormal": None if score is None else bool(score >= threshold),
+        "mixed_parts": counts if len(counts) > 1 else None,
         "images": images,
     }
 

@@ -317,10 +317,14 @@ def _run_trunk(run_dir, manifest):
 
 def _build(job, config):
     """Builds the classifier in the strategy's scope, split at the trunk cut, on the run's trunk."""
-    keras.utils.set_random_seed(config.seed)
     gpu = runtime.start(config.precision)["gpus"] > 0
     strategy = get_strategy(config.strategy)
     job.run_trunk = _run_trunk(job.run_dir, job.existing) if job.existing is not None else None
+    # Seeded after the trunk is loaded: deserialising it draws seeds for its dropout layers from
+    # Python's generator, so seeding first gave a model built into a folder that already held a
+    # trunk (a rerun, or any model after the first when the trunk memo was cold) other initial
+    # weights and dropout masks than the same command into an empty folder.
+    keras.utils.set_random_seed(config.seed)
     with strategy.scope():
         kwargs = dict(image_size=config.image_size, weights=job.weights, trainable_layers=config.trainable_layers,
                       dropout=config.dropout)
@@ -508,8 +512,10 @@ def summary_line(key, entry):
 def train_all(index, models_dir, config=TrainConfig(), resume=False, verbose="auto", parts=PARTS):
     """Trains the router, then each part's model, into one run folder.
 
-    A part that cannot be trained (no abnormal studies, say) is reported and skipped; the
-    others still train. With `resume`, models that finished before an interruption are kept and
+    A part absent from the data gets one line and is left out; the router learns the parts
+    present, and the run covers those. A part that is present but cannot be trained (no abnormal
+    studies, say) is a failure, reported, and the others still train. With `resume`, models that
+    finished before an interruption are kept and
     the interrupted one continues from its last completed epoch. Each model gets a header
     ("XR_ELBOW 2/8") and one summary line.
 
@@ -518,7 +524,11 @@ def train_all(index, models_dir, config=TrainConfig(), resume=False, verbose="au
     """
     entries, failures = {}, {}
     done = (read_manifest(models_dir, required=False) or {}).get("models", {}) if resume else {}
-    targets = ["router", *parts]
+    in_data = set(index.images.loc[index.images["split"] == "train", "part"])
+    for part in parts:
+        if model_key(part) not in in_data:  # a subset of the parts is a dataset, not a failure
+            print(f"{model_key(part)}: absent from the training data; not trained", flush=True)
+    targets = ["router", *(p for p in parts if model_key(p) in in_data)]
     for number, target in enumerate(targets, 1):
         key = model_key(target)
         print(f"{key} {number}/{len(targets)}", flush=True)

@@ -275,3 +275,21 @@ def test_train_all_resume_retrains_a_kept_head_that_no_longer_loads(run, index, 
     captured = capsys.readouterr()
     assert not failures and "XR_WRIST: " in captured.err and "training it again" in captured.err
     assert store.load_model(head) is not None
+
+
+def test_a_rerun_into_the_same_folder_repeats_the_first_run_exactly(index, tmp_path):
+    """The same command twice into one folder, the second time with the trunk and the feature cache
+    already there, gives the same models and the same study predictions, to the bit."""
+    from bonenet.evaluate import evaluate_run
+    from bonenet.train import train_all
+
+    config = TrainConfig(epochs=2, batch_size=16, image_size=32, weights="none", seed=5, views=1)
+    outputs = []
+    for attempt in range(2):
+        entries, failures = train_all(index, tmp_path / "run", config, verbose=0, parts=["XR_WRIST", "XR_ELBOW"])
+        assert not failures and set(entries) == {"router", "XR_WRIST", "XR_ELBOW"}
+        evaluate_run(index.root, tmp_path / "run", tmp_path / f"eval{attempt}", n_boot=10, plots=False, gallery=0)
+        outputs.append((tmp_path / f"eval{attempt}" / "study_predictions.csv").read_bytes())
+        if attempt == 0:
+            assert len(list((tmp_path / "run" / "cache").glob("features-*"))) == 1
+    assert outputs[0] == outputs[1]
