@@ -143,9 +143,7 @@ def _cmd_serve(args):
 
 
 def _cmd_predict(args):
-    from bonenet.inference import BoneNet, predict_paths
-
-    from bonenet.inference import mixed_parts_text
+    from bonenet.inference import BoneNet, mixed_parts_text, predict_paths
 
     net = BoneNet.load(args.models_dir, threshold=args.threshold)
     if net.backbone_warning():

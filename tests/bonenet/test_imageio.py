@@ -2,7 +2,7 @@ import cv2
 import numpy as np
 import pytest
 
-from bonenet.imageio import ImageReadError, check_png_file, load_gray, to_gray_uint8
+from bonenet.imageio import ImageReadError, check_image_file, load_gray, to_gray_uint8
 
 
 def _write(path, image):
@@ -60,7 +60,7 @@ def test_truncated_png_is_detected(tmp_path, gray):
     good = _write(tmp_path / "good.png", gray).read_bytes()
     path = tmp_path / "cut.png"
     path.write_bytes(good[: len(good) // 2])
-    assert "truncated" in check_png_file(path)
+    assert "truncated" in check_image_file(path)
     with pytest.raises(ImageReadError, match="truncated"):
         load_gray(path)
 
@@ -82,7 +82,7 @@ def test_corrupt_body_with_intact_ends_is_an_error_not_a_black_image(tmp_path, g
 
 def test_resource_fork_is_refused(tmp_path, gray):
     path = _write(tmp_path / "._image1.png", gray)
-    assert "resource fork" in check_png_file(path)
+    assert "resource fork" in check_image_file(path)
 
 
 def test_jpeg_and_dicom_are_read_by_their_bytes_not_their_names(tmp_path, gray, write_dicom):
@@ -159,3 +159,25 @@ def test_a_huge_scan_is_reduced_on_reading_and_preprocess_stays_under_1_gb(tmp_p
     assert proc.returncode == 0, proc.stderr
     peak_kb = int(proc.stdout.strip().splitlines()[-1])
     assert peak_kb < 1024 * 1024, f"{peak_kb / 1024:.0f} MB"
+
+
+def test_the_cheap_check_and_the_decoder_agree_on_format_and_size(tmp_path, gray, write_dicom):
+    """A file is usable for training exactly when predict can read it: by its bytes, and at least 8×8."""
+    assert cv2.imwrite(str(tmp_path / "j.jpg"), gray)
+    jpeg_named_png = tmp_path / "jpeg.png"
+    jpeg_named_png.write_bytes((tmp_path / "j.jpg").read_bytes())
+    dicom = write_dicom(tmp_path / "scan.dcm", gray, "MONOCHROME1")
+    for usable in (jpeg_named_png, dicom, _write(tmp_path / "ok.png", gray)):
+        assert check_image_file(usable) is None
+        assert load_gray(usable).shape == gray.shape
+    tiny = [_write(tmp_path / "tiny.png", np.zeros((1, 1), np.uint8)),
+            write_dicom(tmp_path / "tiny.dcm", np.zeros((4, 9), np.uint8))]
+    assert cv2.imwrite(str(tmp_path / "tiny.jpg"), np.zeros((7, 30), np.uint8))
+    tiny.append(tmp_path / "tiny.jpg")
+    for path in tiny:
+        assert "too small" in check_image_file(path), path
+        with pytest.raises(ImageReadError, match=f"{path}: image is too small"):
+            load_gray(path)
+    text = tmp_path / "notes.png"
+    text.write_text("not an image")
+    assert check_image_file(text) == "not a PNG, JPEG or DICOM image"

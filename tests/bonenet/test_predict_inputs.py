@@ -120,3 +120,38 @@ def test_overlay_draws_the_box_only_for_an_abnormal_image_and_keeps_cold_film_pl
     assert np.array_equal(body[cold], np.repeat(radiograph[cold][:, None], 3, axis=1))  # cold film untouched
     hot = faint[faint.shape[0] - h:, :w].astype(int)[h // 4 + 5, w // 4 + 5]
     assert np.abs(hot - int(radiograph[h // 4 + 5, w // 4 + 5])).max() <= 0.25 * 255 + 1
+
+
+def test_a_flat_folder_of_mixed_parts_is_flagged_and_per_image_scores_each_alone(full_run, index, tmp_path,
+                                                                                  monkeypatch, capsys):
+    """A folder of unrelated images is one study by the grouping rule, but never silently: when the
+    images' own router votes disagree, the study says so (JSON, CSV, console)."""
+    from bonenet.inference import BoneNet
+    from bonenet.parts import PARTS
+
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    valid = index.images[index.images.split == "valid"]
+    chosen = [valid[valid.part == part].path.iloc[0] for part in ("XR_HAND", "XR_WRIST", "XR_WRIST")]
+    for i, path in enumerate(chosen):
+        shutil.copy(path, flat / f"image{i}.png")
+
+    def router_probs(self, features):  # a router that recognises each image's true part
+        truth = ["XR_HAND", "XR_WRIST", "XR_WRIST"][:len(features)]
+        return np.eye(len(PARTS))[[PARTS.index(p) for p in truth]] * 0.9 + 0.1 / len(PARTS)
+
+    monkeypatch.setattr(BoneNet, "router_probs", router_probs)
+    code, results = _predict([flat, "--models-dir", full_run, "--csv", tmp_path / "out.csv"], tmp_path)
+    assert code == 0
+    study = results[-1]
+    assert study["study"] == str(flat) and study["part"] == "XR_WRIST"
+    assert study["mixed_parts"] == {"XR_HAND": 1, "XR_WRIST": 2}
+    assert [r["image_part"] for r in results[:-1]] == ["XR_HAND", "XR_WRIST", "XR_WRIST"]
+    out = capsys.readouterr().out
+    assert f"study {flat}: warning: its images disagree about the part (XR_HAND×1 XR_WRIST×2)" in out
+    table = pd.read_csv(tmp_path / "out.csv")
+    assert table["mixed_parts"].tolist()[-1] == "XR_HAND×1 XR_WRIST×2"
+    # --per-image: no study, each image scored alone.
+    code, alone = _predict([flat, "--models-dir", full_run, "--per-image"], tmp_path, "alone")
+    assert code == 0 and len(alone) == 3 and not any("study" in r for r in alone)
+    assert [r["part"] for r in alone] == ["XR_HAND", "XR_HAND", "XR_HAND"]  # the fake router's first row each time
