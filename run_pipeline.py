@@ -105,12 +105,12 @@ def _cmd_train(args):
 
 def _training_parent():
     """The flags every training subcommand shares, defined once; defaults come from `TrainConfig`."""
-    from bonenet.configs import CHOICES, TRAIN_HELP, TrainConfig
+    from bonenet.configs import CHOICES, TRAIN_HELP, TRAIN_RANGES, TrainConfig
 
     p = argparse.ArgumentParser(add_help=False)
     p.add_argument("--data-root", required=True, help=DATA_ROOT_HELP)
     p.add_argument("--models-dir", required=True, help="run folder to write models and manifest.json into")
-    _add_config_flags(p, TrainConfig, TRAIN_HELP, CHOICES)
+    _add_config_flags(p, TrainConfig, TRAIN_HELP, CHOICES, ranges=TRAIN_RANGES)
     p.add_argument("--resume", action="store_true", help="continue a killed run from its last completed epoch")
     p.set_defaults(func=_cmd_train)
     return p
@@ -153,8 +153,11 @@ def _cmd_predict(args):
               file=sys.stderr)
     results = predict_paths(net, args.paths, cam_dir=args.cam_dir, per_image=args.per_image)
     for r in results:
-        if "error" in r:
-            print(f"{r['path']}: ERROR {r['error']}")
+        if "error" in r:  # the error names the file itself; say the path once
+            print(f"{r['path']}: ERROR {r['error'].removeprefix(r['path'] + ': ')}")
+            continue
+        if "skipped" in r:
+            print(f"{r['path']}: skipped: {r['skipped']}")
             continue
         what = f"study {r['study']}" if "study" in r else r["path"]
         if r.get("mixed_parts"):
@@ -201,13 +204,13 @@ def _cmd_demo(args):
     run_demo(args.out, quick=args.quick, **_config_values(args, DemoPlan))
 
 
-def _add_config_flags(parser, config_class, helps, choices=None, plan_defaults=False):
+def _add_config_flags(parser, config_class, helps, choices=None, plan_defaults=False, ranges=None):
     """Adds one `--flag` per dataclass field: defaults live in the dataclass alone.
 
     A True boolean becomes `--no-FIELD`. With `plan_defaults`, flags default to None so that only
     what the user typed overrides a plan (the demo's full or quick plan).
     """
-    choices = choices or {}
+    choices, ranges = choices or {}, ranges or {}
     for field in dataclasses.fields(config_class):
         flag, default = field.name.replace("_", "-"), field.default
         text = helps[field.name] if default is None else f"{helps[field.name]} (default {default})"
@@ -217,8 +220,27 @@ def _add_config_flags(parser, config_class, helps, choices=None, plan_defaults=F
                                 help=f"do not {helps[field.name]}" if default else helps[field.name])
             continue
         kind = _recipe if field.name == "recipe" else str if default is None else type(default)
+        if field.name in ranges:
+            kind = _in_range(kind, ranges[field.name])
+            text += f"; {ranges[field.name]}"
         parser.add_argument(f"--{flag}", type=kind, default=None if plan_defaults else default,
                             choices=choices.get(field.name), help=text)
+
+
+def _in_range(kind, accepted):
+    """An argparse type: `kind` of `value`, refused while parsing when outside `accepted` (a `Range`)."""
+
+    def parse(value):
+        try:
+            number = kind(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{value!r} is not a{'n integer' if kind is int else ' number'}") from None
+        if number not in accepted:
+            raise argparse.ArgumentTypeError(f"{value} is out of range: must be {accepted}")
+        return number
+
+    parse.__name__ = kind.__name__  # argparse names the type in its own messages
+    return parse
 
 
 def _part(value):
@@ -256,6 +278,8 @@ def _write_json(path, payload):
 def build_parser():
     """Returns the argparse parser for every subcommand."""
     from bonenet import __version__
+    from bonenet.configs import Range
+    from preprocessing.filters import MIN_SIDE
 
     parser = argparse.ArgumentParser(prog="bonenet", description=DESCRIPTION,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -264,8 +288,9 @@ def build_parser():
 
     p = sub.add_parser("make-synthetic", help="write a synthetic MURA-v1.1-shaped dataset")
     p.add_argument("--out", required=True, help="folder to create MURA-v1.1/ in")
-    p.add_argument("--studies-per-part", type=int, default=40, help="train studies per part (default 40)")
-    p.add_argument("--valid-studies-per-part", type=int,
+    p.add_argument("--studies-per-part", type=_in_range(int, Range(1)), default=40,
+                   help="train studies per part (default 40)")
+    p.add_argument("--valid-studies-per-part", type=_in_range(int, Range(1)),
                    help="valid studies per part (default a quarter of --studies-per-part, at least 4)")
     p.add_argument("--seed", type=int, default=0, help="random seed; same seed, same bytes (default 0)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing OUT/MURA-v1.1")
@@ -289,7 +314,8 @@ def build_parser():
     p.add_argument("--out", required=True, help="panel PNG to write")
     p.add_argument("--recipe", default="equalize", type=_recipe,
                    help="recipe name (none, equalize, sharpen, edges, full) or JSON file")
-    p.add_argument("--image-size", type=int, default=224, help="model input side (default 224)")
+    p.add_argument("--image-size", type=_in_range(int, Range(MIN_SIDE)), default=224,
+                   help="model input side (default 224)")
     p.add_argument("--all-filters", action="store_true",
                    help="also show every filter (Sobel, Prewitt, Roberts, Canny, Laplacian, equalization, CLAHE)")
     p.set_defaults(func=_cmd_preprocess)
@@ -307,7 +333,7 @@ def build_parser():
     p.add_argument("--models-dir", required=True, help="a run folder with manifest.json")
     p.add_argument("--out", required=True, help="folder for metrics.json, prediction CSVs and plots")
     p.add_argument("--split", default="valid", choices=["valid", "train"], help="split to score (default valid)")
-    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for kappa CIs (default 1000)")
+    p.add_argument("--bootstrap", type=_in_range(int, Range(0)), default=1000, help="bootstrap resamples for kappa CIs (default 1000)")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
     p.set_defaults(func=_cmd_evaluate)
 
@@ -335,11 +361,12 @@ def build_parser():
                                      "a study")
     p.add_argument("--models-dir", required=True, help="a run folder with manifest.json")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.add_argument("--port", type=_in_range(int, Range(1, 65535)), default=8000, help="port (default 8000)")
     p.add_argument("--threshold", default="tuned", choices=["tuned", "default"],
                    help="tuned: each part's threshold tuned on the training hold-out; default: 0.5 (default tuned)")
-    p.add_argument("--max-file-mb", type=float, default=20, help="largest accepted file in MB (default 20)")
-    p.add_argument("--max-files", type=int, default=32, help="most files per request (default 32)")
+    p.add_argument("--max-file-mb", type=_in_range(float, Range(0, open_lo=True)), default=20,
+                   help="largest accepted file in MB (default 20)")
+    p.add_argument("--max-files", type=_in_range(int, Range(1)), default=32, help="most files per request (default 32)")
     p.set_defaults(func=_cmd_serve)
 
     from bonenet.configs import PRETRAIN_HELP, PretrainConfig

@@ -33,6 +33,42 @@ class PretrainConfig:
     recipe: str = "equalize"
 
 
+@dataclass(frozen=True)
+class Range:
+    """The values a numeric setting accepts, for the checks at the door and their messages."""
+
+    lo: float = None
+    hi: float = None
+    open_lo: bool = False
+    open_hi: bool = False
+
+    def __contains__(self, value):
+        return ((self.lo is None or value > self.lo or (value == self.lo and not self.open_lo))
+                and (self.hi is None or value < self.hi or (value == self.hi and not self.open_hi)))
+
+    def __str__(self):
+        if self.hi is None:
+            return f"{'above' if self.open_lo else 'at least'} {self.lo:g}"
+        left, right = "(" if self.open_lo else "[", ")" if self.open_hi else "]"
+        return f"within {left}{self.lo:g}, {self.hi:g}{right}"
+
+    def check(self, name, value):
+        """Returns `value`, or raises ValueError naming `name`, the value and the accepted range."""
+        if value not in self:
+            raise ValueError(f"{name} must be {self}, got {value:g}")
+        return value
+
+
+# EfficientNetB0 without its top has 236 layers; fine-tuning the last 234 leaves its input scaling
+# and normalisation as the frozen trunk (tests/bonenet/test_models.py pins that).
+MAX_TRAINABLE_LAYERS = 234
+# The ranges of TrainConfig's numeric fields, checked by the dataclass and, earlier, by the parser.
+TRAIN_RANGES = {
+    "epochs": Range(1), "batch_size": Range(1), "image_size": Range(32), "trainable_layers": Range(0, MAX_TRAINABLE_LAYERS),
+    "learning_rate": Range(0, open_lo=True), "max_rotation": Range(0, 30), "holdout_fraction": Range(0, 1, True, True),
+    "dropout": Range(0, 1, open_hi=True), "patience": Range(0), "views": Range(0),
+}
+
 STRATEGIES = ("auto", "default", "mirrored", "multiworker")
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 MODES = ("cached", "full")
@@ -87,21 +123,14 @@ class TrainConfig:
     precision: str = "auto"
 
     def __post_init__(self):
-        for name in ("epochs", "batch_size", "image_size"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.image_size < 32:
-            raise ValueError(f"image_size must be at least 32 for EfficientNetB0, got {self.image_size}")
+        for name, accepted in TRAIN_RANGES.items():
+            accepted.check(name, getattr(self, name))
         if self.strategy not in STRATEGIES:
             raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}, got {self.strategy!r}")
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
-        if int(self.views) < 0:
-            raise ValueError(f"views must be at least 0, got {self.views}")
-        if not self.learning_rate > 0:
-            raise ValueError(f"learning_rate must be positive, got {self.learning_rate}")
         from preprocessing.augment import AugmentConfig
         from preprocessing.recipes import get_recipe
 

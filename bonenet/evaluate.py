@@ -12,7 +12,6 @@ import warnings
 from pathlib import Path
 
 import cv2
-import keras
 import numpy as np
 import pandas as pd
 import tensorflow as tf
@@ -26,6 +25,7 @@ from bonenet.metrics import per_group
 from bonenet.mura import fingerprint
 from bonenet.outputs import folder_written_whole
 from bonenet.parts import PARTS, short_name
+from bonenet.progress import Progress
 from bonenet.study import IMAGE_COLUMNS, STUDY_COLUMNS, aggregate_studies, route
 
 BATCH = 32
@@ -54,7 +54,7 @@ def predict_split(net, images, progress=True):
     """
     rows, skipped = [], []
     paths = images["path"].tolist()
-    bar = keras.utils.Progbar(len(paths), verbose=1 if progress and sys.stdout.isatty() else 0, unit_name="image")
+    bar = Progress(len(paths), "evaluate: trunk, router and part models over the split", enabled=progress)
     start = 0
     for x, ok in stream_prepared(paths, net.recipe, net.image_size):
         batch = images.iloc[start:start + len(ok)]
@@ -68,7 +68,8 @@ def predict_split(net, images, progress=True):
                 scored[f"s_{part}"] = net.abnormal_probs(part, features) if part in net.models else np.nan
             rows.append(scored)
         start += len(ok)
-        bar.add(len(ok))
+        bar.update(len(ok))
+    bar.close()
     messages = [f"skipped (could not be read): {path}" for path in skipped]
     table = pd.concat(rows, ignore_index=True) if rows else images.iloc[:0].copy()
     return table.rename(columns={"part": "part_true"}), messages
@@ -94,7 +95,8 @@ GALLERY_KINDS = {"tp": "true positives", "fn": "false negatives", "fp": "false p
 def write_gallery(net, studies, image_rows, out_dir, per_kind=3):
     """Grad-CAM overlays of each part's most confident true positives, false negatives and false positives.
 
-    Per study, the view with the highest p(abnormal) is shown, drawn as `predict` draws it (a
+    `studies` are decided as `predict` decides them (the run's tuned thresholds where it has them),
+    so that a study is never normal in the report and abnormal from `predict`. Per study, the view with the highest p(abnormal) is shown, drawn as `predict` draws it (a
     faint map and no box when that view is below the threshold), with the study's own score and
     truth on top. Written here because the report's kernels do not load models.
 
@@ -108,6 +110,7 @@ def write_gallery(net, studies, image_rows, out_dir, per_kind=3):
     folder.mkdir(parents=True, exist_ok=True)
     rows = []
     scored = studies[np.isfinite(studies["score"]) & (studies["pred"] >= 0)]
+    bar = Progress(len(PARTS), "evaluate: heat-map galleries", unit="part")
     for part in PARTS:
         mine = scored[scored["part_true"] == part]
         picks = {"tp": mine[(mine.pred == 1) & (mine.label == 1)].sort_values("score", ascending=False),
@@ -125,13 +128,15 @@ def write_gallery(net, studies, image_rows, out_dir, per_kind=3):
                 lines = [f"{kind.upper()} {name}: study p(abnormal) {study.score:.2f} (mean of {len(views)} "
                          f"views), truth {'abnormal' if study.label else 'normal'}",
                          *gradcam.caption(short_name(study.part_pred), float(view["router_confidence"]),
-                                          float(view["score"]), float(study.threshold), abnormal)]
+                                          float(view["score"]), float(study.threshold), abnormal, "this view ")]
                 file = folder / f"{short_name(part)}_{kind}_{rank}.png"
                 if not cv2.imwrite(str(file), gradcam.overlay(gray, cam, abnormal, box if abnormal else None, lines)):
                     raise OSError(f"{file}: could not write the heat map")
                 rows.append({"part": part, "kind": kind, "rank": rank, "study": study.study, "path": view["path"],
                              "study_score": study.score, "image_score": float(view["score"]),
                              "threshold": study.threshold, "file": f"gallery/{file.name}"})
+        bar.update()
+    bar.close()
     table = pd.DataFrame(rows, columns=["part", "kind", "rank", "study", "path", "study_score", "image_score",
                                         "threshold", "file"])
     table.to_csv(Path(out_dir) / "gallery.csv", index=False)
@@ -234,7 +239,7 @@ def evaluate_run(data_root, models_dir, out_dir, split="valid", n_boot=1000, see
 
             bplots.write_evaluation_plots(metrics, studies, out)
         if gallery:
-            write_gallery(net, studies, image_rows, out, gallery)
+            write_gallery(net, studies_tuned, image_rows, out, gallery)
     for path, reason in index.skipped.itertuples(index=False):
         print(f"bonenet evaluate: skipped {path}: {reason}", file=sys.stderr)
     for message in messages:

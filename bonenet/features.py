@@ -25,6 +25,7 @@ import tensorflow as tf
 
 from bonenet.data import AUTOTUNE, labelled_slices, prepare_or_flag
 from bonenet.outputs import check_free_space, remove_dead_writers_temps, temp_prefix
+from bonenet.progress import Progress
 from preprocessing.augment import augment
 from preprocessing.recipes import get_recipe
 
@@ -158,7 +159,7 @@ def compute_features(trunk, paths, recipe, size, cache_dir, views=0, augment_con
         augment_config: an `AugmentConfig`, needed when `views` > 0.
         seed: seeds the augmented views. Defaults to 0.
         batch_size: trunk batch size. Defaults to 32.
-        verbose: show a progress bar. Defaults to 1.
+        verbose: show progress (`bonenet.progress`). Defaults to 1.
 
     Returns:
         A `FeatureCache`.
@@ -195,7 +196,8 @@ def compute_features(trunk, paths, recipe, size, cache_dir, views=0, augment_con
         # One traced call of the trunk in inference mode; unlike `predict_on_batch`, it gives each
         # image's row once under a MirroredStrategy too (read in cross-replica context).
         encode = tf.function(lambda x: trunk(x, training=False), reduce_retracing=True)
-        bar = keras.utils.Progbar(n, verbose=verbose, unit_name="image")
+        bar = Progress(n, f"trunk features of {n:,} train images × {stride} view(s) (the unaugmented image and "
+                          f"{views} augmented), once, into {folder}", enabled=bool(verbose))
         start = 0
         for x, flags in ds:
             x, count = x.numpy().astype(np.float32), len(flags)
@@ -204,7 +206,8 @@ def compute_features(trunk, paths, recipe, size, cache_dir, views=0, augment_con
                 out = np.asarray(encode(tf.constant(x[:, v])))
                 array[v * n + start: v * n + start + count] = out
             start += count
-            bar.add(count)
+            bar.update(count)
+        bar.close()
         array.flush()
         np.save(tmp / "ok.npy", ok)
         meta = {"paths": paths, "views": views, "size": int(size), "recipe": recipe.to_dict(),

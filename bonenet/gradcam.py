@@ -173,11 +173,14 @@ def overlay(gray, cam, abnormal, box=None, lines=()):
     return np.vstack([band, body])
 
 
-def caption(part, router_confidence, p_abnormal, threshold, abnormal):
-    """The overlay's caption lines: what was routed where, and the decision with its threshold."""
+def caption(part, router_confidence, p_abnormal, threshold, abnormal, whose=""):
+    """The overlay's caption lines: what was routed where, and the decision with its threshold.
+
+    `whose` names the p(abnormal) where a reader could take it for another ("this view ").
+    """
     first = f"{part} (router confidence {router_confidence:.2f})"
     if p_abnormal is None:
         return [first, "unscored: the run has no model for this part"]
     if abnormal:
-        return [first, f"p(abnormal) {p_abnormal:.2f} >= threshold {threshold:.2f}: ABNORMAL"]
-    return [first, f"p(abnormal) {p_abnormal:.2f} < threshold {threshold:.2f}: NORMAL (faint map, no box)"]
+        return [first, f"{whose}p(abnormal) {p_abnormal:.2f} >= threshold {threshold:.3f}: ABNORMAL"]
+    return [first, f"{whose}p(abnormal) {p_abnormal:.2f} < threshold {threshold:.3f}: NORMAL (faint map, no box)"]

@@ -5,7 +5,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from bonenet.imageio import IMAGE_SUFFIXES, ImageReadError, decode_gray, load_gray
+from bonenet.imageio import DICOM_PREAMBLE, IMAGE_SUFFIXES, ImageReadError, decode_gray, image_format, load_gray
 from bonenet.models import set_xla, use_xla
 from bonenet.parts import short_name
 from bonenet.store import ManifestError, load_run_models, read_manifest
@@ -170,18 +170,44 @@ class BoneNet:
 
 
 def find_images(path):
-    """Lists the images a user pointed at: a file, a study folder or any folder (recursively).
+    """Lists the images a user pointed at, and what else a folder holds, with why it is left out.
 
-    Folders are searched for `bonenet.imageio.IMAGE_SUFFIXES`; resource forks (`._*`) are left
-    out. Raises ImageReadError for a path that does not exist.
+    A file is taken as given. A folder is searched recursively: files named like images
+    (`bonenet.imageio.IMAGE_SUFFIXES`) and files without such a name whose first bytes are a PNG,
+    JPEG or DICOM (DICOM exports often have no suffix) are images; everything else, a resource
+    fork (`._*`), a text file, `.DS_Store`, a broken link or an empty folder, is listed as
+    skipped. Raises ImageReadError for a path that does not exist.
+
+    Returns:
+        (image paths, [(path, reason)] skipped), both in path order.
     """
     path = Path(path)
     if not path.exists():
         raise ImageReadError(f"{path}: does not exist")
     if path.is_file():
-        return [path]
-    return sorted(p for p in path.rglob("*")
-                  if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("._") and p.is_file())
+        return [path], []
+    images, skipped = [], []
+    for p in sorted(path.rglob("*")):
+        if p.is_dir():
+            if not any(p.iterdir()):
+                skipped.append((p, "empty folder"))
+        elif not p.exists():
+            skipped.append((p, "broken link (its target does not exist)"))
+        elif p.name.startswith("._"):
+            skipped.append((p, "macOS resource fork (._ file), not an image"))
+        elif p.suffix.lower() in IMAGE_SUFFIXES or _looks_like_an_image(p):
+            images.append(p)
+        else:
+            skipped.append((p, "not a PNG, JPEG or DICOM image"))
+    return images, skipped
+
+
+def _looks_like_an_image(path):
+    try:
+        with open(path, "rb") as f:
+            return image_format(f.read(DICOM_PREAMBLE + 4)) is not None
+    except OSError:
+        return True  # an image-like name or not, reading it will say what is wrong, naming it
 
 
 def group_inputs(paths, per_image=False):
@@ -193,7 +219,8 @@ def group_inputs(paths, per_image=False):
     A study whose images the router sends to different parts is flagged (`bonenet.study`).
 
     Returns:
-        A list of ("image", path, [path]), ("study", folder, [its images]) or ("error", path, reason).
+        A list of ("image", path, [path]), ("study", folder, [its images]), ("skip", path, reason) for
+        what a folder holds besides images, or ("error", path, reason).
     """
     items = []
     for raw in paths:
@@ -202,7 +229,8 @@ def group_inputs(paths, per_image=False):
             items.append(("error", path, "does not exist"))
         elif path.is_dir():
             studies = {}
-            for image in find_images(path):
+            images, skipped = find_images(path)
+            for image in images:
                 studies.setdefault(image.parent, []).append(image)
             if not studies:
                 items.append(("error", path, "no PNG, JPEG or DICOM images in this folder "
@@ -210,6 +238,7 @@ def group_inputs(paths, per_image=False):
             for folder, images in sorted(studies.items()):
                 items.extend([("image", image, [image]) for image in images] if per_image
                              else [("study", folder, images)])
+            items.extend(("skip", file, reason) for file, reason in skipped)
         else:
             items.append(("image", path, [path]))
     return items
@@ -264,7 +293,7 @@ def predict_images(net, images, render_cam=None):
 
 
 CSV_COLUMNS = ["path", "study", "part", "part_confidence", "p_abnormal", "threshold", "abnormal", "threshold_source",
-               "image_part", "mixed_parts", "cam", "error"]
+               "image_part", "mixed_parts", "cam", "error", "skipped"]
 
 
 def results_table(results):
@@ -319,13 +348,14 @@ def predict_paths(net, paths, cam_dir=None, per_image=False):
     Returns:
         A list of dicts as in `predict --json`: per image `path, part, part_confidence, p_abnormal,
         threshold, threshold_source, abnormal[, cam, cam_box, cam_caption]`, per study `study,
-        images, ...`, and `path, error` for failures.
+        images, ...`, `path, error` for failures, and `path, skipped` for what a folder holds besides
+        images (not a failure).
     """
     render = cam_file_writer(cam_dir) if cam_dir is not None else None
     results = []
     for kind, path, files in group_inputs(paths, per_image):
-        if kind == "error":
-            results.append({"path": str(path), "error": files})
+        if kind in ("error", "skip"):
+            results.append({"path": str(path), "error" if kind == "error" else "skipped": files})
             continue
         loaded = []
         for file in files:

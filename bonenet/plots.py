@@ -115,7 +115,8 @@ def kappa_figure(study_metrics, parts):
     ax.set_ylim(min(0, np.nanmin(ci) if np.isfinite(ci).any() else 0) - 0.05, 1.05)
     ax.axhline(0, color="black", lw=0.8)
     ax.set_title("Per-part kappa against the Stanford baseline")
-    ax.legend(loc="lower right", fontsize=8)
+    # Below the axes, so that it never covers a bar.
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=2, fontsize=8, frameon=False)
     fig.tight_layout()
     return fig
 

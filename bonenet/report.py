@@ -4,6 +4,8 @@ The notebooks in `notebooks/` only call these; `run_reports` executes them head-
 and converts each to HTML.
 """
 
+import base64
+import html
 import json
 import sys
 from pathlib import Path
@@ -16,6 +18,7 @@ from traitlets import default
 from bonenet import baselines
 from bonenet.outputs import folder_written_whole
 from bonenet.parts import PARTS, parse_part, short_name
+from bonenet.progress import Progress
 from bonenet.study import IMAGE_COLUMNS, STUDY_COLUMNS
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
@@ -116,9 +119,11 @@ def banner(metrics):
     weights = source.get("weights", {})
     notes = []
     if source.get("synthetic"):
-        notes.append(f"the evaluated data (`{source.get('data_root')}`) is synthetic, made by `make-synthetic`")
+        notes.append(f"the evaluated data (<code>{html.escape(str(source.get('data_root')))}</code>) is synthetic, "
+                     "made by <code>make-synthetic</code>")
     if weights.get("kind") != "imagenet":
-        notes.append(f"the backbone is not ImageNet-pretrained ({weights.get('description') or weights.get('kind')})")
+        origin = weights.get("description") or weights.get("kind")
+        notes.append(f"the backbone is not ImageNet-pretrained ({html.escape(str(origin))})")
     if not notes:
         return ""
     return ("<div style='background:#fde8e8;border:1px solid #e6a1a1;padding:8px 12px;border-radius:6px'>"
@@ -140,7 +145,7 @@ def part_table(metrics, part):
     table["Stanford DenseNet-169 (test)"] = {r: None for r in ROWS} | {"kappa": baselines.STANFORD_KAPPA.get(part)}
     patel = baselines.PATEL.get(part, {})
     table["Patel et al. EfficientNetB0"] = {r: patel.get(r) for r in ROWS}
-    return pd.DataFrame(table).loc[list(ROWS)]
+    return pd.DataFrame(table).loc[list(ROWS)].rename_axis(None)
 
 
 def overview_table(metrics):
@@ -161,7 +166,8 @@ def overview_table(metrics):
             "specificity": m["specificity"],
             "Stanford kappa": baselines.STANFORD_KAPPA[part],
         })
-    return pd.DataFrame(rows).set_index("part")
+    # No index name: a Styler shows it as a row of its own under the header.
+    return pd.DataFrame(rows).set_index("part").rename_axis(None)
 
 
 def threshold_sweep(studies, part, tuned=None, default=0.5, steps=12):
@@ -191,10 +197,16 @@ def part_studies(studies, part):
     return studies[(studies["part_true"] == parse_part(part)) & np.isfinite(studies["score"])]
 
 
-def gallery(eval_dir, part, kind):
-    """The heat maps `evaluate` drew for one part's `tp`, `fn` or `fp` studies, as one figure (None when none)."""
-    import matplotlib.pyplot as plt
+GALLERY_TILE_PX = 320
 
+
+def gallery(eval_dir, part, kind):
+    """The heat maps `evaluate` drew for one part's `tp`, `fn` or `fp` studies, as HTML tiles of one size
+    with readable captions; None when there are none.
+
+    Each caption says which p(abnormal) is the study's (the mean over its views, which was decided on)
+    and which is the shown view's, and the threshold that decided: the one `predict` uses.
+    """
     if kind not in ("tp", "fn", "fp"):
         raise ValueError(f"kind must be tp, fn or fp, got {kind!r}")
     path = Path(eval_dir) / "gallery.csv"
@@ -202,20 +214,53 @@ def gallery(eval_dir, part, kind):
     chosen = table[(table["part"] == parse_part(part)) & (table["kind"] == kind)]
     if chosen.empty:
         return None
-    fig, axes = plt.subplots(1, len(chosen), figsize=(4.6 * len(chosen), 4.6), squeeze=False)
-    for ax, row in zip(axes.ravel(), chosen.itertuples(), strict=True):
-        ax.imshow(plt.imread(Path(eval_dir) / row.file))
-        ax.axis("off")
-    fig.tight_layout()
-    return fig
+    tiles = []
+    for row in chosen.itertuples():
+        png = base64.b64encode((Path(eval_dir) / row.file).read_bytes()).decode()
+        name = "/".join(str(row.study).rstrip("/").split("/")[-2:])
+        text = (f"<b>{html.escape(name)}</b><br>study p(abnormal) <b>{row.study_score:.2f}</b> (mean of its views; "
+                f"decided on)<br>this view p(abnormal) {row.image_score:.2f}<br>threshold {row.threshold:.3f}")
+        tiles.append(
+            f'<figure class="bonenet-tile" style="width:{GALLERY_TILE_PX}px;margin:0 12px 12px 0;display:inline-block;'
+            f'vertical-align:top"><img src="data:image/png;base64,{png}" alt="{kind.upper()} heat map of '
+            f'{html.escape(name)}" style="width:{GALLERY_TILE_PX}px;height:{GALLERY_TILE_PX}px;object-fit:contain;'
+            f'background:#000"><figcaption style="font-size:14px;line-height:1.35">{text}</figcaption></figure>')
+    return "<div>" + "".join(tiles) + "</div>"
+
+
+def gallery_threshold(eval_dir, part):
+    """The threshold the part's galleries decided at, as text for the page ("0.273"); None without galleries."""
+    path = Path(eval_dir) / "gallery.csv"
+    if not path.is_file():
+        return None
+    table = pd.read_csv(path)
+    values = table.loc[table["part"] == parse_part(part), "threshold"].unique()
+    return f"{values[0]:.3f}" if len(values) else None
+
+
+def links(parts, here=None):
+    """HTML links between the report's pages: the overview and every part page."""
+    pages = [("overview", "overview.html")] + [(short_name(p), f"part_{short_name(p)}.html") for p in parts]
+    items = [f"<b>{name}</b>" if name == here else f'<a href="{href}">{name}</a>' for name, href in pages]
+    return '<nav class="bonenet-links">Pages: ' + " · ".join(items) + "</nav>"
 
 
 class IPCKernelManager(AsyncKernelManager):
-    """Report kernels listen on local Unix sockets: over TCP each kernel warns that its traffic is unencrypted."""
+    """Report kernels listen on local Unix sockets (over TCP each kernel warns that its traffic is
+    unencrypted), and are shut down without an interrupt first."""
 
     @default("transport")
     def _default_transport(self):
         return "ipc"
+
+    async def _async_interrupt_kernel(self):
+        # jupyter_client's shutdown interrupts the kernel before asking it to stop. Papermill shuts
+        # a kernel down only once its notebook has run, so there is nothing to interrupt, and the
+        # SIGINT only made an idle kernel log "[IPKernelApp] ERROR | KeyboardInterrupt caught in
+        # kernel" on the console (2 of 3 demo runs). The shutdown request alone stops it.
+        if self.shutting_down:
+            return
+        await super()._async_interrupt_kernel()
 
 
 def _describe_images(node):
@@ -271,11 +316,13 @@ def run_reports(eval_dir, out_dir, parts=None, timeout=600):
     parts = scored if parts is None else [parse_part(p) for p in parts]
     if not (NOTEBOOKS / "part_report.ipynb").is_file():
         raise FileNotFoundError(f"{NOTEBOOKS}: report notebooks not found; install bonenet from its source tree")
-    jobs = [("overview", "overview.ipynb", {"eval_dir": str(eval_dir)})]
-    jobs += [(f"part_{short_name(p)}", "part_report.ipynb", {"eval_dir": str(eval_dir), "part": p}) for p in parts]
+    common = {"eval_dir": str(eval_dir), "pages": list(parts)}
+    jobs = [("overview", "overview.ipynb", common)]
+    jobs += [(f"part_{short_name(p)}", "part_report.ipynb", {**common, "part": p}) for p in parts]
     # No code, no In/Out prompts: the pages are for reading.
     exporter = HTMLExporter(exclude_input=True, exclude_input_prompt=True, exclude_output_prompt=True)
     written = []
+    bar = Progress(len(jobs), f"report: rendering {len(jobs)} page(s) into {out_dir}", unit="page")
     with folder_written_whole(out_dir) as tmp:
         for name, notebook, params in jobs:
             executed = tmp / f"{name}.ipynb"
@@ -289,4 +336,6 @@ def run_reports(eval_dir, out_dir, parts=None, timeout=600):
             body, _ = exporter.from_notebook_node(node)
             (tmp / f"{name}.html").write_text(body, encoding="utf-8")
             written.append(out_dir / f"{name}.html")
+            bar.update()
+    bar.close()
     return written

@@ -489,10 +489,11 @@ def train_model(target, index, models_dir, config=TrainConfig(), resume=False, v
 
 
 def progress_verbosity(verbose="auto"):
-    """Keras verbosity: "auto" shows progress bars only when output is a terminal."""
+    """Keras verbosity: "auto" shows progress bars on a terminal, and one line per epoch otherwise
+    ("Epoch 3/10" and its figures), so that a log still counts the epochs."""
     if verbose != "auto":
         return verbose
-    return 1 if sys.stdout.isatty() else 0
+    return 1 if sys.stdout.isatty() else 2
 
 
 def summary_line(key, entry):

@@ -109,7 +109,7 @@ def test_data_summary_verify_decodes_and_finds_a_corrupt_body(synthetic_root, tm
     (root / listed).write_bytes(bytes(data))
     code, _ = _run(["data-summary", "--data-root", root, "--json", tmp_path / "quick.json"], capsys)
     quick = json.loads((tmp_path / "quick.json").read_text())
-    assert code == 0 and quick["check"].startswith("PNG signature") and not quick["skipped"]
+    assert code == 0 and quick["check"].startswith("header and trailer") and not quick["skipped"]
     code, _ = _run(["data-summary", "--data-root", root, "--verify", "--json", tmp_path / "full.json"], capsys)
     full = json.loads((tmp_path / "full.json").read_text())
     assert full["check"] == "every image decoded"

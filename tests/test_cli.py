@@ -41,6 +41,33 @@ def test_a_misspelt_part_or_recipe_fails_before_tensorflow_loads(args, names):
     assert seconds < 10, seconds
 
 
+@pytest.mark.parametrize("args,accepted", [
+    (["train-all", "--trainable-layers", "300"], "within [0, 234]"),
+    (["train-router", "--image-size", "16"], "at least 32"),
+    (["train-part", "--part", "hand", "--learning-rate", "0"], "above 0"),
+    (["train-all", "--holdout-fraction", "1"], "within (0, 1)"),
+    (["serve", "--port", "70000"], "within [1, 65535]"),
+    (["serve", "--port", "-1"], "within [1, 65535]"),
+    (["evaluate", "--out", "z", "--bootstrap", "-5"], "at least 0"),
+])
+def test_out_of_range_values_are_refused_while_parsing_with_the_range(args, accepted):
+    if args[0] != "serve":
+        args = [*args, "--data-root", "x"]
+    proc, seconds = _cli(*args, "--models-dir", "y")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert "out of range: must be " + accepted in last, last
+    assert seconds < 10, seconds  # refused before any data is read or TensorFlow loads
+
+
+def test_a_too_small_image_is_named_in_the_message(tmp_path):
+    tiny = tmp_path / "tiny.png"
+    cv2.imwrite(str(tiny), np.zeros((1, 1), np.uint8))
+    proc, _ = _cli("preprocess", str(tiny), "--out", str(tmp_path / "panel.png"))
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == f"bonenet preprocess: error: {tiny}: image is too small (1×1); need at least 8×8"
+
+
 def test_image_title_names_part_patient_study_and_image():
     path = "/data/MURA-v1.1/valid/XR_HAND/patient11185/study1_positive/image3.png"
     assert image_title(path) == "hand · patient11185 · study1 (positive) · image3"

@@ -18,8 +18,14 @@ def test_demo_quick_runs_the_chain_and_ends_with_the_per_part_table(tmp_path):
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-4000:]
     console = proc.stdout + proc.stderr
-    # No TensorFlow C++ or absl log lines, and no CUDA probe errors, reach the console.
+    # No TensorFlow C++ or absl log lines, no CUDA probe errors and no kernel noise reach the console.
     assert not re.search(r"^[IWEF]\d{4} |absl::|cuda|cuInit", console, re.MULTILINE), console[:3000]
+    assert "[IPKernelApp]" not in console
+    # Every long step says what it does: the trunk features (how many, where), epochs, evaluate, report.
+    assert re.search(r"^trunk features of [\d,]+ train images × 3 view\(s\) .* into .*features-", proc.stderr, re.M)
+    assert re.search(r"^Epoch 1/1$", proc.stdout, re.MULTILINE)
+    assert "evaluate: trunk, router and part models over the split: " in proc.stderr
+    assert re.search(r"^report: rendering 1 page\(s\) into .*: 1/1 pages \(100%\)$", proc.stderr, re.MULTILINE)
     lines = proc.stdout.strip().splitlines()
     assert lines[-1].startswith("open first: ") and lines[-1].endswith("overview.html")
     assert lines[-2].startswith("router study accuracy")

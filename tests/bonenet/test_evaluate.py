@@ -120,22 +120,35 @@ def _check_pages(folder, expected):
 
 
 @pytest.mark.browser
-def test_reports_read_cleanly_and_show_every_parts_heat_maps(evaluation, tmp_path, browser, screenshot):
+def test_reports_read_cleanly_link_both_ways_and_decide_as_predict_does(evaluation, full_run, tmp_path, browser,
+                                                                        screenshot):
+    from bonenet.inference import BoneNet
+
     assert run_pipeline.main(["report", "--eval-dir", str(evaluation), "--out", str(tmp_path)]) == 0
     _check_pages(tmp_path, ["overview.html"] + [f"part_{p[3:].lower()}.html" for p in PARTS])
     gallery = pd.read_csv(evaluation / "gallery.csv")
+    predict_thresholds = BoneNet.load(full_run).thresholds  # what predict and serve decide with
     for part in PARTS:
         page = (tmp_path / f"part_{part[3:].lower()}.html").read_text()
         assert "Heat-map galleries" in page
         shown = gallery[gallery.part == part]
         assert len(shown) > 0, part  # the tiny fixture has true or false positives or misses in every part
-        # one embedded figure per non-empty kind in the gallery section
-        assert page.count('alt="Heat-map galleries" src="data:image/png;base64') == shown.kind.nunique(), part
-    for name in ("overview.html", "part_wrist.html"):
+        assert page.count('class="bonenet-tile"') == len(shown), part  # one tile per heat map
+        # One threshold in the galleries, the one predict uses for this part.
+        assert set(shown["threshold"].round(6)) == {round(predict_thresholds[part][0], 6)}, part
+        assert f"Galleries decide at threshold <strong>{predict_thresholds[part][0]:.3f}</strong>" in page, part
+    for name, other in (("overview.html", "part_wrist.html"), ("part_wrist.html", "overview.html")):
         browser.get((tmp_path / name).as_uri())
         text = browser.find_element("tag name", "body").text
-        assert "Not clinical evidence" in text and "NaN" not in text
+        assert "Not clinical evidence" in text and "NaN" not in text and "`" not in text, name
+        link = browser.find_element("css selector", f'nav.bonenet-links a[href="{other}"]')
+        assert link.is_displayed(), (name, other)
         assert screenshot(browser, f"report_{name[:-5]}.png").stat().st_size > 20_000
+    captions = browser.find_elements("css selector", "figure.bonenet-tile figcaption")
+    assert captions and all(float(c.value_of_css_property("font-size")[:-2]) >= 13 for c in captions)
+    assert "study p(abnormal)" in captions[0].text and "this view p(abnormal)" in captions[0].text
+    sizes = {(t.size["width"], t.size["height"]) for t in browser.find_elements("css selector", "figure.bonenet-tile img")}
+    assert len(sizes) == 1  # gallery tiles of one size
 
 
 def test_evaluated_studies_match_predict_study(evaluation, full_run, index):

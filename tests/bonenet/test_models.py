@@ -141,6 +141,9 @@ def test_split_model_cuts_at_the_block_boundary_and_recomposes_exactly():
     # A cut on a block's first layer keeps the whole previous block; none leaves pooling + softmax.
     assert trunk_cut(model, trainable_layers=16)[1] == "block6d_add"
     assert trunk_cut(model, trainable_layers=0)[1] == "top_activation"
+    from bonenet.configs import MAX_TRAINABLE_LAYERS
+
+    assert trunk_cut(model, trainable_layers=MAX_TRAINABLE_LAYERS) == (2, "normalization")  # the parser's bound
     with pytest.raises(ValueError, match="no frozen trunk"):
         trunk_cut(model, trainable_layers=236)
     with pytest.raises(ValueError, match="trainable_layers must be within"):

@@ -3,6 +3,7 @@ and heat maps that do not dress up a normal image as a finding."""
 
 import json
 import shutil
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -62,16 +63,41 @@ def test_bad_inputs_are_one_line_error_entries_in_input_order(full_run, radiogra
                               "--csv", tmp_path / "out.csv"], tmp_path)
     assert code == 1
     order = [r.get("study", r["path"]) for r in results]
-    assert order == [str(good1), str(empty), str(texts / "scan.png"), str(texts), str(good2), str(missing)]
+    assert order == [str(good1), str(empty), str(texts / "scan.png"), str(texts), str(texts / "notes.txt"),
+                     str(good2), str(missing)]
     errors = {r["path"]: r["error"] for r in results if "error" in r}
     assert "no PNG, JPEG or DICOM images" in errors[str(empty)]
     assert "not a PNG, JPEG or DICOM image" in errors[str(texts / "scan.png")]
     assert "no readable images" in errors[str(texts)] and "does not exist" in errors[str(missing)]
     assert all("\n" not in e for e in errors.values())
-    assert [r["p_abnormal"] is not None for r in results if "error" not in r] == [True, True]
+    assert [r["p_abnormal"] is not None for r in results if "error" not in r and "skipped" not in r] == [True, True]
     table = pd.read_csv(tmp_path / "out.csv")
-    assert list(table.path) == order and table.error.notna().sum() == 4
-    assert "1 input(s)" not in capsys.readouterr().err  # the count is right: four
+    assert list(table.path) == order and table.error.notna().sum() == 4 and table.skipped.notna().sum() == 1
+    console = capsys.readouterr()
+    assert "1 input(s)" not in console.err  # the count is right: four
+    error_line = next(line for line in console.out.splitlines() if line.startswith(str(texts / "scan.png")))
+    assert error_line.count(str(texts / "scan.png")) == 1  # the path once, then the problem
+
+
+def test_what_a_folder_holds_besides_images_is_listed_as_skipped(full_run, radiograph, tmp_path, capsys, write_dicom):
+    study = tmp_path / "study1"
+    (study / "empty").mkdir(parents=True)
+    cv2.imwrite(str(study / "image1.png"), radiograph)
+    write_dicom(study / "IM000002", radiograph)  # DICOM exports often have no suffix: read by its bytes
+    (study / "notes.txt").write_text("not an image")
+    (study / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
+    (study / "._image1.png").write_bytes(b"\0\5\26\7")
+    (study / "gone.png").symlink_to(tmp_path / "nowhere.png")
+    code, results = _predict([study, "--models-dir", full_run, "--csv", tmp_path / "out.csv"], tmp_path)
+    assert code == 0  # junk beside the images is not a failure
+    skipped = {Path(r["path"]).name: r["skipped"] for r in results if "skipped" in r}
+    assert skipped == {".DS_Store": "not a PNG, JPEG or DICOM image", "._image1.png": "macOS resource fork (._ file), "
+                       "not an image", "empty": "empty folder", "gone.png": "broken link (its target does not exist)",
+                       "notes.txt": "not a PNG, JPEG or DICOM image"}
+    assert next(r for r in results if "study" in r)["images"] == [str(study / "IM000002"), str(study / "image1.png")]
+    out = capsys.readouterr().out
+    assert f"{study / 'notes.txt'}: skipped: not a PNG, JPEG or DICOM image" in out
+    assert pd.read_csv(tmp_path / "out.csv").skipped.notna().sum() == 5
 
 
 @pytest.mark.parametrize("threshold,abnormal", [(1.0 - 1e-9, False), (1e-6, True)])

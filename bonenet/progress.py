@@ -1,0 +1,59 @@
+"""One progress convention for long steps: a labelled bar on a terminal, step lines otherwise.
+
+A log file or CI console gets a few lines (at the start, at each quarter and at the end) instead of
+a bar redrawn hundreds of times, or of silence.
+"""
+
+import sys
+
+from tqdm import tqdm
+
+
+class Progress:
+    """Counts work done for one labelled step.
+
+    Args:
+        total: units of work in the step.
+        label: what the step does, e.g. "evaluate: scoring 3,197 valid images".
+        unit: what is counted. Defaults to "image".
+        stream: where to write. Defaults to standard error.
+        enabled: False shows nothing. Defaults to True.
+    """
+
+    def __init__(self, total, label, unit="image", stream=None, enabled=True):
+        self.total, self.label, self.unit, self.done = int(total), label, unit, 0
+        self.stream = stream or sys.stderr
+        self.enabled = enabled
+        self.bar = None
+        self._next_quarter = 1
+        if not enabled:
+            return
+        if self.stream.isatty():
+            self.bar = tqdm(total=self.total, desc=label, unit=unit, file=self.stream, leave=False)
+        else:
+            self._line(f"{label} ({self.total:,} {unit}s)")
+
+    def _line(self, text):
+        print(text, file=self.stream, flush=True)
+
+    def update(self, n=1):
+        """Adds `n` units done."""
+        self.done += n
+        if self.bar is not None:
+            self.bar.update(n)
+        elif self.enabled and self.total:
+            reached = min(4, self.done * 4 // self.total)
+            if reached >= self._next_quarter:
+                self._line(f"{self.label}: {min(self.done, self.total):,}/{self.total:,} {self.unit}s ({25 * reached}%)")
+                self._next_quarter = reached + 1
+
+    def close(self):
+        """Ends the step (the bar is cleared; step lines have said 100%)."""
+        if self.bar is not None:
+            self.bar.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
