@@ -101,7 +101,8 @@ def write_gallery(net, studies, image_rows, out_dir, per_kind=3):
     truth on top. Written here because the report's kernels do not load models.
 
     Returns:
-        The `gallery.csv` table: part, kind, rank, study, path, study_score, image_score, threshold, file.
+        The `gallery.csv` table: part, part_pred, kind, rank, study, path, study_score, image_score,
+        threshold (the routed part's, as `predict` decides), file.
     """
     from bonenet import gradcam
     from bonenet.inference import read_image
@@ -132,12 +133,13 @@ def write_gallery(net, studies, image_rows, out_dir, per_kind=3):
                 file = folder / f"{short_name(part)}_{kind}_{rank}.png"
                 if not cv2.imwrite(str(file), gradcam.overlay(gray, cam, abnormal, box if abnormal else None, lines)):
                     raise OSError(f"{file}: could not write the heat map")
-                rows.append({"part": part, "kind": kind, "rank": rank, "study": study.study, "path": view["path"],
+                rows.append({"part": part, "part_pred": study.part_pred, "kind": kind, "rank": rank,
+                             "study": study.study, "path": view["path"],
                              "study_score": study.score, "image_score": float(view["score"]),
                              "threshold": study.threshold, "file": f"gallery/{file.name}"})
         bar.update()
     bar.close()
-    table = pd.DataFrame(rows, columns=["part", "kind", "rank", "study", "path", "study_score", "image_score",
+    table = pd.DataFrame(rows, columns=["part", "part_pred", "kind", "rank", "study", "path", "study_score", "image_score",
                                         "threshold", "file"])
     table.to_csv(Path(out_dir) / "gallery.csv", index=False)
     return table

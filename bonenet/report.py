@@ -96,8 +96,9 @@ def _fmt_kappa(m):
 
 
 def styled(table):
-    """A table as the reports show it: 3 decimals, "—" where a value is missing."""
-    return table.style.format(precision=3, na_rep=MISSING).format_index(str)
+    """A table as the reports show it: 3 decimals, "—" where a value is missing, no row numbers."""
+    style = table.style.format(precision=3, na_rep=MISSING).format_index(str)
+    return style.hide(axis="index") if isinstance(table.index, pd.RangeIndex) else style
 
 
 def glossary(columns):
@@ -189,7 +190,7 @@ def threshold_sweep(studies, part, tuned=None, default=0.5, steps=12):
         m = binary_metrics(rows["label"], rows["score"], t, n_boot=0) if len(rows) else {}
         out.append({"threshold": t, "mark": marks.get(t, ""),
                     **{k: m.get(k) for k in ("sensitivity", "specificity", "f1", "kappa")}})
-    return pd.DataFrame(out).set_index("threshold")
+    return pd.DataFrame(out)
 
 
 def part_studies(studies, part):
@@ -218,24 +219,16 @@ def gallery(eval_dir, part, kind):
     for row in chosen.itertuples():
         png = base64.b64encode((Path(eval_dir) / row.file).read_bytes()).decode()
         name = "/".join(str(row.study).rstrip("/").split("/")[-2:])
+        routed = "" if row.part_pred == row.part else f" (routed to {short_name(row.part_pred)})"
         text = (f"<b>{html.escape(name)}</b><br>study p(abnormal) <b>{row.study_score:.2f}</b> (mean of its views; "
-                f"decided on)<br>this view p(abnormal) {row.image_score:.2f}<br>threshold {row.threshold:.3f}")
+                f"decided on)<br>this view p(abnormal) {row.image_score:.2f}<br>threshold "
+                f"<span class=\"bonenet-threshold\">{row.threshold:.3f}</span>{routed}")
         tiles.append(
             f'<figure class="bonenet-tile" style="width:{GALLERY_TILE_PX}px;margin:0 12px 12px 0;display:inline-block;'
             f'vertical-align:top"><img src="data:image/png;base64,{png}" alt="{kind.upper()} heat map of '
             f'{html.escape(name)}" style="width:{GALLERY_TILE_PX}px;height:{GALLERY_TILE_PX}px;object-fit:contain;'
             f'background:#000"><figcaption style="font-size:14px;line-height:1.35">{text}</figcaption></figure>')
     return "<div>" + "".join(tiles) + "</div>"
-
-
-def gallery_threshold(eval_dir, part):
-    """The threshold the part's galleries decided at, as text for the page ("0.273"); None without galleries."""
-    path = Path(eval_dir) / "gallery.csv"
-    if not path.is_file():
-        return None
-    table = pd.read_csv(path)
-    values = table.loc[table["part"] == parse_part(part), "threshold"].unique()
-    return f"{values[0]:.3f}" if len(values) else None
 
 
 def links(parts, here=None):

@@ -134,9 +134,11 @@ def test_reports_read_cleanly_link_both_ways_and_decide_as_predict_does(evaluati
         shown = gallery[gallery.part == part]
         assert len(shown) > 0, part  # the tiny fixture has true or false positives or misses in every part
         assert page.count('class="bonenet-tile"') == len(shown), part  # one tile per heat map
-        # One threshold in the galleries, the one predict uses for this part.
-        assert set(shown["threshold"].round(6)) == {round(predict_thresholds[part][0], 6)}, part
-        assert f"Galleries decide at threshold <strong>{predict_thresholds[part][0]:.3f}</strong>" in page, part
+        # Every study decided at the threshold predict uses for it: its routed part's.
+        expected = [predict_thresholds[p][0] for p in shown["part_pred"]]
+        assert shown["threshold"].to_numpy() == pytest.approx(expected), part
+        shown_in_page = re.findall(r'class="bonenet-threshold">([\d.]+)<', page)
+        assert shown_in_page == [f"{t:.3f}" for t in expected], part
     for name, other in (("overview.html", "part_wrist.html"), ("part_wrist.html", "overview.html")):
         browser.get((tmp_path / name).as_uri())
         text = browser.find_element("tag name", "body").text

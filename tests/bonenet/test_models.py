@@ -143,7 +143,8 @@ def test_split_model_cuts_at_the_block_boundary_and_recomposes_exactly():
     assert trunk_cut(model, trainable_layers=0)[1] == "top_activation"
     from bonenet.configs import MAX_TRAINABLE_LAYERS
 
-    assert trunk_cut(model, trainable_layers=MAX_TRAINABLE_LAYERS) == (2, "normalization")  # the parser's bound
+    first, last = trunk_cut(model, trainable_layers=MAX_TRAINABLE_LAYERS)  # the parser's bound still cuts
+    assert first == 2 and last.startswith("normalization")  # Keras numbers the name in a busy process
     with pytest.raises(ValueError, match="no frozen trunk"):
         trunk_cut(model, trainable_layers=236)
     with pytest.raises(ValueError, match="trainable_layers must be within"):
