@@ -86,7 +86,16 @@ def _cmd_train(args):
     from bonenet.train import is_chief, train_all, train_model
 
     config = TrainConfig(**_config_values(args, TrainConfig))
-    resolve_weights(config.weights)  # fail within seconds, before reading the data
+    _, origin = resolve_weights(config.weights)  # fail within seconds, before reading the data
+    if origin["kind"] != "imagenet" and config.trainable_layers == TrainConfig.trainable_layers:
+        backbone = origin.get("description") or origin["kind"]
+        print(f"bonenet {args.command}: note: the backbone is not ImageNet-pretrained ({backbone}), and the last "
+              f"{config.trainable_layers} layers alone learn little of real radiographs from it; deep fine-tuning "
+              "(--trainable-layers all) is what learns real findings from such a backbone", file=sys.stderr)
+    if config.deep:
+        print(f"bonenet {args.command}: --trainable-layers all: the whole network fine-tunes in full mode (no shared "
+              "trunk, so no trunk-feature cache; prepared images are cached in memory, or in --cache-dir)",
+              file=sys.stderr)
     index = read_dataset(args.data_root)
     if not index.skipped.empty:
         print(f"bonenet: {len(index.skipped)} file(s) skipped; run data-summary to list them", file=sys.stderr)
@@ -223,6 +232,9 @@ def _add_config_flags(parser, config_class, helps, choices=None, plan_defaults=F
         if field.name in ranges:
             kind = _in_range(kind, ranges[field.name])
             text += f"; {ranges[field.name]}"
+        if field.name == "trainable_layers":
+            kind = _all_or(kind, ranges[field.name].hi)
+            text += ", or all"
         parser.add_argument(f"--{flag}", type=kind, default=None if plan_defaults else default,
                             choices=choices.get(field.name), help=text)
 
@@ -240,6 +252,21 @@ def _in_range(kind, accepted):
         return number
 
     parse.__name__ = kind.__name__  # argparse names the type in its own messages
+    return parse
+
+
+def _all_or(kind, everything):
+    """An argparse type that reads "all" as `everything` and anything else as `kind` does."""
+
+    def parse(value):
+        if str(value).strip().lower() == "all":
+            return everything
+        try:
+            return kind(value)
+        except argparse.ArgumentTypeError as exc:
+            raise argparse.ArgumentTypeError(f"{exc}, or all") from None
+
+    parse.__name__ = kind.__name__
     return parse
 
 

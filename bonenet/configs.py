@@ -83,7 +83,10 @@ class TrainConfig:
         batch_size: global batch size (split across replicas). Defaults to 32.
         image_size: input side. Defaults to 224.
         weights: "imagenet", "none" or a backbone weights file. Defaults to "imagenet".
-        trainable_layers: last base layers to fine-tune (BatchNorm stays frozen). Defaults to 20.
+        trainable_layers: last base layers to fine-tune (BatchNorm stays frozen unless
+            `train_batchnorm`). `MAX_TRAINABLE_LAYERS` (the command line's `all`) fine-tunes the whole
+            network: its trunk is then only the input scaling, so there is no trunk output worth
+            caching, and such a run trains in full mode. Defaults to 20.
         learning_rate: Adam learning rate. Defaults to 1e-4.
         seed: seeds the split, shuffling, augmentation and initialisation. Defaults to 0.
         strategy: one of auto, default, mirrored, multiworker. Defaults to "auto".
@@ -101,6 +104,8 @@ class TrainConfig:
             cached beside the unaugmented one. Defaults to 2.
         precision: "auto" (mixed float16 on a GPU, float32 on a CPU), "float32", "mixed_float16"
             or "mixed_bfloat16"; decided once per process (`bonenet.runtime`). Defaults to "auto".
+        train_batchnorm: let the BatchNorm layers among the trainable ones adapt their statistics
+            (for deep fine-tuning on a domain far from the backbone's). Defaults to False.
     """
 
     epochs: int = 10
@@ -108,6 +113,7 @@ class TrainConfig:
     image_size: int = 224
     weights: str = "imagenet"
     trainable_layers: int = 20
+    train_batchnorm: bool = False
     learning_rate: float = 1e-4
     seed: int = 0
     strategy: str = "auto"
@@ -125,6 +131,15 @@ class TrainConfig:
     def __post_init__(self):
         for name, accepted in TRAIN_RANGES.items():
             accepted.check(name, getattr(self, name))
+        if self.deep and self.mode == "cached":
+            # The trunk is only the input scaling: caching its output would store every prepared
+            # image, three views each, in float16. Full mode prepares each image once instead.
+            object.__setattr__(self, "mode", "full")
+
+    @property
+    def deep(self):
+        """Whether the whole network fine-tunes (`--trainable-layers all`)."""
+        return int(self.trainable_layers) == MAX_TRAINABLE_LAYERS
         if self.strategy not in STRATEGIES:
             raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}, got {self.strategy!r}")
         if self.mode not in MODES:
@@ -144,7 +159,11 @@ TRAIN_HELP = {
     "batch_size": "global batch size",
     "image_size": "input side in pixels",
     "weights": "imagenet, none, or a backbone .weights.h5 file",
-    "trainable_layers": "last base layers to fine-tune; BatchNorm stays frozen",
+    "trainable_layers": "last base layers to fine-tune, or all: the whole network, in full mode. 20 (last-20, the "
+                        "shared trunk and its feature cache) suits an ImageNet backbone; all is what learns real "
+                        "findings from a backbone that is not ImageNet-pretrained",
+    "train_batchnorm": "let BatchNorm layers among the trainable ones adapt (deep fine-tuning); by default they "
+                       "stay frozen",
     "learning_rate": "Adam learning rate",
     "seed": "seed for split, shuffling and augmentation",
     "strategy": "tf.distribute strategy: auto (mirrored when >1 GPU), default, mirrored, multiworker",

@@ -22,7 +22,7 @@ from bonenet.data import AUTOTUNE, map_prepare
 from bonenet.datalist import read_dataset
 from bonenet.inference import BoneNet
 from bonenet.metrics import per_group
-from bonenet.mura import fingerprint
+from bonenet.mura import fingerprint, is_synthetic
 from bonenet.outputs import folder_written_whole
 from bonenet.parts import PARTS, short_name
 from bonenet.progress import Progress
@@ -220,7 +220,7 @@ def evaluate_run(data_root, models_dir, out_dir, split="valid", n_boot=1000, see
     }
     metrics["source"] = {
         "data_root": str(index.root), "split": split, "dataset_fingerprint": fingerprint(index),
-        "synthetic": (index.root / "synthetic.json").is_file(),
+        "synthetic": is_synthetic(index),
         "models_dir": str(Path(models_dir).resolve()), "models": {k: v["file"] for k, v in net.manifest["models"].items()},
         "recipe": net.manifest["recipe"]["name"], "image_size": net.image_size, "weights": net.manifest["weights"],
         "skipped_files": len(index.skipped), "parts_scored": parts_scored, "messages": messages,

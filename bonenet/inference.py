@@ -64,6 +64,21 @@ class BoneNet:
         weights = self.manifest.get("weights", {})
         return weights.get("description") or weights.get("kind", "unknown")
 
+    @property
+    def caveat(self):
+        """One short line that travels with every output of a run that never learned from a real
+        radiograph (a backbone not ImageNet-pretrained, or synthetic training data); None otherwise.
+
+        It goes into each `predict` JSON and CSV row, the `/api/predict` answer and the heat map's
+        caption band, so that a result passed on never just says "ABNORMAL".
+        """
+        reasons = []
+        if self.manifest.get("weights", {}).get("kind") != "imagenet":
+            reasons.append("no ImageNet backbone")
+        if any(m.get("dataset", {}).get("synthetic") for m in self.manifest["models"].values()):
+            reasons.append("synthetic training data")
+        return f"CAVEAT: {', '.join(reasons)}; unproven on real radiographs" if reasons else None
+
     def backbone_warning(self):
         """A sentence for users when the run's trunk is not ImageNet-pretrained, else None.
 
@@ -277,15 +292,18 @@ def predict_images(net, images, render_cam=None):
     from bonenet import gradcam
 
     study, features = net.score_study(np.stack([net.prepare(gray) for _, gray in images]))
+    study["caveat"] = net.caveat
     entries = []
     for i, ((name, gray), result) in enumerate(zip(images, study.pop("images"), strict=True)):
         entry = {"path": str(name), "part": study["part"], **result, "threshold": study["threshold"],
-                 "threshold_source": study["threshold_source"]}
+                 "threshold_source": study["threshold_source"], "caveat": study["caveat"]}
         if render_cam is not None and result["p_abnormal"] is not None:
             cam, box = net.cam(study["part"], features[i:i + 1], gray)
             box = box if result["abnormal"] else None  # a normal image's hottest region is not a finding
             lines = gradcam.caption(short_name(study["part"]), result["part_confidence"], result["p_abnormal"],
                                     study["threshold"], result["abnormal"])
+            if study["caveat"]:
+                lines.insert(0, study["caveat"])  # first: the decision's line stays last, in its colour
             entry.update({"cam_box": box, "cam_caption": " | ".join(lines)})
             entry.update(render_cam(name, gradcam.overlay(gray, cam, result["abnormal"], box, lines)))
         entries.append(entry)
@@ -293,7 +311,7 @@ def predict_images(net, images, render_cam=None):
 
 
 CSV_COLUMNS = ["path", "study", "part", "part_confidence", "p_abnormal", "threshold", "abnormal", "threshold_source",
-               "image_part", "mixed_parts", "cam", "error", "skipped"]
+               "image_part", "mixed_parts", "caveat", "cam", "error", "skipped"]
 
 
 def results_table(results):

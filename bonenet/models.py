@@ -136,8 +136,8 @@ def trunk_cut(model, trainable_layers=DEFAULT_TRAINABLE_LAYERS):
     return first, layers[start - 1].name
 
 
-def freeze_last(base, trainable_layers=DEFAULT_TRAINABLE_LAYERS):
-    """Makes only the last `trainable_layers` layers of `base` trainable; BatchNorm always frozen.
+def freeze_last(base, trainable_layers=DEFAULT_TRAINABLE_LAYERS, train_batchnorm=False):
+    """Makes only the last `trainable_layers` layers of `base` trainable; BatchNorm frozen by default.
 
     Frozen BatchNorm layers run in inference mode in Keras 3, so their moving statistics never
     move: with a small fine-tuning set, batch statistics would drift away from what the frozen
@@ -146,6 +146,8 @@ def freeze_last(base, trainable_layers=DEFAULT_TRAINABLE_LAYERS):
     Args:
         base: the EfficientNetB0 model.
         trainable_layers: how many layers, counted from the end, may train. Defaults to 20.
+        train_batchnorm: let the BatchNorm layers among them train too, statistics included (deep
+            fine-tuning on a new domain). Defaults to False.
 
     Returns:
         The names of the layers left trainable, in order.
@@ -154,14 +156,14 @@ def freeze_last(base, trainable_layers=DEFAULT_TRAINABLE_LAYERS):
     base.trainable = True
     names = []
     for i, layer in enumerate(_base_layers(base)):
-        layer.trainable = i >= first and not isinstance(layer, keras.layers.BatchNormalization)
+        layer.trainable = i >= first and (train_batchnorm or not isinstance(layer, keras.layers.BatchNormalization))
         if layer.trainable:
             names.append(layer.name)
     return names
 
 
 def build_classifier(num_classes, name, image_size=224, weights=None, trainable_layers=DEFAULT_TRAINABLE_LAYERS,
-                     dropout=0.2):
+                     dropout=0.2, train_batchnorm=False):
     """Builds base + pooling + dropout + softmax, with the freezing policy applied.
 
     The softmax layer is float32 even under mixed precision, so probabilities stay exact.
@@ -172,7 +174,7 @@ def build_classifier(num_classes, name, image_size=224, weights=None, trainable_
     if num_classes < 2:
         raise ValueError(f"num_classes must be at least 2, got {num_classes}")
     base = build_base(image_size, weights)
-    trainable = freeze_last(base, trainable_layers)
+    trainable = freeze_last(base, trainable_layers, train_batchnorm)
     x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(base.output)
     x = keras.layers.Dropout(dropout, name="head_dropout")(x)
     outputs = keras.layers.Dense(num_classes, activation="softmax", dtype="float32", name="predictions")(x)

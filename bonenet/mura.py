@@ -323,6 +323,11 @@ def _stratum_name(stratum):
     return f"{part} {'abnormal' if label == '1' else 'normal'}"
 
 
+def is_synthetic(index):
+    """Whether the indexed data was made by `make-synthetic` (it leaves `synthetic.json` in the tree)."""
+    return (Path(index.root) / "synthetic.json").is_file()
+
+
 def fingerprint(index):
     """A short hash of the study list, labels and image counts: names the data a model saw."""
     import hashlib

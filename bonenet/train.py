@@ -41,7 +41,7 @@ from bonenet.models import (
     split_model,
     trunk_cut,
 )
-from bonenet.mura import fingerprint, holdout_split
+from bonenet.mura import fingerprint, holdout_split, is_synthetic
 from bonenet.outputs import check_free_space
 from bonenet.parts import PARTS, short_name
 from bonenet.store import (
@@ -327,6 +327,7 @@ def _build(job, config):
     keras.utils.set_random_seed(config.seed)
     with strategy.scope():
         kwargs = dict(image_size=config.image_size, weights=job.weights, trainable_layers=config.trainable_layers,
+                      train_batchnorm=config.train_batchnorm,
                       dropout=config.dropout)
         job.model, trainable = (build_router(**kwargs) if job.key == "router"
                                 else build_part_model(job.key, **kwargs))
@@ -430,7 +431,8 @@ def _finalize(job, index, val_ds, kept, log_path, config):
         "trunk_sha256": trunk_digest,
         **({"tuning": tuning} if tuning is not None else {}),
         "config": asdict(config),
-        "dataset": {"fingerprint": fingerprint(index), "train_images": len(job.train_paths),
+        "dataset": {"fingerprint": fingerprint(index), "synthetic": is_synthetic(index),
+                    "train_images": len(job.train_paths),
                     "holdout_images": len(job.val_paths),
                     "holdout_studies": int(job.val_images[job.val_images.path.isin(job.val_paths)].study.nunique())},
         "holdout": {k: float(v) for k, v in scores.items()},

@@ -117,3 +117,36 @@ def test_the_startup_line_names_the_url_the_run_and_an_exposed_address(net, full
     assert line.startswith("BoneNet serving http://127.0.0.1:8000/") and "random initialisation" in line
     assert "\n" not in line
     assert "by your choice" in startup_line(net, "0.0.0.0", 8000, full_run)
+
+
+@pytest.mark.parametrize("imagenet", [False, True])
+def test_the_caveat_travels_with_every_output_of_a_run_that_never_saw_a_real_radiograph(full_run, study, tmp_path,
+                                                                                          imagenet):
+    """A predict row, an API answer and a heat map's caption say when the run's backbone is not
+    ImageNet-pretrained or its data synthetic; an ImageNet run on real data says nothing of the kind."""
+    import json
+    import shutil
+
+    import run_pipeline
+
+    run = shutil.copytree(full_run, tmp_path / "run")
+    if imagenet:  # the manifest of a run on ImageNet weights and real data; no download needed
+        manifest = json.loads((run / "manifest.json").read_text())
+        manifest["weights"] = {"kind": "imagenet", "description": "ImageNet (Keras)"}
+        for entry in manifest["models"].values():
+            entry.setdefault("dataset", {})["synthetic"] = False
+        (run / "manifest.json").write_text(json.dumps(manifest))
+    out = tmp_path / "p.json"
+    code = run_pipeline.main(["predict", study[0], "--models-dir", run, "--json", out, "--csv", tmp_path / "p.csv",
+                              "--cam-dir", tmp_path / "cams"])
+    assert code == 0
+    row = json.loads(out.read_text())[0]
+    csv_row = __import__("pandas").read_csv(tmp_path / "p.csv").iloc[0]
+    answer = TestClient(create_app(BoneNet.load(run))).post("/api/predict", files=_files(("v.png", _read(study[0]))))
+    if imagenet:
+        assert row["caveat"] is None and "CAVEAT" not in row["cam_caption"] and csv_row.isna()["caveat"]
+        assert all(entry["caveat"] is None for entry in answer.json())
+    else:
+        caveat = "CAVEAT: no ImageNet backbone, synthetic training data; unproven on real radiographs"
+        assert row["caveat"] == caveat and row["cam_caption"].startswith(caveat) and csv_row["caveat"] == caveat
+        assert all(entry["caveat"] == caveat for entry in answer.json())

@@ -293,3 +293,38 @@ def test_a_rerun_into_the_same_folder_repeats_the_first_run_exactly(index, tmp_p
         if attempt == 0:
             assert len(list((tmp_path / "run" / "cache").glob("features-*"))) == 1
     assert outputs[0] == outputs[1]
+
+
+@pytest.mark.slow  # a minute and a half: two whole EfficientNetB0s trained, evaluated and read
+def test_trainable_layers_all_fine_tunes_the_whole_network_in_full_mode_and_evaluates_and_predicts(synthetic_root,
+                                                                                                   tmp_path, capsys):
+    run = tmp_path / "run"
+    common = ["--data-root", synthetic_root, "--models-dir", run, "--weights", "none", "--image-size", "32",
+              "--epochs", "1", "--batch-size", "16", "--trainable-layers", "all", "--train-batchnorm"]
+    assert run_pipeline.main(["train-router", *common]) == 0
+    assert run_pipeline.main(["train-part", "--part", "wrist", *common]) == 0
+    err = capsys.readouterr().err
+    assert "deep fine-tuning (--trainable-layers all) is what learns" not in err  # said only for the last-20 default
+    assert "--trainable-layers all: the whole network fine-tunes in full mode" in err
+    manifest = store.read_manifest(run)
+    assert manifest["trainable_layers"]["count"] == 234 and manifest["trunk"]["output"].startswith("normalization")
+    trainable = manifest["trainable_layers"]["trainable"]
+    assert "stem_conv" in trainable and "stem_bn" in trainable and "top_bn" in trainable  # BatchNorm adapts too
+    assert manifest["models"]["XR_WRIST"]["config"]["mode"] == "full"
+    assert not (run / "cache").exists()  # no trunk-feature cache: the trunk is only the input scaling
+    assert run_pipeline.main(["evaluate", "--data-root", synthetic_root, "--models-dir", run, "--out",
+                              tmp_path / "eval", "--bootstrap", "10"]) == 0
+    assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["study"]["XR_WRIST"]["n"] > 0
+    image = next((synthetic_root / "valid" / "XR_WRIST").rglob("*.png"))
+    assert run_pipeline.main(["predict", image, "--models-dir", run, "--json", tmp_path / "p.json"]) == 0
+    assert 0 <= json.loads((tmp_path / "p.json").read_text())[0]["p_abnormal"] <= 1
+
+
+def test_the_last_20_default_on_a_backbone_not_imagenet_pretrained_says_deep_fine_tuning_learns(synthetic_root,
+                                                                                                 tmp_path, capsys):
+    code = run_pipeline.main(["train-part", "--part", "wrist", "--data-root", synthetic_root, "--models-dir",
+                              tmp_path / "run", "--weights", "none", "--image-size", "32", "--epochs", "1",
+                              "--trainable-layers", "20", "--batch-size", "16"])
+    assert code == 0
+    notes = [line for line in capsys.readouterr().err.splitlines() if "deep fine-tuning" in line]
+    assert len(notes) == 1 and "not ImageNet-pretrained (random initialisation)" in notes[0]
