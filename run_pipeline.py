@@ -455,6 +455,13 @@ def main(argv=None):
             return 2
     try:
         result = args.func(args)
+    except KeyboardInterrupt:  # Ctrl-C: one line, as SIGTERM gives, and how to go on
+        if os.environ.get("BONENET_DEBUG"):
+            raise
+        resume = (" (training keeps its last completed epoch: run the same command with --resume)"
+                  if hasattr(args, "resume") else "")
+        print(f"bonenet {args.command}: interrupted{resume}", file=sys.stderr)
+        return 130
     except (CommandError, ValueError, OSError, RuntimeError) as exc:
         # Bad input and known failures become one line (ValueError covers MuraError, ImageReadError,
         # ManifestError; OSError an unwritable, full or missing path, which its text names);

@@ -172,14 +172,32 @@ def _png_chunk_problem(data):
     return "truncated PNG (no IEND chunk)"
 
 
+def _without_colour_profile(data):
+    """A PNG's bytes without its iCCP chunk: libpng checks the profile and prints its own warning line,
+    naming no file, for profiles it dislikes (an sRGB profile on a grey image); a radiograph's pixel
+    values do not depend on it."""
+    at, out = len(PNG_SIGNATURE), [data[:len(PNG_SIGNATURE)]]
+    while at + 12 <= len(data):
+        end = at + 12 + int.from_bytes(data[at:at + 4], "big")
+        if data[at + 4:at + 8] != b"iCCP":
+            out.append(data[at:end])
+        at = end
+    return b"".join(out)
+
+
 def _decode_raster(data, kind):
     problem = _png_chunk_problem(data) if kind == "png" else None
     if problem:
         raise ValueError(problem)
+    if kind == "png" and b"iCCP" in data[:data.find(b"IDAT")]:
+        data = _without_colour_profile(data)
     if kind == "jpeg" and b"\xff\xd9" not in data[-32:]:
         # libjpeg would decode the top of a cut-off file and grey out the rest, with a warning on stderr.
         raise ValueError("truncated JPEG (no end-of-image marker)")
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    # A JPEG is read as a viewer shows it: OpenCV turns it by its EXIF orientation (a phone photo of a
+    # film, a teleradiology export) unless told to keep the raw data, as IMREAD_UNCHANGED does.
+    flags = cv2.IMREAD_GRAYSCALE if kind == "jpeg" else cv2.IMREAD_UNCHANGED
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
     if image is None or image.size == 0:
         raise ValueError(f"corrupt {kind.upper()} (OpenCV could not decode it)")
     return to_gray_uint8(image)

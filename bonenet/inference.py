@@ -240,7 +240,12 @@ def group_inputs(paths, per_image=False):
     items = []
     for raw in paths:
         path = Path(raw)
-        if not path.exists():
+        try:
+            exists = path.exists()
+        except OSError as exc:  # a name too long for the file system, say: this input alone fails
+            items.append(("error", path, f"cannot be read ({exc.strerror or exc})"))
+            continue
+        if not exists:
             items.append(("error", path, "does not exist"))
         elif path.is_dir():
             studies = {}
@@ -340,11 +345,15 @@ def _cam_name(path):
 def cam_file_writer(cam_dir):
     """A `predict_images` `render_cam` that writes each overlay as a PNG in `cam_dir`."""
 
+    from bonenet.outputs import file_written_whole
+
     def write(name, image):
         out = Path(cam_dir) / _cam_name(name)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        if not cv2.imwrite(str(out), image):
-            raise OSError(f"{out}: could not write the Grad-CAM overlay")
+        ok, png = cv2.imencode(".png", image)
+        if not ok:
+            raise OSError(f"{out}: could not encode the Grad-CAM overlay")
+        with file_written_whole(out) as tmp:  # a killed predict leaves no half-written heat map
+            tmp.write_bytes(png.tobytes())
         return {"cam": str(out)}
 
     return write

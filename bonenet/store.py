@@ -318,7 +318,24 @@ def load_run_models(run_dir, keys=None):
                             f"but the manifest says {size}×{size}")
     models = {k: load_model(Path(run_dir) / listed[k]["file"]) for k in wanted}
     for key, model in models.items():
-        if tuple(model.input_shape) != tuple(trunk.output_shape):
-            raise ManifestError(f"{Path(run_dir) / listed[key]['file']}: head takes {model.input_shape} but the "
-                                f"run's trunk gives {trunk.output_shape}")
+        check_role(model, key, listed[key], trunk, Path(run_dir) / listed[key]["file"])
     return manifest, trunk, models
+
+
+def check_role(head, key, entry, trunk, path):
+    """Refuses a head that is not the model its manifest entry describes, naming the file.
+
+    A head file swapped for another (the router's in a part's place, one part's in another's) would
+    otherwise load and answer with the wrong model's outputs. Checked: the input (the run's trunk
+    output), the number of outputs (the entry's labels) and the model's name, which names its role.
+    """
+    if tuple(head.input_shape) != tuple(trunk.output_shape):
+        raise ManifestError(f"{path}: head takes {head.input_shape} but the run's trunk gives {trunk.output_shape}")
+    labels = entry.get("labels", [])
+    if head.output_shape[-1] != len(labels):
+        raise ManifestError(f"{path}: gives {head.output_shape[-1]} outputs, but the manifest's {key} model has "
+                            f"{len(labels)} ({', '.join(labels)}); the file is another model's head")
+    expected = "router_head" if key == "router" else f"part_{key.lower()}_head"
+    if head.name != expected:
+        raise ManifestError(f"{path}: is the head {head.name!r}, not {key}'s ({expected!r}); the file is another "
+                            "model's head")

@@ -50,4 +50,13 @@ CASES = {
     "A2": "run files private (mode 0600)",
     "A3": "epochs_run counting only the resumed part",
     "A4": "train-all --resume keeping heads that do not load",
+    # Real radiographs and hostile input (issues #22, #25, #26).
+    "R1": "a JPEG named .png, a 1x1 PNG, and PNG, JPEG and DICOM mixed in one dataset",
+    "R2": "Ctrl-C (SIGINT) during training",
+    "R3": "a head file replaced by another model's head (router for a part, a part for the router, part for part)",
+    "R4": "a JPEG with EXIF orientation 3, 6 or 8",
+    "R5": "a broken link, a ._ file, .DS_Store, a text file and an empty folder inside a study folder",
+    "R6": "a path too long for the file system among good inputs",
+    "R7": "a PNG whose iCCP profile makes libpng warn on its own line",
+    "R8": "a folder of unrelated images predicted as one study",
 }

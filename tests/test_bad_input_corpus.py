@@ -507,3 +507,90 @@ def test_two_trainings_started_together_with_the_same_seed_make_one_consistent_r
 
     _, trunk, heads = load_run_models(run_dir)  # checks every head's trunk digest against the trunk
     assert set(heads) == {"router", "XR_WRIST"} and set(read_manifest(run_dir)["models"]) == {"router", "XR_WRIST"}
+
+
+@pytest.mark.corpus("R2")
+def test_ctrl_c_during_training_is_one_line_and_the_run_resumes(synthetic_root, tmp_path):
+    import signal
+
+    run = tmp_path / "run"
+    args = ["train-part", "--part", "wrist", "--data-root", synthetic_root, "--models-dir", run, "--weights", "none",
+            "--image-size", "32", "--epochs", "30", "--batch-size", "8", "--patience", "30"]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    proc = subprocess.Popen([sys.executable, "run_pipeline.py", *map(str, args)], cwd=REPO, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    log = run / "checkpoints" / "wrist" / "log.csv"
+    deadline = __import__("time").time() + 400
+    while __import__("time").time() < deadline and proc.poll() is None and not (
+            log.is_file() and len(log.read_text().strip().splitlines()) >= 2):
+        __import__("time").sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "Traceback" not in err and "KeyboardInterrupt" not in err
+    assert err.strip().splitlines()[-1] == ("bonenet train-part: interrupted (training keeps its last completed "
+                                            "epoch: run the same command with --resume)")
+    resumed = subprocess.run([sys.executable, "run_pipeline.py", *map(str, args[:-4]), "--epochs", "2", "--resume"],
+                             cwd=REPO, env=env, capture_output=True, text=True, timeout=400)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+
+
+@pytest.mark.corpus("R3")
+@pytest.mark.parametrize("swap", ["router in a part's place", "a part in the router's place", "another part's"])
+def test_a_head_swapped_for_another_models_is_refused_naming_the_file(full_run, tmp_path, swap, capsys):
+    run = shutil.copytree(full_run, tmp_path / "run")
+    source, target = {"router in a part's place": ("router", "elbow"), "a part in the router's place":
+                      ("wrist", "router"), "another part's": ("wrist", "elbow")}[swap]
+    shutil.copy(run / "heads" / f"{source}.keras", run / "heads" / f"{target}.keras")
+    image = next(Path(full_run).parent.glob("*")).joinpath("x")  # any path: loading fails first
+    code, err = _run(["predict", image, "--models-dir", run], capsys)
+    assert code == 2 and len(err) == 1
+    assert err[0].startswith(f"bonenet predict: error: {run / 'heads' / (target + '.keras')}: ") and \
+        "another model's head" in err[0]
+
+
+@pytest.mark.corpus("R4")
+@pytest.mark.parametrize("orientation,turn", [(3, cv2.ROTATE_180), (6, cv2.ROTATE_90_CLOCKWISE),
+                                              (8, cv2.ROTATE_90_COUNTERCLOCKWISE)])
+def test_a_jpegs_exif_orientation_is_applied(tmp_path, orientation, turn):
+    from PIL import Image
+
+    from bonenet.imageio import load_gray
+
+    stored = np.zeros((60, 100), np.uint8)
+    stored[:10, :30] = 255  # a bright corner shows which way up the image is read
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    Image.fromarray(stored).save(tmp_path / "photo.jpg", exif=exif, quality=95)
+    shown = load_gray(tmp_path / "photo.jpg")
+    expected = cv2.rotate(stored, turn)
+    assert shown.shape == expected.shape and np.abs(shown.astype(int) - expected).mean() < 3
+
+
+@pytest.mark.corpus("R6")
+def test_a_path_too_long_for_the_file_system_fails_alone(full_run, index, tmp_path, capsys):
+    good = index.images[index.images.split == "valid"].path.iloc[0]
+    too_long = tmp_path / ("x" * 300 + ".png")
+    code, results = 1, None
+    out = tmp_path / "p.json"
+    code = run_pipeline.main(["predict", str(too_long), good, "--models-dir", str(full_run), "--json", str(out)])
+    results = json.loads(out.read_text())
+    assert code == 1 and results[0]["path"] == str(too_long) and "File name too long" in results[0]["error"]
+    assert "p_abnormal" in results[1]  # the good image beside it is still scored
+
+
+@pytest.mark.corpus("R7")
+def test_a_colour_profile_on_a_grey_png_brings_no_bare_libpng_line(tmp_path, capfd):
+    import zlib
+
+    from bonenet.imageio import load_gray
+
+    gray = np.tile(np.arange(64, dtype=np.uint8), (64, 1))
+    ok, png = cv2.imencode(".png", gray)
+    data = png.tobytes()
+    # An sRGB iCCP chunk on a grey image: libpng rejects the profile, and says so on stderr itself.
+    profile = b"sRGB\0\0" + zlib.compress(b"\0" * 3000)
+    chunk = len(profile).to_bytes(4, "big") + b"iCCP" + profile + zlib.crc32(b"iCCP" + profile).to_bytes(4, "big")
+    data = data[:33] + chunk + data[33:]  # after the signature and IHDR
+    (tmp_path / "profiled.png").write_bytes(data)
+    assert np.array_equal(load_gray(tmp_path / "profiled.png"), gray)
+    assert "libpng" not in capfd.readouterr().err

@@ -99,6 +99,7 @@ def _mixed_format_datalist(synthetic_root, folder, write_dicom):
     return folder / "list.csv", len(images)
 
 
+@pytest.mark.corpus("R1")
 def test_train_part_uses_png_jpeg_and_dicom_alike(synthetic_root, tmp_path, write_dicom, capsys):
     datalist, n = _mixed_format_datalist(synthetic_root, tmp_path / "data", write_dicom)
     assert run_pipeline.main(["data-summary", "--data-root", datalist, "--json", tmp_path / "s.json"]) == 0

@@ -79,6 +79,7 @@ def test_bad_inputs_are_one_line_error_entries_in_input_order(full_run, radiogra
     assert error_line.count(str(texts / "scan.png")) == 1  # the path once, then the problem
 
 
+@pytest.mark.corpus("R5")
 def test_what_a_folder_holds_besides_images_is_listed_as_skipped(full_run, radiograph, tmp_path, capsys, write_dicom):
     study = tmp_path / "study1"
     (study / "empty").mkdir(parents=True)
@@ -148,6 +149,7 @@ def test_overlay_draws_the_box_only_for_an_abnormal_image_and_keeps_cold_film_pl
     assert np.abs(hot - int(radiograph[h // 4 + 5, w // 4 + 5])).max() <= 0.25 * 255 + 1
 
 
+@pytest.mark.corpus("R8")
 def test_a_flat_folder_of_mixed_parts_is_flagged_and_per_image_scores_each_alone(full_run, index, tmp_path,
                                                                                   monkeypatch, capsys):
     """A folder of unrelated images is one study by the grouping rule, but never silently: when the

@@ -1,0 +1,182 @@
+"""BoneNet on real radiographs anyone can get: FracAtlas hand and shoulder (CC BY 4.0), trained and scored.
+
+    python benchmarks/real_radiographs.py --out fracatlas_bench [--weights imagenet|none|PATH]
+        [--trainable-layers 20|all] [--image-size 96] [--epochs 10] [--learning-rate 1e-4]
+
+BoneNet's own steps, in order: `fracatlas-datalist` (hand → XR_HAND, shoulder → XR_SHOULDER; abnormal =
+fractured or hardware; each image its own study and patient, since FracAtlas publishes no patient
+identifiers), `train-all` on the parts present (the router and the two parts), `evaluate` on the held-out
+share, and Grad-CAM. The hold-out is the datalist's own: with no split column, a patient-grouped fifth of the
+studies, stratified by part and label, drawn with the fixed seed 0 (`bonenet.datalist`), the same on every
+run and machine.
+
+It reports per part the study AUROC and kappa with their 95% cluster-bootstrap intervals, the router's
+study accuracy, and a **pointing game** for the heat maps: among the held-out fractured images that the
+pipeline calls abnormal (at the thresholds `predict` uses), the share whose Grad-CAM maximum falls inside an
+annotated fracture box, beside the share a uniformly random point would hit (the mean share of those
+images' area that the boxes cover). It prints a table and writes `<out>/real_radiographs.json`.
+
+The default backbone is the shipped synthetic-pretrained one (never ImageNet). With ImageNet weights and a
+GPU, rerun it with `--weights imagenet --image-size 224` for the figure that matters.
+"""
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+DEFAULT_FRACATLAS = Path(__file__).resolve().parents[2] / "shared" / "data" / "fracatlas"
+
+
+def parse_args(argv=None):
+    from bonenet.configs import MAX_TRAINABLE_LAYERS
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--fracatlas", default=str(DEFAULT_FRACATLAS), help="FracAtlas folder (dataset.csv, images/)")
+    p.add_argument("--out", required=True, help="work folder: datalist, run, evaluation, JSON")
+    p.add_argument("--weights", default="shipped",
+                   help="shipped (the synthetic-pretrained backbone, default), imagenet, none or a .weights.h5 file")
+    p.add_argument("--trainable-layers", default="20",
+                   type=lambda v: MAX_TRAINABLE_LAYERS if v == "all" else int(v), help="20 (default) or all")
+    p.add_argument("--image-size", type=int, default=96, help="input side (default 96, the shipped backbone's)")
+    p.add_argument("--epochs", type=int, default=10, help="most epochs per model (default 10)")
+    p.add_argument("--learning-rate", type=float, default=1e-4, help="Adam learning rate (default 1e-4)")
+    p.add_argument("--batch-size", type=int, default=32, help="batch size (default 32)")
+    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the CIs (default 1000)")
+    p.add_argument("--seed", type=int, default=0, help="training seed (default 0)")
+    return p.parse_args(argv)
+
+
+def fracture_boxes(root):
+    """{image file name: [COCO boxes (x, y, w, h)]} from FracAtlas' annotations."""
+    coco = json.loads((Path(root) / "fracture_annotations_coco.json").read_text())
+    names = {im["id"]: im["file_name"] for im in coco["images"]}
+    boxes = {}
+    for ann in coco["annotations"]:
+        boxes.setdefault(names[ann["image_id"]], []).append(ann["bbox"])
+    return boxes
+
+
+def box_mask(boxes, shape):
+    """The union of COCO boxes as a boolean mask of `shape`."""
+    mask = np.zeros(shape, bool)
+    for x, y, w, h in boxes:
+        mask[int(np.floor(y)):int(np.ceil(y + h)), int(np.floor(x)):int(np.ceil(x + w))] = True
+    return mask
+
+
+def pointing_game(net, paths, boxes):
+    """Grad-CAM maxima inside fracture boxes, among fractured images the pipeline calls abnormal.
+
+    Returns:
+        {"fractured", "called_abnormal", "hits", "hit_share", "random_share"}.
+    """
+    from bonenet.inference import read_image
+
+    hits, random_shares, called = 0, [], 0
+    for path in paths:
+        gray = read_image(path)
+        study, features = net.score_study(net.prepare(gray)[None])
+        if not study["abnormal"]:
+            continue
+        called += 1
+        cam, _ = net.cam(study["part"], features, gray)
+        mask = box_mask(boxes[Path(path).name], gray.shape)
+        y, x = np.unravel_index(int(np.argmax(cam)), cam.shape)
+        hits += bool(mask[y, x])
+        random_shares.append(float(mask.mean()))
+    return {"fractured": len(paths), "called_abnormal": called, "hits": hits,
+            "hit_share": hits / called if called else None,
+            "random_share": float(np.mean(random_shares)) if random_shares else None}
+
+
+def run(args):
+    """The benchmark's steps; returns the result dict."""
+    from bonenet import runtime
+    from bonenet.configs import TrainConfig
+    from bonenet.datalist import fracatlas_datalist, read_dataset
+    from bonenet.evaluate import evaluate_run
+    from bonenet.inference import BoneNet
+    from bonenet.pretrain import shipped_backbone
+    from bonenet.train import train_all
+
+    runtime.start()  # before TensorFlow starts: quiet, and devices set up once
+    out, root = Path(args.out), Path(args.fracatlas)
+    weights = str(shipped_backbone()[0]) if args.weights == "shipped" else args.weights
+    seconds, start = {}, time.time()
+    datalist = out / "fracatlas.csv"
+    fracatlas_datalist(root, datalist)
+    index = read_dataset(datalist)
+    config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, image_size=args.image_size, weights=weights,
+                         trainable_layers=args.trainable_layers, learning_rate=args.learning_rate, seed=args.seed)
+    entries, failures = train_all(index, out / "run", config)
+    if failures:
+        raise SystemExit(f"could not train {', '.join(failures)}: {failures}")
+    seconds["train_all"] = round(time.time() - start, 1)
+    net = BoneNet.load(out / "run")
+    metrics = evaluate_run(datalist, out / "run", out / "eval", n_boot=args.bootstrap, net=net, gallery=0)
+    seconds["evaluate"] = round(time.time() - start - seconds["train_all"], 1)
+    table = pd.read_csv(root / "dataset.csv").set_index("image_id")
+    boxes = fracture_boxes(root)
+    valid = index.images[index.images["split"] == "valid"]
+    fractured = [p for p in valid["path"] if table.loc[Path(p).name, "fractured"] == 1 and Path(p).name in boxes]
+    pointing = pointing_game(net, fractured, boxes)
+    seconds["pointing_game"] = round(time.time() - start - seconds["train_all"] - seconds["evaluate"], 1)
+    studies = index.studies
+    return {
+        "data": {"source": str(root), "licence": "CC BY 4.0",
+                 "note": "each image its own study and patient (FracAtlas publishes no patient identifiers)",
+                 "train_studies": int((studies["split"] == "train").sum()),
+                 "valid_studies": int((studies["split"] == "valid").sum())},
+        "config": {"weights": args.weights, "trainable_layers": "all" if config.deep else config.trainable_layers,
+                   "mode": config.mode, "image_size": args.image_size, "epochs": args.epochs,
+                   "learning_rate": args.learning_rate, "batch_size": args.batch_size, "seed": args.seed},
+        "epochs_run": {key: entry["epochs_run"] for key, entry in entries.items()},
+        "parts": {part: {k: metrics["study"][part][k] for k in ("n", "auroc", "kappa", "kappa_ci95", "auroc_ci95")
+                         if k in metrics["study"][part]}
+                  for part in metrics["source"]["parts_scored"]},
+        "router_study_accuracy": metrics["router"]["study_accuracy"],
+        "pointing_game": pointing,
+        "seconds": seconds,
+    }
+
+
+def table(result):
+    """The result as a few printed lines."""
+    lines = [f"{'part':<12} {'studies':>7} {'AUROC':>6} {'kappa':>6} {'95% CI':>16}"]
+    for part, m in result["parts"].items():
+        lo, hi = m["kappa_ci95"]
+        ci = "—" if lo is None else f"[{lo:.2f}, {hi:.2f}]"
+        auroc = "—" if m["auroc"] is None else f"{m['auroc']:.3f}"
+        kappa = "—" if m["kappa"] is None else f"{m['kappa']:.3f}"
+        lines.append(f"{part:<12} {m['n']:>7} {auroc:>6} {kappa:>6} {ci:>16}")
+    lines.append(f"router study accuracy {result['router_study_accuracy']:.3f}")
+    game = result["pointing_game"]
+    if game["hit_share"] is None:
+        lines.append(f"pointing game: none of the {game['fractured']} held-out fractured images was called abnormal")
+    else:
+        lines.append(f"pointing game: {game['hits']}/{game['called_abnormal']} = {game['hit_share']:.2f} of the fractured "
+                     f"images called abnormal have their Grad-CAM maximum in a fracture box; a random point: "
+                     f"{game['random_share']:.2f}")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    """Runs the benchmark, prints its table and writes `<out>/real_radiographs.json`."""
+    args = parse_args(argv)
+    from bonenet.evaluate import _clean
+
+    result = _clean(run(args))
+    Path(args.out, "real_radiographs.json").write_text(json.dumps(result, indent=2))
+    print(table(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()
