@@ -138,8 +138,9 @@ def run(args):
                    "mode": config.mode, "image_size": args.image_size, "epochs": args.epochs,
                    "learning_rate": args.learning_rate, "batch_size": args.batch_size, "seed": args.seed},
         "epochs_run": {key: entry["epochs_run"] for key, entry in entries.items()},
-        "parts": {part: {k: metrics["study"][part][k] for k in ("n", "auroc", "kappa", "kappa_ci95", "auroc_ci95")
-                         if k in metrics["study"][part]}
+        "parts": {part: {"n": metrics["study"][part]["n"],
+                         "abnormal": metrics["study"][part]["tp"] + metrics["study"][part]["fn"],
+                         **{k: metrics["study"][part][k] for k in ("auroc", "kappa", "kappa_ci95")}}
                   for part in metrics["source"]["parts_scored"]},
         "router_study_accuracy": metrics["router"]["study_accuracy"],
         "pointing_game": pointing,
@@ -149,13 +150,13 @@ def run(args):
 
 def table(result):
     """The result as a few printed lines."""
-    lines = [f"{'part':<12} {'studies':>7} {'AUROC':>6} {'kappa':>6} {'95% CI':>16}"]
+    lines = [f"{'part':<12} {'studies':>7} {'abnormal':>8} {'AUROC':>6} {'kappa':>6} {'95% CI':>16}"]
     for part, m in result["parts"].items():
         lo, hi = m["kappa_ci95"]
         ci = "—" if lo is None else f"[{lo:.2f}, {hi:.2f}]"
         auroc = "—" if m["auroc"] is None else f"{m['auroc']:.3f}"
         kappa = "—" if m["kappa"] is None else f"{m['kappa']:.3f}"
-        lines.append(f"{part:<12} {m['n']:>7} {auroc:>6} {kappa:>6} {ci:>16}")
+        lines.append(f"{part:<12} {m['n']:>7} {m['abnormal']:>8} {auroc:>6} {kappa:>6} {ci:>16}")
     lines.append(f"router study accuracy {result['router_study_accuracy']:.3f}")
     game = result["pointing_game"]
     if game["hit_share"] is None:
