@@ -57,7 +57,8 @@ def test_predict_skips_a_folder_named_like_an_image_and_keeps_the_good_ones(full
     out = tmp_path / "p.json"
     code, _ = _run(["predict", study, "--models-dir", full_run, "--json", out], capsys)
     results = json.loads(out.read_text())
-    assert code == 0 and [r.get("study", r.get("path")) for r in results] == [str(good), str(study)]
+    assert code == 0 and [r.get("study", r.get("path")) for r in results] == [str(good), str(study), str(study / "scan.png")]
+    assert results[-1]["skipped"] == "empty folder"  # listed, not silent
 
 
 @pytest.mark.corpus("T5")
