@@ -396,24 +396,24 @@ def build_parser():
     p.add_argument("--max-files", type=_in_range(int, Range(1)), default=32, help="most files per request (default 32)")
     p.set_defaults(func=_cmd_serve)
 
-    from bonenet.configs import PRETRAIN_HELP, PretrainConfig
+    from bonenet.configs import PRETRAIN_HELP, PRETRAIN_RANGES, PretrainConfig
 
     p = sub.add_parser("pretrain-backbone", help="train EfficientNetB0 end to end on synthetic radiographs "
                                                  "(how the demo's shipped backbone was made; never ImageNet)")
     p.add_argument("--out", required=True, help="backbone .weights.h5 file to write; <name>.json beside it records "
                                                 "its provenance")
     p.add_argument("--data-dir", help="where the synthetic pretraining data goes (default <name>-data beside --out)")
-    _add_config_flags(p, PretrainConfig, PRETRAIN_HELP)
+    _add_config_flags(p, PretrainConfig, PRETRAIN_HELP, ranges=PRETRAIN_RANGES)
     p.add_argument("--resume", action="store_true", help="continue a killed pretraining from its last epoch")
     p.set_defaults(func=_cmd_pretrain_backbone)
 
-    from bonenet.configs import DEMO_HELP, DemoPlan
+    from bonenet.configs import DEMO_HELP, DEMO_RANGES, DemoPlan
 
     p = sub.add_parser("demo", help="the whole chain on built-in synthetic data, offline, on a CPU, with the "
                                     "shipped synthetic-pretrained backbone")
     p.add_argument("--out", default="demo_output", help="folder for everything the demo writes (default demo_output)")
     p.add_argument("--quick", action="store_true", help="a smoke run of under 2 minutes (tiny data, one epoch)")
-    _add_config_flags(p, DemoPlan, DEMO_HELP, plan_defaults=True)
+    _add_config_flags(p, DemoPlan, DEMO_HELP, plan_defaults=True, ranges=DEMO_RANGES)
     p.set_defaults(func=_cmd_demo)
     return parser
 

@@ -69,6 +69,12 @@ TRAIN_RANGES = {
     "dropout": Range(0, 1, open_hi=True), "patience": Range(0), "views": Range(0),
 }
 
+# The ranges of PretrainConfig's and DemoPlan's numeric fields, checked by the parser.
+PRETRAIN_RANGES = {"studies_per_part": Range(1), "image_size": Range(32), "epochs": Range(1), "batch_size": Range(1),
+                   "learning_rate": Range(0, open_lo=True), "warmup_epochs": Range(0)}
+DEMO_RANGES = {"studies_per_part": Range(1), "valid_studies_per_part": Range(1), "image_size": Range(32),
+               "epochs": Range(1), "learning_rate": Range(0, open_lo=True), "batch_size": Range(1)}
+
 STRATEGIES = ("auto", "default", "mirrored", "multiworker")
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 MODES = ("cached", "full")

@@ -49,11 +49,15 @@ def test_a_misspelt_part_or_recipe_fails_before_tensorflow_loads(args, names):
     (["serve", "--port", "70000"], "within [1, 65535]"),
     (["serve", "--port", "-1"], "within [1, 65535]"),
     (["evaluate", "--out", "z", "--bootstrap", "-5"], "at least 0"),
+    (["pretrain-backbone", "--out", "b.weights.h5", "--epochs", "0"], "at least 1"),
+    (["demo", "--image-size", "8"], "at least 32"),
 ])
 def test_out_of_range_values_are_refused_while_parsing_with_the_range(args, accepted):
-    if args[0] != "serve":
+    if args[0] in ("train-all", "train-router", "train-part", "evaluate"):
         args = [*args, "--data-root", "x"]
-    proc, seconds = _cli(*args, "--models-dir", "y")
+    if args[0] not in ("pretrain-backbone", "demo"):
+        args = [*args, "--models-dir", "y"]
+    proc, seconds = _cli(*args)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     last = proc.stderr.strip().splitlines()[-1]
     assert "out of range: must be " + accepted in last, last
