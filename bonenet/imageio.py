@@ -22,6 +22,16 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm", ".dicom")
 MAX_SIDE = 2048
 # Bytes read by the cheap check: enough for a PNG's IHDR, a JPEG's EXIF and SOF, a DICOM header.
 HEADER_BYTES = 65536
+# Most pixels an image may have, checked from its header before any decoding: a 0.8 MB PNG can
+# declare 30,000 × 30,000 pixels and take gigabytes to decode. 100 MP holds any radiograph (a 43 × 43
+# cm detector at 0.1 mm is 18.5 MP) and a 10,000 × 10,000 scan; BONENET_MAX_PIXELS changes it.
+DEFAULT_MAX_PIXELS = 100_000_000
+
+
+def max_pixels():
+    """The pixel budget: `BONENET_MAX_PIXELS` when set, else `DEFAULT_MAX_PIXELS`."""
+    value = os.environ.get("BONENET_MAX_PIXELS", "")
+    return int(value) if value.isdigit() and int(value) > 0 else DEFAULT_MAX_PIXELS
 
 
 class ImageReadError(ValueError):
@@ -71,9 +81,14 @@ def check_image_file(path):
 
 
 def size_problem(shape):
-    """Why an image of `shape` (rows, columns) is too small to use, or None when it is not."""
-    if shape is not None and min(shape) < MIN_SIDE:
+    """Why an image of `shape` (rows, columns) is too small or too large to use, or None when it is not."""
+    if shape is None:
+        return None
+    if min(shape) < MIN_SIDE:
         return f"image is too small ({shape[0]}×{shape[1]}); need at least {MIN_SIDE}×{MIN_SIDE}"
+    if shape[0] * shape[1] > max_pixels():
+        return (f"image of {shape[0]:,}×{shape[1]:,} pixels is over the pixel budget of {max_pixels():,} "
+                "(set BONENET_MAX_PIXELS to raise it)")
     return None
 
 
@@ -250,6 +265,10 @@ def decode_gray(data, name):
     if kind is None:
         raise ImageReadError(f"{name}: not a PNG, JPEG or DICOM image")
     try:
+        # From the header, before a byte of pixels is decoded: a bomb costs nothing.
+        problem = size_problem(header_shape(data, kind))
+        if problem:
+            raise ValueError(problem)
         gray = _decode_dicom(data) if kind == "dicom" else _decode_raster(data, kind)
     except (ValueError, cv2.error) as exc:  # cv2.error: OpenCV's own limits, e.g. over 2^30 pixels
         raise ImageReadError(f"{name}: {str(exc).strip().splitlines()[-1]}") from exc

@@ -23,12 +23,19 @@ import cv2
 import numpy as np
 
 from bonenet import __version__
-from bonenet.imageio import ImageReadError, image_format
+from bonenet.imageio import ImageReadError, image_format, max_pixels
 from bonenet.inference import predict_images, read_image
 
 STATIC = Path(__file__).resolve().parent / "static"
 MAX_FILE_MB = 20
 MAX_FILES = 32
+# A request whose body has not all arrived in this time gets 408: a client that sends headers and
+# stalls holds no connection, memory or worker for longer.
+BODY_TIMEOUT_S = 30
+# Requests whose bodies are read and decoded at once; others wait before their bodies are read, so
+# the server holds at most this many studies in memory (each at most MAX_FILES × MAX_FILE_MB, and
+# every image within the pixel budget) whatever clients send.
+CONCURRENT_REQUESTS = 4
 NOT_FOR_CLINICAL_USE = "Research software: not for clinical use."
 
 
@@ -104,31 +111,75 @@ def predict_uploads(net, uploads, lock, cams=True):
             {"study": "upload", "images": [e["path"] for e in entries], **study}]
 
 
-def create_app(net, max_file_mb=MAX_FILE_MB, max_files=MAX_FILES, cams=True):
+def create_app(net, max_file_mb=MAX_FILE_MB, max_files=MAX_FILES, cams=True, body_timeout=BODY_TIMEOUT_S):
     """The FastAPI app serving `net` (a loaded `BoneNet`).
+
+    Every answer other than a 200 is `{"error": "one line"}`, the multipart parser's and the
+    framework's own included; no traceback reaches the client or the console.
 
     Args:
         net: the run to serve.
         max_file_mb: largest accepted file, in MB; larger gets 413. Defaults to 20.
         max_files: most files per request; more gets 413. Defaults to 32.
         cams: return Grad-CAM overlays. Defaults to True.
+        body_timeout: seconds a request's body may take to arrive; slower gets 408. Defaults to 30.
     """
+    import asyncio
+    import sys
+
     from fastapi import FastAPI, Request
+    from fastapi.exceptions import RequestValidationError
     from fastapi.responses import FileResponse, JSONResponse
     from starlette.datastructures import UploadFile
+    from starlette.exceptions import HTTPException
     from starlette.formparsers import MultiPartException
+    from starlette.requests import ClientDisconnect
 
-    limits = {"max_file_mb": max_file_mb, "max_files": max_files}
+    limits = {"max_file_mb": max_file_mb, "max_files": max_files, "max_pixels": max_pixels(),
+              "body_timeout_s": body_timeout}
     max_bytes = int(max_file_mb * 1024 * 1024)
     lock = threading.Lock()
+    admitted = asyncio.Semaphore(CONCURRENT_REQUESTS)
     app = FastAPI(title="BoneNet", version=__version__, description=NOT_FOR_CLINICAL_USE)
 
     def error(status, message):
-        return JSONResponse({"error": message}, status_code=status)
+        return JSONResponse({"error": " ".join(str(message).split())[:500]}, status_code=status)
 
-    @app.exception_handler(Exception)
-    async def _internal(_request, exc):  # a fault of ours: one line, no traceback to the client
-        return error(500, f"internal error ({type(exc).__name__}); see the server's console")
+    @app.exception_handler(HTTPException)
+    async def _http(_request, exc):  # 404, 405, and the form parser's own 400s
+        return error(exc.status_code, exc.detail)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_request, exc):
+        return error(422, "; ".join(e.get("msg", "invalid request") for e in exc.errors()))
+
+    async def read_study(request):
+        """The request's uploads as [(name, bytes)], or an error response."""
+        try:
+            form = await request.form(max_files=max_files + 1, max_fields=16)
+        except HTTPException as exc:  # Starlette reports the multipart parser's errors as 400s
+            too_many = "Too many files" in str(exc.detail)
+            return error(413 if too_many else 400, f"{exc.detail}; at most {max_files} files per request"
+                         if too_many else f"malformed multipart body ({exc.detail})")
+        except MultiPartException as exc:
+            return error(400, f"malformed multipart body ({exc})")
+        except (ValueError, AssertionError) as exc:  # not multipart at all, or no boundary
+            return error(400, f"expected multipart/form-data with image files under 'files' ({exc})")
+        try:
+            files = [f for f in form.getlist("files") if isinstance(f, UploadFile)]
+            if not files:
+                return error(422, "no files: send one study's images as multipart field 'files'")
+            if len(files) > max_files:
+                return error(413, f"{len(files)} files: at most {max_files} files per request")
+            uploads = []
+            for number, upload in enumerate(files, 1):
+                data = await upload.read(max_bytes + 1)
+                if len(data) > max_bytes:
+                    return error(413, f"{display_name(upload.filename, number)}: larger than {max_file_mb} MB")
+                uploads.append((upload.filename, data))
+            return uploads
+        finally:
+            await form.close()
 
     @app.get("/", include_in_schema=False)
     def page():
@@ -143,35 +194,26 @@ def create_app(net, max_file_mb=MAX_FILE_MB, max_files=MAX_FILES, cams=True):
         length = request.headers.get("content-length")
         if length and length.isdigit() and int(length) > max_files * max_bytes + 1024 * 1024:
             return error(413, f"request of {int(length) / 2**20:.0f} MB is over {max_files} files × {max_file_mb} MB")
-        try:
-            form = await request.form(max_files=max_files + 1, max_fields=16)
-        except MultiPartException as exc:
-            status = 413 if "Too many files" in str(exc) else 400
-            return error(status, f"{exc}; at most {max_files} files per request" if status == 413 else str(exc))
-        except ValueError as exc:  # not multipart at all
-            return error(400, f"expected multipart/form-data with image files under 'files' ({exc})")
-        try:
-            files = [f for f in form.getlist("files") if isinstance(f, UploadFile)]
-            if not files:
-                return error(422, "no files: send one study's images as multipart field 'files'")
-            if len(files) > max_files:
-                return error(413, f"{len(files)} files: at most {max_files} files per request")
-            uploads = []
-            for number, upload in enumerate(files, 1):
-                data = await upload.read(max_bytes + 1)
-                if len(data) > max_bytes:
-                    name = display_name(upload.filename, number)
-                    return error(413, f"{name}: larger than {max_file_mb} MB")
-                uploads.append((upload.filename, data))
-        finally:
-            await form.close()
-        try:
-            # A plain thread: prediction is CPU-bound and queues on the lock, and the event loop stays free.
-            from starlette.concurrency import run_in_threadpool
+        from starlette.concurrency import run_in_threadpool
 
-            return await run_in_threadpool(predict_uploads, net, uploads, lock, cams)
-        except RequestRejected as exc:
-            return error(exc.status, str(exc))
+        async with admitted:
+            try:
+                uploads = await asyncio.wait_for(read_study(request), body_timeout)
+                if isinstance(uploads, JSONResponse):
+                    return uploads
+                # A plain thread: prediction is CPU-bound and queues on the lock; the event loop stays free.
+                return await run_in_threadpool(predict_uploads, net, uploads, lock, cams)
+            except RequestRejected as exc:
+                return error(exc.status, str(exc))
+            except asyncio.TimeoutError:
+                return error(408, f"the request's body did not arrive within {body_timeout} s")
+            except ClientDisconnect:  # the client went away mid-upload: nobody to answer
+                print("bonenet serve: a client disconnected before its upload was complete", file=sys.stderr)
+                return error(400, "client disconnected")
+            except Exception as exc:  # a fault of ours: one line here, one line to the client
+                print(f"bonenet serve: internal error: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}",
+                      file=sys.stderr)
+                return error(500, f"internal error ({type(exc).__name__}); see the server's console")
 
     return app
 
@@ -199,4 +241,5 @@ def serve(models_dir, host="127.0.0.1", port=8000, threshold="tuned", max_file_m
     net.predict_image(np.full((net.image_size, net.image_size), 128, np.uint8))
     app = create_app(net, max_file_mb=max_file_mb, max_files=max_files)
     print(startup_line(net, host, port, models_dir), flush=True)
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    # Idle keep-alive connections close after 5 s; request bodies have BODY_TIMEOUT_S (create_app).
+    uvicorn.run(app, host=host, port=port, log_level="warning", timeout_keep_alive=5)

@@ -181,3 +181,23 @@ def test_the_cheap_check_and_the_decoder_agree_on_format_and_size(tmp_path, gray
     text = tmp_path / "notes.png"
     text.write_text("not an image")
     assert check_image_file(text) == "not a PNG, JPEG or DICOM image"
+
+
+@pytest.mark.corpus("B1")
+def test_one_pixel_budget_from_the_header_for_training_and_predict(tmp_path, monkeypatch):
+    """A bomb is refused before decoding by the cheap check (training, data-summary) and by the decoder
+    (predict, serve) alike; BONENET_MAX_PIXELS moves the budget."""
+    import zlib
+
+    ok, png = cv2.imencode(".png", np.zeros((8, 8), np.uint8))
+    data = bytearray(png.tobytes())
+    data[16:24] = (20_000).to_bytes(4, "big") + (20_000).to_bytes(4, "big")  # 400 MP declared
+    data[29:33] = zlib.crc32(bytes(data[12:29])).to_bytes(4, "big")
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(bytes(data))
+    reason = "image of 20,000×20,000 pixels is over the pixel budget of 100,000,000 (set BONENET_MAX_PIXELS to raise it)"
+    assert check_image_file(bomb) == reason
+    with pytest.raises(ImageReadError, match=f"{bomb}: " + reason.replace("(", r"\(").replace(")", r"\)")):
+        load_gray(bomb)
+    monkeypatch.setenv("BONENET_MAX_PIXELS", "500000000")
+    assert check_image_file(bomb) is None  # within the raised budget: the decoder decides what it holds

@@ -1,6 +1,7 @@
 """`bonenet serve`'s API through FastAPI's TestClient, against the session's small trained run."""
 
 import io
+import json
 import os
 import tempfile
 
@@ -96,7 +97,7 @@ def test_health_describes_the_run(client, net):
     assert health["status"] == "ok" and health["parts"] == net.parts and health["image_size"] == 64
     assert health["recipe"]["name"] == net.manifest["recipe"]["name"] and health["format_version"] == 3
     assert health["backbone"]["kind"] == "none" and "not ImageNet-pretrained" in health["backbone_warning"]
-    assert health["limits"] == {"max_file_mb": 20, "max_files": 32}
+    assert health["limits"] == {"max_file_mb": 20, "max_files": 32, "max_pixels": 100_000_000, "body_timeout_s": 30}
     page = client.get("/")
     assert page.status_code == 200 and "not for clinical use" in page.text.lower() and 'type="file"' in page.text
     assert "http" not in page.text.split("<script>")[1].replace("/api/", "")  # no CDN, no outside address
@@ -150,3 +151,90 @@ def test_the_caveat_travels_with_every_output_of_a_run_that_never_saw_a_real_rad
         caveat = "CAVEAT: no ImageNet backbone, synthetic training data; unproven on real radiographs"
         assert row["caveat"] == caveat and row["cam_caption"].startswith(caveat) and csv_row["caveat"] == caveat
         assert all(entry["caveat"] == caveat for entry in answer.json())
+
+
+def _bomb_png(rows, cols):
+    """A tiny PNG whose header declares rows × cols pixels: a decompression bomb's calling card."""
+    import zlib
+
+    ok, png = cv2.imencode(".png", np.zeros((8, 8), np.uint8))
+    data = bytearray(png.tobytes())
+    data[16:24] = cols.to_bytes(4, "big") + rows.to_bytes(4, "big")
+    data[29:33] = zlib.crc32(bytes(data[12:29])).to_bytes(4, "big")
+    return bytes(data)
+
+
+@pytest.mark.corpus("B1")
+def test_a_decompression_bomb_is_refused_from_its_header_in_the_error_shape(client):
+    response = client.post("/api/predict", files=_files(("bomb.png", _bomb_png(30_000, 30_000))))
+    assert response.status_code == 422
+    assert response.json() == {"error": "no readable image in this study: bomb.png: image of 30,000×30,000 pixels is "
+                                        "over the pixel budget of 100,000,000 (set BONENET_MAX_PIXELS to raise it)"}
+
+
+@pytest.mark.corpus("B2")
+@pytest.mark.parametrize("case", ["long file name", "10,000 fields", "10,000 files", "no boundary", "unknown path",
+                                  "wrong method"])
+def test_every_refusal_has_the_documented_error_shape(client, study, case):
+    good = _read(study[0])
+    if case == "long file name":
+        response = client.post("/api/predict", files=_files(("x" * 20_000 + ".png", good)))
+    elif case == "10,000 fields":
+        response = client.post("/api/predict", data={f"f{i}": "1" for i in range(10_000)}, files=_files(("a.png", good)))
+    elif case == "10,000 files":
+        response = client.post("/api/predict", files=_files(*((f"{i}.png", b"x") for i in range(10_000))))
+    elif case == "no boundary":
+        response = client.post("/api/predict", content=b"--x\r\n", headers={"content-type": "multipart/form-data"})
+    elif case == "unknown path":
+        response = client.get("/api/nothing")
+    else:
+        response = client.get("/api/predict")
+    assert 400 <= response.status_code < 500
+    body = response.json()
+    assert list(body) == ["error"] and "\n" not in body["error"] and body["error"], body
+
+
+def _asgi_post(app, receive_after_headers):
+    """Runs one POST /api/predict through the app with a hand-made ASGI `receive`; returns (status, body)."""
+    import asyncio
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+             "path": "/api/predict", "raw_path": b"/api/predict", "query_string": b"", "root_path": "",
+             "headers": [(b"content-type", b"multipart/form-data; boundary=x"), (b"content-length", b"100000")],
+             "client": ("127.0.0.1", 5), "server": ("127.0.0.1", 8000)}
+    sent = []
+
+    async def send(message):
+        sent.append(message)
+
+    async def run():
+        await app(scope, receive_after_headers, send)
+
+    asyncio.run(asyncio.wait_for(run(), 20))
+    start = next(m for m in sent if m["type"] == "http.response.start")
+    return start["status"], b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+
+
+@pytest.mark.corpus("B3")
+def test_a_client_that_stalls_mid_upload_gets_408_and_one_that_leaves_no_traceback(net, capsys):
+    import asyncio
+
+    app = create_app(net, body_timeout=1)
+    first = {"sent": False}
+
+    async def stall():
+        if not first["sent"]:
+            first["sent"] = True
+            return {"type": "http.request", "body": b"--x\r\nContent-Disposition: form-data; name=\"files\"", "more_body": True}
+        await asyncio.sleep(3600)  # headers and a little body, then nothing
+
+    status, body = _asgi_post(app, stall)
+    assert status == 408 and json.loads(body) == {"error": "the request's body did not arrive within 1 s"}
+
+    async def leave():
+        return {"type": "http.disconnect"}
+
+    status, _ = _asgi_post(create_app(net), leave)
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "ClientDisconnect" not in err
+    assert "bonenet serve: a client disconnected before its upload was complete" in err
