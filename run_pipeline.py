@@ -91,11 +91,10 @@ def _cmd_train(args):
         backbone = origin.get("description") or origin["kind"]
         print(f"bonenet {args.command}: note: the backbone is not ImageNet-pretrained ({backbone}), and the last "
               f"{config.trainable_layers} layers alone learn little of real radiographs from it; deep fine-tuning "
-              "(--trainable-layers all) is what learns real findings from such a backbone", file=sys.stderr)
+              "(--trainable-layers all) is what learns real findings from such a backbone")
     if config.deep:
         print(f"bonenet {args.command}: --trainable-layers all: the whole network fine-tunes in full mode (no shared "
-              "trunk, so no trunk-feature cache; prepared images are cached in memory, or in --cache-dir)",
-              file=sys.stderr)
+              "trunk, so no trunk-feature cache; prepared images are cached in memory, or in --cache-dir)")
     index = read_dataset(args.data_root)
     if not index.skipped.empty:
         print(f"bonenet: {len(index.skipped)} file(s) skipped; run data-summary to list them", file=sys.stderr)

@@ -1,10 +1,14 @@
-"""A bounded load test of `bonenet serve`: latency and memory under concurrent studies.
+"""A bounded load test of `bonenet serve`: latency and memory under concurrent studies, bursts and bombs.
 
 Starts `bonenet serve` on 127.0.0.1 (never another address), sends REQUESTS posts of one
 3-image study, CONCURRENCY at a time, and reports errors, p50/p95 latency and the server
-process's resident memory before and after (from /proc, Linux only).
+process's resident memory before and after (from /proc, Linux only). Then two bursts of BURST
+requests at once, each with two decompression bombs among them (a 0.9 MB PNG of 30,000 × 30,000
+8-bit pixels and a 16-bit RGBA PNG of 12,000 × 12,000): every good request must get the same answer
+as before, every bomb a 4xx `{"error": ...}`, and the memory after the second burst is reported
+beside the memory after the first.
 
-    python benchmarks/serve_load.py --models-dir RUN [--study DIR] [--requests 200] [--concurrency 8]
+    python benchmarks/serve_load.py --models-dir RUN [--study DIR] [--requests 200] [--concurrency 8] [--burst 50]
 
 Without --study, three valid images of the run's own synthetic kind are made with
 `make-synthetic` in a temporary folder.
@@ -60,6 +64,21 @@ def post(url, body, content_type):
     return time.perf_counter() - start, status
 
 
+def bomb_png(rows, cols, channels=1, depth=8):
+    """A valid PNG of rows × cols zero pixels, compressed row by row (never held whole in memory)."""
+    import struct
+    import zlib
+
+    def chunk(kind, payload):
+        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+    colour = {1: 0, 4: 6}[channels]
+    header = struct.pack(">IIBBBBB", cols, rows, depth, colour, 0, 0, 0)
+    packer, row = zlib.compressobj(9), b"\0" * (1 + cols * channels * depth // 8)
+    body = b"".join(packer.compress(row) for _ in range(rows)) + packer.flush()
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", body) + chunk(b"IEND", b"")
+
+
 def study_files(study):
     """Three image files: from `study` when it has three, else a fresh synthetic valid study."""
     if study is not None and len(list(Path(study).glob("*.png"))) < 3:
@@ -79,6 +98,7 @@ def main():
     parser.add_argument("--study", help="a folder with at least three PNG views")
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--burst", type=int, default=50, help="requests sent at once in each of two bursts")
     parser.add_argument("--out", help="write the figures as JSON here")
     args = parser.parse_args()
 
@@ -115,6 +135,11 @@ def main():
             results = list(pool.map(one, range(args.requests)))
         wall = time.perf_counter() - start
         after = rss_mb(server.pid)
+        expected = json.loads(urllib.request.urlopen(urllib.request.Request(
+            url, data=body, headers={"Content-Type": content_type}, method="POST"), timeout=300).read())
+        bombs = [multipart([("bomb8.png", bomb_png(30_000, 30_000))]),
+                 multipart([("bomb16.png", bomb_png(12_000, 12_000, channels=4, depth=16))])]
+        bursts = [burst(url, (body, content_type), bombs, args.burst, expected, server.pid) for _ in range(2)]
     finally:
         server.terminate()
         server.wait(timeout=30)
@@ -127,11 +152,37 @@ def main():
         "requests_per_s": round(args.requests / wall, 2),
         "rss_before_mb": round(before, 1), "rss_after_mb": round(after, 1), "rss_growth_mb": round(after - before, 1),
         "rss_by_quarter_mb": [round(trace[int(q * (len(trace) - 1))], 1) for q in (0.25, 0.5, 0.75, 1.0)],
+        "bursts": bursts,
+        "bomb_sizes_mb": [round(len(b) / 2**20, 2) for b, _ in bombs],
+        "rss_growth_second_burst_mb": round(bursts[1]["rss_after_mb"] - bursts[0]["rss_after_mb"], 1),
     }
     print(json.dumps(figures, indent=2))
     if args.out:
         Path(args.out).write_text(json.dumps(figures, indent=2))
-    return 0 if errors == 0 and figures["rss_growth_mb"] < 100 else 1
+    bursts_ok = all(b["good_like_predict"] == b["good"] and b["bombs_refused"] == 2 for b in bursts)
+    return 0 if errors == 0 and bursts_ok and figures["rss_growth_mb"] < 100 else 1
+
+
+def burst(url, good, bombs, size, expected, pid):
+    """`size` requests at once, two of them bombs: how the good ones and the bombs were answered."""
+    posts = [good] * (size - len(bombs)) + list(bombs)
+
+    def send(payload):
+        request = urllib.request.Request(url, data=payload[0], headers={"Content-Type": payload[1]}, method="POST")
+        try:
+            with urllib.request.urlopen(request, timeout=600) as response:
+                return response.status, json.loads(response.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read() or b"{}")
+
+    with ThreadPoolExecutor(size) as pool:
+        answers = list(pool.map(send, posts))
+    same = sum(status == 200 and [e.get("p_abnormal") for e in answer] == [e.get("p_abnormal") for e in expected]
+               for status, answer in answers[:size - len(bombs)])
+    refused = sum(400 <= status < 500 and list(answer) == ["error"] for status, answer in answers[size - len(bombs):])
+    return {"good": size - len(bombs), "good_like_predict": same, "bombs_refused": refused,
+            "bomb_answers": [answer.get("error") for _, answer in answers[size - len(bombs):]],
+            "rss_after_mb": round(rss_mb(pid), 1)}
 
 
 if __name__ == "__main__":

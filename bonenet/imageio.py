@@ -201,9 +201,6 @@ def _without_colour_profile(data):
 
 
 def _decode_raster(data, kind):
-    problem = _png_chunk_problem(data) if kind == "png" else None
-    if problem:
-        raise ValueError(problem)
     if kind == "png" and b"iCCP" in data[:data.find(b"IDAT")]:
         data = _without_colour_profile(data)
     if kind == "jpeg" and b"\xff\xd9" not in data[-32:]:
@@ -265,8 +262,9 @@ def decode_gray(data, name):
     if kind is None:
         raise ImageReadError(f"{name}: not a PNG, JPEG or DICOM image")
     try:
-        # From the header, before a byte of pixels is decoded: a bomb costs nothing.
-        problem = size_problem(header_shape(data, kind))
+        # From the header, before a byte of pixels is decoded: a bomb costs nothing. A PNG's chunks
+        # are checked whole first, so that a cut-off file is called truncated, not corrupt.
+        problem = (_png_chunk_problem(data) if kind == "png" else None) or size_problem(header_shape(data, kind))
         if problem:
             raise ValueError(problem)
         gray = _decode_dicom(data) if kind == "dicom" else _decode_raster(data, kind)

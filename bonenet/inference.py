@@ -280,30 +280,75 @@ def read_image(name, data=None):
         raise ImageReadError(str(exc)) from exc
 
 
+def _gray(source):
+    """An image given as a uint8 array, or as a path read now (`read_image`)."""
+    return read_image(source) if isinstance(source, (str, Path)) else source
+
+
+def encode_images(net, images):
+    """The trunk's outputs and the router's softmax of images, BATCH at a time.
+
+    Only these small arrays are kept, never the decoded or prepared images, so memory does not grow
+    with a folder of thousands of images beyond its trunk outputs.
+
+    Args:
+        images: [(name, uint8 H×W gray, or a path read when its batch comes)].
+
+    Returns:
+        (indices of the images read, their trunk outputs, their router softmax, {index: error message}).
+    """
+    kept, features, probs, errors = [], [], [], {}
+    for start in range(0, len(images), BATCH):
+        prepared = []
+        for i, (_, source) in enumerate(images[start:start + BATCH], start):
+            try:
+                prepared.append(net.prepare(_gray(source)))
+                kept.append(i)
+            except ImageReadError as exc:
+                errors[i] = str(exc)
+        if prepared:
+            encoded = net.encode(np.stack(prepared))
+            features.append(encoded)
+            probs.append(net.router_probs(encoded))
+    if not kept:
+        return kept, None, None, errors
+    return kept, np.concatenate(features), np.concatenate(probs), errors
+
+
 def predict_images(net, images, render_cam=None):
-    """Scores decoded images as one study, the step shared by `predict` and `serve`.
+    """Scores images as one study, the step shared by `predict` and `serve`.
+
+    Images are read, prepared and encoded a batch at a time (`encode_images`); heat maps read an
+    image given as a path again when its turn comes.
 
     Args:
         net: a loaded `BoneNet`.
-        images: [(name, uint8 H×W gray)], in the order the entries come back.
+        images: [(name, uint8 H×W gray or a path)], in the order the entries come back.
         render_cam: None for no heat maps, or `f(name, overlay BGR image) -> dict` of fields to add
             to that image's entry (a file path, a data URL). Defaults to None.
 
     Returns:
         (per-image entries `path, part, image_part, part_confidence, p_abnormal, threshold,
-        threshold_source, abnormal[, cam, cam_box, cam_caption]`, the study's result without its
-        "images", with `mixed_parts` when the images' router votes disagree).
+        threshold_source, abnormal, caveat[, cam, cam_box, cam_caption]` and `path, error` for an
+        image that could not be read, in input order; the study's result without its "images", with
+        `mixed_parts` when the images' router votes disagree, or None when no image could be read).
     """
     from bonenet import gradcam
 
-    study, features = net.score_study(np.stack([net.prepare(gray) for _, gray in images]))
+    kept, features, probs, errors = encode_images(net, images)
+    if not kept:
+        return [{"path": str(images[i][0]), "error": message} for i, message in sorted(errors.items())], None
+    scores = lambda part: net.abnormal_probs(part, features) if part in net.models else None  # noqa: E731
+    study = decide_study(probs, scores, net.labels, net.thresholds)
     study["caveat"] = net.caveat
-    entries = []
-    for i, ((name, gray), result) in enumerate(zip(images, study.pop("images"), strict=True)):
+    by_index = {i: {"path": str(images[i][0]), "error": message} for i, message in errors.items()}
+    for row, (i, result) in enumerate(zip(kept, study.pop("images"), strict=True)):
+        name, source = images[i]
         entry = {"path": str(name), "part": study["part"], **result, "threshold": study["threshold"],
                  "threshold_source": study["threshold_source"], "caveat": study["caveat"]}
         if render_cam is not None and result["p_abnormal"] is not None:
-            cam, box = net.cam(study["part"], features[i:i + 1], gray)
+            gray = _gray(source)
+            cam, box = net.cam(study["part"], features[row:row + 1], gray)
             box = box if result["abnormal"] else None  # a normal image's hottest region is not a finding
             lines = gradcam.caption(short_name(study["part"]), result["part_confidence"], result["p_abnormal"],
                                     study["threshold"], result["abnormal"])
@@ -311,8 +356,8 @@ def predict_images(net, images, render_cam=None):
                 lines.insert(0, study["caveat"])  # first: the decision's line stays last, in its colour
             entry.update({"cam_box": box, "cam_caption": " | ".join(lines)})
             entry.update(render_cam(name, gradcam.overlay(gray, cam, result["abnormal"], box, lines)))
-        entries.append(entry)
-    return entries, study
+        by_index[i] = entry
+    return [by_index[i] for i in sorted(by_index)], study
 
 
 CSV_COLUMNS = ["path", "study", "part", "part_confidence", "p_abnormal", "threshold", "abnormal", "threshold_source",
@@ -384,20 +429,15 @@ def predict_paths(net, paths, cam_dir=None, per_image=False):
         if kind in ("error", "skip"):
             results.append({"path": str(path), "error" if kind == "error" else "skipped": files})
             continue
-        loaded = []
-        for file in files:
-            try:
-                loaded.append((file, read_image(file)))
-            except ImageReadError as exc:
-                results.append({"path": str(file), "error": str(exc)})
-        if not loaded:
+        # Paths, not pixels: a folder of thousands of images is read a batch at a time.
+        entries, study = predict_images(net, [(file, file) for file in files], render)
+        results.extend(entries)
+        if study is None:
             if kind == "study":
                 results.append({"path": str(path), "error": "no readable images in this folder"})
             continue
-        entries, study = predict_images(net, loaded, render)
-        results.extend(entries)
         if kind == "study":
-            results.append({"study": str(path), "images": [e["path"] for e in entries], **study})
+            results.append({"study": str(path), "images": [e["path"] for e in entries if "error" not in e], **study})
     return results
 
 

@@ -103,7 +103,7 @@ def predict_uploads(net, uploads, lock, cams=True):
         raise RequestRejected(422, "no readable image in this study: " + "; ".join(e["error"] for e in errors.values()))
     render = (lambda _name, image: {"cam": png_data_url(image)}) if cams else None
     with lock:
-        entries, study = predict_images(net, [(name, gray) for _, name, gray in loaded], render)
+        entries, study = predict_images(net, [(name, gray) for _, name, gray in loaded], render)  # all read above
     for entry, (_, _, gray) in zip(entries, loaded, strict=True):
         entry["image"] = png_data_url(gray)  # the pixels as read (DICOM windowed, MONOCHROME1 inverted)
     by_number = errors | {number: entry for (number, _, _), entry in zip(loaded, entries, strict=True)}

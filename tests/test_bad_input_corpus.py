@@ -595,3 +595,35 @@ def test_a_colour_profile_on_a_grey_png_brings_no_bare_libpng_line(tmp_path, cap
     (tmp_path / "profiled.png").write_bytes(data)
     assert np.array_equal(load_gray(tmp_path / "profiled.png"), gray)
     assert "libpng" not in capfd.readouterr().err
+
+
+def _predict_peak_mb(folder, run, out):
+    """The peak resident memory (MB) of `bonenet predict FOLDER` in a process of its own."""
+    import resource
+
+    code = ("import resource, subprocess, sys; subprocess.run(sys.argv[1:], check=True, stdout=subprocess.DEVNULL); "
+            "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
+    proc = subprocess.run([sys.executable, "-c", code, sys.executable, "run_pipeline.py", "predict", str(folder),
+                           "--models-dir", str(run), "--json", str(out)], cwd=REPO, capture_output=True, text=True,
+                          timeout=1200)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert resource  # the child's own ru_maxrss is read in the wrapper
+    return int(proc.stdout.strip().splitlines()[-1]) / 1024
+
+
+@pytest.mark.slow  # writes 5,500 radiographs and predicts them: about three minutes
+@pytest.mark.corpus("R9")
+def test_predict_streams_a_big_folder_so_its_memory_does_not_grow_with_it(full_run, index, tmp_path):
+    gray = cv2.resize(cv2.imread(index.images.path.iloc[0], cv2.IMREAD_GRAYSCALE), (512, 512))
+    ok, png = cv2.imencode(".png", gray)
+    peaks = {}
+    for n in (500, 5000):
+        folder = tmp_path / f"flat{n}"
+        folder.mkdir()
+        for i in range(n):
+            (folder / f"image{i:05d}.png").write_bytes(png.tobytes())
+        peaks[n] = _predict_peak_mb(folder, full_run, tmp_path / f"p{n}.json")
+        results = json.loads((tmp_path / f"p{n}.json").read_text())
+        assert len(results) == n + 1 and results[-1]["study"] == str(folder)
+    print(f"predict peak memory: {peaks[500]:.0f} MB for 500 images, {peaks[5000]:.0f} MB for 5,000")
+    assert peaks[5000] <= 1.5 * peaks[500], peaks
