@@ -60,6 +60,7 @@ CASES = {
     "R7": "a PNG whose iCCP profile makes libpng warn on its own line",
     "R8": "a folder of unrelated images predicted as one study",
     "R9": "predict on a folder of 5,000 images",
+    "R10": "predict --cam-dir killed while writing a heat map",
     "B1": "serve: a PNG declaring 30,000 x 30,000 pixels (a decompression bomb)",
     "B2": "serve: a very long file name, 10,000 fields, 10,000 files, no boundary, unknown paths and methods",
     "B3": "serve: a client that stalls mid-upload, or disconnects",

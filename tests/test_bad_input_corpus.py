@@ -627,3 +627,23 @@ def test_predict_streams_a_big_folder_so_its_memory_does_not_grow_with_it(full_r
         assert len(results) == n + 1 and results[-1]["study"] == str(folder)
     print(f"predict peak memory: {peaks[500]:.0f} MB for 500 images, {peaks[5000]:.0f} MB for 5,000")
     assert peaks[5000] <= 1.5 * peaks[500], peaks
+
+
+@pytest.mark.corpus("R10")
+def test_a_heat_map_killed_mid_write_leaves_the_earlier_one_whole(tmp_path, monkeypatch):
+    from bonenet.inference import cam_file_writer
+
+    write = cam_file_writer(tmp_path / "cams")
+    first = write("/data/p1/study1/image1.png", np.full((40, 60, 3), 50, np.uint8))["cam"]
+    before = Path(first).read_bytes()
+    original = Path.write_bytes
+
+    def killed(self, data):
+        original(self, data[: len(data) // 2])  # half the PNG is on disk when the kill comes
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Path, "write_bytes", killed)
+    with pytest.raises(KeyboardInterrupt):
+        write("/data/p1/study1/image1.png", np.full((40, 60, 3), 200, np.uint8))
+    assert Path(first).read_bytes() == before  # the earlier heat map, whole
+    assert [p.name for p in (tmp_path / "cams").iterdir()] == [Path(first).name]  # no half-written temporary
