@@ -510,6 +510,7 @@ def test_two_trainings_started_together_with_the_same_seed_make_one_consistent_r
     assert set(heads) == {"router", "XR_WRIST"} and set(read_manifest(run_dir)["models"]) == {"router", "XR_WRIST"}
 
 
+@pytest.mark.slow  # trains twice, as the other interrupt-and-resume tests: about 20 s
 @pytest.mark.corpus("R2")
 def test_ctrl_c_during_training_is_one_line_and_the_run_resumes(synthetic_root, tmp_path):
     import signal
