@@ -10,7 +10,7 @@ share, and Grad-CAM. The hold-out is the datalist's own: with no split column, a
 studies, stratified by part and label, drawn with the fixed seed 0 (`bonenet.datalist`), the same on every
 run and machine.
 
-It reports per part the study AUROC and kappa with their 95% cluster-bootstrap intervals, the router's
+It reports per part the study AUROC and kappa, each with its 95% cluster-bootstrap interval, the router's
 study accuracy, and a **pointing game** for the heat maps: among the held-out fractured images that the
 pipeline calls abnormal (at the thresholds `predict` uses), the share whose Grad-CAM maximum falls inside an
 annotated fracture box, beside the share a uniformly random point would hit (the mean share of those
@@ -96,6 +96,15 @@ def pointing_game(net, paths, boxes):
             "random_share": float(np.mean(random_shares)) if random_shares else None}
 
 
+def auroc_interval(eval_dir, part, n_boot):
+    """The study AUROC's 95% cluster-bootstrap interval for one part, from `evaluate`'s study table."""
+    from bonenet.metrics import auroc_ci
+
+    studies = pd.read_csv(Path(eval_dir) / "study_predictions.csv")
+    rows = studies[(studies["part_true"] == part) & np.isfinite(studies["score"])]
+    return auroc_ci(rows["label"], rows["score"], n_boot=n_boot, groups=rows["patient"])
+
+
 def run(args):
     """The benchmark's steps; returns the result dict."""
     from bonenet import runtime
@@ -140,7 +149,9 @@ def run(args):
         "epochs_run": {key: entry["epochs_run"] for key, entry in entries.items()},
         "parts": {part: {"n": metrics["study"][part]["n"],
                          "abnormal": metrics["study"][part]["tp"] + metrics["study"][part]["fn"],
-                         **{k: metrics["study"][part][k] for k in ("auroc", "kappa", "kappa_ci95")}}
+                         "auroc": metrics["study"][part]["auroc"], "auroc_ci95": auroc_interval(out / "eval", part,
+                                                                                                 args.bootstrap),
+                         **{k: metrics["study"][part][k] for k in ("kappa", "kappa_ci95")}}
                   for part in metrics["source"]["parts_scored"]},
         "router_study_accuracy": metrics["router"]["study_accuracy"],
         "pointing_game": pointing,
@@ -150,13 +161,16 @@ def run(args):
 
 def table(result):
     """The result as a few printed lines."""
-    lines = [f"{'part':<12} {'studies':>7} {'abnormal':>8} {'AUROC':>6} {'kappa':>6} {'95% CI':>16}"]
+    def interval(pair):
+        return "—" if pair is None or pair[0] is None else f"[{pair[0]:.2f}, {pair[1]:.2f}]"
+
+    def value(x):
+        return "—" if x is None else f"{x:.3f}"
+
+    lines = [f"{'part':<12} {'studies':>7} {'abnormal':>8} {'AUROC':>6} {'95% CI':>13} {'kappa':>6} {'95% CI':>13}"]
     for part, m in result["parts"].items():
-        lo, hi = m["kappa_ci95"]
-        ci = "—" if lo is None else f"[{lo:.2f}, {hi:.2f}]"
-        auroc = "—" if m["auroc"] is None else f"{m['auroc']:.3f}"
-        kappa = "—" if m["kappa"] is None else f"{m['kappa']:.3f}"
-        lines.append(f"{part:<12} {m['n']:>7} {m['abnormal']:>8} {auroc:>6} {kappa:>6} {ci:>16}")
+        lines.append(f"{part:<12} {m['n']:>7} {m['abnormal']:>8} {value(m['auroc']):>6} {interval(m['auroc_ci95']):>13} "
+                     f"{value(m['kappa']):>6} {interval(m['kappa_ci95']):>13}")
     lines.append(f"router study accuracy {result['router_study_accuracy']:.3f}")
     game = result["pointing_game"]
     if game["hit_share"] is None:

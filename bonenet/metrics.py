@@ -40,6 +40,31 @@ def auroc(y_true, y_score):
     return float(roc_auc_score(y_true, np.asarray(y_score, float)))
 
 
+def auroc_ci(y_true, y_score, n_boot=1000, seed=0, level=0.95, groups=None):
+    """Percentile bootstrap confidence interval for the AUROC, resampling clusters of rows as `kappa_ci` does.
+
+    Resamples with one class only are left out (their AUROC is undefined).
+
+    Returns:
+        [lo, hi], or [NaN, NaN] when no resample has both classes.
+    """
+    y_true, y_score = np.asarray(y_true, int), np.asarray(y_score, float)
+    if len(y_true) == 0:
+        return [float("nan"), float("nan")]
+    _, cluster = np.unique(np.arange(len(y_true)) if groups is None else np.asarray(groups), return_inverse=True)
+    members = [np.flatnonzero(cluster == c) for c in range(int(cluster.max()) + 1)]
+    rng = np.random.default_rng(seed)
+    values = []
+    for _ in range(n_boot):
+        rows = np.concatenate([members[c] for c in rng.integers(0, len(members), len(members))])
+        if 0 < y_true[rows].sum() < len(rows):
+            values.append(roc_auc_score(y_true[rows], y_score[rows]))
+    if not values:
+        return [float("nan"), float("nan")]
+    tail = (1 - level) / 2 * 100
+    return [float(np.percentile(values, tail)), float(np.percentile(values, 100 - tail))]
+
+
 def kappa_ci(y_true, y_pred, n_boot=1000, seed=0, level=0.95, groups=None):
     """Percentile bootstrap confidence interval for kappa, resampling clusters of rows.
 

@@ -99,3 +99,17 @@ def test_vectorised_bootstrap_matches_sklearn_resample_by_resample():
         loop = [cohen_kappa_score(y[r], p[r], labels=[0, 1]) for r in idx]
     loop = np.array([v for v in loop if np.isfinite(v)])
     assert kappa_ci(y, p, 300, seed=9) == pytest.approx([np.percentile(loop, 2.5), np.percentile(loop, 97.5)])
+
+
+def test_auroc_ci_brackets_the_auroc_and_resamples_whole_clusters():
+    from bonenet.metrics import auroc, auroc_ci
+
+    rng = np.random.default_rng(0)
+    y = np.repeat([0, 1], 50)
+    score = y * 0.6 + rng.uniform(0, 1, 100)
+    lo, hi = auroc_ci(y, score, n_boot=400, seed=1)
+    assert lo < auroc(y, score) < hi and 0.5 < lo and hi <= 1
+    # Each row doubled in one cluster: the same information, so the same interval as single rows.
+    doubled = auroc_ci(np.repeat(y, 2), np.repeat(score, 2), n_boot=400, seed=1, groups=np.repeat(np.arange(100), 2))
+    assert doubled == pytest.approx([lo, hi], abs=1e-9)
+    assert np.isnan(auroc_ci([1, 1, 1], [0.2, 0.5, 0.9], n_boot=50)).all()  # one class: undefined
