@@ -107,7 +107,6 @@ def auroc_interval(eval_dir, part, n_boot):
 
 def run(args):
     """The benchmark's steps; returns the result dict."""
-    from bonenet import runtime
     from bonenet.configs import TrainConfig
     from bonenet.datalist import fracatlas_datalist, read_dataset
     from bonenet.evaluate import evaluate_run
@@ -115,7 +114,6 @@ def run(args):
     from bonenet.pretrain import shipped_backbone
     from bonenet.train import train_all
 
-    runtime.start()  # before TensorFlow starts: quiet, and devices set up once
     out, root = Path(args.out), Path(args.fracatlas)
     weights = str(shipped_backbone()[0]) if args.weights == "shipped" else args.weights
     seconds, start = {}, time.time()
@@ -185,6 +183,9 @@ def table(result):
 def main(argv=None):
     """Runs the benchmark, prints its table and writes `<out>/real_radiographs.json`."""
     args = parse_args(argv)
+    from bonenet import runtime
+
+    runtime.start()  # before anything imports TensorFlow: its start-up lines held back, devices set up once
     from bonenet.evaluate import _clean
 
     result = _clean(run(args))
