@@ -53,16 +53,6 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def fracture_boxes(root):
-    """{image file name: [COCO boxes (x, y, w, h)]} from FracAtlas' annotations."""
-    coco = json.loads((Path(root) / "fracture_annotations_coco.json").read_text())
-    names = {im["id"]: im["file_name"] for im in coco["images"]}
-    boxes = {}
-    for ann in coco["annotations"]:
-        boxes.setdefault(names[ann["image_id"]], []).append(ann["bbox"])
-    return boxes
-
-
 def box_mask(boxes, shape):
     """The union of COCO boxes as a boolean mask of `shape`."""
     mask = np.zeros(shape, bool)
@@ -108,7 +98,7 @@ def auroc_interval(eval_dir, part, n_boot):
 def run(args):
     """The benchmark's steps; returns the result dict."""
     from bonenet.configs import TrainConfig
-    from bonenet.datalist import fracatlas_datalist, read_dataset
+    from bonenet.datalist import fracatlas_boxes, fracatlas_datalist, read_dataset
     from bonenet.evaluate import evaluate_run
     from bonenet.inference import BoneNet
     from bonenet.pretrain import shipped_backbone
@@ -130,7 +120,7 @@ def run(args):
     metrics = evaluate_run(datalist, out / "run", out / "eval", n_boot=args.bootstrap, net=net, gallery=0)
     seconds["evaluate"] = round(time.time() - start - seconds["train_all"], 1)
     table = pd.read_csv(root / "dataset.csv").set_index("image_id")
-    boxes = fracture_boxes(root)
+    boxes = fracatlas_boxes(root)
     valid = index.images[index.images["split"] == "valid"]
     fractured = [p for p in valid["path"] if table.loc[Path(p).name, "fractured"] == 1 and Path(p).name in boxes]
     pointing = pointing_game(net, fractured, boxes)

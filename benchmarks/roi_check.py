@@ -23,6 +23,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bonenet.datalist import fracatlas_boxes
 from bonenet.imageio import load_gray
 from preprocessing.filters import roi_box
 
@@ -50,16 +51,6 @@ def box_inside(xywh, box):
     x, y, w, h = xywh
     top, bottom, left, right = box
     return x >= left - 0.5 and y >= top - 0.5 and x + w <= right + 0.5 and y + h <= bottom + 0.5
-
-
-def fracture_boxes(root):
-    """{file name: [COCO boxes]} from FracAtlas' annotations."""
-    coco = json.loads((Path(root) / "fracture_annotations_coco.json").read_text())
-    names = {im["id"]: im["file_name"] for im in coco["images"]}
-    boxes = {}
-    for ann in coco["annotations"]:
-        boxes.setdefault(names[ann["image_id"]], []).append(ann["bbox"])
-    return boxes
 
 
 def check(paths, boxes):
@@ -129,7 +120,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     root = Path(args.fracatlas)
     paths = sorted((root / "images").glob("*.jpg"))[:args.limit]
-    boxes = fracture_boxes(root)
+    boxes = fracatlas_boxes(root)
     rows = check(paths, boxes)
     summary = summarize(rows)
     print(json.dumps({k: v for k, v in summary.items() if k != "cut"}, indent=2))
