@@ -7,6 +7,7 @@ inside the subcommands that need them, so `--help` stays fast.
 import argparse
 import dataclasses
 import json
+import logging
 import os
 import shlex
 import sys
@@ -39,12 +40,61 @@ class CommandError(Exception):
     """A failure the user can fix; printed as one line, exit status 2."""
 
 
+def _say(text):
+    """A command's own result, on standard output."""
+    print(text, flush=True)
+
+
+def _note(args, text):
+    """A command's one-line remark or problem, on standard error, prefixed with the command."""
+    print(f"bonenet {args.command}: {text}", file=sys.stderr, flush=True)
+
+
+def _print_skips(args, skips):
+    """Each file a command could not use, once, with its reason."""
+    for skip in skips:
+        _note(args, f"skipped {skip['path'] if isinstance(skip, dict) else skip.path}: "
+                    f"{skip['reason'] if isinstance(skip, dict) else skip.reason}")
+
+
+class _ConsoleHandler(logging.Handler):
+    """The library's log on the console as the commands always printed it: information on standard
+    output, progress lines and problems on standard error prefixed with the command. The streams
+    are looked up at each record, so a redirected `sys.stdout` (a test's capture) is honoured."""
+
+    def __init__(self, command):
+        super().__init__()
+        self.command = command
+
+    def emit(self, record):
+        try:
+            text = record.getMessage()
+            if record.levelno >= logging.WARNING:
+                print(f"bonenet {self.command}: {'warning: ' if record.levelno == logging.WARNING else ''}{text}",
+                      file=sys.stderr, flush=True)
+            else:
+                print(text, file=sys.stderr if record.name == "bonenet.progress" else sys.stdout, flush=True)
+        except Exception:
+            self.handleError(record)
+
+
+def _setup_logging(command, verbosity):
+    """One console handler on the `bonenet` logger; -q shows problems only, -v adds debug lines."""
+    logger = logging.getLogger("bonenet")
+    for handler in [h for h in logger.handlers if isinstance(h, _ConsoleHandler)]:
+        logger.removeHandler(handler)
+    logger.addHandler(_ConsoleHandler(command))
+    logger.setLevel(logging.WARNING if verbosity < 0 else logging.DEBUG if verbosity > 0 else logging.INFO)
+
+
 def _cmd_make_synthetic(args):
+    from bonenet.configs import SyntheticConfig
     from bonenet.synthetic import make_synthetic
 
-    root = make_synthetic(args.out, studies_per_part=args.studies_per_part, seed=args.seed,
-                          valid_studies_per_part=args.valid_studies_per_part, overwrite=args.overwrite)
-    print(f"wrote {root}")
+    config = SyntheticConfig(**_config_values(args, SyntheticConfig))
+    root = make_synthetic(args.out, studies_per_part=config.studies_per_part, seed=config.seed,
+                          valid_studies_per_part=config.valid_studies_per_part, overwrite=args.overwrite)
+    _say(f"wrote {root}")
 
 
 def _cmd_fracatlas_datalist(args):
@@ -52,9 +102,9 @@ def _cmd_fracatlas_datalist(args):
 
     table = fracatlas_datalist(args.fracatlas, args.out)
     counts = table.groupby(["part", "label"]).size()
-    print(f"wrote {args.out}: {len(table)} images, each its own study and patient (FracAtlas publishes no patient "
-          "identifiers); " + ", ".join(f"{part} {'abnormal' if label else 'normal'} {n}"
-                                      for (part, label), n in counts.items()))
+    _say(f"wrote {args.out}: {len(table)} images, each its own study and patient (FracAtlas publishes no patient "
+         "identifiers); " + ", ".join(f"{part} {'abnormal' if label else 'normal'} {n}"
+                                     for (part, label), n in counts.items()))
 
 
 def _cmd_data_summary(args):
@@ -62,121 +112,134 @@ def _cmd_data_summary(args):
     from bonenet.mura import format_summary, summarize
 
     summary = summarize(read_dataset(args.data_root, verify=args.verify))
-    print(format_summary(summary))
+    _say(format_summary(summary))
     if args.json:
         _write_json(args.json, summary)
 
 
 def _cmd_preprocess(args):
+    from bonenet.configs import PreprocessConfig
     from bonenet.figures import image_title, preprocess_panel, save_figure
     from bonenet.imageio import load_gray
 
+    config = PreprocessConfig(**_config_values(args, PreprocessConfig))
     try:
-        fig = preprocess_panel(load_gray(args.image), args.recipe, args.image_size, title=image_title(args.image),
-                               all_filters=args.all_filters)
+        fig = preprocess_panel(load_gray(args.image), config.recipe, config.image_size,
+                               title=image_title(args.image), all_filters=config.all_filters)
     except ValueError as exc:
         raise CommandError(exc) from exc
-    print(f"wrote {save_figure(fig, args.out)}")
+    _say(f"wrote {save_figure(fig, args.out)}")
+
+
+def _training_notes(args, config, origin):
+    """What a user should know before a training starts: a backbone last-20 cannot learn much
+    from, and what `--trainable-layers all` changes."""
+    from bonenet.configs import TrainConfig
+
+    if origin["kind"] != "imagenet" and config.trainable_layers == TrainConfig.trainable_layers:
+        backbone = origin.get("description") or origin["kind"]
+        _say(f"bonenet {args.command}: note: the backbone is not ImageNet-pretrained ({backbone}), and the last "
+             f"{config.trainable_layers} layers alone learn little of real radiographs from it; deep fine-tuning "
+             "(--trainable-layers all) is what learns real findings from such a backbone")
+    if config.deep:
+        _say(f"bonenet {args.command}: --trainable-layers all: the whole network fine-tunes in full mode (no shared "
+             "trunk, so no trunk-feature cache; prepared images are cached in memory, or in --cache-dir)")
 
 
 def _cmd_train(args):
     from bonenet.configs import TrainConfig
     from bonenet.datalist import read_dataset
     from bonenet.models import resolve_weights
-    from bonenet.train import is_chief, train_all, train_model
+    from bonenet.train import is_chief, train_all, train_model, unread_images
 
     config = TrainConfig(**_config_values(args, TrainConfig))
     _, origin = resolve_weights(config.weights)  # fail within seconds, before reading the data
-    if origin["kind"] != "imagenet" and config.trainable_layers == TrainConfig.trainable_layers:
-        backbone = origin.get("description") or origin["kind"]
-        print(f"bonenet {args.command}: note: the backbone is not ImageNet-pretrained ({backbone}), and the last "
-              f"{config.trainable_layers} layers alone learn little of real radiographs from it; deep fine-tuning "
-              "(--trainable-layers all) is what learns real findings from such a backbone")
-    if config.deep:
-        print(f"bonenet {args.command}: --trainable-layers all: the whole network fine-tunes in full mode (no shared "
-              "trunk, so no trunk-feature cache; prepared images are cached in memory, or in --cache-dir)")
+    _training_notes(args, config, origin)
     index = read_dataset(args.data_root)
     if not index.skipped.empty:
-        print(f"bonenet: {len(index.skipped)} file(s) skipped; run data-summary to list them", file=sys.stderr)
+        _note(args, f"{len(index.skipped)} file(s) skipped while reading the data; run data-summary to list them")
     if args.command == "train-all":
         entries, failures = train_all(index, args.models_dir, config, resume=args.resume)
-        print(f"trained {', '.join(entries) or 'nothing'} into {args.models_dir}")
+        _print_skips(args, unread_images(entries.values()))
+        _say(f"trained {', '.join(entries) or 'nothing'} into {args.models_dir}")
         if failures:
             raise CommandError(f"could not train {', '.join(failures)} (see messages above)")
         return
     target = "router" if args.command == "train-router" else args.part
     entry, _ = train_model(target, index, args.models_dir, config, resume=args.resume)
+    _print_skips(args, unread_images([entry]))
     where = "saved" if is_chief(config.strategy) else "trained (the chief saves)"
-    print(f"{where} {Path(args.models_dir) / entry['file']}; hold-out " +
-          ", ".join(f"{k} {v:.4f}" for k, v in entry["holdout"].items()))
-
-
-def _training_parent():
-    """The flags every training subcommand shares, defined once; defaults come from `TrainConfig`."""
-    from bonenet.configs import CHOICES, TRAIN_HELP, TRAIN_RANGES, TrainConfig
-
-    p = argparse.ArgumentParser(add_help=False)
-    p.add_argument("--data-root", required=True, help=DATA_ROOT_HELP)
-    p.add_argument("--models-dir", required=True, help="run folder to write models and manifest.json into")
-    _add_config_flags(p, TrainConfig, TRAIN_HELP, CHOICES, ranges=TRAIN_RANGES)
-    p.add_argument("--resume", action="store_true", help="continue a killed run from its last completed epoch")
-    p.set_defaults(func=_cmd_train)
-    return p
+    _say(f"{where} {Path(args.models_dir) / entry['file']}; hold-out " +
+         ", ".join(f"{k} {v:.4f}" for k, v in entry["holdout"].items()))
 
 
 def _cmd_evaluate(args):
+    from bonenet.configs import EvaluateConfig
     from bonenet.evaluate import evaluate_run
 
-    metrics = evaluate_run(args.data_root, args.models_dir, args.out, split=args.split, n_boot=args.bootstrap,
-                           seed=args.seed)
+    config = EvaluateConfig(**_config_values(args, EvaluateConfig))
+    metrics = evaluate_run(args.data_root, args.models_dir, args.out, split=config.split, n_boot=config.bootstrap,
+                           seed=config.seed)
+    _print_skips(args, metrics["source"]["skipped"])
+    for message in metrics["source"]["messages"]:
+        _note(args, message)
     overall = metrics["study"].get("overall", {})
-    print(f"router study accuracy {metrics['router']['study_accuracy']:.4f}; overall study kappa "
-          f"{overall.get('kappa', float('nan')):.4f} on {overall.get('n', 0)} studies "
-          f"({len(metrics['source']['parts_scored'])} part(s) scored)")
-    print(f"wrote {args.out}/metrics.json, study_predictions.csv, image_predictions.csv and plots")
+    _say(f"router study accuracy {metrics['router']['study_accuracy']:.4f}; overall study kappa "
+         f"{overall.get('kappa', float('nan')):.4f} on {overall.get('n', 0)} studies "
+         f"({len(metrics['source']['parts_scored'])} part(s) scored)")
+    _say(f"wrote {args.out}/metrics.json, study_predictions.csv, image_predictions.csv, skipped.csv and plots")
 
 
 def _cmd_report(args):
     from bonenet.report import run_reports
 
     for path in run_reports(args.eval_dir, args.out, parts=args.part):
-        print(f"wrote {path}")
+        _say(f"wrote {path}")
 
 
 def _cmd_serve(args):
+    from bonenet.configs import ServeConfig
     from bonenet.serve import serve
 
-    serve(args.models_dir, host=args.host, port=args.port, threshold=args.threshold, max_file_mb=args.max_file_mb,
-          max_files=args.max_files)
+    serve(args.models_dir, ServeConfig(**_config_values(args, ServeConfig)))
+
+
+def _predict_line(r):
+    """One console line per `predict` result entry."""
+    from bonenet.inference import mixed_parts_text
+
+    if "error" in r:  # the error names the file itself; say the path once
+        return f"{r['path']}: ERROR {r['error'].removeprefix(r['path'] + ': ')}"
+    if "skipped" in r:
+        return f"{r['path']}: skipped: {r['skipped']}"
+    what = f"study {r['study']}" if "study" in r else r["path"]
+    lines = []
+    if r.get("mixed_parts"):
+        lines.append(f"{what}: warning: its images disagree about the part ({mixed_parts_text(r['mixed_parts'])}); "
+                     "are they one study? --per-image scores each image alone")
+    if r["p_abnormal"] is None:
+        lines.append(f"{what}: {r['part']} (router confidence {r['part_confidence']:.2f}), unscored: no model for it")
+    else:
+        verdict = "abnormal" if r["abnormal"] else "normal"
+        lines.append(f"{what}: {r['part']} (router confidence {r['part_confidence']:.2f}) "
+                     f"p(abnormal)={r['p_abnormal']:.3f} -> {verdict} at threshold {r['threshold']:.3f} "
+                     f"({r['threshold_source']})")
+    return "\n".join(lines)
 
 
 def _cmd_predict(args):
-    from bonenet.inference import BoneNet, mixed_parts_text, predict_paths
+    from bonenet.configs import PredictConfig
+    from bonenet.inference import BoneNet, predict_paths
 
-    net = BoneNet.load(args.models_dir, threshold=args.threshold)
+    config = PredictConfig(**_config_values(args, PredictConfig))
+    net = BoneNet.load(args.models_dir, threshold=config.threshold)
     if net.backbone_warning():
-        print(f"bonenet predict: warning: {net.backbone_warning()}", file=sys.stderr)
+        _note(args, f"warning: {net.backbone_warning()}")
     if len(net.parts) < len(PARTS):
-        print(f"bonenet predict: this run covers {', '.join(net.parts)} only; every image is routed to one of them",
-              file=sys.stderr)
-    results = predict_paths(net, args.paths, cam_dir=args.cam_dir, per_image=args.per_image)
+        _note(args, f"this run covers {', '.join(net.parts)} only; every image is routed to one of them")
+    results = predict_paths(net, args.paths, cam_dir=args.cam_dir, per_image=config.per_image)
     for r in results:
-        if "error" in r:  # the error names the file itself; say the path once
-            print(f"{r['path']}: ERROR {r['error'].removeprefix(r['path'] + ': ')}")
-            continue
-        if "skipped" in r:
-            print(f"{r['path']}: skipped: {r['skipped']}")
-            continue
-        what = f"study {r['study']}" if "study" in r else r["path"]
-        if r.get("mixed_parts"):
-            print(f"{what}: warning: its images disagree about the part ({mixed_parts_text(r['mixed_parts'])}); "
-                  "are they one study? --per-image scores each image alone")
-        if r["p_abnormal"] is None:
-            print(f"{what}: {r['part']} (router confidence {r['part_confidence']:.2f}), unscored: no model for it")
-            continue
-        verdict = "abnormal" if r["abnormal"] else "normal"
-        print(f"{what}: {r['part']} (router confidence {r['part_confidence']:.2f}) p(abnormal)={r['p_abnormal']:.3f} "
-              f"-> {verdict} at threshold {r['threshold']:.3f} ({r['threshold_source']})")
+        _say(_predict_line(r))
     if args.json:
         _write_json(args.json, results)
     if args.csv:
@@ -185,10 +248,10 @@ def _cmd_predict(args):
 
         with file_written_whole(args.csv) as tmp:
             results_table(results).to_csv(tmp, index=False)
-        print(f"wrote {args.csv}")
+        _say(f"wrote {args.csv}")
     failed = sum("error" in r for r in results)
     if failed:
-        print(f"bonenet predict: {failed} input(s) could not be read", file=sys.stderr)
+        _note(args, f"{failed} input(s) could not be read")
         return 1
     return None
 
@@ -200,42 +263,47 @@ def _cmd_pretrain_backbone(args):
     provenance = pretrain_backbone(args.out, config, data_dir=args.data_dir, resume=args.resume,
                                    command=shlex.join(["bonenet", *args.argv]))
     accuracy = provenance["holdout_accuracy"]
-    print(f"wrote {args.out} ({provenance['steps']} steps, {provenance['seconds']} s); hold-out accuracy: joint "
-          f"{accuracy['joint']:.3f}, part {accuracy['part']:.3f}, normal/abnormal {accuracy['abnormal']:.3f} "
-          f"on {accuracy['images']} images; sha256 {provenance['sha256'][:12]}…")
+    _say(f"wrote {args.out} ({provenance['steps']} steps, {provenance['seconds']} s); hold-out accuracy: joint "
+         f"{accuracy['joint']:.3f}, part {accuracy['part']:.3f}, normal/abnormal {accuracy['abnormal']:.3f} "
+         f"on {accuracy['images']} images; sha256 {provenance['sha256'][:12]}…")
 
 
 def _cmd_demo(args):
     from bonenet.configs import DemoPlan
-    from bonenet.demo import run_demo
+    from bonenet.demo import closing_text, run_demo
 
-    run_demo(args.out, quick=args.quick, **_config_values(args, DemoPlan))
+    summary = run_demo(args.out, quick=args.quick, **_config_values(args, DemoPlan))
+    _print_skips(args, summary["skipped"])
+    for message in summary["messages"]:
+        _note(args, message)
+    _say(closing_text(summary, args.out))
 
 
-def _add_config_flags(parser, config_class, helps, choices=None, plan_defaults=False, ranges=None):
-    """Adds one `--flag` per dataclass field: defaults live in the dataclass alone.
+def add_config_flags(parser, config_class, plan_defaults=False):
+    """Adds one `--flag` per config field; its default, help, range and choices come from the field.
 
     A True boolean becomes `--no-FIELD`. With `plan_defaults`, flags default to None so that only
     what the user typed overrides a plan (the demo's full or quick plan).
     """
-    choices, ranges = choices or {}, ranges or {}
+    from bonenet.configs import MAX_TRAINABLE_LAYERS
+
     for field in dataclasses.fields(config_class):
-        flag, default = field.name.replace("_", "-"), field.default
-        text = helps[field.name] if default is None else f"{helps[field.name]} (default {default})"
+        flag, default, meta = field.name.replace("_", "-"), field.default, field.metadata
+        text = meta["help"] if default is None else f"{meta['help']} (default {default})"
         if isinstance(default, bool):
             parser.add_argument(f"--{'no-' if default else ''}{flag}", dest=field.name, default=default,
                                 action="store_false" if default else "store_true",
-                                help=f"do not {helps[field.name]}" if default else helps[field.name])
+                                help=f"do not {meta['help']}" if default else meta["help"])
             continue
-        kind = _recipe if field.name == "recipe" else str if default is None else type(default)
-        if field.name in ranges:
-            kind = _in_range(kind, ranges[field.name])
-            text += f"; {ranges[field.name]}"
+        kind = _recipe if field.name == "recipe" else {int: int, float: float}.get(field.type, str)
+        if meta.get("range") is not None:
+            kind = _in_range(kind, meta["range"])
+            text += f"; {meta['range']}"
         if field.name == "trainable_layers":
-            kind = _all_or(kind, ranges[field.name].hi)
+            kind = _all_or(kind, MAX_TRAINABLE_LAYERS)
             text += ", or all"
         parser.add_argument(f"--{flag}", type=kind, default=None if plan_defaults else default,
-                            choices=choices.get(field.name), help=text)
+                            choices=meta.get("choices"), help=text)
 
 
 def _in_range(kind, accepted):
@@ -298,55 +366,49 @@ def _config_values(args, config_class):
 def _write_json(path, payload):
     from bonenet.outputs import write_text_whole
 
-    print(f"wrote {write_text_whole(path, json.dumps(payload, indent=2))}")
+    _say(f"wrote {write_text_whole(path, json.dumps(payload, indent=2))}")
 
 
-def build_parser():
-    """Returns the argparse parser for every subcommand."""
-    from bonenet import __version__
-    from bonenet.configs import Range
-    from preprocessing.filters import MIN_SIDE
+def _data_commands(sub, common):
+    from bonenet.configs import PreprocessConfig, SyntheticConfig
 
-    parser = argparse.ArgumentParser(prog="bonenet", description=DESCRIPTION,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--version", action="version", version=f"bonenet {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="SUBCOMMAND")
-
-    p = sub.add_parser("make-synthetic", help="write a synthetic MURA-v1.1-shaped dataset")
+    p = sub.add_parser("make-synthetic", parents=[common], help="write a synthetic MURA-v1.1-shaped dataset")
     p.add_argument("--out", required=True, help="folder to create MURA-v1.1/ in")
-    p.add_argument("--studies-per-part", type=_in_range(int, Range(1)), default=40,
-                   help="train studies per part (default 40)")
-    p.add_argument("--valid-studies-per-part", type=_in_range(int, Range(1)),
-                   help="valid studies per part (default a quarter of --studies-per-part, at least 4)")
-    p.add_argument("--seed", type=int, default=0, help="random seed; same seed, same bytes (default 0)")
+    add_config_flags(p, SyntheticConfig)
     p.add_argument("--overwrite", action="store_true", help="replace an existing OUT/MURA-v1.1")
     p.set_defaults(func=_cmd_make_synthetic)
 
-    p = sub.add_parser("fracatlas-datalist", help="a datalist CSV of FracAtlas' hand and shoulder radiographs "
-                                                  "(CC BY 4.0) for training and evaluating on real images")
+    p = sub.add_parser("fracatlas-datalist", parents=[common],
+                       help="a datalist CSV of FracAtlas' hand and shoulder radiographs (CC BY 4.0) for training "
+                            "and evaluating on real images")
     p.add_argument("--fracatlas", required=True, help="the FracAtlas folder (dataset.csv and images/)")
     p.add_argument("--out", required=True, help="datalist CSV to write (paths relative to its folder)")
     p.set_defaults(func=_cmd_fracatlas_datalist)
 
-    p = sub.add_parser("data-summary", help="per part and split counts, and skipped files")
+    p = sub.add_parser("data-summary", parents=[common], help="per part and split counts, and skipped files")
     p.add_argument("--data-root", required=True, help=DATA_ROOT_HELP)
     p.add_argument("--json", help="also write the summary as JSON here")
     p.add_argument("--verify", action="store_true",
                    help="decode every image fully (slow), not only its first and last bytes")
     p.set_defaults(func=_cmd_data_summary)
 
-    p = sub.add_parser("preprocess", help="a labelled figure of one image through each filter and the recipe")
+    p = sub.add_parser("preprocess", parents=[common],
+                       help="a labelled figure of one image through each filter and the recipe")
     p.add_argument("image", help="a PNG, JPEG or DICOM radiograph")
     p.add_argument("--out", required=True, help="panel PNG to write")
-    p.add_argument("--recipe", default="equalize", type=_recipe,
-                   help="recipe name (none, equalize, sharpen, edges, full) or JSON file")
-    p.add_argument("--image-size", type=_in_range(int, Range(MIN_SIDE)), default=224,
-                   help="model input side (default 224)")
-    p.add_argument("--all-filters", action="store_true",
-                   help="also show every filter (Sobel, Prewitt, Roberts, Canny, Laplacian, equalization, CLAHE)")
+    add_config_flags(p, PreprocessConfig)
     p.set_defaults(func=_cmd_preprocess)
 
-    training = _training_parent()
+
+def _training_commands(sub, common):
+    from bonenet.configs import PretrainConfig, TrainConfig
+
+    training = argparse.ArgumentParser(add_help=False, parents=[common])
+    training.add_argument("--data-root", required=True, help=DATA_ROOT_HELP)
+    training.add_argument("--models-dir", required=True, help="run folder to write models and manifest.json into")
+    add_config_flags(training, TrainConfig)
+    training.add_argument("--resume", action="store_true", help="continue a killed run from its last completed epoch")
+    training.set_defaults(func=_cmd_train)
     sub.add_parser("train-router", parents=[training], help="train the EfficientNetB0 body-part router")
     p = sub.add_parser("train-part", parents=[training],
                        help="train one part's abnormality model (the per-bone training)")
@@ -354,71 +416,77 @@ def build_parser():
                    help=f"one of {', '.join(PART_CHOICES)} (or XR_ELBOW …, any case)")
     sub.add_parser("train-all", parents=[training], help="train the router, then the seven part models")
 
-    p = sub.add_parser("evaluate", help="score a run per image and per study, per part, against the baselines")
+    p = sub.add_parser("pretrain-backbone", parents=[common],
+                       help="train EfficientNetB0 end to end on synthetic radiographs (how the demo's shipped "
+                            "backbone was made; never ImageNet)")
+    p.add_argument("--out", required=True, help="backbone .weights.h5 file to write; <name>.json beside it records "
+                                                "its provenance")
+    p.add_argument("--data-dir", help="where the synthetic pretraining data goes (default <name>-data beside --out)")
+    add_config_flags(p, PretrainConfig)
+    p.add_argument("--resume", action="store_true", help="continue a killed pretraining from its last epoch")
+    p.set_defaults(func=_cmd_pretrain_backbone)
+
+
+def _reading_commands(sub, common):
+    from bonenet.configs import EvaluateConfig, PredictConfig, ServeConfig
+
+    p = sub.add_parser("evaluate", parents=[common],
+                       help="score a run per image and per study, per part, against the baselines")
     p.add_argument("--data-root", required=True, help=DATA_ROOT_HELP)
     p.add_argument("--models-dir", required=True, help="a run folder with manifest.json")
-    p.add_argument("--out", required=True, help="folder for metrics.json, prediction CSVs and plots")
-    p.add_argument("--split", default="valid", choices=["valid", "train"], help="split to score (default valid)")
-    p.add_argument("--bootstrap", type=_in_range(int, Range(0)), default=1000, help="bootstrap resamples for kappa CIs (default 1000)")
-    p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+    p.add_argument("--out", required=True, help="folder for metrics.json, prediction CSVs, skipped.csv and plots")
+    add_config_flags(p, EvaluateConfig)
     p.set_defaults(func=_cmd_evaluate)
 
-    p = sub.add_parser("report", help="run the report notebooks head-less: one HTML per part plus an overview")
+    p = sub.add_parser("report", parents=[common],
+                       help="run the report notebooks head-less: one HTML per part plus an overview")
     p.add_argument("--eval-dir", required=True, help="an evaluate --out folder")
     p.add_argument("--out", required=True, help="folder for the HTML reports")
     p.add_argument("--part", action="append", type=_part, metavar="PART",
                    help="render this part's page (repeatable); default every scored part. The overview is always made")
     p.set_defaults(func=_cmd_report)
 
-    p = sub.add_parser("predict", help="part, p(abnormal) and decision for images, study folders or directories")
+    p = sub.add_parser("predict", parents=[common],
+                       help="part, p(abnormal) and decision for images, study folders or directories")
     p.add_argument("paths", nargs="+", help="PNG, JPEG or DICOM files, study folders or folders of studies")
     p.add_argument("--models-dir", required=True, help="a run folder with manifest.json")
     p.add_argument("--cam-dir", help="write a Grad-CAM overlay PNG per image here")
     p.add_argument("--json", help="write the results as JSON here")
     p.add_argument("--csv", help="write the results as CSV here, one row per image, study or error")
-    p.add_argument("--threshold", default="tuned", choices=["tuned", "default"],
-                   help="tuned: each part's threshold tuned on the training hold-out, where the run has one; "
-                        "default: 0.5 (default tuned)")
-    p.add_argument("--per-image", action="store_true",
-                   help="score every image on its own; by default the images directly in one folder are one study")
+    add_config_flags(p, PredictConfig)
     p.set_defaults(func=_cmd_predict)
 
-    p = sub.add_parser("serve", help="a web page and an HTTP API (POST /api/predict, GET /api/health) for reading "
-                                     "a study")
+    p = sub.add_parser("serve", parents=[common],
+                       help="a web page and an HTTP API (POST /api/predict, GET /api/health) for reading a study")
     p.add_argument("--models-dir", required=True, help="a run folder with manifest.json")
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=_in_range(int, Range(1, 65535)), default=8000, help="port (default 8000)")
-    p.add_argument("--threshold", default="tuned", choices=["tuned", "default"],
-                   help="tuned: each part's threshold tuned on the training hold-out; default: 0.5 (default tuned)")
-    p.add_argument("--max-file-mb", type=_in_range(float, Range(0, open_lo=True)), default=20,
-                   help="largest accepted file in MB (default 20)")
-    p.add_argument("--max-files", type=_in_range(int, Range(1)), default=32, help="most files per request (default 32)")
+    add_config_flags(p, ServeConfig)
     p.set_defaults(func=_cmd_serve)
 
-    from bonenet.configs import PRETRAIN_HELP, PRETRAIN_RANGES, PretrainConfig
 
-    p = sub.add_parser("pretrain-backbone", help="train EfficientNetB0 end to end on synthetic radiographs "
-                                                 "(how the demo's shipped backbone was made; never ImageNet)")
-    p.add_argument("--out", required=True, help="backbone .weights.h5 file to write; <name>.json beside it records "
-                                                "its provenance")
-    p.add_argument("--data-dir", help="where the synthetic pretraining data goes (default <name>-data beside --out)")
-    _add_config_flags(p, PretrainConfig, PRETRAIN_HELP, ranges=PRETRAIN_RANGES)
-    p.add_argument("--resume", action="store_true", help="continue a killed pretraining from its last epoch")
-    p.set_defaults(func=_cmd_pretrain_backbone)
+def build_parser():
+    """Returns the argparse parser for every subcommand."""
+    from bonenet import __version__
+    from bonenet.configs import DemoPlan
 
-    from bonenet.configs import DEMO_HELP, DEMO_RANGES, DemoPlan
-
-    p = sub.add_parser("demo", help="the whole chain on built-in synthetic data, offline, on a CPU, with the "
-                                    "shipped synthetic-pretrained backbone")
+    parser = argparse.ArgumentParser(prog="bonenet", description=DESCRIPTION,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"bonenet {__version__}")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-v", "--verbose", action="count", default=0, help="more detail (debug lines)")
+    common.add_argument("-q", "--quiet", action="count", default=0, help="problems and results only")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="SUBCOMMAND")
+    _data_commands(sub, common)
+    _training_commands(sub, common)
+    _reading_commands(sub, common)
+    p = sub.add_parser("demo", parents=[common], help="the whole chain on built-in synthetic data, offline, on a "
+                                                      "CPU, with the shipped synthetic-pretrained backbone")
     p.add_argument("--out", default="demo_output", help="folder for everything the demo writes (default demo_output)")
     p.add_argument("--quick", action="store_true", help="a smoke run of under 2 minutes (tiny data, one epoch)")
-    _add_config_flags(p, DemoPlan, DEMO_HELP, plan_defaults=True, ranges=DEMO_RANGES)
+    add_config_flags(p, DemoPlan, plan_defaults=True)
     p.set_defaults(func=_cmd_demo)
     return parser
 
 
-# The arguments each subcommand writes to: checked before any work, so that a read-only or full
-# target fails in a second rather than after minutes of computing.
 OUTPUTS = {"make-synthetic": ["out"], "fracatlas-datalist": ["out"], "data-summary": ["json"], "preprocess": ["out"], "train-router": ["models_dir"],
            "train-part": ["models_dir"], "train-all": ["models_dir"], "evaluate": ["out"], "report": ["out"],
            "predict": ["json", "csv", "cam_dir"], "pretrain-backbone": ["out"], "demo": ["out"]}
@@ -432,6 +500,7 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
     args = build_parser().parse_args(argv)
     args.argv = argv
+    _setup_logging(args.command, args.verbose - args.quiet)
     if not os.environ.get("BONENET_DEBUG"):
         # Every warning still shows, as one line like the errors; BONENET_DEBUG=1 adds the source line.
         warnings.formatwarning = lambda message, *_, **__: f"bonenet {args.command}: warning: {_one_line(message)}\n"

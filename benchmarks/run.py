@@ -51,6 +51,7 @@ from bonenet.mura import read_mura
 from bonenet.parts import PARTS
 from bonenet.store import model_filename, record_model, save_model_atomic
 from bonenet.synthetic import make_synthetic
+from preprocessing.recipes import get_recipe
 
 PAPER_MB = 207.2  # Patel et al.: eight EfficientNetB0 models
 MURA_TRAIN_IMAGES = 36_808
@@ -150,8 +151,8 @@ def main(argv=None):
           f"{os.cpu_count()} CPU(s), GPUs: {len(tf.config.list_physical_devices('GPU'))}", file=sys.stderr)
 
     # Input pipeline: decode + recipe every time, versus the cached epoch.
-    uncached = make_dataset(paths, labels, 2, "equalize", size, bs, cache=False)
-    cached = make_dataset(paths, labels, 2, "equalize", size, bs)
+    uncached = make_dataset(paths, labels, 2, get_recipe("equalize"), size, bs, cache=False)
+    cached = make_dataset(paths, labels, 2, get_recipe("equalize"), size, bs)
     input_uncached = epoch_rate(uncached, n)
     epoch_rate(cached, n)  # fills the cache
     input_cached = epoch_rate(cached, n)
@@ -164,7 +165,7 @@ def main(argv=None):
     set_xla(trunk)  # as train_model sets it
     trunk.predict_on_batch(np.zeros((bs, size, size, 3), np.float32))  # trace once, as any run does
     start = time.perf_counter()
-    features = compute_features(trunk, paths, "equalize", size, work / "cache", batch_size=bs, verbose=0)
+    features = compute_features(trunk, paths, get_recipe("equalize"), size, work / "cache", batch_size=bs, verbose=0)
     extract = n / (time.perf_counter() - start)
     compile_model(head, jit_compile=False)
     usable = features.usable(range(n))

@@ -14,7 +14,6 @@ STANFORD_KAPPA = {
     "XR_WRIST": 0.931,
     "overall": 0.705,
 }
-STANFORD_OVERALL = {"auroc": 0.929, "sensitivity": 0.815, "specificity": 0.887, "best_radiologist_kappa": 0.778}
 
 PATEL_SOURCE = "Patel et al., EfficientNetB0 two-stage (router + per-part classifiers) on MURA, per-part results"
 PATEL = {
@@ -26,5 +25,3 @@ PATEL = {
     "XR_SHOULDER": {"accuracy": 0.7647, "precision": 0.7921, "sensitivity": 0.8421, "f1": 0.8163},
     "XR_WRIST": {"accuracy": 0.8039, "precision": 0.9855, "sensitivity": 0.7010, "f1": 0.8193},
 }
-PATEL_MODEL_MB = {"each": 25.9, "all_eight": 207.2}
-PATEL_TRAINING_SECONDS_GPU = 23100

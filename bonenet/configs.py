@@ -1,36 +1,26 @@
-"""Configuration dataclasses: the one place where defaults live.
+"""Configuration dataclasses: the one place where defaults, help, ranges and choices live.
 
-The command line builds its flags from these fields (`run_pipeline._add_config_flags`), so a
-default is written once. This module imports nothing heavy, so `--help` stays fast.
+Every field is a `setting`: its default, one line of help, and the range or choices it accepts.
+The command line builds each subcommand's flags from these fields (`run_pipeline.add_config_flags`),
+so nothing is written twice. This module imports nothing heavy, so `--help` stays fast.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 
+from preprocessing.filters import MIN_SIDE
+from preprocessing.recipes import DEFAULT_RECIPE
 
-@dataclass(frozen=True)
-class PretrainConfig:
-    """How the backbone is pretrained. The defaults made the shipped file.
-
-    Attributes:
-        studies_per_part: synthetic train studies per part (valid, the hold-out, gets a quarter).
-            Defaults to 240.
-        seed: synthetic data seed; the demo uses 0, so 1 keeps the two disjoint. Defaults to 1.
-        image_size: input side, the demo's. Defaults to 96.
-        epochs: passes over the train images; with batch 32 this is about 6,400 steps. Defaults to 52.
-        batch_size: batch size. Defaults to 32.
-        learning_rate: Adam peak learning rate (from scratch, so far above fine-tuning's). Defaults to 2e-3.
-        warmup_epochs: linear warm-up before the cosine decay to zero. Defaults to 2.
-        recipe: preprocessing recipe. Defaults to "equalize".
-    """
-
-    studies_per_part: int = 240
-    seed: int = 1
-    image_size: int = 96
-    epochs: int = 52
-    batch_size: int = 32
-    learning_rate: float = 2e-3
-    warmup_epochs: int = 2
-    recipe: str = "equalize"
+IMAGE_SIZE = 224  # EfficientNetB0's native input side
+DEFAULT_THRESHOLD = 0.5  # a study is abnormal at or above it, as the MURA protocol decides
+DEFAULT_TRAINABLE_LAYERS = 20  # the design's "last 20 layers fine-tuned"
+N_BOOT = 1000  # bootstrap resamples behind every confidence interval
+THRESHOLD_MODES = ("tuned", "default")
+# EfficientNetB0 without its top has 236 layers; fine-tuning the last 234 leaves its input scaling
+# and normalisation as the frozen trunk (tests/bonenet/test_models.py pins that).
+MAX_TRAINABLE_LAYERS = 234
+STRATEGIES = ("auto", "default", "mirrored", "multiworker")
+PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
+MODES = ("cached", "full")
 
 
 @dataclass(frozen=True)
@@ -59,84 +49,98 @@ class Range:
         return value
 
 
-# EfficientNetB0 without its top has 236 layers; fine-tuning the last 234 leaves its input scaling
-# and normalisation as the frozen trunk (tests/bonenet/test_models.py pins that).
-MAX_TRAINABLE_LAYERS = 234
-# The ranges of TrainConfig's numeric fields, checked by the dataclass and, earlier, by the parser.
-TRAIN_RANGES = {
-    "epochs": Range(1), "batch_size": Range(1), "image_size": Range(32), "trainable_layers": Range(0, MAX_TRAINABLE_LAYERS),
-    "learning_rate": Range(0, open_lo=True), "max_rotation": Range(0, 30), "holdout_fraction": Range(0, 1, True, True),
-    "dropout": Range(0, 1, open_hi=True), "patience": Range(0), "views": Range(0),
-}
+def setting(default, help, accepted=None, choices=None):
+    """A config field: its default, one line of help, and the `Range` or choices it accepts."""
+    return field(default=default, metadata={"help": help, "range": accepted, "choices": choices})
 
-# The ranges of PretrainConfig's and DemoPlan's numeric fields, checked by the parser.
-PRETRAIN_RANGES = {"studies_per_part": Range(1), "image_size": Range(32), "epochs": Range(1), "batch_size": Range(1),
-                   "learning_rate": Range(0, open_lo=True), "warmup_epochs": Range(0)}
-DEMO_RANGES = {"studies_per_part": Range(1), "valid_studies_per_part": Range(1), "image_size": Range(32),
-               "epochs": Range(1), "learning_rate": Range(0, open_lo=True), "batch_size": Range(1)}
 
-STRATEGIES = ("auto", "default", "mirrored", "multiworker")
-PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
-MODES = ("cached", "full")
+def help_of(config_class, name):
+    """The one line of help of a config field."""
+    return next(f.metadata["help"] for f in fields(config_class) if f.name == name)
+
+
+def ranges(config_class):
+    """{field: `Range`} of a config class's numeric fields that have one."""
+    return {f.name: f.metadata["range"] for f in fields(config_class) if f.metadata.get("range") is not None}
+
+
+def check_config(config):
+    """Checks every field of a config against its range and choices; raises ValueError naming the field."""
+    for f in fields(config):
+        value = getattr(config, f.name)
+        if f.metadata.get("range") is not None and value is not None:
+            f.metadata["range"].check(f.name, value)
+        choices = f.metadata.get("choices")
+        if choices is not None and value not in choices:
+            raise ValueError(f"{f.name} must be one of {', '.join(map(str, choices))}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    """How the backbone is pretrained (`bonenet.pretrain`). The defaults made the shipped file."""
+
+    studies_per_part: int = setting(240, "synthetic train studies per part; valid, the hold-out, gets a quarter",
+                                    Range(1))
+    seed: int = setting(1, "synthetic data and initialisation seed; the demo uses 0, so 1 keeps the two disjoint")
+    image_size: int = setting(96, "input side in pixels (the demo's)", Range(32))
+    epochs: int = setting(52, "passes over the train images (about 6,400 steps at batch 32)", Range(1))
+    batch_size: int = setting(32, "batch size", Range(1))
+    learning_rate: float = setting(2e-3, "Adam peak learning rate (from scratch, so far above fine-tuning's)",
+                                   Range(0, open_lo=True))
+    warmup_epochs: int = setting(2, "linear warm-up epochs before the cosine decay to zero", Range(0))
+    recipe: str = setting(DEFAULT_RECIPE, "preprocessing recipe name or JSON file")
+
+    def __post_init__(self):
+        check_config(self)
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything that decides how a model trains; written into the manifest as is.
 
-    Attributes:
-        epochs: most epochs to train. Defaults to 10.
-        batch_size: global batch size (split across replicas). Defaults to 32.
-        image_size: input side. Defaults to 224.
-        weights: "imagenet", "none" or a backbone weights file. Defaults to "imagenet".
-        trainable_layers: last base layers to fine-tune (BatchNorm stays frozen unless
-            `train_batchnorm`). `MAX_TRAINABLE_LAYERS` (the command line's `all`) fine-tunes the whole
-            network: its trunk is then only the input scaling, so there is no trunk output worth
-            caching, and such a run trains in full mode. Defaults to 20.
-        learning_rate: Adam learning rate. Defaults to 1e-4.
-        seed: seeds the split, shuffling, augmentation and initialisation. Defaults to 0.
-        strategy: one of auto, default, mirrored, multiworker. Defaults to "auto".
-        recipe: preprocessing recipe name or JSON file. Defaults to "equalize".
-        augment: augment training images. Defaults to True.
-        max_rotation: augmentation rotation bound in degrees (at most 30). Defaults to 15.
-        holdout_fraction: patient-grouped hold-out share of train. Defaults to 0.2.
-        dropout: dropout before the softmax. Defaults to 0.2.
-        patience: epochs without hold-out improvement before stopping. Defaults to 4.
-        cache_dir: where caches live: trunk outputs (cached mode) or prepared images (full mode).
-            None means `<models-dir>/cache` for trunk outputs and memory for images. Defaults to None.
-        mode: "cached" trains heads on cached trunk outputs; "full" fits the whole model on
-            live-augmented images. Defaults to "cached".
-        views: in cached mode with `augment`, augmented views drawn once per train image and
-            cached beside the unaugmented one. Defaults to 2.
-        precision: "auto" (mixed float16 on a GPU, float32 on a CPU), "float32", "mixed_float16"
-            or "mixed_bfloat16"; decided once per process (`bonenet.runtime`). Defaults to "auto".
-        train_batchnorm: let the BatchNorm layers among the trainable ones adapt their statistics
-            (for deep fine-tuning on a domain far from the backbone's). Defaults to False.
+    `trainable_layers` = `MAX_TRAINABLE_LAYERS` (the command line's `all`) fine-tunes the whole
+    network: its trunk is then only the input scaling, so there is no trunk output worth caching,
+    and such a run trains in full mode.
     """
 
-    epochs: int = 10
-    batch_size: int = 32
-    image_size: int = 224
-    weights: str = "imagenet"
-    trainable_layers: int = 20
-    train_batchnorm: bool = False
-    learning_rate: float = 1e-4
-    seed: int = 0
-    strategy: str = "auto"
-    recipe: str = "equalize"
-    augment: bool = True
-    max_rotation: float = 15.0
-    holdout_fraction: float = 0.2
-    dropout: float = 0.2
-    patience: int = 4
-    cache_dir: str = None
-    mode: str = "cached"
-    views: int = 2
-    precision: str = "auto"
+    epochs: int = setting(10, "most epochs (passes over the train images, in either mode)", Range(1))
+    batch_size: int = setting(32, "global batch size (split across replicas)", Range(1))
+    image_size: int = setting(IMAGE_SIZE, "input side in pixels", Range(32))
+    weights: str = setting("imagenet", "imagenet, none, or a backbone .weights.h5 file")
+    trainable_layers: int = setting(
+        DEFAULT_TRAINABLE_LAYERS, "last base layers to fine-tune, or all: the whole network, in full mode. 20 (last-20, the shared trunk "
+            "and its feature cache) suits an ImageNet backbone; all is what learns real findings from a backbone "
+            "that is not ImageNet-pretrained", Range(0, MAX_TRAINABLE_LAYERS))
+    train_batchnorm: bool = setting(False, "let BatchNorm layers among the trainable ones adapt (deep fine-tuning); "
+                                           "by default they stay frozen")
+    learning_rate: float = setting(1e-4, "Adam learning rate", Range(0, open_lo=True))
+    seed: int = setting(0, "seed for split, shuffling, augmentation and initialisation")
+    strategy: str = setting("auto", "tf.distribute strategy: auto (mirrored when >1 GPU), default, mirrored, "
+                                    "multiworker", choices=STRATEGIES)
+    recipe: str = setting(DEFAULT_RECIPE, "preprocessing recipe name or JSON file")
+    augment: bool = setting(True, "augment training images")
+    max_rotation: float = setting(15.0, "augmentation rotation bound in degrees", Range(0, 30))
+    holdout_fraction: float = setting(0.2, "patient-grouped hold-out share of train, for model selection and "
+                                           "threshold tuning", Range(0, 1, True, True))
+    dropout: float = setting(0.2, "dropout before the softmax", Range(0, 1, open_hi=True))
+    patience: int = setting(4, "early-stopping patience in epochs", Range(0))
+    cache_dir: str = setting(None, "cache folder (trunk outputs in cached mode, prepared images in full mode; "
+                                   "default <models-dir>/cache, or memory for images)")
+    mode: str = setting("cached", "cached: heads on trunk outputs computed once; full: the whole model on "
+                                  "live-augmented images", choices=MODES)
+    views: int = setting(2, "cached mode: augmented views drawn once per train image; each epoch serves one of "
+                            "them", Range(0))
+    precision: str = setting("auto", "compute precision: auto (mixed_float16 on a GPU, float32 on a CPU), float32, "
+                                     "mixed_float16, mixed_bfloat16; saved models compute in float32 wherever they "
+                                     "are loaded", choices=PRECISIONS)
 
     def __post_init__(self):
-        for name, accepted in TRAIN_RANGES.items():
-            accepted.check(name, getattr(self, name))
+        check_config(self)
+        from preprocessing.augment import AugmentConfig
+        from preprocessing.recipes import get_recipe
+
+        AugmentConfig(max_rotation=self.max_rotation)  # checks the bound
+        get_recipe(self.recipe)  # checks the recipe
         if self.deep and self.mode == "cached":
             # The trunk is only the input scaling: caching its output would store every prepared
             # image, three views each, in float16. Full mode prepares each image once instead.
@@ -146,95 +150,82 @@ class TrainConfig:
     def deep(self):
         """Whether the whole network fine-tunes (`--trainable-layers all`)."""
         return int(self.trainable_layers) == MAX_TRAINABLE_LAYERS
-        if self.strategy not in STRATEGIES:
-            raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}, got {self.strategy!r}")
-        if self.mode not in MODES:
-            raise ValueError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
-        from preprocessing.augment import AugmentConfig
-        from preprocessing.recipes import get_recipe
-
-        AugmentConfig(max_rotation=self.max_rotation)  # checks the bound
-        get_recipe(self.recipe)  # checks the recipe
-
-
-# One line of help per TrainConfig field, for the flags the command line generates from it.
-TRAIN_HELP = {
-    "epochs": "most epochs (passes over the train images, in either mode)",
-    "batch_size": "global batch size",
-    "image_size": "input side in pixels",
-    "weights": "imagenet, none, or a backbone .weights.h5 file",
-    "trainable_layers": "last base layers to fine-tune, or all: the whole network, in full mode. 20 (last-20, the "
-                        "shared trunk and its feature cache) suits an ImageNet backbone; all is what learns real "
-                        "findings from a backbone that is not ImageNet-pretrained",
-    "train_batchnorm": "let BatchNorm layers among the trainable ones adapt (deep fine-tuning); by default they "
-                       "stay frozen",
-    "learning_rate": "Adam learning rate",
-    "seed": "seed for split, shuffling and augmentation",
-    "strategy": "tf.distribute strategy: auto (mirrored when >1 GPU), default, mirrored, multiworker",
-    "recipe": "preprocessing recipe name or JSON file",
-    "augment": "augment training images",
-    "max_rotation": "augmentation rotation bound in degrees, at most 30",
-    "holdout_fraction": "patient-grouped hold-out share of train, for model selection",
-    "dropout": "dropout before the softmax",
-    "patience": "early-stopping patience in epochs",
-    "cache_dir": "cache folder (trunk outputs in cached mode, prepared images in full mode; "
-                 "default <models-dir>/cache, or memory for images)",
-    "mode": "cached: heads on trunk outputs computed once; full: the whole model on live-augmented images",
-    "views": "cached mode: augmented views drawn once per train image; each epoch serves one of them",
-    "precision": "compute precision: auto (mixed_float16 on a GPU, float32 on a CPU), float32, mixed_float16, "
-                 "mixed_bfloat16; saved models compute in float32 wherever they are loaded",
-}
-CHOICES = {"strategy": STRATEGIES, "mode": MODES, "precision": PRECISIONS}
-
-
-PRETRAIN_HELP = {
-    "studies_per_part": "synthetic train studies per part; valid, the hold-out, gets a quarter",
-    "seed": "synthetic data and initialisation seed; the demo uses 0",
-    "image_size": "input side in pixels",
-    "epochs": "passes over the train images",
-    "batch_size": "batch size",
-    "learning_rate": "Adam peak learning rate",
-    "warmup_epochs": "linear warm-up epochs before the cosine decay",
-    "recipe": "preprocessing recipe name or JSON file",
-}
 
 
 @dataclass(frozen=True)
 class DemoPlan:
     """How big the demo is: `demo` on 2 CPU cores is meant to take at most 10 minutes.
 
-    Attributes:
-        studies_per_part: synthetic train studies per part. Defaults to 120.
-        valid_studies_per_part: synthetic valid studies per part; 40 keeps per-part kappa intervals
-            narrower than ±0.3. Defaults to 40.
-        image_size: input side, the shipped backbone's. Defaults to 96.
-        epochs: most epochs per model. Defaults to 15.
-        learning_rate: Adam learning rate of the heads. The recipe's 1e-4 is for many steps; a few
-            hundred synthetic images give the heads few, so the demo uses 1e-3 and the manifest
-            says so. Defaults to 1e-3.
-        batch_size: batch size. Defaults to 32.
-        seed: synthetic data seed, disjoint from the backbone's (1). Defaults to 0.
+    The heads' learning rate is 1e-3: the recipe's 1e-4 is for many steps, and a few hundred
+    synthetic images give the heads few; the manifest says so.
     """
 
-    studies_per_part: int = 120
-    valid_studies_per_part: int = 40
-    image_size: int = 96
-    epochs: int = 15
-    learning_rate: float = 1e-3
-    batch_size: int = 32
-    seed: int = 0
+    studies_per_part: int = setting(120, "synthetic train studies per part", Range(1))
+    valid_studies_per_part: int = setting(40, "synthetic valid studies per part; 40 keeps per-part kappa intervals "
+                                              "narrower than ±0.3", Range(1))
+    image_size: int = setting(96, "input side in pixels (the shipped backbone's)", Range(32))
+    epochs: int = setting(15, "most epochs per model", Range(1))
+    learning_rate: float = setting(1e-3, "Adam learning rate of the heads", Range(0, open_lo=True))
+    batch_size: int = setting(32, "batch size", Range(1))
+    seed: int = setting(0, "synthetic data seed (the backbone's data used 1)")
 
 
 QUICK_PLAN = DemoPlan(studies_per_part=8, valid_studies_per_part=4, image_size=64, epochs=1)
 
-DEMO_HELP = {
-    "studies_per_part": "synthetic train studies per part",
-    "valid_studies_per_part": "synthetic valid studies per part",
-    "image_size": "input side in pixels",
-    "epochs": "most epochs per model",
-    "learning_rate": "Adam learning rate of the heads",
-    "batch_size": "batch size",
-    "seed": "synthetic data seed (the backbone's data used 1)",
-}
+
+@dataclass(frozen=True)
+class SyntheticConfig:
+    """How big a synthetic MURA-shaped dataset is (`make-synthetic`)."""
+
+    studies_per_part: int = setting(40, "train studies per part", Range(1))
+    valid_studies_per_part: int = setting(None, "valid studies per part (default a quarter of --studies-per-part, "
+                                                "at least 4)", Range(1))
+    seed: int = setting(0, "random seed; same seed, same bytes")
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    """How a run is scored (`evaluate`)."""
+
+    split: str = setting("valid", "split to score", choices=("valid", "train"))
+    bootstrap: int = setting(N_BOOT, "bootstrap resamples for the confidence intervals", Range(0))
+    seed: int = setting(0, "bootstrap seed")
+
+
+@dataclass(frozen=True)
+class PredictConfig:
+    """How `predict` decides and groups."""
+
+    threshold: str = setting("tuned", "tuned: each part's threshold tuned on the training hold-out, where the run "
+                                      f"has one; default: {DEFAULT_THRESHOLD}", choices=THRESHOLD_MODES)
+    per_image: bool = setting(False, "score every image on its own; by default the images directly in one folder "
+                                     "are one study")
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """Where `serve` listens, how it decides, and what it accepts."""
+
+    host: str = setting("127.0.0.1", "address to bind (127.0.0.1: this machine only)")
+    port: int = setting(8000, "port", Range(1, 65535))
+    threshold: str = setting("tuned", f"tuned: each part's threshold tuned on the training hold-out; default: "
+                                      f"{DEFAULT_THRESHOLD}",
+                             choices=THRESHOLD_MODES)
+    max_file_mb: float = setting(20.0, "largest accepted file in MB", Range(0, open_lo=True))
+    max_files: int = setting(32, "most files per request", Range(1))
+    # A request whose body has not all arrived in this time gets 408: a client that sends headers
+    # and stalls holds no connection, memory or worker for longer.
+    body_timeout: float = setting(30.0, "seconds a request's body may take to arrive", Range(0, open_lo=True))
+
+    def __post_init__(self):
+        check_config(self)
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """What `preprocess` draws."""
+
+    recipe: str = setting(DEFAULT_RECIPE, "recipe name (none, equalize, sharpen, edges, full) or JSON file")
+    image_size: int = setting(IMAGE_SIZE, "model input side", Range(MIN_SIDE))
+    all_filters: bool = setting(False, "also show every filter (Sobel, Prewitt, Roberts, Canny, Laplacian, "
+                                       "equalization, CLAHE)")

@@ -1,29 +1,25 @@
-"""tf.data input pipelines: the one adapter between `preprocessing` recipes and TensorFlow.
+"""tf.data input pipelines: the one adapter between the read path (`bonenet.reading`) and TensorFlow.
 
 Decoding and the recipe run once per image and are cached; augmentation runs after the cache,
-so every epoch sees fresh, seeded variations of the same prepared input.
+so every epoch sees fresh, seeded variations of the same prepared input. An image that only a
+full decode shows to be unusable is dropped and recorded in the command's `SkipLog`, never
+replaced by a blank image that keeps its label; its reason is cached with it, so a pipeline that
+reads a finished cache records the same skips as the one that wrote it.
 """
 
 import contextlib
 import hashlib
-import sys
 import warnings
 from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
 
-from bonenet.imageio import ImageReadError, load_gray
 from bonenet.parts import PART_INDEX, PARTS
+from bonenet.reading import try_prepared
 from preprocessing.augment import AugmentConfig, augment
-from preprocessing.recipes import get_recipe
 
 AUTOTUNE = tf.data.AUTOTUNE
-
-# Images that decoded badly inside a pipeline (path -> reason). Readers check headers up front;
-# this catches what only a full decode reveals, so such a file is skipped and counted, never
-# replaced by a blank image that keeps its label.
-SKIPPED_IN_PIPELINE = {}
 
 
 @contextlib.contextmanager
@@ -35,35 +31,39 @@ def length_found_at_the_end():
         yield
 
 
-def prepare_image(path, recipe, size):
-    """Loads `path` and applies the recipe: uint8 size×size×3. The NumPy reference path."""
-    return get_recipe(recipe).apply(load_gray(path), size)
-
-
-def prepare_or_flag(path, recipe, size):
-    """`prepare_image`, but an unreadable file gives (blank image, False) and is recorded as skipped."""
-    path = path.decode() if isinstance(path, bytes) else str(path)
-    try:
-        return prepare_image(path, recipe, size), True
-    except (ImageReadError, ValueError) as exc:
-        if path not in SKIPPED_IN_PIPELINE:
-            reason = str(exc).removeprefix(f"{path}: ")  # every skip names its file once
-            SKIPPED_IN_PIPELINE[path] = reason
-            print(f"bonenet: skipping {path}: {reason}", file=sys.stderr)
-        return np.zeros((size, size, 3), np.uint8), False
+def _prepared_or_reason(path, recipe, size):
+    image, skip = try_prepared(path, recipe, size)
+    if skip is None:
+        return image, b""
+    return np.zeros((size, size, 3), np.uint8), skip.reason.encode()
 
 
 def map_prepare(recipe, size):
-    """Returns a tf.data map function `path -> (uint8 image, ok)` running the recipe in NumPy."""
-    recipe = get_recipe(recipe)
+    """A tf.data map function `path -> (uint8 image, reason)`, running `read_prepared` in NumPy.
+
+    `reason` is empty for an image that was read, else why it could not be (its image is blank).
+    """
 
     def fn(path):
-        image, ok = tf.numpy_function(
-            lambda p: prepare_or_flag(p, recipe, size), [path], [tf.uint8, tf.bool], stateful=False
-        )
+        image, reason = tf.numpy_function(lambda p: _prepared_or_reason(p, recipe, size), [path],
+                                          [tf.uint8, tf.string], stateful=False)
         image.set_shape((size, size, 3))
-        ok.set_shape(())
-        return image, ok
+        reason.set_shape(())
+        return image, reason
+
+    return fn
+
+
+def keep_readable(skips=None):
+    """A tf.data filter over `(path, image, reason, ...)` keeping the images that were read,
+    and recording each one that was not in `skips` (a `SkipLog`), when given."""
+
+    def fn(path, image, reason, *rest):
+        ok = tf.equal(reason, "")
+        if skips is None:
+            return ok
+        return tf.cond(ok, lambda: ok, lambda: tf.numpy_function(skips.note, [path, reason], tf.bool,
+                                                                 stateful=True))
 
     return fn
 
@@ -82,14 +82,6 @@ def map_augment(config=AugmentConfig()):
     return fn
 
 
-def _is_ok(image, ok, label):
-    return ok
-
-
-def _drop_flag(image, ok, label):
-    return image, label
-
-
 def labelled_slices(items, labels, noun):
     """`Dataset.from_tensor_slices((items, labels))`, refusing mismatched or empty inputs."""
     labels = np.asarray(labels, np.int32)
@@ -102,7 +94,7 @@ def labelled_slices(items, labels, noun):
 
 def cache_key(paths, recipe, size):
     """A short hash of the image list, recipe and size; a cache under another key is never reused."""
-    h = hashlib.sha256(get_recipe(recipe).to_json().encode())
+    h = hashlib.sha256(b"path, image, reason, label\0" + recipe.to_json().encode())  # the cached element
     h.update(str(size).encode())
     for p in paths:
         h.update(str(p).encode() + b"\0")
@@ -110,14 +102,14 @@ def cache_key(paths, recipe, size):
 
 
 def make_dataset(paths, labels, num_classes, recipe, size, batch_size, training=False, seed=0,
-                 augment_config=None, cache_dir=None, cache=True):
+                 augment_config=None, cache_dir=None, cache=True, skips=None):
     """Builds a batched dataset of (float32 0-255 images, one-hot labels).
 
     Args:
         paths: image file paths.
         labels: integer class per image.
         num_classes: length of the one-hot labels.
-        recipe: recipe name, file or `Recipe`.
+        recipe: the `Recipe`.
         size: input side.
         batch_size: global batch size.
         training: shuffle each epoch and augment (with `augment_config`). Defaults to False.
@@ -127,17 +119,18 @@ def make_dataset(paths, labels, num_classes, recipe, size, batch_size, training=
             caches in memory. Defaults to None.
         cache: False decodes and prepares every image again each epoch (for comparison only).
             Defaults to True.
+        skips: a `SkipLog` recording the images that could not be read. Defaults to None.
     """
     paths = [str(p) for p in paths]
     ds = labelled_slices(paths, labels, "paths")
     prepare = map_prepare(recipe, size)
-    ds = ds.map(lambda p, y: (*prepare(p), y), num_parallel_calls=AUTOTUNE, deterministic=True)
-    ds = ds.filter(_is_ok).map(_drop_flag)
+    ds = ds.map(lambda p, y: (p, *prepare(p), y), num_parallel_calls=AUTOTUNE, deterministic=True)
     if cache and cache_dir is not None:
         Path(cache_dir).mkdir(parents=True, exist_ok=True)
         ds = ds.cache(str(Path(cache_dir) / f"images-{cache_key(paths, recipe, size)}"))
     elif cache:
         ds = ds.cache()
+    ds = ds.filter(keep_readable(skips)).map(lambda p, x, reason, y: (x, y))
     if training:
         ds = ds.shuffle(min(len(paths), 4096), seed=seed, reshuffle_each_iteration=True)
         if augment_config is not None:

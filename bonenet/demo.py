@@ -8,6 +8,7 @@ radiographs show that the machinery works end to end. They are not clinical evid
 
 import dataclasses
 import json
+import logging
 import math
 import time
 from pathlib import Path
@@ -17,9 +18,11 @@ from bonenet.configs import QUICK_PLAN, DemoPlan, TrainConfig
 from bonenet.outputs import write_text_whole
 from bonenet.parts import PARTS, short_name
 
+log = logging.getLogger(__name__)
+
 
 def _stage(name, start):
-    print(f"\n=== {name} (t+{time.time() - start:.0f}s) ===", flush=True)
+    log.info(f"\n=== {name} (t+{time.time() - start:.0f}s) ===")
 
 
 def _fmt(value, spec=".3f"):
@@ -27,7 +30,7 @@ def _fmt(value, spec=".3f"):
 
 
 def summary_table(metrics):
-    """The demo's last words: per part, studies, kappa [95% CI], AUROC and Stanford's kappa."""
+    """Per part: studies, kappa [95% CI], AUROC and Stanford's kappa (of `metrics["study"]`)."""
     lines = [f"{'part':<9} {'studies':>7} {'kappa':>6} {'95% CI':>16} {'AUROC':>6} {'Stanford':>9}"]
     for part in [*PARTS, "overall"]:
         m = metrics["study"].get(part)
@@ -48,60 +51,19 @@ def train_config(plan, backbone):
                        weights=str(backbone), learning_rate=plan.learning_rate, seed=plan.seed, patience=4)
 
 
-def run_demo(out="demo_output", quick=False, **overrides):
-    """Runs the whole chain on synthetic data and prints where each result is.
+def _predict_sample(net, index, out):
+    """Predicts one valid study per part, with heat maps; writes predictions.json."""
+    from bonenet.inference import predict_paths
 
-    Args:
-        out: folder for everything the demo writes. Defaults to "demo_output".
-        quick: the smoke plan (`QUICK_PLAN`) instead of `DemoPlan()`. Defaults to False.
-        **overrides: `DemoPlan` fields to change.
-
-    Returns:
-        The summary dict written to `out/demo_summary.json`.
-    """
-    from bonenet.evaluate import evaluate_run
-    from bonenet.inference import BoneNet, predict_paths
-    from bonenet.mura import format_summary, read_mura, summarize
-    from bonenet.pretrain import shipped_backbone
-    from bonenet.report import run_reports
-    from bonenet.synthetic import synthetic_dataset
-    from bonenet.train import train_all
-
-    plan = dataclasses.replace(QUICK_PLAN if quick else DemoPlan(), **overrides)
-    out = Path(out)
-    start = time.time()
-    backbone, provenance = shipped_backbone()
-
-    _stage("1/5 make-synthetic", start)
-    data_root = synthetic_dataset(out / "data", plan.studies_per_part, plan.seed, plan.valid_studies_per_part)
-    index = read_mura(data_root)
-    print(format_summary(summarize(index)))
-
-    _stage("2/5 train-all: router + seven part heads on the shipped synthetic-pretrained trunk", start)
-    print(f"backbone: {backbone.name} ({provenance['origin']}; seed {provenance['config']['seed']}, "
-          f"{provenance['steps']} steps)")
-    config = train_config(plan, backbone)
-    run_dir = out / "saved_models" / "demo"
-    _, failures = train_all(index, run_dir, config)
-
-    _stage("3/5 evaluate on the synthetic valid split", start)
-    net = BoneNet.load(run_dir)  # once, for evaluate and predict
-    # The smoke run renders no part pages, so it draws no heat-map galleries for them either.
-    metrics = evaluate_run(data_root, run_dir, out / "eval", n_boot=1000, seed=plan.seed, net=net,
-                           gallery=0 if quick else 3)
-
-    _stage("4/5 report: notebooks to HTML", start)
-    # The smoke run renders the overview only; the per-part pages cost a notebook kernel each.
-    reports = run_reports(out / "eval", out / "reports", parts=[] if quick else None)
-
-    _stage("5/5 predict one valid study per part, with Grad-CAM overlays", start)
     valid = index.images[index.images["split"] == "valid"]
     sample = [str(Path(path).parent) for path in valid.groupby("part").head(1)["path"]]  # study folders
     predictions = predict_paths(net, sample, cam_dir=out / "cams")
     write_text_whole(out / "predictions.json", json.dumps(predictions, indent=2))
 
+
+def _summary(plan, start, backbone, provenance, metrics, failures, reports):
     router = metrics["router"]
-    summary = {
+    return {
         "seconds": round(time.time() - start, 1),
         "plan": dataclasses.asdict(plan),
         "backbone": {"file": backbone.name, "sha256": provenance["sha256"], "origin": provenance["origin"]},
@@ -111,17 +73,74 @@ def run_demo(out="demo_output", quick=False, **overrides):
                   for part, m in metrics["study"].items()},
         "stanford_kappa": STANFORD_KAPPA,
         "parts_not_trained": sorted(failures),
+        "skipped": metrics["source"]["skipped"],
+        "messages": metrics["source"]["messages"],
         "open_first": str(next(p for p in reports if p.name == "overview.html")),
     }
+
+
+def run_demo(out="demo_output", quick=False, **overrides):
+    """Runs the whole chain on synthetic data; stages are logged as they start.
+
+    Args:
+        out: folder for everything the demo writes. Defaults to "demo_output".
+        quick: the smoke plan (`QUICK_PLAN`) instead of `DemoPlan()`. Defaults to False.
+        **overrides: `DemoPlan` fields to change.
+
+    Returns:
+        The summary dict written to `out/demo_summary.json` (`closing_text` puts it in words).
+    """
+    from bonenet.evaluate import evaluate_run
+    from bonenet.inference import BoneNet
+    from bonenet.mura import format_summary, read_mura, summarize
+    from bonenet.pretrain import shipped_backbone
+    from bonenet.report import run_reports
+    from bonenet.synthetic import synthetic_dataset
+    from bonenet.train import train_all
+
+    plan = dataclasses.replace(QUICK_PLAN if quick else DemoPlan(), **overrides)
+    out, start = Path(out), time.time()
+    backbone, provenance = shipped_backbone()
+
+    _stage("1/5 make-synthetic", start)
+    data_root = synthetic_dataset(out / "data", plan.studies_per_part, plan.seed, plan.valid_studies_per_part)
+    index = read_mura(data_root)
+    log.info(format_summary(summarize(index)))
+
+    _stage("2/5 train-all: router + seven part heads on the shipped synthetic-pretrained trunk", start)
+    log.info(f"backbone: {backbone.name} ({provenance['origin']}; seed {provenance['config']['seed']}, "
+             f"{provenance['steps']} steps)")
+    run_dir = out / "saved_models" / "demo"
+    _, failures = train_all(index, run_dir, train_config(plan, backbone))
+
+    _stage("3/5 evaluate on the synthetic valid split", start)
+    net = BoneNet.load(run_dir)  # once, for evaluate and predict
+    # The smoke run renders no part pages, so it draws no heat-map galleries for them either.
+    metrics = evaluate_run(data_root, run_dir, out / "eval", seed=plan.seed, net=net, gallery=0 if quick else 3)
+
+    _stage("4/5 report: notebooks to HTML", start)
+    # The smoke run renders the overview only; the per-part pages cost a notebook kernel each.
+    reports = run_reports(out / "eval", out / "reports", parts=[] if quick else None)
+
+    _stage("5/5 predict one valid study per part, with Grad-CAM overlays", start)
+    _predict_sample(net, index, out)
+    summary = _summary(plan, start, backbone, provenance, metrics, failures, reports)
     write_text_whole(out / "demo_summary.json", json.dumps(summary, indent=2))
-    print(f"\n=== done in {summary['seconds']:.0f}s ===")
-    for label, path in [("models", run_dir / "manifest.json"), ("metrics", out / "eval" / "metrics.json"),
-                        ("predictions", out / "predictions.json"), ("Grad-CAM overlays", out / "cams"),
-                        ("summary", out / "demo_summary.json")]:
-        print(f"  {label:<18} {path}")
-    print("\nSynthetic valid studies, routed pipeline (synthetic data: the machinery works; not clinical evidence).")
-    print("Stanford: DenseNet-169 ensemble on the real MURA test set, for scale only.")
-    print(summary_table(metrics))
-    print(f"router study accuracy {router['study_accuracy']:.3f} (images {router['image_accuracy']:.3f})")
-    print(f"open first: {summary['open_first']}")
     return summary
+
+
+def closing_text(summary, out):
+    """The demo's last words: where each result is, the per-part table and what to open first."""
+    out = Path(out)
+    lines = [f"\n=== done in {summary['seconds']:.0f}s ==="]
+    for label, path in [("models", out / "saved_models" / "demo" / "manifest.json"),
+                        ("metrics", out / "eval" / "metrics.json"), ("predictions", out / "predictions.json"),
+                        ("Grad-CAM overlays", out / "cams"), ("summary", out / "demo_summary.json")]:
+        lines.append(f"  {label:<18} {path}")
+    lines += ["\nSynthetic valid studies, routed pipeline (synthetic data: the machinery works; not clinical evidence).",
+              "Stanford: DenseNet-169 ensemble on the real MURA test set, for scale only.",
+              summary_table(summary),
+              f"router study accuracy {summary['router_study_accuracy']:.3f} "
+              f"(images {summary['router_image_accuracy']:.3f})",
+              f"open first: {summary['open_first']}"]
+    return "\n".join(lines)

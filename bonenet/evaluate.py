@@ -7,7 +7,7 @@ errors).
 """
 
 import json
-import sys
+import re
 import warnings
 from pathlib import Path
 
@@ -18,28 +18,31 @@ import tensorflow as tf
 from sklearn.metrics import confusion_matrix
 
 from bonenet import baselines
+from bonenet.configs import DEFAULT_THRESHOLD, N_BOOT
 from bonenet.data import AUTOTUNE, map_prepare
 from bonenet.datalist import read_dataset
 from bonenet.inference import BoneNet
-from bonenet.metrics import per_group
+from bonenet.metrics import AUROC_UNDEFINED, KAPPA_UNDEFINED, per_group
 from bonenet.mura import fingerprint, is_synthetic
 from bonenet.outputs import folder_written_whole
 from bonenet.parts import PARTS, short_name
 from bonenet.progress import Progress
+from bonenet.reading import Skip, SkipLog, skip_table
 from bonenet.study import IMAGE_COLUMNS, STUDY_COLUMNS, aggregate_studies, route
 
 BATCH = 32
 
 
 def stream_prepared(paths, recipe, size, batch_size=BATCH):
-    """Yields (uint8 batch of prepared images, ok mask) in order, decoding in parallel.
+    """Yields (uint8 batch of prepared images, read-failure reasons, "" where read) in order,
+    reading and preparing in parallel (`bonenet.data.map_prepare`).
 
     At most a few batches are in memory at once, so memory does not grow with the split.
     """
     prepare = map_prepare(recipe, size)
     ds = tf.data.Dataset.from_tensor_slices([str(p) for p in paths]).map(prepare, num_parallel_calls=AUTOTUNE)
-    for x, ok in ds.batch(batch_size).prefetch(2):
-        yield x.numpy(), ok.numpy()
+    for x, reasons in ds.batch(batch_size).prefetch(2):
+        yield x.numpy(), [r.decode() for r in reasons.numpy()]
 
 
 def predict_split(net, images, progress=True):
@@ -49,16 +52,17 @@ def predict_split(net, images, progress=True):
     and the oracle study scores are both a selection, and nothing but the table is kept.
 
     Returns:
-        (image table with router probabilities `p_<part>` and part scores `s_<part>`, list of
-        messages about what could not be scored).
+        (image table with router probabilities `p_<part>` and part scores `s_<part>`, the `Skip`s
+        of the images that could not be read).
     """
-    rows, skipped = [], []
+    rows, skips = [], []
     paths = images["path"].tolist()
     bar = Progress(len(paths), "evaluate: trunk, router and part models over the split", enabled=progress)
     start = 0
-    for x, ok in stream_prepared(paths, net.recipe, net.image_size):
-        batch = images.iloc[start:start + len(ok)]
-        skipped.extend(batch["path"][~ok])
+    for x, reasons in stream_prepared(paths, net.recipe, net.image_size):
+        batch = images.iloc[start:start + len(reasons)]
+        ok = np.asarray([not r for r in reasons])
+        skips.extend(Skip(path, r) for path, r in zip(batch["path"], reasons, strict=True) if r)
         if ok.any():
             features = net.encode(x[ok])
             scored = batch[ok].copy()
@@ -67,12 +71,11 @@ def predict_split(net, images, progress=True):
                 scored[f"p_{part}"] = probs[:, i]
                 scored[f"s_{part}"] = net.abnormal_probs(part, features) if part in net.models else np.nan
             rows.append(scored)
-        start += len(ok)
-        bar.update(len(ok))
+        start += len(reasons)
+        bar.update(len(reasons))
     bar.close()
-    messages = [f"skipped (could not be read): {path}" for path in skipped]
     table = pd.concat(rows, ignore_index=True) if rows else images.iloc[:0].copy()
-    return table.rename(columns={"part": "part_true"}), messages
+    return table.rename(columns={"part": "part_true"}), skips
 
 
 def _image_rows(table, studies, labels, thresholds):
@@ -87,9 +90,6 @@ def _image_rows(table, studies, labels, thresholds):
         out.loc[mine, "score"] = table.loc[mine, f"s_{part}"]
         out.loc[mine, "threshold"] = thresholds.get(part, (np.nan, ""))[0]
     return out
-
-
-GALLERY_KINDS = {"tp": "true positives", "fn": "false negatives", "fp": "false positives"}
 
 
 def write_gallery(net, studies, image_rows, out_dir, per_kind=3):
@@ -145,25 +145,11 @@ def write_gallery(net, studies, image_rows, out_dir, per_kind=3):
     return table
 
 
-def evaluate_run(data_root, models_dir, out_dir, split="valid", n_boot=1000, seed=0, plots=True, net=None,
-                 gallery=3):
-    """Evaluates a run on a split and writes metrics.json, the prediction CSVs and the plots.
-
-    The output folder is written whole or not at all (`bonenet.outputs`). `net` is the run already
-    loaded as a `BoneNet` with the default threshold mode, to save loading it again. Defaults to None.
-    `gallery` heat maps per part and kind (`write_gallery`); 0 for none. Defaults to 3.
-
-    Returns:
-        The metrics dict written to `out_dir/metrics.json`.
-    """
-    if split not in ("train", "valid"):
-        raise ValueError(f"split must be train or valid, got {split!r}")
-    index = read_dataset(data_root, splits=(split,))
+def _split_to_score(index, net, split, models_dir):
+    """The split's images of the parts the run covers, and one message per part the data or the run lacks."""
     images = index.images[index.images["split"] == split]
     if images.empty:
         raise ValueError(f"{index.root}: the {split} split has no usable images")
-    net = net or BoneNet.load(models_dir)
-    # One line per part the data or the run lacks; the parts both have are scored.
     present = set(images["part"])
     messages = [f"the {split} split has no studies of {p}" for p in PARTS if p not in present]
     uncovered = [p for p in PARTS if p in present and p not in net.parts]
@@ -174,78 +160,112 @@ def evaluate_run(data_root, models_dir, out_dir, split="valid", n_boot=1000, see
     if images.empty:
         raise ValueError(f"{models_dir}: the run covers {', '.join(net.parts) or 'no part'}, and the {split} split "
                          f"has none of them")
-    table, unread = predict_split(net, images)
-    messages += unread
-    default, tuned = net.part_thresholds("default"), net.part_thresholds("tuned")
-    for part, (_, source) in tuned.items():
-        if "not possible" in source:
-            messages.append(f"{part}: {source}; study_tuned uses 0.5 for it")
+    return images, messages
 
-    studies = aggregate_studies(table, net.labels, default)
-    studies_tuned = aggregate_studies(table, net.labels, tuned)
-    oracle = aggregate_studies(table, net.labels, default, oracle=True)
-    image_rows = _image_rows(table, studies, net.labels, default)
-    scored = lambda t: t[np.isfinite(t["score"])]  # noqa: E731
-    parts_scored = [p for p in PARTS if p in set(scored(studies)["part_true"])]
+
+def _scored(table):
+    return table[np.isfinite(table["score"])]
+
+
+def _part_metrics(studies, studies_tuned, oracle, image_rows, n_boot, seed):
+    """Per-part (and overall) metrics of the routed studies, at default and tuned thresholds, of the
+    images, and of the oracle (true-part) studies; and the parts whose kappa or AUROC is undefined."""
+    parts_scored = [p for p in PARTS if p in set(_scored(studies)["part_true"])]
     boot = {"n_boot": n_boot, "seed": seed}
     with warnings.catch_warnings():
-        # A part with one class gives NaN kappa/AUROC by design (see bonenet.metrics); the
-        # warning would repeat for every bootstrap table, so it is recorded once in messages.
-        warnings.filterwarnings("ignore", message=".*undefined.*")
+        # A part with one class gives NaN kappa/AUROC by design (see bonenet.metrics); sklearn's
+        # warning would repeat for every bootstrap table, so it is reported once, as `undefined`.
+        warnings.filterwarnings("ignore", message=re.escape(KAPPA_UNDEFINED))
+        warnings.filterwarnings("ignore", message=re.escape(AUROC_UNDEFINED))
         metrics = {
-            "study": per_group(scored(studies), "part_true", parts_scored, **boot),
-            "study_tuned": per_group(scored(studies_tuned), "part_true", parts_scored, **boot),
-            "image": per_group(scored(image_rows), "part_true", parts_scored, **boot),
-            "oracle": per_group(scored(oracle), "part_true",
-                                [p for p in PARTS if p in set(scored(oracle)["part_true"])], **boot),
+            "study": per_group(_scored(studies), "part_true", parts_scored, **boot),
+            "study_tuned": per_group(_scored(studies_tuned), "part_true", parts_scored, **boot),
+            "image": per_group(_scored(image_rows), "part_true", parts_scored, **boot),
+            "oracle": per_group(_scored(oracle), "part_true",
+                                [p for p in PARTS if p in set(_scored(oracle)["part_true"])], **boot),
         }
     undefined = [p for p, m in metrics["study"].items() if not np.isfinite(m["kappa"]) or not np.isfinite(m["auroc"])]
-    if undefined:
-        messages.append(f"kappa or AUROC undefined (one class only) for: {', '.join(undefined)}")
-    metrics["router"] = {
+    return metrics, parts_scored, undefined
+
+
+def _router_metrics(studies, image_rows):
+    return {
         "image_accuracy": float((image_rows["image_part_pred"] == image_rows["part_true"]).mean()),
         "study_accuracy": float((studies["part_pred"] == studies["part_true"]).mean()),
         "confusion": confusion_matrix(image_rows["part_true"], image_rows["image_part_pred"], labels=list(PARTS)).tolist(),
         "study_confusion": confusion_matrix(studies["part_true"], studies["part_pred"], labels=list(PARTS)).tolist(),
         "labels": list(PARTS),
     }
-    metrics["baseline"] = {
-        "stanford_kappa": baselines.STANFORD_KAPPA, "stanford_source": baselines.STANFORD_SOURCE,
-        "patel": baselines.PATEL, "patel_source": baselines.PATEL_SOURCE,
-    }
-    metrics["thresholds"] = {
-        "default": {p: t for p, (t, _) in default.items()},
-        "tuned_on_holdout": {p: t for p, (t, source) in tuned.items() if "not possible" not in source},
-        "tuning": {p: source for p, (_, source) in tuned.items()},
-    }
-    metrics["source"] = {
+
+
+def _source(index, net, models_dir, split, studies, parts_scored, skips, messages):
+    """Where the figures come from: data, run, recipe, backbone, what was left out and why."""
+    return {
         "data_root": str(index.root), "split": split, "dataset_fingerprint": fingerprint(index),
         "synthetic": is_synthetic(index),
         "models_dir": str(Path(models_dir).resolve()), "models": {k: v["file"] for k, v in net.manifest["models"].items()},
         "recipe": net.manifest["recipe"]["name"], "image_size": net.image_size, "weights": net.manifest["weights"],
-        "skipped_files": len(index.skipped), "parts_scored": parts_scored, "messages": messages,
+        "skipped": [s.as_dict() for s in skips], "parts_scored": parts_scored, "messages": messages,
         "bootstrap": "cluster bootstrap over patients" if "patient" in studies else "over studies",
     }
 
+
+def _write_outputs(out_dir, metrics, studies, studies_tuned, image_rows, skips, net, plots, gallery):
+    """Writes the evaluation folder whole or not at all (`bonenet.outputs`)."""
     with folder_written_whole(out_dir) as out:
         studies[STUDY_COLUMNS].to_csv(out / "study_predictions.csv", index=False)
         image_rows[IMAGE_COLUMNS].to_csv(out / "image_predictions.csv", index=False)
         (out / "metrics.json").write_text(json.dumps(_clean(metrics), indent=2))
-        # Every file left out, by the reader (headers, labels) or the pipeline (full decode), with why.
-        pipeline = [(m.split(": ", 1)[1], "could not be decoded") for m in messages
-                    if m.startswith("skipped (could not be read): ")]
-        skipped = pd.concat([index.skipped, pd.DataFrame(pipeline, columns=["path", "reason"])], ignore_index=True)
-        skipped.to_csv(out / "skipped.csv", index=False)
+        # Every file left out, by the reader (headers, labels) or the read path (full decode), with why.
+        skip_table(skips).to_csv(out / "skipped.csv", index=False)
         if plots:
             from bonenet import plots as bplots
 
             bplots.write_evaluation_plots(metrics, studies, out)
         if gallery:
             write_gallery(net, studies_tuned, image_rows, out, gallery)
-    for path, reason in index.skipped.itertuples(index=False):
-        print(f"bonenet evaluate: skipped {path}: {reason}", file=sys.stderr)
-    for message in messages:
-        print(f"bonenet evaluate: {message}", file=sys.stderr)
+
+
+def evaluate_run(data_root, models_dir, out_dir, split="valid", n_boot=N_BOOT, seed=0, plots=True, net=None,
+                 gallery=3):
+    """Evaluates a run on a split and writes metrics.json, the prediction CSVs, skipped.csv and the plots.
+
+    The output folder is written whole or not at all (`bonenet.outputs`). `net` is the run already
+    loaded as a `BoneNet` with the default threshold mode, to save loading it again. Defaults to None.
+    `gallery` heat maps per part and kind (`write_gallery`); 0 for none. Defaults to 3.
+
+    Returns:
+        The metrics dict written to `out_dir/metrics.json`; `source.skipped` lists every file left
+        out (path, reason, stage) and `source.messages` what else the figures lack.
+    """
+    if split not in ("train", "valid"):
+        raise ValueError(f"split must be train or valid, got {split!r}")
+    index = read_dataset(data_root, splits=(split,))
+    net = net or BoneNet.load(models_dir)
+    images, messages = _split_to_score(index, net, split, models_dir)
+    table, unread = predict_split(net, images)
+    skips = list(SkipLog([*index.skips, *unread]))
+    default, tuned = net.part_thresholds("default"), net.part_thresholds("tuned")
+    untuned = net.untuned_parts()
+    messages += [f"{part}: {tuned[part][1]}; study_tuned uses {DEFAULT_THRESHOLD} for it" for part in untuned]
+
+    studies = aggregate_studies(table, net.labels, default)
+    studies_tuned = aggregate_studies(table, net.labels, tuned)
+    oracle = aggregate_studies(table, net.labels, default, oracle=True)
+    image_rows = _image_rows(table, studies, net.labels, default)
+    metrics, parts_scored, undefined = _part_metrics(studies, studies_tuned, oracle, image_rows, n_boot, seed)
+    if undefined:
+        messages.append(f"kappa or AUROC undefined (one class only) for: {', '.join(undefined)}")
+    metrics["router"] = _router_metrics(studies, image_rows)
+    metrics["baseline"] = {"stanford_kappa": baselines.STANFORD_KAPPA, "stanford_source": baselines.STANFORD_SOURCE,
+                           "patel": baselines.PATEL, "patel_source": baselines.PATEL_SOURCE}
+    metrics["thresholds"] = {
+        "default": {p: t for p, (t, _) in default.items()},
+        "tuned_on_holdout": {p: t for p, (t, _) in tuned.items() if p not in untuned},
+        "tuning": {p: source for p, (_, source) in tuned.items()},
+    }
+    metrics["source"] = _source(index, net, models_dir, split, studies, parts_scored, skips, messages)
+    _write_outputs(out_dir, metrics, studies, studies_tuned, image_rows, skips, net, plots, gallery)
     return metrics
 
 

@@ -23,13 +23,13 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from bonenet.data import AUTOTUNE, labelled_slices, prepare_or_flag
+from bonenet.data import AUTOTUNE, labelled_slices
 from bonenet.outputs import check_free_space, remove_dead_writers_temps, temp_prefix
 from bonenet.progress import Progress
+from bonenet.reading import Skip, try_prepared
 from preprocessing.augment import augment
-from preprocessing.recipes import get_recipe
 
-FEATURES_VERSION = 2
+FEATURES_VERSION = 3
 # Trunk outputs are stored in float16: 9,408 values (7×7×192 at 224 px) take 18.8 KB per image
 # and view, 2.1 GB for MURA with two views. The error this adds at the head's output is measured
 # in tests/bonenet/test_features.py and stated in the README.
@@ -50,7 +50,7 @@ def features_key(paths, recipe, size, trunk, views=0, augment_config=None, seed=
     """The cache key: changes whenever the files, recipe, size, trunk weights or views change."""
     h = hashlib.sha256(json.dumps({
         "version": FEATURES_VERSION,
-        "recipe": get_recipe(recipe).to_json(),
+        "recipe": recipe.to_json(),
         "size": int(size),
         "trunk": weights_digest(trunk),
         "output": str(tuple(trunk.output.shape)),
@@ -74,7 +74,7 @@ class FeatureCache:
 
     Attributes:
         paths: the images, in row order of view 0.
-        ok: per image, whether it decoded (rows of unreadable images are never served).
+        skips: the images that could not be read, as `Skip`s (their rows are never served).
         views: pre-drawn augmented views per image (view 0 is the unaugmented image).
         array: the memory-mapped features (float16).
     """
@@ -84,7 +84,9 @@ class FeatureCache:
         meta = json.loads((self.folder / "meta.json").read_text())
         self.paths = meta["paths"]
         self.views = int(meta["views"])
-        self.ok = np.load(self.folder / "ok.npy")
+        self.skips = [Skip(path, reason) for path, reason in meta["unread"].items()]
+        unread = set(meta["unread"])
+        self.ok = np.asarray([p not in unread for p in self.paths], bool)
         self.array = np.load(self.folder / "features.npy", mmap_mode="r")
 
     @property
@@ -135,24 +137,59 @@ class FeatureCache:
 
 
 def _prepare_views(path, index, recipe, size, views, augment_config, seed):
-    image, ok = prepare_or_flag(path, recipe, size)
+    image, skip = try_prepared(path, recipe, size)
+    if skip is not None:
+        return np.zeros((1 + views, size, size, 3), np.uint8), skip.reason.encode()
     stack = [image]
     for v in range(1, views + 1):
         # One generator per (seed, view, image): the same views whatever the batch or thread order.
         stack.append(augment(image, np.random.default_rng([seed, v, int(index)]), augment_config))
-    return np.stack(stack), ok
+    return np.stack(stack), b""
+
+
+def _views_dataset(paths, recipe, size, views, augment_config, seed, batch_size):
+    """Batches of (uint8 N×views+1×S×S×3 prepared images and views, read-failure reasons), in order."""
+    stride = 1 + views
+
+    def prepare(path, index):
+        x, reason = tf.numpy_function(
+            lambda p, i: _prepare_views(p.decode(), i, recipe, size, views, augment_config, seed),
+            [path, index], [tf.uint8, tf.string], stateful=False)
+        x.set_shape((stride, size, size, 3))
+        return x, reason
+
+    return tf.data.Dataset.from_tensor_slices((paths, np.arange(len(paths)))).map(
+        prepare, num_parallel_calls=AUTOTUNE, deterministic=True).batch(batch_size).prefetch(AUTOTUNE)
+
+
+def _write_features(trunk, ds, array, n, stride, bar):
+    """Runs the trunk over `ds`, filling `array` (rows `view × n + image`); returns {path index: reason}."""
+    # One traced call of the trunk in inference mode; unlike `predict_on_batch`, it gives each
+    # image's row once under a MirroredStrategy too (read in cross-replica context).
+    encode = tf.function(lambda x: trunk(x, training=False), reduce_retracing=True)
+    unread, start = {}, 0
+    for x, reasons in ds:
+        x, reasons = x.numpy().astype(np.float32), reasons.numpy()
+        unread.update({start + i: r.decode() for i, r in enumerate(reasons) if r})
+        for v in range(stride):
+            array[v * n + start: v * n + start + len(x)] = np.asarray(encode(tf.constant(x[:, v])))
+        start += len(x)
+        bar.update(len(x))
+    bar.close()
+    return unread
 
 
 def compute_features(trunk, paths, recipe, size, cache_dir, views=0, augment_config=None, seed=0, batch_size=32,
                      verbose=1):
     """Runs the trunk once over every image (and `views` augmented copies) and caches the outputs.
 
-    Returns the existing cache when one with the same key is complete.
+    Returns the existing cache when one with the same key is complete. Images that cannot be read
+    are recorded in the cache with their reasons (`FeatureCache.skips`).
 
     Args:
         trunk: the frozen trunk (`bonenet.models.split_model`).
         paths: image files.
-        recipe: the recipe the images are prepared with.
+        recipe: the `Recipe` the images are prepared with.
         size: input side.
         cache_dir: parent folder of cache folders.
         views: augmented views per image, drawn once (0: the unaugmented image only). Defaults to 0.
@@ -169,7 +206,6 @@ def compute_features(trunk, paths, recipe, size, cache_dir, views=0, augment_con
         raise ValueError("no images to compute features for")
     if views and augment_config is None:
         raise ValueError("augmented views need an augment_config")
-    recipe = get_recipe(recipe)
     folder = Path(cache_dir) / f"features-{features_key(paths, recipe, size, trunk, views, augment_config, seed)}"
     if (folder / "meta.json").is_file():
         return FeatureCache(folder)
@@ -182,44 +218,27 @@ def compute_features(trunk, paths, recipe, size, cache_dir, views=0, augment_con
     tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(folder), dir=folder.parent))
     try:
         array = np.lib.format.open_memmap(tmp / "features.npy", mode="w+", dtype=STORAGE_DTYPE, shape=shape)
-        ok = np.zeros(n, bool)
-
-        def prepare(path, index):
-            x, flag = tf.numpy_function(
-                lambda p, i: _prepare_views(p.decode(), i, recipe, size, views, augment_config, seed),
-                [path, index], [tf.uint8, tf.bool], stateful=False)
-            x.set_shape((stride, size, size, 3))
-            return x, flag
-
-        ds = tf.data.Dataset.from_tensor_slices((paths, np.arange(n))).map(
-            prepare, num_parallel_calls=AUTOTUNE, deterministic=True).batch(batch_size).prefetch(AUTOTUNE)
-        # One traced call of the trunk in inference mode; unlike `predict_on_batch`, it gives each
-        # image's row once under a MirroredStrategy too (read in cross-replica context).
-        encode = tf.function(lambda x: trunk(x, training=False), reduce_retracing=True)
         bar = Progress(n, f"trunk features of {n:,} train images × {stride} view(s) (the unaugmented image and "
                           f"{views} augmented), once, into {folder}", enabled=bool(verbose))
-        start = 0
-        for x, flags in ds:
-            x, count = x.numpy().astype(np.float32), len(flags)
-            ok[start:start + count] = flags.numpy()
-            for v in range(stride):
-                out = np.asarray(encode(tf.constant(x[:, v])))
-                array[v * n + start: v * n + start + count] = out
-            start += count
-            bar.update(count)
-        bar.close()
+        unread = _write_features(trunk, _views_dataset(paths, recipe, size, views, augment_config, seed, batch_size),
+                                 array, n, stride, bar)
         array.flush()
-        np.save(tmp / "ok.npy", ok)
         meta = {"paths": paths, "views": views, "size": int(size), "recipe": recipe.to_dict(),
-                "output": trunk.output.name, "dtype": np.dtype(STORAGE_DTYPE).name, "seed": int(seed)}
+                "output": trunk.output.name, "dtype": np.dtype(STORAGE_DTYPE).name, "seed": int(seed),
+                "unread": {paths[i]: reason for i, reason in sorted(unread.items())}}
         (tmp / "meta.json").write_text(json.dumps(meta))
         del array
-        try:
-            os.replace(tmp, folder)
-        except OSError:  # another process finished the same cache first; theirs is as good
-            if not (folder / "meta.json").is_file():
-                raise
+        _publish(tmp, folder)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return FeatureCache(folder)
+
+
+def _publish(tmp, folder):
+    """Renames a finished cache into place; another process that finished the same cache first wins."""
+    try:
+        os.replace(tmp, folder)
+    except OSError:
+        if not (folder / "meta.json").is_file():
+            raise

@@ -2,8 +2,9 @@
 
 import matplotlib.pyplot as plt
 
+from bonenet.configs import IMAGE_SIZE
 from preprocessing import filters
-from preprocessing.recipes import get_recipe
+from preprocessing.recipes import DEFAULT_RECIPE, get_recipe
 
 
 def image_title(path):
@@ -18,7 +19,7 @@ def image_title(path):
     return Path(path).name
 
 
-def preprocess_panel(image, recipe="equalize", size=224, title=None, all_filters=False):
+def preprocess_panel(image, recipe=DEFAULT_RECIPE, size=IMAGE_SIZE, title=None, all_filters=False):
     """Draws a labelled grid: the original with its ROI box, the recipe's own steps, and the model input.
 
     Args:
@@ -34,29 +35,44 @@ def preprocess_panel(image, recipe="equalize", size=224, title=None, all_filters
     """
     from matplotlib.patches import Rectangle
 
-    from preprocessing.recipes import OPS
-
     image = filters.check_image(image)
     recipe = get_recipe(recipe)
     h, w = image.shape
     top, bottom, left, right = filters.roi_box(image) if recipe.roi else (0, h, 0, w)
-    crop = image[top:bottom, left:right]
-    resized = filters.resize_longest(crop, int(size))
     crop_label = (f"Original: ROI box {right - left}×{bottom - top} of {w}×{h} px" if recipe.roi
                   else f"Original {w}×{h} px (this recipe does not crop)")
-    tiles = [(crop_label, image)]
-    if all_filters:
-        tiles += [
-            ("Sobel", filters.sobel_edges(image)),
-            ("Prewitt", filters.prewitt_edges(image)),
-            ("Roberts", filters.roberts_edges(image)),
-            ("Canny", filters.canny_edges(image)),
-            ("Laplacian sharpen ×1.5", filters.laplacian_sharpen(image, 1.5)),
-            ("Histogram equalization", filters.equalize_hist(image)),
-            ("CLAHE", filters.equalize_clahe(image)),
-        ]
-    # The recipe's own steps, each distinct chain once (equalize uses one chain for all three channels).
-    chains = {}
+    tiles = [(crop_label, image), *(_filter_tiles(image) if all_filters else [])]
+    tiles += _recipe_tiles(recipe, filters.resize_longest(image[top:bottom, left:right], int(size)))
+    tiles.append((f"Model input '{recipe.name}' ({size}×{size}×3)", recipe.apply(image, size)))
+    fig, axes = _tile_grid(tiles)
+    if recipe.roi:
+        axes[0, 0].add_patch(Rectangle((left - 0.5, top - 0.5), right - left, bottom - top, fill=False,
+                                       edgecolor="#ffb000", linewidth=2))
+    if title:
+        fig.suptitle(title, fontsize=12)
+    fig.tight_layout()
+    return fig
+
+
+def _filter_tiles(image):
+    """Every filter of `preprocessing.filters` on the whole image, labelled."""
+    return [
+        ("Sobel", filters.sobel_edges(image)),
+        ("Prewitt", filters.prewitt_edges(image)),
+        ("Roberts", filters.roberts_edges(image)),
+        ("Canny", filters.canny_edges(image)),
+        ("Laplacian sharpen ×1.5", filters.laplacian_sharpen(image, 1.5)),
+        ("Histogram equalization", filters.equalize_hist(image)),
+        ("CLAHE", filters.equalize_clahe(image)),
+    ]
+
+
+def _recipe_tiles(recipe, resized):
+    """The recipe's own steps on the cropped, resized image, each distinct chain once (equalize uses
+    one chain for all three channels)."""
+    from preprocessing.recipes import OPS
+
+    chains, tiles = {}, []
     for c, chain in enumerate(recipe.channels):
         chains.setdefault(tuple(chain), []).append(c + 1)
     for chain, channels in chains.items():
@@ -68,7 +84,11 @@ def preprocess_panel(image, recipe="equalize", size=224, title=None, all_filters
             op = params.pop("op")
             plane = OPS[op](plane, **params)
             tiles.append((f"{where}: {op}" + (f" {params}" if params else ""), plane))
-    tiles.append((f"Model input '{recipe.name}' ({size}×{size}×3)", recipe.apply(image, size)))
+    return tiles
+
+
+def _tile_grid(tiles):
+    """A figure of labelled grayscale or colour tiles, four to a row."""
     cols = min(4, len(tiles))
     rows = -(-len(tiles) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(cols * 3.4, rows * 3.6), squeeze=False)
@@ -77,19 +97,7 @@ def preprocess_panel(image, recipe="equalize", size=224, title=None, all_filters
     for ax, (label, tile) in zip(axes.ravel(), tiles, strict=False):
         ax.imshow(tile, cmap="gray" if tile.ndim == 2 else None, vmin=0, vmax=255)
         ax.set_title(label, fontsize=9)
-    if recipe.roi:
-        axes[0, 0].add_patch(Rectangle((left - 0.5, top - 0.5), right - left, bottom - top, fill=False,
-                                       edgecolor="#ffb000", linewidth=2))
-    if title:
-        fig.suptitle(title, fontsize=12)
-    fig.tight_layout()
-    return fig
-
-
-def _chain_label(chain):
-    if not chain:
-        return "gray"
-    return " → ".join(dict(step)["op"] for step in chain)
+    return fig, axes
 
 
 def save_figure(fig, path, dpi=110):

@@ -12,6 +12,7 @@ import numpy as np
 import tensorflow as tf
 
 LAST_CONV = "top_activation"
+CLASSIFIER = "predictions"  # the softmax Dense every model of `bonenet.models` ends with
 BOX_LEVEL = 0.2
 
 
@@ -19,13 +20,13 @@ _GRAD_MODELS = weakref.WeakKeyDictionary()
 
 
 def _grad_model(model, layer):
-    """model's inputs → (layer's output, last layer's input), built once per model and layer.
+    """model's inputs → (layer's output, the classifier's input), built once per model and layer.
 
     `serve` explains every image it reads; a new Keras model per call would grow memory and time.
     """
     per_model = _GRAD_MODELS.setdefault(model, {})
     if layer.name not in per_model:
-        per_model[layer.name] = keras.Model(model.inputs, [layer.output, model.layers[-1].input])
+        per_model[layer.name] = keras.Model(model.inputs, [layer.output, model.get_layer(CLASSIFIER).input])
     return per_model[layer.name]
 
 
@@ -60,8 +61,8 @@ def grad_cam(model, inputs, class_index=1, layer_name=LAST_CONV, size=None):
                          "trained layers (trainable_layers >= 3)") from exc
     # Differentiate the log-odds of the class, not its softmax probability: a confident softmax is
     # saturated and its gradient near zero (a blank map), worse under float16. The log-odds are
-    # computed from the last layer's input in float32, so the map does not depend on the policy.
-    dense = model.layers[-1]
+    # computed from the classifier's input in float32, so the map does not depend on the policy.
+    dense = model.get_layer(CLASSIFIER)
     grad_model = _grad_model(model, layer)
     with tf.GradientTape() as tape:
         features, pooled = grad_model(x, training=False)

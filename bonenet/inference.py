@@ -5,18 +5,17 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from bonenet.imageio import DICOM_PREAMBLE, IMAGE_SUFFIXES, ImageReadError, decode_gray, image_format, load_gray
+from bonenet.configs import DEFAULT_THRESHOLD, THRESHOLD_MODES
+from bonenet.imageio import DICOM_PREAMBLE, IMAGE_SUFFIXES, ImageReadError, image_format
 from bonenet.models import set_xla, use_xla
 from bonenet.parts import short_name
+from bonenet.reading import read_gray, read_prepared, skip_from_error
 from bonenet.store import ManifestError, load_run_models, read_manifest
-from bonenet.study import DEFAULT_THRESHOLD, decide_study
-from preprocessing.filters import check_image
+from bonenet.study import decide_study
 from preprocessing.recipes import Recipe
 
 BATCH = 32
 
-
-THRESHOLD_MODES = ("default", "tuned")
 
 
 class BoneNet:
@@ -90,28 +89,34 @@ class BoneNet:
         return (f"this run's backbone is not ImageNet-pretrained ({self.backbone_origin}); its results on real "
                 "radiographs mean little")
 
+    def untuned_parts(self):
+        """{part: why its threshold could not be tuned} for the parts whose hold-out tuning failed."""
+        tuning = {part: self.manifest["models"][part].get("tuning", {}) for part in self.parts}
+        return {part: t.get("reason", "not recorded") for part, t in tuning.items() if t.get("threshold") is None}
+
     def part_thresholds(self, mode="tuned"):
         """{part: (threshold, source)} for every part with a model.
 
-        With "tuned", a part whose tuning was not possible keeps 0.5, and its source says why.
+        With "tuned", a part whose tuning was not possible (`untuned_parts`) keeps the default, and its
+        source says why.
         """
+        untuned = self.untuned_parts()
         out = {}
         for part in self.parts:
-            entry = self.manifest["models"][part]
-            tuning = entry.get("tuning", {})
-            if mode == "tuned" and tuning.get("threshold") is not None:
-                out[part] = (float(tuning["threshold"]), "tuned on the training hold-out")
+            if mode == "tuned" and part in untuned:
+                out[part] = (DEFAULT_THRESHOLD, f"default {DEFAULT_THRESHOLD}: tuning was not possible "
+                                                f"({untuned[part]})")
             elif mode == "tuned":
-                out[part] = (DEFAULT_THRESHOLD, f"default 0.5: tuning was not possible ({tuning.get('reason', 'not recorded')})")
+                out[part] = (float(self.manifest["models"][part]["tuning"]["threshold"]),
+                             "tuned on the training hold-out")
             else:
-                out[part] = (DEFAULT_THRESHOLD, "default 0.5")
+                out[part] = (DEFAULT_THRESHOLD, f"default {DEFAULT_THRESHOLD}")
         return out
 
-    def prepare(self, image):
-        """A path or a uint8 H×W array → the uint8 S×S×3 model input, via the run's recipe."""
-        if isinstance(image, (str, Path)):
-            image = load_gray(image)
-        return self.recipe.apply(check_image(image), self.image_size)
+    def prepare(self, image, name=None):
+        """A path, an upload's bytes (named `name`) or a uint8 H×W array → the uint8 S×S×3 model input
+        (`bonenet.reading.read_prepared`, with the run's recipe and size)."""
+        return read_prepared(image, self.recipe, self.image_size, name)
 
     def _predict(self, model, x):
         # predict_on_batch reuses one traced function per model and batch shape; `predict` would
@@ -268,21 +273,12 @@ def read_image(name, data=None):
     """Reads one input for prediction: a path, or an upload's bytes called `name`.
 
     Returns:
-        The uint8 H×W grayscale image, checked to be usable.
+        The uint8 H×W grayscale image, checked to be usable (`bonenet.reading.read_gray`).
 
     Raises:
         ImageReadError: "`name`: problem" (unreadable, not an image, too small…).
     """
-    gray = load_gray(name) if data is None else decode_gray(data, name)
-    try:
-        return check_image(gray, name=str(name))
-    except ValueError as exc:
-        raise ImageReadError(str(exc)) from exc
-
-
-def _gray(source):
-    """An image given as a uint8 array, or as a path read now (`read_image`)."""
-    return read_image(source) if isinstance(source, (str, Path)) else source
+    return read_gray(name if data is None else data, name)
 
 
 def encode_images(net, images):
@@ -292,27 +288,28 @@ def encode_images(net, images):
     with a folder of thousands of images beyond its trunk outputs.
 
     Args:
-        images: [(name, uint8 H×W gray, or a path read when its batch comes)].
+        images: [(name, source)], a source being a path, an upload's bytes or a uint8 H×W array,
+            read when its batch comes (`BoneNet.prepare`).
 
     Returns:
-        (indices of the images read, their trunk outputs, their router softmax, {index: error message}).
+        (indices of the images read, their trunk outputs, their router softmax, {index: `Skip`}).
     """
-    kept, features, probs, errors = [], [], [], {}
+    kept, features, probs, skips = [], [], [], {}
     for start in range(0, len(images), BATCH):
         prepared = []
-        for i, (_, source) in enumerate(images[start:start + BATCH], start):
+        for i, (name, source) in enumerate(images[start:start + BATCH], start):
             try:
-                prepared.append(net.prepare(_gray(source)))
+                prepared.append(net.prepare(source, name))
                 kept.append(i)
             except ImageReadError as exc:
-                errors[i] = str(exc)
+                skips[i] = skip_from_error(exc, name)
         if prepared:
             encoded = net.encode(np.stack(prepared))
             features.append(encoded)
             probs.append(net.router_probs(encoded))
     if not kept:
-        return kept, None, None, errors
-    return kept, np.concatenate(features), np.concatenate(probs), errors
+        return kept, None, None, skips
+    return kept, np.concatenate(features), np.concatenate(probs), skips
 
 
 def predict_images(net, images, render_cam=None):
@@ -335,19 +332,19 @@ def predict_images(net, images, render_cam=None):
     """
     from bonenet import gradcam
 
-    kept, features, probs, errors = encode_images(net, images)
+    kept, features, probs, skips = encode_images(net, images)
     if not kept:
-        return [{"path": str(images[i][0]), "error": message} for i, message in sorted(errors.items())], None
+        return [error_entry(skip) for _, skip in sorted(skips.items())], None
     scores = lambda part: net.abnormal_probs(part, features) if part in net.models else None  # noqa: E731
     study = decide_study(probs, scores, net.labels, net.thresholds)
     study["caveat"] = net.caveat
-    by_index = {i: {"path": str(images[i][0]), "error": message} for i, message in errors.items()}
+    by_index = {i: error_entry(skip) for i, skip in skips.items()}
     for row, (i, result) in enumerate(zip(kept, study.pop("images"), strict=True)):
         name, source = images[i]
         entry = {"path": str(name), "part": study["part"], **result, "threshold": study["threshold"],
                  "threshold_source": study["threshold_source"], "caveat": study["caveat"]}
         if render_cam is not None and result["p_abnormal"] is not None:
-            gray = _gray(source)
+            gray = read_gray(source, name)
             cam, box = net.cam(study["part"], features[row:row + 1], gray)
             box = box if result["abnormal"] else None  # a normal image's hottest region is not a finding
             lines = gradcam.caption(short_name(study["part"]), result["part_confidence"], result["p_abnormal"],
@@ -358,6 +355,11 @@ def predict_images(net, images, render_cam=None):
             entry.update(render_cam(name, gradcam.overlay(gray, cam, result["abnormal"], box, lines)))
         by_index[i] = entry
     return [by_index[i] for i in sorted(by_index)], study
+
+
+def error_entry(skip):
+    """An image that could not be read, as a result entry: `path`, and `error`, one line naming it."""
+    return {"path": skip.path, "error": str(skip)}
 
 
 CSV_COLUMNS = ["path", "study", "part", "part_confidence", "p_abnormal", "threshold", "abnormal", "threshold_source",

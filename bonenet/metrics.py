@@ -9,6 +9,13 @@ import warnings
 import numpy as np
 from sklearn.metrics import cohen_kappa_score, confusion_matrix, roc_auc_score
 
+from bonenet.configs import DEFAULT_THRESHOLD, N_BOOT
+
+KAPPA_UNDEFINED = "kappa is undefined when both raters use one class only; reporting NaN"
+AUROC_UNDEFINED = "AUROC is undefined with a single class; reporting NaN"
+# Cohen's kappa of one class everywhere is 0/0 inside sklearn; reported as NaN with KAPPA_UNDEFINED.
+_ZERO_BY_ZERO = "invalid value encountered in (scalar )?divide"
+
 METRIC_KEYS = ("tp", "fn", "fp", "tn", "accuracy", "precision", "sensitivity", "specificity", "f1", "kappa",
                "auroc", "kappa_ci95", "n")
 
@@ -23,10 +30,10 @@ def kappa(y_true, y_pred):
     if len(y_true) == 0:
         return float("nan")
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
+        warnings.filterwarnings("ignore", message=_ZERO_BY_ZERO, category=RuntimeWarning)
         value = cohen_kappa_score(y_true, y_pred, labels=[0, 1])
     if not np.isfinite(value):
-        warnings.warn("kappa is undefined when both raters use one class only; reporting NaN", stacklevel=2)
+        warnings.warn(KAPPA_UNDEFINED, stacklevel=2)
         return float("nan")
     return float(value)
 
@@ -35,12 +42,12 @@ def auroc(y_true, y_score):
     """Area under the ROC curve; NaN (with a warning) when only one class is present."""
     y_true = np.asarray(y_true, int)
     if len(np.unique(y_true)) < 2:
-        warnings.warn("AUROC is undefined with a single class; reporting NaN", stacklevel=2)
+        warnings.warn(AUROC_UNDEFINED, stacklevel=2)
         return float("nan")
     return float(roc_auc_score(y_true, np.asarray(y_score, float)))
 
 
-def auroc_ci(y_true, y_score, n_boot=1000, seed=0, level=0.95, groups=None):
+def auroc_ci(y_true, y_score, n_boot=N_BOOT, seed=0, level=0.95, groups=None):
     """Percentile bootstrap confidence interval for the AUROC, resampling clusters of rows as `kappa_ci` does.
 
     Resamples with one class only are left out (their AUROC is undefined).
@@ -65,7 +72,7 @@ def auroc_ci(y_true, y_score, n_boot=1000, seed=0, level=0.95, groups=None):
     return [float(np.percentile(values, tail)), float(np.percentile(values, 100 - tail))]
 
 
-def kappa_ci(y_true, y_pred, n_boot=1000, seed=0, level=0.95, groups=None):
+def kappa_ci(y_true, y_pred, n_boot=N_BOOT, seed=0, level=0.95, groups=None):
     """Percentile bootstrap confidence interval for kappa, resampling clusters of rows.
 
     A patient's studies are correlated (MURA valid: 1,199 studies from 783 patients), so with
@@ -99,7 +106,7 @@ def kappa_ci(y_true, y_pred, n_boot=1000, seed=0, level=0.95, groups=None):
     return [float(np.percentile(values, tail)), float(np.percentile(values, 100 - tail))]
 
 
-def binary_metrics(y_true, y_score, threshold=0.5, n_boot=1000, seed=0, groups=None):
+def binary_metrics(y_true, y_score, threshold=DEFAULT_THRESHOLD, n_boot=N_BOOT, seed=0, groups=None):
     """Confusion counts and the usual rates for scores thresholded at `threshold` (score ≥ t ⇒ 1).
 
     Args:
@@ -136,7 +143,7 @@ def binary_metrics(y_true, y_score, threshold=0.5, n_boot=1000, seed=0, groups=N
 
 
 def tune_threshold(y_true, y_score):
-    """The score threshold that maximises kappa (ties: the one nearest 0.5). For use on a hold-out only.
+    """The score threshold that maximises kappa (ties: the one nearest the default). For use on a hold-out only.
 
     Raises:
         ValueError: the scores cannot choose a threshold (one class only, or no studies); the
@@ -147,19 +154,19 @@ def tune_threshold(y_true, y_score):
     if len(classes) < 2:
         noun = "study" if len(y_true) == 1 else "studies"
         raise ValueError(f"the hold-out has {len(y_true)} {noun}, of one class only ({classes.tolist()})")
-    candidates = np.unique(np.concatenate([y_score, [0.5]]))
-    best, best_t = -np.inf, 0.5
+    candidates = np.unique(np.concatenate([y_score, [DEFAULT_THRESHOLD]]))
+    best, best_t = -np.inf, DEFAULT_THRESHOLD
     with warnings.catch_warnings():
         # Thresholds that call every study one class make kappa undefined; they are skipped.
-        warnings.simplefilter("ignore", RuntimeWarning)
+        warnings.filterwarnings("ignore", message=_ZERO_BY_ZERO, category=RuntimeWarning)
         for t in candidates:
             k = cohen_kappa_score(y_true, (y_score >= t).astype(int), labels=[0, 1])
-            if np.isfinite(k) and (k > best + 1e-12 or (abs(k - best) <= 1e-12 and abs(t - 0.5) < abs(best_t - 0.5))):
+            if np.isfinite(k) and (k > best + 1e-12 or (abs(k - best) <= 1e-12 and abs(t - DEFAULT_THRESHOLD) < abs(best_t - DEFAULT_THRESHOLD))):
                 best, best_t = k, float(t)
     return best_t
 
 
-def per_group(table, group_column, parts, n_boot=1000, seed=0):
+def per_group(table, group_column, parts, n_boot=N_BOOT, seed=0):
     """`binary_metrics` for each part (rows whose `group_column` is that part) and overall.
 
     Args:

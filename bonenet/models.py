@@ -12,13 +12,12 @@ from pathlib import Path
 
 import keras
 
+from bonenet.configs import DEFAULT_TRAINABLE_LAYERS, IMAGE_SIZE
 from bonenet.parts import PARTS
 
-BASE_NAME = "efficientnetb0"
 IMAGENET_FILE = "efficientnetb0_notop.h5"
 # Where keras.utils.get_file caches downloaded application weights.
 KERAS_CACHE = Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")) / "models"
-DEFAULT_TRAINABLE_LAYERS = 20
 # The classifier's own layers on top of the EfficientNetB0 base.
 HEAD_LAYERS = ("avg_pool", "head_dropout", "predictions")
 
@@ -75,7 +74,7 @@ def resolve_weights(weights):
     return str(path), origin
 
 
-def build_base(image_size=224, weights=None):
+def build_base(image_size=IMAGE_SIZE, weights=None):
     """Builds `EfficientNetB0(include_top=False)` on a float 0-255 RGB input.
 
     The input goes through `input_tensor=`, so layers such as `top_activation` stay reachable by
@@ -162,7 +161,7 @@ def freeze_last(base, trainable_layers=DEFAULT_TRAINABLE_LAYERS, train_batchnorm
     return names
 
 
-def build_classifier(num_classes, name, image_size=224, weights=None, trainable_layers=DEFAULT_TRAINABLE_LAYERS,
+def build_classifier(num_classes, name, image_size=IMAGE_SIZE, weights=None, trainable_layers=DEFAULT_TRAINABLE_LAYERS,
                      dropout=0.2, train_batchnorm=False):
     """Builds base + pooling + dropout + softmax, with the freezing policy applied.
 

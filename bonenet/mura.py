@@ -12,10 +12,11 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
-from bonenet.imageio import check_image_file
+from bonenet.imageio import ImageReadError, check_image_file
 from bonenet.parts import PART_INDEX, PARTS
+from bonenet.progress import Progress
+from bonenet.reading import SKIP_COLUMNS, Skip, read_gray, skip_from_error, skip_table
 
 SPLITS = ("train", "valid")
 HEADER_CHECK = "header and trailer of every image (PNG, JPEG or DICOM, told by its bytes; at least 8×8)"
@@ -41,7 +42,8 @@ class MuraIndex:
         root: the MURA-v1.1 folder.
         images: one row per usable image: `path` (absolute), `split`, `part`, `patient`, `study`, `label`.
         studies: one row per usable study: `study`, `split`, `part`, `patient`, `label`, `n_images`.
-        skipped: one row per unusable file, row or study: `path`, `reason`.
+        skipped: one row per unusable file, row or study: `path`, `reason`, `stage` (`index`);
+            `skips` gives them as `bonenet.reading.Skip` records.
         check: how image files were checked.
     """
 
@@ -50,6 +52,11 @@ class MuraIndex:
     studies: pd.DataFrame
     skipped: pd.DataFrame
     check: str = HEADER_CHECK
+
+    @property
+    def skips(self):
+        """The skipped files as `Skip` records."""
+        return [Skip(*row) for row in self.skipped[SKIP_COLUMNS].itertuples(index=False)]
 
 
 def resolve_data_root(data_root):
@@ -144,14 +151,32 @@ def _read_split(root, split, skipped):
 
 
 def _decode_problem(path):
-    """None when `path` decodes fully, else why not (the `--verify` check)."""
-    from bonenet.imageio import ImageReadError, load_gray
-
+    """None when `path` reads fully, else why not (the `--verify` check, by the read path's decoder)."""
     try:
-        load_gray(path)
+        read_gray(path)
     except ImageReadError as exc:
-        return str(exc).removeprefix(f"{path}: ")
+        return skip_from_error(exc, path).reason
     return None
+
+
+def _image_row(root, rel, split, labels, use_csv_labels, verify):
+    """One listed image checked: (its `IMAGE_COLUMNS` row, None), or (None, why it is skipped)."""
+    path = root / rel
+    match = _PATH_RE.search(rel)
+    if not match or not match.group("image"):
+        return None, "not in split/XR_PART/patient/study_*/image layout"
+    if match.group("part") not in PART_INDEX:
+        return None, f"unknown body part folder {match.group('part')}"
+    reason = file_problem(path, verify)
+    if reason is not None:
+        return None, reason
+    study = match.group("study")
+    suffix_label = int(match.group("suffix") == "positive")
+    if use_csv_labels and study not in labels:
+        return None, f"study not listed in {split}_labeled_studies.csv"
+    if use_csv_labels and labels[study] != suffix_label:
+        return None, f"label {labels[study]} in {split}_labeled_studies.csv disagrees with folder suffix"
+    return (str(path), split, match.group("part"), match.group("patient"), study, suffix_label), None
 
 
 def read_mura(data_root, splits=SPLITS, verify=False):
@@ -174,40 +199,21 @@ def read_mura(data_root, splits=SPLITS, verify=False):
     """
     root = resolve_data_root(data_root)
     skipped, image_rows = [], []
-    study_labels = {}
     for split in splits:
         rels, labels = _read_split(root, split, skipped)
-        study_labels.update(labels)
         use_csv_labels = bool(labels) or (root / f"{split}_labeled_studies.csv").is_file()
-        for rel in tqdm(rels, desc=f"verify {split}", unit="image", disable=None if verify else True):
-            path = root / rel
-            match = _PATH_RE.search(rel)
-            if not match or not match.group("image"):
-                skipped.append((str(path), "not in split/XR_PART/patient/study_*/image layout"))
-                continue
-            if match.group("part") not in PART_INDEX:
-                skipped.append((str(path), f"unknown body part folder {match.group('part')}"))
-                continue
-            reason = file_problem(path, verify)
-            if reason is not None:
-                skipped.append((str(path), reason))
-                continue
-            study = match.group("study")
-            suffix_label = int(match.group("suffix") == "positive")
-            if use_csv_labels:
-                if study not in labels:
-                    skipped.append((str(path), f"study not listed in {split}_labeled_studies.csv"))
-                    continue
-                if labels[study] != suffix_label:
-                    skipped.append(
-                        (str(path), f"label {labels[study]} in {split}_labeled_studies.csv disagrees with folder suffix")
-                    )
-                    continue
-            image_rows.append((str(path), split, match.group("part"), match.group("patient"), study, suffix_label))
+        bar = Progress(len(rels), f"verify {split}: decoding every image", unit="image", enabled=verify)
+        for rel in rels:
+            row, reason = _image_row(root, rel, split, labels, use_csv_labels, verify)
+            if row is None:
+                skipped.append((str(root / rel), reason))
+            else:
+                image_rows.append(row)
+            bar.update()
+        bar.close()
         with_images = {r[4] for r in image_rows if r[1] == split}
         for study in sorted(set(labels) - with_images):
             skipped.append((str(root / study), "study has no usable images"))
-
     return tabulate(root, image_rows, skipped, verify)
 
 
@@ -221,7 +227,7 @@ def tabulate(root, image_rows, skipped, verify):
              label=("label", "first"), n_images=("path", "size"))
         .reset_index()
     )[STUDY_COLUMNS]
-    return MuraIndex(root, images, studies, pd.DataFrame(skipped, columns=["path", "reason"]),
+    return MuraIndex(root, images, studies, skip_table(Skip(str(p), r, "index") for p, r in skipped),
                      **({"check": "every image decoded"} if verify else {}))
 
 
@@ -255,7 +261,7 @@ def summarize(index):
             part: counts(imgs[imgs["part"] == part], stds[stds["part"] == part]) for part in PARTS
         }
         result["totals"][split] = counts(imgs, stds)
-    result["skipped"] = [{"path": p, "reason": r} for p, r in index.skipped.itertuples(index=False)]
+    result["skipped"] = [{"path": s.path, "reason": s.reason} for s in index.skips]
     result["check"] = index.check
     return result
 
@@ -311,7 +317,7 @@ def holdout_split(studies, fraction=0.2, seed=0):
     splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
     with warnings.catch_warnings():
         # Tiny synthetic sets have strata smaller than n_splits; the split stays grouped.
-        warnings.simplefilter("ignore", UserWarning)
+        warnings.filterwarnings("ignore", message="The least populated class in y has only", category=UserWarning)
         _, held = next(splitter.split(train, strata, groups=train["patient"]))
     train["holdout"] = False
     train.loc[held, "holdout"] = True

@@ -34,8 +34,10 @@ from bonenet.models import build_base
 from bonenet.mura import fingerprint, read_mura
 from bonenet.outputs import file_written_whole, temp_prefix, write_text_whole
 from bonenet.parts import PART_INDEX, PARTS
+from bonenet.progress import keras_verbosity
 from bonenet.synthetic import GENERATOR_VERSION, synthetic_dataset
 from preprocessing.augment import AugmentConfig
+from preprocessing.recipes import get_recipe
 
 ASSETS = Path(__file__).parent / "assets"
 SHIPPED_BACKBONE = ASSETS / "synthetic_backbone_96.weights.h5"
@@ -107,8 +109,8 @@ def save_float16_weights(model, path):
 def holdout_accuracy(model, images, config):
     """Joint, part and normal/abnormal accuracy of the pretraining model on held-out images."""
     labels = joint_labels(images)
-    ds = bdata.make_dataset(images["path"].tolist(), labels, 2 * len(PARTS), config.recipe, config.image_size,
-                            config.batch_size)
+    ds = bdata.make_dataset(images["path"].tolist(), labels, 2 * len(PARTS), get_recipe(config.recipe),
+                            config.image_size, config.batch_size)
     with bdata.length_found_at_the_end():
         pred = np.argmax(model.predict(ds, verbose=0), axis=1)
     return {
@@ -153,30 +155,16 @@ def pretrain_backbone(out, config=PretrainConfig(), data_dir=None, resume=False,
     backup = out.parent / f"{stem}-backup"
     if not resume and backup.exists():
         raise ValueError(f"{backup}: an interrupted pretraining is there; pass --resume to continue it, or delete it")
-    verbose = verbose if verbose is not None else (1 if sys.stdout.isatty() else 2)
+    verbose = keras_verbosity("auto" if verbose is None else verbose)
     start = time.time()
-
     root = synthetic_dataset(data_dir, config.studies_per_part, config.seed)
     index = read_mura(root)
     train = index.images[index.images.split == "train"]
     holdout = index.images[index.images.split == "valid"]
-    labels = joint_labels(train)
-    ds = bdata.make_dataset(train["path"].tolist(), labels, 2 * len(PARTS), config.recipe, config.image_size,
-                            config.batch_size, training=True, seed=config.seed, augment_config=AugmentConfig())
-    steps_per_epoch = math.ceil(len(train) / config.batch_size)
-
-    model, base = build_pretrain_model(config.image_size, config.seed)
-    model.compile(keras.optimizers.Adam(_schedule(config, steps_per_epoch)),
-                  keras.losses.CategoricalCrossentropy(label_smoothing=0.05), metrics=["accuracy"], jit_compile=False)
-    with bdata.length_found_at_the_end():
-        model.fit(ds, epochs=config.epochs, verbose=verbose, shuffle=False,
-                  class_weight=bdata.class_weights(labels, 2 * len(PARTS)),
-                  callbacks=[keras.callbacks.BackupAndRestore(str(backup))])
-
+    model, base, steps = _fit(train, config, backup, verbose)
     save_float16_weights(base, out)
     # Score what ships: the float16 weights, reloaded, under the trained head.
     base.load_weights(out)
-    accuracy = holdout_accuracy(model, holdout, config)
     provenance = {
         "origin": f"EfficientNetB0 pretrained end to end by bonenet pretrain-backbone on {ORIGIN}",
         "command": command or shlex.join(["bonenet", *sys.argv[1:]]),
@@ -186,16 +174,14 @@ def pretrain_backbone(out, config=PretrainConfig(), data_dir=None, resume=False,
         "data_sha256": data_digest(root),
         "train_images": len(train),
         "holdout_images": len(holdout),
-        "steps": steps_per_epoch * config.epochs,
+        "steps": steps,
         "schedule": f"Adam, linear warm-up {config.warmup_epochs} epochs to {config.learning_rate}, then cosine "
                     "decay to 0; label smoothing 0.05; balanced class weights; AugmentConfig() augmentation",
-        "holdout_accuracy": accuracy,
+        "holdout_accuracy": holdout_accuracy(model, holdout, config),
         "storage": "float16",
         "sha256": file_sha256(out),
         "seconds": round(time.time() - start),
-        "machine": f"{platform.machine()} {os.cpu_count()} CPU(s), {platform.system()}",
-        "date": datetime.date.today().isoformat(),
-        "versions": {"keras": keras.__version__, "tensorflow": _tf_version(), "python": platform.python_version()},
+        **_machine(),
     }
     write_text_whole(provenance_path(out), json.dumps(provenance, indent=2) + "\n")
     if backup.exists():
@@ -203,6 +189,31 @@ def pretrain_backbone(out, config=PretrainConfig(), data_dir=None, resume=False,
 
         shutil.rmtree(backup)
     return provenance
+
+
+def _fit(train, config, backup, verbose):
+    """Trains the pretraining model on the train images (resumable from `backup`); returns
+    (model, its EfficientNetB0 base, steps taken)."""
+    labels = joint_labels(train)
+    ds = bdata.make_dataset(train["path"].tolist(), labels, 2 * len(PARTS), get_recipe(config.recipe),
+                            config.image_size, config.batch_size, training=True, seed=config.seed,
+                            augment_config=AugmentConfig())
+    steps_per_epoch = math.ceil(len(train) / config.batch_size)
+    model, base = build_pretrain_model(config.image_size, config.seed)
+    model.compile(keras.optimizers.Adam(_schedule(config, steps_per_epoch)),
+                  keras.losses.CategoricalCrossentropy(label_smoothing=0.05), metrics=["accuracy"], jit_compile=False)
+    with bdata.length_found_at_the_end():
+        model.fit(ds, epochs=config.epochs, verbose=verbose, shuffle=False,
+                  class_weight=bdata.class_weights(labels, 2 * len(PARTS)),
+                  callbacks=[keras.callbacks.BackupAndRestore(str(backup))])
+    return model, base, steps_per_epoch * config.epochs
+
+
+def _machine():
+    """Where and with what the backbone was made."""
+    return {"machine": f"{platform.machine()} {os.cpu_count()} CPU(s), {platform.system()}",
+            "date": datetime.date.today().isoformat(),
+            "versions": {"keras": keras.__version__, "tensorflow": _tf_version(), "python": platform.python_version()}}
 
 
 def _tf_version():

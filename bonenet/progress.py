@@ -1,12 +1,23 @@
 """One progress convention for long steps: a labelled bar on a terminal, step lines otherwise.
 
-A log file or CI console gets a few lines (at the start, at each quarter and at the end) instead of
-a bar redrawn hundreds of times, or of silence.
+A log file or CI console gets a few lines (at the start, at each quarter and at the end), logged
+to `bonenet.progress`, instead of a bar redrawn hundreds of times, or of silence.
 """
 
+import logging
 import sys
 
 from tqdm import tqdm
+
+log = logging.getLogger(__name__)
+
+
+def keras_verbosity(verbose="auto"):
+    """Keras' `verbose` for `fit`: "auto" draws its bar on a terminal, and one line per epoch otherwise
+    ("Epoch 3/10" and its figures), so that a log still counts the epochs."""
+    if verbose != "auto":
+        return verbose
+    return 1 if sys.stdout.isatty() else 2
 
 
 class Progress:
@@ -16,7 +27,7 @@ class Progress:
         total: units of work in the step.
         label: what the step does, e.g. "evaluate: scoring 3,197 valid images".
         unit: what is counted. Defaults to "image".
-        stream: where to write. Defaults to standard error.
+        stream: where a bar is drawn when it is a terminal. Defaults to standard error.
         enabled: False shows nothing. Defaults to True.
     """
 
@@ -34,7 +45,7 @@ class Progress:
             self._line(f"{label} ({self.total:,} {unit}s)")
 
     def _line(self, text):
-        print(text, file=self.stream, flush=True)
+        log.info(text)
 
     def update(self, n=1):
         """Adds `n` units done."""

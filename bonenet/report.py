@@ -7,7 +7,7 @@ and converts each to HTML.
 import base64
 import html
 import json
-import sys
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -16,18 +16,16 @@ from jupyter_client.manager import AsyncKernelManager
 from traitlets import default
 
 from bonenet import baselines
+from bonenet.configs import DEFAULT_THRESHOLD
 from bonenet.outputs import folder_written_whole
 from bonenet.parts import PARTS, parse_part, short_name
 from bonenet.progress import Progress
 from bonenet.study import IMAGE_COLUMNS, STUDY_COLUMNS
 
+log = logging.getLogger(__name__)
+
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 ROWS = ("accuracy", "precision", "sensitivity", "specificity", "f1", "kappa", "auroc", "n")
-
-
-def load(eval_dir):
-    """(metrics, studies, images) of an evaluate folder; see `load_evaluation`."""
-    return load_evaluation(eval_dir)
 
 
 def load_evaluation(eval_dir):
@@ -171,7 +169,7 @@ def overview_table(metrics):
     return pd.DataFrame(rows).set_index("part").rename_axis(None)
 
 
-def threshold_sweep(studies, part, tuned=None, default=0.5, steps=12):
+def threshold_sweep(studies, part, tuned=None, default=DEFAULT_THRESHOLD, steps=12):
     """Sensitivity, specificity, F1 and kappa of one part's studies at thresholds spread over its scores.
 
     The grid follows the scores (their quantiles), so scores bunched in 0.45-0.53 still get rows;
@@ -324,7 +322,7 @@ def run_reports(eval_dir, out_dir, parts=None, timeout=600):
                                        cwd=str(tmp), kernel_manager_class=IPCKernelManager)
             node = nbformat.read(executed, as_version=4)
             for line in _take_stderr(node):  # warnings go to the console, where they are seen, not into the page
-                print(f"bonenet report: {name}: {line}", file=sys.stderr)
+                log.warning(f"{name}: {line}")
             _describe_images(node)
             body, _ = exporter.from_notebook_node(node)
             (tmp / f"{name}.html").write_text(body, encoding="utf-8")

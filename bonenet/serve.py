@@ -16,6 +16,7 @@ models are not safe to call from several threads at once, so concurrent requests
 """
 
 import base64
+import logging
 import threading
 from pathlib import Path
 
@@ -23,20 +24,19 @@ import cv2
 import numpy as np
 
 from bonenet import __version__
+from bonenet.configs import ServeConfig
 from bonenet.imageio import ImageReadError, image_format, max_pixels
-from bonenet.inference import predict_images, read_image
+from bonenet.inference import error_entry, predict_images, read_image
+from bonenet.reading import skip_from_error
 
 STATIC = Path(__file__).resolve().parent / "static"
-MAX_FILE_MB = 20
-MAX_FILES = 32
-# A request whose body has not all arrived in this time gets 408: a client that sends headers and
-# stalls holds no connection, memory or worker for longer.
-BODY_TIMEOUT_S = 30
 # Requests whose bodies are read and decoded at once; others wait before their bodies are read, so
 # the server holds at most this many studies in memory (each at most MAX_FILES × MAX_FILE_MB, and
 # every image within the pixel budget) whatever clients send.
 CONCURRENT_REQUESTS = 4
 NOT_FOR_CLINICAL_USE = "Research software: not for clinical use."
+
+log = logging.getLogger(__name__)
 
 
 class RequestRejected(Exception):
@@ -93,93 +93,109 @@ def predict_uploads(net, uploads, lock, cams=True):
     for name, (_, data) in zip(names, uploads, strict=True):
         if data and image_format(data) is None:
             raise RequestRejected(415, f"{name}: not a PNG, JPEG or DICOM image")
-    errors, loaded = {}, []
+    skips, loaded = {}, []
     for number, (name, (_, data)) in enumerate(zip(names, uploads, strict=True)):
         try:
             loaded.append((number, name, read_image(name, data)))
         except ImageReadError as exc:
-            errors[number] = {"path": name, "error": str(exc)}
+            skips[number] = skip_from_error(exc, name)
     if not loaded:
-        raise RequestRejected(422, "no readable image in this study: " + "; ".join(e["error"] for e in errors.values()))
+        raise RequestRejected(422, "no readable image in this study: " + "; ".join(map(str, skips.values())))
     render = (lambda _name, image: {"cam": png_data_url(image)}) if cams else None
     with lock:
         entries, study = predict_images(net, [(name, gray) for _, name, gray in loaded], render)  # all read above
     for entry, (_, _, gray) in zip(entries, loaded, strict=True):
         entry["image"] = png_data_url(gray)  # the pixels as read (DICOM windowed, MONOCHROME1 inverted)
-    by_number = errors | {number: entry for (number, _, _), entry in zip(loaded, entries, strict=True)}
+    by_number = {n: error_entry(skip) for n, skip in skips.items()} | {number: entry for (number, _, _), entry in zip(loaded, entries, strict=True)}
     return [*(by_number[n] for n in sorted(by_number)),
             {"study": "upload", "images": [e["path"] for e in entries], **study}]
 
 
-def create_app(net, max_file_mb=MAX_FILE_MB, max_files=MAX_FILES, cams=True, body_timeout=BODY_TIMEOUT_S):
-    """The FastAPI app serving `net` (a loaded `BoneNet`).
+def _error_response(status, message):
+    """`{"error": "one line"}` with `status`: every answer but a 200."""
+    from fastapi.responses import JSONResponse
 
-    Every answer other than a 200 is `{"error": "one line"}`, the multipart parser's and the
-    framework's own included; no traceback reaches the client or the console.
+    return JSONResponse({"error": " ".join(str(message).split())[:500]}, status_code=status)
 
-    Args:
-        net: the run to serve.
-        max_file_mb: largest accepted file, in MB; larger gets 413. Defaults to 20.
-        max_files: most files per request; more gets 413. Defaults to 32.
-        cams: return Grad-CAM overlays. Defaults to True.
-        body_timeout: seconds a request's body may take to arrive; slower gets 408. Defaults to 30.
-    """
-    import asyncio
-    import sys
 
-    from fastapi import FastAPI, Request
+def _add_error_handlers(app):
+    """Answers the framework's own errors in the API's one-line form."""
     from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import FileResponse, JSONResponse
-    from starlette.datastructures import UploadFile
     from starlette.exceptions import HTTPException
-    from starlette.formparsers import MultiPartException
-    from starlette.requests import ClientDisconnect
-
-    limits = {"max_file_mb": max_file_mb, "max_files": max_files, "max_pixels": max_pixels(),
-              "body_timeout_s": body_timeout}
-    max_bytes = int(max_file_mb * 1024 * 1024)
-    lock = threading.Lock()
-    admitted = asyncio.Semaphore(CONCURRENT_REQUESTS)
-    app = FastAPI(title="BoneNet", version=__version__, description=NOT_FOR_CLINICAL_USE)
-
-    def error(status, message):
-        return JSONResponse({"error": " ".join(str(message).split())[:500]}, status_code=status)
 
     @app.exception_handler(HTTPException)
     async def _http(_request, exc):  # 404, 405, and the form parser's own 400s
-        return error(exc.status_code, exc.detail)
+        return _error_response(exc.status_code, exc.detail)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_request, exc):
-        return error(422, "; ".join(e.get("msg", "invalid request") for e in exc.errors()))
+        return _error_response(422, "; ".join(e.get("msg", "invalid request") for e in exc.errors()))
 
-    async def read_study(request):
-        """The request's uploads as [(name, bytes)], or an error response."""
-        try:
-            form = await request.form(max_files=max_files + 1, max_fields=16)
-        except HTTPException as exc:  # Starlette reports the multipart parser's errors as 400s
-            too_many = "Too many files" in str(exc.detail)
-            return error(413 if too_many else 400, f"{exc.detail}; at most {max_files} files per request"
-                         if too_many else f"malformed multipart body ({exc.detail})")
-        except MultiPartException as exc:
-            return error(400, f"malformed multipart body ({exc})")
-        except (ValueError, AssertionError) as exc:  # not multipart at all, or no boundary
-            return error(400, f"expected multipart/form-data with image files under 'files' ({exc})")
-        try:
-            files = [f for f in form.getlist("files") if isinstance(f, UploadFile)]
-            if not files:
-                return error(422, "no files: send one study's images as multipart field 'files'")
-            if len(files) > max_files:
-                return error(413, f"{len(files)} files: at most {max_files} files per request")
-            uploads = []
-            for number, upload in enumerate(files, 1):
-                data = await upload.read(max_bytes + 1)
-                if len(data) > max_bytes:
-                    return error(413, f"{display_name(upload.filename, number)}: larger than {max_file_mb} MB")
-                uploads.append((upload.filename, data))
-            return uploads
-        finally:
-            await form.close()
+
+async def _parse_form(request, max_files):
+    from starlette.exceptions import HTTPException
+    from starlette.formparsers import MultiPartException
+
+    try:
+        return await request.form(max_files=max_files + 1, max_fields=16)
+    except HTTPException as exc:  # Starlette reports the multipart parser's errors as 400s
+        if "Too many files" in str(exc.detail):
+            raise RequestRejected(413, f"{exc.detail}; at most {max_files} files per request") from None
+        raise RequestRejected(400, f"malformed multipart body ({exc.detail})") from None
+    except MultiPartException as exc:
+        raise RequestRejected(400, f"malformed multipart body ({exc})") from None
+    except (ValueError, AssertionError) as exc:  # not multipart at all, or no boundary
+        raise RequestRejected(400, f"expected multipart/form-data with image files under 'files' ({exc})") from None
+
+
+async def read_study(request, max_files, max_file_mb):
+    """A request's uploads as [(client name, bytes)], each read only up to the size limit.
+
+    Raises:
+        RequestRejected: 400 for a malformed body, 413 over a limit, 422 without files.
+    """
+    from starlette.datastructures import UploadFile
+
+    max_bytes = int(max_file_mb * 1024 * 1024)
+    form = await _parse_form(request, max_files)
+    try:
+        files = [f for f in form.getlist("files") if isinstance(f, UploadFile)]
+        if not files:
+            raise RequestRejected(422, "no files: send one study's images as multipart field 'files'")
+        if len(files) > max_files:
+            raise RequestRejected(413, f"{len(files)} files: at most {max_files} files per request")
+        uploads = []
+        for number, upload in enumerate(files, 1):
+            data = await upload.read(max_bytes + 1)
+            if len(data) > max_bytes:
+                raise RequestRejected(413, f"{display_name(upload.filename, number)}: larger than {max_file_mb:g} MB")
+            uploads.append((upload.filename, data))
+        return uploads
+    finally:
+        await form.close()
+
+
+def create_app(net, config=None, cams=True):
+    """The FastAPI app serving `net` (a loaded `BoneNet`) within `config`'s limits (a `ServeConfig`).
+
+    Every answer other than a 200 is `{"error": "one line"}`, the multipart parser's and the
+    framework's own included; no traceback reaches the client or the console. `cams`: return
+    Grad-CAM overlays. Defaults to True.
+    """
+    import asyncio
+
+    from fastapi import FastAPI, Request
+    from fastapi.responses import FileResponse
+    from starlette.concurrency import run_in_threadpool
+    from starlette.requests import ClientDisconnect
+
+    config = config or ServeConfig()
+    limits = {"max_file_mb": config.max_file_mb, "max_files": config.max_files, "max_pixels": max_pixels(),
+              "body_timeout_s": config.body_timeout}
+    lock = threading.Lock()
+    admitted = asyncio.Semaphore(CONCURRENT_REQUESTS)
+    app = FastAPI(title="BoneNet", version=__version__, description=NOT_FOR_CLINICAL_USE)
+    _add_error_handlers(app)
 
     @app.get("/", include_in_schema=False)
     def page():
@@ -189,31 +205,31 @@ def create_app(net, max_file_mb=MAX_FILE_MB, max_files=MAX_FILES, cams=True, bod
     def get_health():
         return health(net, limits)
 
+    async def answer(request):
+        uploads = await asyncio.wait_for(read_study(request, config.max_files, config.max_file_mb),
+                                         config.body_timeout)
+        # A plain thread: prediction is CPU-bound and queues on the lock; the event loop stays free.
+        return await run_in_threadpool(predict_uploads, net, uploads, lock, cams)
+
     @app.post("/api/predict")
     async def post_predict(request: Request):
         length = request.headers.get("content-length")
-        if length and length.isdigit() and int(length) > max_files * max_bytes + 1024 * 1024:
-            return error(413, f"request of {int(length) / 2**20:.0f} MB is over {max_files} files × {max_file_mb} MB")
-        from starlette.concurrency import run_in_threadpool
-
+        if length and length.isdigit() and int(length) > config.max_files * config.max_file_mb * 2**20 + 2**20:
+            return _error_response(413, f"request of {int(length) / 2**20:.0f} MB is over {config.max_files} "
+                                        f"files × {config.max_file_mb:g} MB")
         async with admitted:
             try:
-                uploads = await asyncio.wait_for(read_study(request), body_timeout)
-                if isinstance(uploads, JSONResponse):
-                    return uploads
-                # A plain thread: prediction is CPU-bound and queues on the lock; the event loop stays free.
-                return await run_in_threadpool(predict_uploads, net, uploads, lock, cams)
+                return await answer(request)
             except RequestRejected as exc:
-                return error(exc.status, str(exc))
+                return _error_response(exc.status, str(exc))
             except asyncio.TimeoutError:
-                return error(408, f"the request's body did not arrive within {body_timeout} s")
+                return _error_response(408, f"the request's body did not arrive within {config.body_timeout:g} s")
             except ClientDisconnect:  # the client went away mid-upload: nobody to answer
-                print("bonenet serve: a client disconnected before its upload was complete", file=sys.stderr)
-                return error(400, "client disconnected")
+                log.warning("a client disconnected before its upload was complete")
+                return _error_response(400, "client disconnected")
             except Exception as exc:  # a fault of ours: one line here, one line to the client
-                print(f"bonenet serve: internal error: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}",
-                      file=sys.stderr)
-                return error(500, f"internal error ({type(exc).__name__}); see the server's console")
+                log.error(f"internal error: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}")
+                return _error_response(500, f"internal error ({type(exc).__name__}); see the server's console")
 
     return app
 
@@ -230,16 +246,17 @@ def startup_line(net, host, port, run_dir):
     return line
 
 
-def serve(models_dir, host="127.0.0.1", port=8000, threshold="tuned", max_file_mb=MAX_FILE_MB, max_files=MAX_FILES):
-    """Loads the run once and serves it until stopped (Ctrl-C)."""
+def serve(models_dir, config=None):
+    """Loads the run once and serves it within `config` (a `ServeConfig`) until stopped (Ctrl-C)."""
     import uvicorn
 
     from bonenet.inference import BoneNet
 
-    net = BoneNet.load(models_dir, threshold=threshold)
+    config = config or ServeConfig()
+    net = BoneNet.load(models_dir, threshold=config.threshold)
     # Warm-up: the first request should not pay for tracing the models.
     net.predict_image(np.full((net.image_size, net.image_size), 128, np.uint8))
-    app = create_app(net, max_file_mb=max_file_mb, max_files=max_files)
-    print(startup_line(net, host, port, models_dir), flush=True)
+    app = create_app(net, config)
+    log.info(startup_line(net, config.host, config.port, models_dir))
     # Idle keep-alive connections close after 5 s; request bodies have BODY_TIMEOUT_S (create_app).
-    uvicorn.run(app, host=host, port=port, log_level="warning", timeout_keep_alive=5)
+    uvicorn.run(app, host=config.host, port=config.port, log_level="warning", timeout_keep_alive=5)

@@ -14,9 +14,6 @@ one.
 import numpy as np
 import pandas as pd
 
-DEFAULT_THRESHOLD = 0.5
-
-
 # The columns of `evaluate`'s study_predictions.csv and image_predictions.csv, which reports read.
 STUDY_COLUMNS = ["study", "patient", "part_true", "part_pred", "router_confidence", "label", "score", "threshold",
                  "pred"]

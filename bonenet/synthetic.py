@@ -15,10 +15,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
 from bonenet.outputs import folder_written_whole
 from bonenet.parts import PARTS
+from bonenet.progress import Progress
 
 # Bump when a change to the drawing changes the pixels a seed gives: the shipped backbone's
 # provenance names the version its data came from.
@@ -275,7 +275,8 @@ def _write_dataset(tmp, studies_per_part, valid_studies_per_part, seed, progress
                     k += 1
     image_rows = {"train": [], "valid": []}
     study_rows = {"train": [], "valid": []}
-    for split, part_no, part, patient_no, study_no in tqdm(jobs, desc="make-synthetic", disable=None if progress else True):
+    bar = Progress(len(jobs), f"make-synthetic: drawing {len(jobs):,} studies", unit="study", enabled=progress)
+    for split, part_no, part, patient_no, study_no in jobs:
         # One generator per study, so a study's pixels don't depend on how many came before.
         rng = np.random.default_rng([seed, patient_no, study_no, part_no])
         label = int(rng.random() < ABNORMAL_RATE)
@@ -293,6 +294,8 @@ def _write_dataset(tmp, studies_per_part, valid_studies_per_part, seed, progress
                 raise OSError(f"{folder / f'image{view + 1}.png'}: could not write the image")
             image_rows[split].append(f"MURA-v1.1/{rel_study}image{view + 1}.png")
         study_rows[split].append((f"MURA-v1.1/{rel_study}", label))
+        bar.update()
+    bar.close()
     for split in ("train", "valid"):
         pd.DataFrame(image_rows[split]).to_csv(tmp / f"{split}_image_paths.csv", header=False, index=False)
         pd.DataFrame(study_rows[split]).to_csv(tmp / f"{split}_labeled_studies.csv", header=False, index=False)

@@ -13,9 +13,9 @@ function, count an epoch as one pass over the images, and store the same layout.
 import atexit
 import functools
 import json
+import logging
 import os
 import shutil
-import sys
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -27,7 +27,7 @@ import tensorflow as tf
 
 from bonenet import data as bdata
 from bonenet import runtime
-from bonenet.configs import STRATEGIES, TrainConfig
+from bonenet.configs import DEFAULT_THRESHOLD, STRATEGIES, TrainConfig
 from bonenet.features import compute_features, weights_digest
 from bonenet.metrics import tune_threshold
 from bonenet.models import (
@@ -44,6 +44,8 @@ from bonenet.models import (
 from bonenet.mura import fingerprint, holdout_split, is_synthetic
 from bonenet.outputs import check_free_space
 from bonenet.parts import PARTS, short_name
+from bonenet.progress import keras_verbosity
+from bonenet.reading import SkipLog
 from bonenet.store import (
     TRUNK_FILE,
     ManifestError,
@@ -57,11 +59,11 @@ from bonenet.store import (
     run_lock,
     save_model_atomic,
 )
-from bonenet.study import DEFAULT_THRESHOLD, aggregate_studies
+from bonenet.study import aggregate_studies
 from preprocessing.augment import AugmentConfig
 from preprocessing.recipes import get_recipe
 
-_STRATEGIES = {}
+log = logging.getLogger(__name__)
 
 
 def get_strategy(name="auto"):
@@ -75,11 +77,10 @@ def get_strategy(name="auto"):
     """
     if name not in STRATEGIES:
         raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}, got {name!r}")
-    if name not in _STRATEGIES:
-        _STRATEGIES[name] = _make_strategy(name)
-    return _STRATEGIES[name]
+    return _make_strategy(name)
 
 
+@functools.cache
 def _make_strategy(name):
     if name == "multiworker":
         if "TF_CONFIG" not in os.environ:
@@ -155,11 +156,11 @@ def _examples(target, images):
     return paths, labels, 2
 
 
-def shared_settings(config, weights_origin, trainable):
+def shared_settings(config, weights_origin, trainable, recipe=None):
     """The settings every model in a run must share, as recorded in the manifest."""
     settings = {
         "image_size": int(config.image_size),
-        "recipe": get_recipe(config.recipe).to_dict(),
+        "recipe": (recipe or get_recipe(config.recipe)).to_dict(),
         "weights": weights_origin,
         "trainable_layers": {"count": int(config.trainable_layers), "trainable": trainable},
     }
@@ -185,8 +186,11 @@ def tune_on_holdout(scores, kept, val_images, part):
         part: the part.
 
     Returns:
-        {"threshold": float} or {"threshold": None, "reason": why tuning was not possible}.
+        {"threshold": float, "studies": n} or {"threshold": None, "reason": why tuning was not
+        possible, "studies": n}.
     """
+    if len(scores) != len(kept):
+        raise ValueError(f"{part}: {len(scores)} hold-out scores for {len(kept)} hold-out images")
     table = val_images.set_index("path").loc[kept, ["study", "label"]].reset_index()
     table = table.assign(part_true=part, **{f"p_{part}": 1.0, f"s_{part}": np.asarray(scores, float)})
     studies = aggregate_studies(table, [part], {part: (DEFAULT_THRESHOLD, "default")}, oracle=True)
@@ -196,65 +200,28 @@ def tune_on_holdout(scores, kept, val_images, part):
         return {"threshold": None, "reason": str(exc), "studies": len(studies)}
 
 
-def _cached_datasets(trunk, index, job, config, run_dir, verbose):
-    """Train and hold-out datasets of cached trunk outputs, plus the hold-out paths they serve.
-
-    One cache covers every train-split image, so the router and all seven parts share it.
-    """
-    everything = index.images.loc[index.images.split == "train", "path"].tolist()
-    augment = AugmentConfig(max_rotation=config.max_rotation) if config.augment and config.views else None
-    if job.scratch:  # a non-chief worker computes its own copy rather than race the chief's
-        cache_dir = job.scratch / "cache"
-    else:
-        cache_dir = Path(config.cache_dir) if config.cache_dir else run_dir / "cache"
-    cache = compute_features(trunk, everything, config.recipe, config.image_size, cache_dir,
-                             views=config.views if augment else 0, augment_config=augment, seed=config.seed,
-                             batch_size=config.batch_size, verbose=verbose)
-    position = {p: i for i, p in enumerate(cache.paths)}
-
-    def rows(paths, labels):
-        label_of = dict(zip((position[p] for p in paths), labels, strict=True))
-        images = cache.usable([position[p] for p in paths])
-        return images, np.asarray([label_of[i] for i in images], np.int64)
-
-    batch = dict(num_classes=job.num_classes, batch_size=config.batch_size)
-    train_images, train_y = rows(job.train_paths, job.train_labels)
-    val_images, val_y = rows(job.val_paths, job.val_labels)
-    return (cache.dataset(train_images, train_y, training=True, seed=config.seed, **batch),
-            cache.dataset(val_images, val_y, **batch), [cache.paths[i] for i in val_images])
-
-
-def _full_datasets(job, config):
-    augment = AugmentConfig(max_rotation=config.max_rotation) if config.augment else None
-    common = dict(recipe=config.recipe, size=config.image_size, batch_size=config.batch_size,
-                  cache_dir=config.cache_dir)
-    train_ds = bdata.make_dataset(job.train_paths, job.train_labels, job.num_classes, training=True,
-                                  seed=config.seed, augment_config=augment, **common)
-    val_ds = bdata.make_dataset(job.val_paths, job.val_labels, job.num_classes, **common)
-    return train_ds, val_ds, None
-
-
-@dataclass
-class _Job:
-    """What one model's training works on: its key, run folder, data split and built models."""
+@dataclass(frozen=True)
+class _Examples:
+    """What one model learns from: its key, classes, and the fit and hold-out images with labels."""
 
     key: str
-    run_dir: Path
-    existing: dict
-    origin: dict
-    weights: object
+    num_classes: int
     train_paths: list
     train_labels: np.ndarray
     val_paths: list
     val_labels: np.ndarray
-    val_images: object
-    num_classes: int
-    model: object = None
-    trunk: object = None
-    head: object = None
-    fitted: object = None
-    shared: dict = None
-    run_trunk: object = None
+    val_images: pd.DataFrame
+
+
+@dataclass(frozen=True)
+class _Place:
+    """Where a model is written and what it starts from: the run, its manifest, the backbone, the recipe."""
+
+    run_dir: Path
+    existing: dict
+    weights: object
+    origin: dict
+    recipe: object
     scratch: Path = None  # a non-chief worker's private folder; None for the process that writes the run
 
     @property
@@ -263,15 +230,95 @@ class _Job:
         return self.scratch or self.run_dir
 
 
+@dataclass(frozen=True)
+class _Job:
+    """One model's training: its examples and its place."""
+
+    examples: _Examples
+    place: _Place
+
+    @property
+    def key(self):
+        """The model's key ("router" or XR_PART)."""
+        return self.examples.key
+
+    @property
+    def home(self):
+        """Where this process writes (`_Place.home`)."""
+        return self.place.home
+
+
+@dataclass(frozen=True)
+class _Built:
+    """The models built for a job: the whole classifier, its trunk and head, what is fitted, and
+    the run's trunk they started from (None for a run's first model)."""
+
+    model: object
+    trunk: object
+    head: object
+    fitted: object
+    shared: dict
+    run_trunk: object
+
+
+def _cache_folder(place, config):
+    if place.scratch:  # a non-chief worker computes its own copy rather than race the chief's
+        return place.scratch / "cache"
+    return Path(config.cache_dir) if config.cache_dir else place.run_dir / "cache"
+
+
+def _cached_datasets(job, built, index, config, verbose, skips):
+    """Train and hold-out datasets of cached trunk outputs, plus the hold-out paths they serve.
+
+    One cache covers every train-split image, so the router and all seven parts share it; the
+    images it could not read are recorded in `skips` when they are this model's.
+    """
+    everything = index.images.loc[index.images.split == "train", "path"].tolist()
+    augment = AugmentConfig(max_rotation=config.max_rotation) if config.augment and config.views else None
+    cache = compute_features(built.trunk, everything, job.place.recipe, config.image_size,
+                             _cache_folder(job.place, config), views=config.views if augment else 0,
+                             augment_config=augment, seed=config.seed, batch_size=config.batch_size, verbose=verbose)
+    ex = job.examples
+    mine = {*ex.train_paths, *ex.val_paths}
+    for skip in cache.skips:
+        if skip.path in mine:
+            skips.add(skip)
+    position = {p: i for i, p in enumerate(cache.paths)}
+
+    def rows(paths, labels):
+        label_of = dict(zip((position[p] for p in paths), labels, strict=True))
+        images = cache.usable([position[p] for p in paths])
+        return images, np.asarray([label_of[i] for i in images], np.int64)
+
+    batch = dict(num_classes=ex.num_classes, batch_size=config.batch_size)
+    train_images, train_y = rows(ex.train_paths, ex.train_labels)
+    val_images, val_y = rows(ex.val_paths, ex.val_labels)
+    return (cache.dataset(train_images, train_y, training=True, seed=config.seed, **batch),
+            cache.dataset(val_images, val_y, **batch))
+
+
+def _full_datasets(job, config, skips):
+    """Train and hold-out datasets of live images; their unreadable images are recorded in `skips`."""
+    ex = job.examples
+    augment = AugmentConfig(max_rotation=config.max_rotation) if config.augment else None
+    common = dict(recipe=job.place.recipe, size=config.image_size, batch_size=config.batch_size,
+                  cache_dir=config.cache_dir, skips=skips)
+    train_ds = bdata.make_dataset(ex.train_paths, ex.train_labels, ex.num_classes, training=True,
+                                  seed=config.seed, augment_config=augment, **common)
+    val_ds = bdata.make_dataset(ex.val_paths, ex.val_labels, ex.num_classes, **common)
+    return train_ds, val_ds
+
+
 def _prepare(target, index, models_dir, config):
     """Checks the run folder and the data, and splits train into fit and hold-out (by patient)."""
     key = model_key(target)
     run_dir = Path(models_dir)
+    recipe = get_recipe(config.recipe)  # resolved once, here, and passed down
     weights, origin = resolve_weights(config.weights)  # fail fast, before any data work
     existing = read_manifest(run_dir, required=False)
     if existing is not None:
         # Refuse a folder made with another size, recipe or backbone before spending any time.
-        check_shared(existing, shared_settings(config, origin, None), run_dir)
+        check_shared(existing, shared_settings(config, origin, None, recipe), run_dir)
     split = holdout_split(index.studies, config.holdout_fraction, config.seed)
     held = set(split.loc[split.holdout, "study"])
     train_images = index.images[(index.images.split == "train") & ~index.images.study.isin(held)]
@@ -284,8 +331,8 @@ def _prepare(target, index, models_dir, config):
     if len(val_paths) == 0:
         raise ValueError(f"{key}: the hold-out has no images; add more train studies")
     scratch = None if is_chief(config.strategy) else _worker_scratch()
-    return _Job(key, run_dir, existing, origin, weights, train_paths, train_labels, val_paths, val_labels,
-                val_images, num_classes, scratch=scratch)
+    examples = _Examples(key, num_classes, train_paths, train_labels, val_paths, val_labels, val_images)
+    return _Job(examples, _Place(run_dir, existing, weights, origin, recipe, scratch))
 
 
 @functools.cache
@@ -297,90 +344,103 @@ def _worker_scratch():
     return path
 
 
-_TRUNK_MEMO = {}
+@functools.lru_cache(maxsize=1)
+def _load_trunk_file(run_dir, file, stamp):
+    return load_trunk(run_dir, {"trunk": {"file": file}}) if stamp else None
 
 
 def _run_trunk(run_dir, manifest):
     """The run's trunk, loaded once per process while its file is unchanged.
 
     `train_all` builds eight models on one trunk; deserialising it for each cost seconds apiece.
+    One is kept: a long process training many runs keeps one trunk alive.
     """
-    path = Path(run_dir, manifest["trunk"]["file"]).resolve() if "trunk" in manifest else None
-    stat = path.stat() if path is not None and path.is_file() else None
-    key = (str(path), stat.st_mtime_ns, stat.st_size) if stat else None
-    if key is None or key not in _TRUNK_MEMO:
-        trunk = load_trunk(run_dir, manifest)  # raises the manifest's own error for a missing file
-        _TRUNK_MEMO.clear()  # one entry: a long process training many runs keeps one trunk alive
-        _TRUNK_MEMO[key] = trunk
-    return _TRUNK_MEMO[key]
+    if "trunk" not in manifest:
+        return load_trunk(run_dir, manifest)  # raises the manifest's own error
+    path = Path(run_dir, manifest["trunk"]["file"]).resolve()
+    if not path.is_file():
+        return load_trunk(run_dir, manifest)
+    stat = path.stat()
+    return _load_trunk_file(str(run_dir), manifest["trunk"]["file"], (stat.st_mtime_ns, stat.st_size))
 
 
 def _build(job, config):
-    """Builds the classifier in the strategy's scope, split at the trunk cut, on the run's trunk."""
+    """Builds the classifier in the strategy's scope, split at the trunk cut, on the run's trunk.
+
+    Returns:
+        (`_Built`, the strategy).
+    """
     gpu = runtime.start(config.precision)["gpus"] > 0
     strategy = get_strategy(config.strategy)
-    job.run_trunk = _run_trunk(job.run_dir, job.existing) if job.existing is not None else None
+    place = job.place
+    run_trunk = _run_trunk(place.run_dir, place.existing) if place.existing is not None else None
     # Seeded after the trunk is loaded: deserialising it draws seeds for its dropout layers from
     # Python's generator, so seeding first gave a model built into a folder that already held a
     # trunk (a rerun, or any model after the first when the trunk memo was cold) other initial
     # weights and dropout masks than the same command into an empty folder.
     keras.utils.set_random_seed(config.seed)
     with strategy.scope():
-        kwargs = dict(image_size=config.image_size, weights=job.weights, trainable_layers=config.trainable_layers,
-                      train_batchnorm=config.train_batchnorm,
-                      dropout=config.dropout)
-        job.model, trainable = (build_router(**kwargs) if job.key == "router"
-                                else build_part_model(job.key, **kwargs))
-        job.trunk, job.head = split_model(job.model, config.trainable_layers)
-        if job.run_trunk is not None:
+        kwargs = dict(image_size=config.image_size, weights=place.weights, trainable_layers=config.trainable_layers,
+                      train_batchnorm=config.train_batchnorm, dropout=config.dropout)
+        model, trainable = (build_router(**kwargs) if job.key == "router"
+                            else build_part_model(job.key, **kwargs))
+        trunk, head = split_model(model, config.trainable_layers)
+        if run_trunk is not None:
             # The run's trunk is the one every model shares (with --weights none, it is the only
             # copy of the random initialisation the first model drew).
-            copy_weights(job.run_trunk, job.trunk)
-        job.fitted = job.head if config.mode == "cached" else join_model(job.trunk, job.head)
-        set_xla(job.trunk)
-        compile_model(job.fitted, config.learning_rate, jit_compile=gpu)
-    job.shared = shared_settings(config, job.origin, trainable)
-    if job.existing is not None:
-        check_shared(job.existing, job.shared, job.run_dir)
-    return strategy
+            copy_weights(run_trunk, trunk)
+        fitted = head if config.mode == "cached" else join_model(trunk, head)
+        set_xla(trunk)
+        compile_model(fitted, config.learning_rate, jit_compile=gpu)
+    shared = shared_settings(config, place.origin, trainable, place.recipe)
+    if place.existing is not None:
+        check_shared(place.existing, shared, place.run_dir)
+    return _Built(model, trunk, head, fitted, shared, run_trunk), strategy
 
 
-def _check_free_space(job):
+def _check_free_space(job, built):
     """Refuses to train into a disk that cannot hold this model's files: the head and its save's
     temporary copy, Keras' backup (weights and optimizer moments), the best weights, and the
     run's trunk when this is its first model."""
-    nbytes = 6 * 4 * job.fitted.count_params() + (4 * job.trunk.count_params() if job.run_trunk is None else 0)
+    nbytes = 6 * 4 * built.fitted.count_params() + (4 * built.trunk.count_params() if built.run_trunk is None else 0)
     check_free_space(job.home, nbytes, f"training {job.key} (model files and checkpoints)")
 
 
-def _datasets(job, index, config, verbose):
-    """(train, hold-out, hold-out paths kept) for the mode, sharded by element across workers."""
+def _datasets(job, built, index, config, verbose, skips):
+    """(train, hold-out) datasets for the mode, sharded by element across workers; the images
+    they cannot read are recorded in `skips`."""
     if config.mode == "cached":
-        train_ds, val_ds, kept = _cached_datasets(job.trunk, index, job, config, job.run_dir, verbose)
+        train_ds, val_ds = _cached_datasets(job, built, index, config, verbose, skips)
     else:
-        train_ds, val_ds, kept = _full_datasets(job, config)
-    return _shardable(train_ds), _shardable(val_ds), kept
+        train_ds, val_ds = _full_datasets(job, config, skips)
+    return _shardable(train_ds), _shardable(val_ds)
 
 
-def _fit(job, train_ds, val_ds, config, resume, verbose):
-    """Fits with resumable backups, best-by-hold-out-loss weights, early stopping and logs."""
-    work = checkpoint_dir(job.home, job.key)
-    backup, log_path, best_path = work / "backup", work / "log.csv", work / "best.weights.h5"
-    if resume and job.scratch is not None:
+def _resume_point(job, work, resume):
+    """Prepares a model's work folder: kept (and, for a non-chief, copied from the chief's) to resume,
+    else emptied."""
+    if resume and job.place.scratch is not None:
         # Every worker must resume at the chief's epoch, from the chief's weights. Its checkpoints
         # stay put until this fit's first epoch ends, which needs this worker too.
-        chief_work = checkpoint_dir(job.run_dir, job.key)
+        chief_work = checkpoint_dir(job.place.run_dir, job.key)
         shutil.rmtree(work, ignore_errors=True)
         if chief_work.is_dir():
             shutil.copytree(chief_work, work, ignore=shutil.ignore_patterns("tensorboard"))
     if resume:
-        meta = backup / "training_metadata.json"
+        meta = work / "backup" / "training_metadata.json"
         start = json.loads(meta.read_text())["epoch"] if meta.is_file() else 0
-        print(f"{job.key}: resuming from epoch {start}" if start else
-              f"{job.key}: nothing to resume, starting at epoch 0", file=sys.stderr)
+        log.info(f"{job.key}: resuming from epoch {start}" if start else
+                 f"{job.key}: nothing to resume, starting at epoch 0")
     elif work.exists():
         shutil.rmtree(work)
     work.mkdir(parents=True, exist_ok=True)
+
+
+def _fit(job, built, train_ds, val_ds, config, resume, verbose):
+    """Fits with resumable backups, best-by-hold-out-loss weights, early stopping and logs."""
+    work = checkpoint_dir(job.home, job.key)
+    backup, log_path, best_path = work / "backup", work / "log.csv", work / "best.weights.h5"
+    _resume_point(job, work, resume)
     callbacks = [
         # BackupAndRestore comes first, so that when the CSV shows an epoch its backup exists.
         # Kept after training ends: a kill during the final save must still resume at the last
@@ -395,74 +455,89 @@ def _fit(job, train_ds, val_ds, config, resume, verbose):
         keras.callbacks.CSVLogger(str(log_path), append=resume),
         keras.callbacks.TensorBoard(str(work / "tensorboard"), write_graph=False),
     ]
+    ex = job.examples
     with bdata.length_found_at_the_end():
-        job.fitted.fit(train_ds, validation_data=val_ds, epochs=config.epochs, verbose=verbose, shuffle=False,
-                       class_weight=bdata.class_weights(job.train_labels, job.num_classes), callbacks=callbacks)
+        built.fitted.fit(train_ds, validation_data=val_ds, epochs=config.epochs, verbose=verbose, shuffle=False,
+                         class_weight=bdata.class_weights(ex.train_labels, ex.num_classes), callbacks=callbacks)
     if best_path.is_file():
-        job.fitted.load_weights(str(best_path))
+        built.fitted.load_weights(str(best_path))
     return log_path
 
 
-def _holdout_probabilities(job, val_ds):
+def _holdout_probabilities(built, val_ds):
     """p(abnormal) of the hold-out in dataset order, computed eagerly: `predict` under a
     multi-worker strategy would gather each worker's shard in no fixed order."""
-    return np.concatenate([np.asarray(job.fitted(x, training=False))[:, 1] for x, _ in val_ds])
+    return np.concatenate([np.asarray(built.fitted(x, training=False))[:, 1] for x, _ in val_ds])
 
 
-def _finalize(job, index, val_ds, kept, log_path, config):
-    """Scores the hold-out, tunes a part's threshold there, saves the head (and the run's first trunk)."""
-    with bdata.length_found_at_the_end():
-        scores = job.fitted.evaluate(val_ds, verbose=0, return_dict=True)
-    tuning = None
-    if job.key != "router":
-        if kept is None:
-            kept = [p for p in job.val_paths if p not in bdata.SKIPPED_IN_PIPELINE]
-        tuning = tune_on_holdout(_holdout_probabilities(job, val_ds), kept, job.val_images, job.key)
-    filename = model_filename(job.key)
-    save_model_atomic(job.head, job.home / filename)  # unlisted until the manifest names it below
-    trunk_entry, trunk_digest = None, weights_digest(job.trunk)
-    log = pd.read_csv(log_path) if log_path.is_file() else pd.DataFrame()
-    entry = {
-        "file": filename,
+def _model_entry(job, built, index, scores, tuning, log_path, config, skips):
+    """The model's manifest entry: its file, labels, recipe, trunk, tuning, config, data and hold-out figures."""
+    ex = job.examples
+    log_table = pd.read_csv(log_path) if log_path.is_file() else pd.DataFrame()
+    return {
+        "file": model_filename(job.key),
         "input": "trunk",
         "labels": list(PARTS) if job.key == "router" else ["normal", "abnormal"],
-        "threshold": DEFAULT_THRESHOLD,
-        "recipe": job.shared["recipe"],
-        "trunk_sha256": trunk_digest,
+        "recipe": built.shared["recipe"],
+        "trunk_sha256": weights_digest(built.trunk),
         **({"tuning": tuning} if tuning is not None else {}),
         "config": asdict(config),
         "dataset": {"fingerprint": fingerprint(index), "synthetic": is_synthetic(index),
-                    "train_images": len(job.train_paths),
-                    "holdout_images": len(job.val_paths),
-                    "holdout_studies": int(job.val_images[job.val_images.path.isin(job.val_paths)].study.nunique())},
+                    "train_images": len(ex.train_paths),
+                    "holdout_images": len(ex.val_paths),
+                    "holdout_studies": int(ex.val_images[ex.val_images.path.isin(ex.val_paths)].study.nunique()),
+                    "unread": [s.as_dict() for s in skips if s.path in set(ex.train_paths) | set(ex.val_paths)]},
         "holdout": {k: float(v) for k, v in scores.items()},
-        "epochs_run": len(log),
+        "epochs_run": len(log_table),
         "log": str(Path(os.path.relpath(log_path, job.home))),
     }
+
+
+def _save_trunk_if_first(job, built, config):
+    """Saves the run's trunk when this is its first model; returns its manifest entry, or None.
+
+    Call under the run lock. Every worker saves (saving may take part in collectives); only the
+    chief's lands in the run.
+    """
+    if built.run_trunk is not None:
+        return None
+    digest = weights_digest(built.trunk)
+    written = (read_manifest(job.home, required=False) or {}).get("trunk")
+    if written is None:
+        save_model_atomic(built.trunk, job.home / TRUNK_FILE)
+        return {"file": TRUNK_FILE, "output": trunk_cut(built.model, config.trainable_layers)[1],
+                "sha256_weights": digest}
+    if written.get("sha256_weights") != digest:
+        raise ValueError(f"{job.home / TRUNK_FILE}: another training wrote this run's trunk while "
+                         f"{job.key} trained on a different one (another seed or backbone); train "
+                         f"{job.key} again into this folder, or use a new --models-dir")
+    return None
+
+
+def _finalize(job, built, index, val_ds, log_path, config, skips):
+    """Scores the hold-out, tunes a part's threshold there, saves the head (and the run's first trunk)."""
+    with bdata.length_found_at_the_end():
+        scores = built.fitted.evaluate(val_ds, verbose=0, return_dict=True)
+    tuning = None
+    if job.key != "router":
+        # The hold-out dataset served every hold-out image but those recorded as unreadable.
+        kept = [p for p in job.examples.val_paths if p not in skips]
+        tuning = tune_on_holdout(_holdout_probabilities(built, val_ds), kept, job.examples.val_images, job.key)
+    save_model_atomic(built.head, job.home / model_filename(job.key))  # unlisted until the manifest names it
+    entry = _model_entry(job, built, index, scores, tuning, log_path, config, skips)
     # One lock around the trunk check, the trunk's save and the manifest's update: a training
     # started beside this one into the same folder waits here, and cannot slip its trunk in between.
     with run_lock(job.home):
-        if job.run_trunk is None:
-            # The run's first model writes the trunk. Every worker saves (saving may take part in
-            # collectives); only the chief's lands in the run.
-            written = (read_manifest(job.home, required=False) or {}).get("trunk")
-            if written is None:
-                save_model_atomic(job.trunk, job.home / TRUNK_FILE)
-                trunk_entry = {"file": TRUNK_FILE, "output": trunk_cut(job.model, config.trainable_layers)[1],
-                               "sha256_weights": trunk_digest}
-            elif written.get("sha256_weights") != trunk_digest:
-                raise ValueError(f"{job.home / TRUNK_FILE}: another training wrote this run's trunk while "
-                                 f"{job.key} trained on a different one (another seed or backbone); train "
-                                 f"{job.key} again into this folder, or use a new --models-dir")
-        if job.scratch is None:
-            record_model(job.run_dir, job.key, job.shared, entry, trunk=trunk_entry)
+        trunk_entry = _save_trunk_if_first(job, built, config)
+        if job.place.scratch is None:
+            record_model(job.place.run_dir, job.key, built.shared, entry, trunk=trunk_entry)
     # Saved: nothing left to resume. A non-chief's checkpoints were only ever its own copy.
     work = checkpoint_dir(job.home, job.key)
-    shutil.rmtree(work if job.scratch else work / "backup", ignore_errors=True)
+    shutil.rmtree(work if job.place.scratch else work / "backup", ignore_errors=True)
     return entry
 
 
-def train_model(target, index, models_dir, config=TrainConfig(), resume=False, verbose="auto"):
+def train_model(target, index, models_dir, config=TrainConfig(), resume=False, verbose="auto", skips=None):
     """Trains the router (`target="router"`) or one part's model and records it in the run.
 
     The story: prepare (checks and a patient-grouped hold-out), build (on the run's trunk when it
@@ -476,26 +551,21 @@ def train_model(target, index, models_dir, config=TrainConfig(), resume=False, v
         config: a `TrainConfig`.
         resume: continue a killed run from its last completed epoch. Defaults to False.
         verbose: Keras verbosity; "auto" shows progress bars on a terminal only. Defaults to "auto".
+        skips: a `SkipLog` to record the images that could not be read in; a new one by default.
 
     Returns:
-        (the model's manifest entry, the trained full Keras model).
+        (the model's manifest entry, whose `dataset.unread` lists the images of its data that could
+        not be read, the trained full Keras model).
     """
-    verbose = progress_verbosity(verbose)
+    skips = SkipLog() if skips is None else skips
+    verbose = keras_verbosity(verbose)
     job = _prepare(target, index, models_dir, config)
-    strategy = _build(job, config)
-    _check_free_space(job)
+    built, strategy = _build(job, config)
+    _check_free_space(job, built)
     with strategy.scope():
-        train_ds, val_ds, kept = _datasets(job, index, config, verbose)
-    log_path = _fit(job, train_ds, val_ds, config, resume, verbose)
-    return _finalize(job, index, val_ds, kept, log_path, config), job.model
-
-
-def progress_verbosity(verbose="auto"):
-    """Keras verbosity: "auto" shows progress bars on a terminal, and one line per epoch otherwise
-    ("Epoch 3/10" and its figures), so that a log still counts the epochs."""
-    if verbose != "auto":
-        return verbose
-    return 1 if sys.stdout.isatty() else 2
+        train_ds, val_ds = _datasets(job, built, index, config, verbose, skips)
+    log_path = _fit(job, built, train_ds, val_ds, config, resume, verbose)
+    return _finalize(job, built, index, val_ds, log_path, config, skips), built.model
 
 
 def summary_line(key, entry):
@@ -512,46 +582,59 @@ def summary_line(key, entry):
     return text
 
 
+def _kept_from_before(models_dir, key, done):
+    """A model finished before an interruption, when it still loads: its entry, else None."""
+    backup = checkpoint_dir(models_dir, key) / "backup"
+    if key not in done or not (Path(models_dir) / done[key]["file"]).is_file() or backup.exists():
+        return None
+    try:
+        load_model(Path(models_dir) / done[key]["file"])
+    except ManifestError as exc:
+        log.warning(f"{key}: {exc}; training it again")
+        return None
+    log.info(f"{key}: already trained in this run, kept")
+    return done[key]
+
+
 def train_all(index, models_dir, config=TrainConfig(), resume=False, verbose="auto", parts=PARTS):
     """Trains the router, then each part's model, into one run folder.
 
     A part absent from the data gets one line and is left out; the router learns the parts
     present, and the run covers those. A part that is present but cannot be trained (no abnormal
     studies, say) is a failure, reported, and the others still train. With `resume`, models that
-    finished before an interruption are kept and
-    the interrupted one continues from its last completed epoch. Each model gets a header
-    ("XR_ELBOW 2/8") and one summary line.
+    finished before an interruption are kept and the interrupted one continues from its last
+    completed epoch. Each model gets a header ("XR_ELBOW 2/8") and one summary line.
 
     Returns:
         ({key: manifest entry}, {key: error message}).
     """
-    entries, failures = {}, {}
+    entries, failures, skips = {}, {}, SkipLog()
     done = (read_manifest(models_dir, required=False) or {}).get("models", {}) if resume else {}
     in_data = set(index.images.loc[index.images["split"] == "train", "part"])
     for part in parts:
         if model_key(part) not in in_data:  # a subset of the parts is a dataset, not a failure
-            print(f"{model_key(part)}: absent from the training data; not trained", flush=True)
+            log.info(f"{model_key(part)}: absent from the training data; not trained")
     targets = ["router", *(p for p in parts if model_key(p) in in_data)]
     for number, target in enumerate(targets, 1):
         key = model_key(target)
-        print(f"{key} {number}/{len(targets)}", flush=True)
-        backup = checkpoint_dir(models_dir, key) / "backup"
-        if key in done and (Path(models_dir) / done[key]["file"]).is_file() and not backup.exists():
-            # Finished before the interruption: keep it rather than train it again, if it still loads.
-            try:
-                load_model(Path(models_dir) / done[key]["file"])
-            except ManifestError as exc:
-                print(f"{key}: {exc}; training it again", file=sys.stderr, flush=True)
-            else:
-                print(f"{key}: already trained in this run, kept", flush=True)
-                entries[key] = done[key]
-                continue
+        log.info(f"{key} {number}/{len(targets)}")
+        kept = _kept_from_before(models_dir, key, done)
+        if kept is not None:
+            entries[key] = kept
+            continue
         try:
             entries[key], _ = train_model(key, index, models_dir, config, resume=resume,
-                                          verbose=progress_verbosity(verbose))
+                                          verbose=keras_verbosity(verbose), skips=skips)
         except ValueError as exc:
             failures[key] = str(exc)
-            print(f"bonenet: could not train {target}: {exc}", file=sys.stderr)
+            log.warning(f"could not train {target}: {exc}")
             continue
-        print(summary_line(key, entries[key]), flush=True)
+        log.info(summary_line(key, entries[key]))
     return entries, failures
+
+
+def unread_images(entries):
+    """The images the models of a run could not read, each once, as `Skip`s (from their entries)."""
+    from bonenet.reading import Skip
+
+    return list(SkipLog(Skip(**s) for entry in entries for s in entry.get("dataset", {}).get("unread", [])))

@@ -1,8 +1,7 @@
-"""The bad-input and fault corpus of issue #16, one id per case.
+"""The bad-input and fault corpus: every hostile or odd input met so far, one id per case.
 
-Tests carry `@pytest.mark.corpus("<id>", ...)` wherever they live (most are in
-tests/test_bad_input_corpus.py; cases an older test already reproduces are marked there), and
-the end of every pytest run counts the cases tried and passed (tests/conftest.py).
+Tests carry `@pytest.mark.corpus("<id>", ...)` in the test file of the module they exercise, and the
+end of every pytest run counts the cases tried and passed (tests/conftest.py).
 """
 
 CASES = {
@@ -50,7 +49,7 @@ CASES = {
     "A2": "run files private (mode 0600)",
     "A3": "epochs_run counting only the resumed part",
     "A4": "train-all --resume keeping heads that do not load",
-    # Real radiographs and hostile input (issues #22, #25, #26).
+    # Real radiographs and hostile input.
     "R1": "a JPEG named .png, a 1x1 PNG, and PNG, JPEG and DICOM mixed in one dataset",
     "R2": "Ctrl-C (SIGINT) during training",
     "R3": "a head file replaced by another model's head (router for a part, a part for the router, part for part)",

@@ -9,6 +9,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -41,6 +42,21 @@ def run(index, tmp_path_factory):
     _, router = train_model("router", index, run_dir, config, verbose=0)
     _, wrist = train_model("wrist", index, run_dir, config, verbose=0)
     return run_dir, {"router": router, "XR_WRIST": wrist}
+
+
+@pytest.fixture(scope="session")
+def net(run):
+    """The session run (router and wrist) loaded as a `BoneNet`."""
+    from bonenet.inference import BoneNet
+
+    return BoneNet.load(run[0])
+
+
+@pytest.fixture(scope="session")
+def wrist_study(index):
+    """The paths of the valid wrist study with the most images."""
+    studies = index.images[(index.images.part == "XR_WRIST") & (index.images.split == "valid")]
+    return sorted(studies.groupby("study").path.apply(list).values, key=len)[-1]
 
 
 @pytest.fixture(scope="session")
@@ -216,3 +232,50 @@ def kill_cli_when(args, ready, timeout=400):
 def epoch_logged(log):
     """A `ready` for `kill_cli_when`: the training's CSV log shows one finished epoch (header + a row)."""
     return lambda: log.is_file() and len(log.read_text().strip().splitlines()) >= 2
+
+
+def run_cli(args, capsys):
+    """Runs the CLI in this process: (exit status, its standard error lines)."""
+    import run_pipeline
+
+    code = run_pipeline.main([str(a) for a in args])
+    captured = capsys.readouterr()
+    return code, captured.err.strip().splitlines()
+
+
+def as_nobody(args, home):
+    """Runs the CLI as user `nobody`, for whom mode 000 means unreadable (root reads everything)."""
+    if os.geteuid() != 0 or not shutil.which("setpriv"):
+        pytest.skip("needs root and setpriv to run a command as another user")
+    env = {**os.environ, "HOME": str(home), "MPLCONFIGDIR": str(home)}
+    nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable]
+    # A clone in a private folder (mode 0700, under /root or mktemp -d) is closed to nobody.
+    probe = subprocess.run([*nobody, "-c", "import run_pipeline"], capture_output=True, env=env, cwd=home,
+                           timeout=120)
+    if probe.returncode != 0:
+        pytest.skip(f"user nobody cannot read this checkout or its Python ({REPO} is in a private folder)")
+    return subprocess.run([*nobody, str(REPO / "run_pipeline.py"), *map(str, args)], capture_output=True, text=True,
+                          env=env, cwd=home, timeout=300)
+
+
+@pytest.fixture
+def shared_tmp():
+    """A temporary folder user `nobody` can enter (pytest's own are private to root)."""
+    where = Path(tempfile.mkdtemp(prefix="bonenet-corpus-"))
+    where.chmod(0o777)
+    yield where
+    shutil.rmtree(where, ignore_errors=True)
+
+
+def kill_while_writing(args, target, files):
+    """Starts `bonenet *args`, SIGKILLs it once its temporary copy of `target` holds `files` files."""
+    def ready():
+        temps = target.parent.glob(f".{target.name}.*")
+        return sum(1 for t in temps for p in t.rglob("*") if p.is_file()) >= files
+
+    kill_cli_when(args, ready, timeout=300)
+
+
+def snapshot(folder):
+    """{relative path: bytes} of every file under `folder`."""
+    return {p.relative_to(folder): p.read_bytes() for p in folder.rglob("*") if p.is_file()}

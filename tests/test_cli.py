@@ -1,4 +1,4 @@
-"""The command line a newcomer meets: --version, fast refusals of typos, the preprocess panel."""
+"""The command line a newcomer meets: --version, the workflow in the help, fast refusals of typos."""
 
 import subprocess
 import sys
@@ -8,10 +8,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from conftest import run_cli
 
-import run_pipeline
 from bonenet import __version__
-from bonenet.figures import image_title, preprocess_panel
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -72,35 +71,27 @@ def test_a_too_small_image_is_named_in_the_message(tmp_path):
     assert proc.stderr.strip() == f"bonenet preprocess: error: {tiny}: image is too small (1×1); need at least 8×8"
 
 
-def test_image_title_names_part_patient_study_and_image():
-    path = "/data/MURA-v1.1/valid/XR_HAND/patient11185/study1_positive/image3.png"
-    assert image_title(path) == "hand · patient11185 · study1 (positive) · image3"
-    assert image_title("/somewhere/scan.dcm") == "scan.dcm"
+@pytest.mark.parametrize("command", [
+    ["make-synthetic", "--out", "{ro}/data"],
+    ["data-summary", "--data-root", "{data}", "--json", "{ro}/summary.json"],
+    ["preprocess", "{image}", "--out", "{ro}/panel.png"],
+    ["train-part", "--part", "wrist", "--data-root", "{data}", "--models-dir", "{ro}/run"],
+    ["evaluate", "--data-root", "{data}", "--models-dir", "{run}", "--out", "{ro}/eval"],
+    ["report", "--eval-dir", "{ro}", "--out", "{ro}/reports"],
+    ["predict", "{image}", "--models-dir", "{run}", "--json", "{ro}/p.json"],
+    ["predict", "{image}", "--models-dir", "{run}", "--cam-dir", "{ro}/cams"],
+    ["predict", "{image}", "--models-dir", "{run}", "--csv", "{ro}/p.csv"],
+])
+@pytest.mark.corpus("T1", "S1")
+def test_an_unwritable_output_fails_at_once_in_one_line(command, read_only, synthetic_root, run, index, capsys):
+    image = index.images.path.iloc[0]
+    args = [a.format(ro=read_only, data=synthetic_root, run=run[0], image=image) for a in command]
+    code, err = run_cli(args, capsys)
+    assert code == 2 and len(err) == 1, err
+    assert "cannot write here (Read-only file system)" in err[0] and str(read_only) in err[0]
 
 
-def _panel_titles(fig):
-    return [ax.get_title() for ax in fig.axes if ax.images]
-
-
-def test_the_panel_shows_the_roi_box_and_only_the_recipes_steps():
-    image = np.zeros((300, 240), np.uint8)
-    image[40:260, 50:200] = 170  # the anatomy, inside a dark film
-    default = _panel_titles(preprocess_panel(image, "equalize", 64))
-    assert default[0].startswith("Original: ROI box") and default[-1].startswith("Model input 'equalize'")
-    assert len(default) == 3 and "ch 1, 2, 3: clahe" in default[1]  # one chain shown once, not three tiles
-    fig = preprocess_panel(image, "equalize", 64)
-    (box,) = fig.axes[0].patches
-    assert (box.get_x() + 0.5, box.get_y() + 0.5) == pytest.approx((50, 40), abs=3)
-    everything = _panel_titles(preprocess_panel(image, "equalize", 64, all_filters=True))
-    assert {"Sobel", "Prewitt", "Roberts", "Canny", "CLAHE"} <= set(everything)
-
-
-def test_preprocess_cli_reads_dicom_and_titles_the_figure(tmp_path, write_dicom):
-    image = np.zeros((200, 160), np.uint8)
-    image[30:170, 40:120] = 150
-    study = tmp_path / "XR_WRIST" / "patient00001" / "study1_negative"
-    study.mkdir(parents=True)
-    source = write_dicom(study / "image1.dcm", image)
-    out = tmp_path / "panel.png"
-    assert run_pipeline.main(["preprocess", str(source), "--out", str(out), "--image-size", "64"]) == 0
-    assert cv2.imread(str(out)) is not None
+@pytest.mark.corpus("T5")
+def test_preprocess_on_a_folder_names_it(tmp_path, capsys):
+    code, err = run_cli(["preprocess", tmp_path, "--out", tmp_path / "p.png"], capsys)
+    assert code == 2 and err == [f"bonenet preprocess: error: {tmp_path}: is a folder, not an image"]

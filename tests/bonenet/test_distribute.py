@@ -217,8 +217,8 @@ def test_two_local_workers_resume_a_killed_run_at_the_chiefs_epoch(synthetic_roo
     assert 1 <= done < 3
 
     _, outs = _two_workers(run, *args, "--resume")
-    for _, err in outs:  # both workers start at the chief's epoch, from its weights
-        assert f"resuming from epoch {done}" in err, err[-3000:]
+    for out, err in outs:  # both workers start at the chief's epoch, from its weights
+        assert f"resuming from epoch {done}" in out, err[-3000:]
     assert pd.read_csv(log)["epoch"].tolist() == [0, 1, 2]
     assert json.loads((run / "manifest.json").read_text())["models"]["router"]["epochs_run"] == 3
 

@@ -1,11 +1,14 @@
+
 import html
 import json
 import re
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import kill_while_writing, run_cli, snapshot
 from sklearn.metrics import cohen_kappa_score
 
 import run_pipeline
@@ -166,7 +169,7 @@ def test_evaluated_studies_match_predict_study(evaluation, full_run, index):
         assert result["p_abnormal"] == pytest.approx(studies.loc[study, "score"], abs=1e-5), study
 
 
-def test_a_part_whose_tuning_failed_is_named_in_evaluates_output(full_run, synthetic_root, tmp_path, capsys):
+def test_a_part_whose_tuning_failed_is_named_in_evaluates_output(full_run, synthetic_root, tmp_path):
     run_dir = shutil.copytree(full_run, tmp_path / "run")
     manifest = json.loads((run_dir / "manifest.json").read_text())
     manifest["models"]["XR_HAND"]["tuning"] = {"threshold": None, "reason": "the hold-out has 2 studies of one class"}
@@ -174,7 +177,8 @@ def test_a_part_whose_tuning_failed_is_named_in_evaluates_output(full_run, synth
     metrics = evaluate_run(synthetic_root, run_dir, tmp_path / "out", n_boot=20, plots=False)
     assert "XR_HAND" not in metrics["thresholds"]["tuned_on_holdout"]
     assert "tuning was not possible" in metrics["thresholds"]["tuning"]["XR_HAND"]
-    assert "XR_HAND: default 0.5: tuning was not possible" in capsys.readouterr().err
+    assert any(m.startswith("XR_HAND: default 0.5: tuning was not possible (the hold-out has 2 studies")
+               for m in metrics["source"]["messages"])
 
 
 @pytest.mark.corpus("S5")
@@ -192,3 +196,54 @@ def test_an_evaluation_killed_mid_write_leaves_the_previous_one_whole(full_run, 
         evaluate_run(synthetic_root, full_run, out, n_boot=20, plots=False, seed=1)
     assert {p.relative_to(out): p.read_bytes() for p in out.rglob('*') if p.is_file()} == before
     assert [p.name for p in tmp_path.iterdir()] == ["eval"]
+
+
+@pytest.mark.corpus("T2")
+def test_evaluate_on_a_full_disk_names_its_output_and_leaves_nothing(full_run, synthetic_root, small_disk, capsys):
+    code, err = run_cli(["evaluate", "--data-root", synthetic_root, "--models-dir", full_run, "--out",
+                      small_disk / "eval", "--bootstrap", 20], capsys)
+    assert code == 2 and err[-1] == (f"bonenet evaluate: error: {small_disk / 'eval'}: not written (No space left "
+                                     "on device); any earlier version is unchanged"), err
+    assert list(small_disk.iterdir()) == []
+
+
+@pytest.mark.corpus("S5")
+@pytest.mark.slow  # about a minute: three evaluations
+def test_evaluate_killed_mid_write_leaves_the_earlier_evaluation_and_its_leftovers_go_next_time(
+        full_run, synthetic_root, tmp_path, capsys):
+    out = tmp_path / "eval"
+    args = ["evaluate", "--data-root", synthetic_root, "--models-dir", full_run, "--out", out, "--bootstrap", 20]
+    assert run_cli(args, capsys)[0] == 0
+    before = snapshot(out)
+    kill_while_writing([*args, "--seed", 1], out, files=3)
+    assert snapshot(out) == before  # the earlier evaluation, whole; the half-written one is hidden
+    assert run_cli([*args, "--seed", 1], capsys)[0] == 0
+    assert [p.name for p in tmp_path.iterdir()] == ["eval"]  # the killed writer's leftovers removed
+
+
+@pytest.fixture(scope="module")
+def evaluated(full_run, synthetic_root, tmp_path_factory):
+    """An evaluation of a copy of the synthetic data with one corrupt valid image: (folder, console, image)."""
+    import contextlib
+    import io
+
+    base = tmp_path_factory.mktemp("evaluated")
+    root = shutil.copytree(synthetic_root, base / "MURA-v1.1")
+    corrupt = root / Path(root / "valid_image_paths.csv").read_text().splitlines()[0].split("/", 1)[1]
+    data = bytearray(corrupt.read_bytes())
+    data[60:-20] = bytes(len(data) - 80)
+    corrupt.write_bytes(bytes(data))
+    out, console = base / "eval", io.StringIO()
+    with contextlib.redirect_stderr(console):
+        assert run_pipeline.main(["evaluate", "--data-root", str(root), "--models-dir", str(full_run),
+                                  "--out", str(out), "--bootstrap", "20"]) == 0
+    return out, console.getvalue(), corrupt
+
+
+@pytest.mark.corpus("M3")
+def test_evaluate_prints_and_lists_every_skipped_file(evaluated):
+    out, console, corrupt = evaluated
+    assert console.count(str(corrupt)) == 1
+    skipped = pd.read_csv(out / "skipped.csv").to_dict("records")
+    assert [(r["path"], r["stage"]) for r in skipped] == [(str(corrupt), "read")]
+    assert skipped[0]["reason"] in console and "could not be decoded" not in skipped[0]["reason"]

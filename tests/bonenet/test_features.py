@@ -1,13 +1,19 @@
+
 import json
 import shutil
 
 import numpy as np
 import pytest
+from conftest import run_cli
 
 from bonenet import features as bfeatures
-from bonenet.data import make_dataset, prepare_image
+from bonenet.data import make_dataset
 from bonenet.models import build_part_model, split_model
+from bonenet.reading import read_prepared
 from preprocessing.augment import AugmentConfig
+from preprocessing.recipes import get_recipe
+
+EQUALIZE = get_recipe("equalize")
 
 SIZE = 64
 
@@ -26,7 +32,7 @@ def paths(index):
 @pytest.fixture(scope="module")
 def cache(wrist_model, paths, tmp_path_factory):
     trunk, _ = split_model(wrist_model)
-    return bfeatures.compute_features(trunk, paths, "equalize", SIZE, tmp_path_factory.mktemp("features"),
+    return bfeatures.compute_features(trunk, paths, EQUALIZE, SIZE, tmp_path_factory.mktemp("features"),
                                       views=2, augment_config=AugmentConfig(), seed=1, batch_size=5, verbose=0)
 
 
@@ -38,7 +44,7 @@ FLOAT16_TOLERANCE = 1e-4
 
 def test_head_on_cached_features_agrees_with_the_full_model(wrist_model, paths, cache):
     trunk, head = split_model(wrist_model)
-    images = np.stack([prepare_image(p, "equalize", SIZE) for p in paths]).astype(np.float32)
+    images = np.stack([read_prepared(p, EQUALIZE, SIZE) for p in paths]).astype(np.float32)
     expected = wrist_model.predict(images, verbose=0)
     float32 = head.predict(trunk.predict(images, verbose=0), verbose=0)
     np.testing.assert_allclose(float32, expected, atol=1e-4)
@@ -69,35 +75,38 @@ def test_an_epoch_serves_each_image_once_as_one_of_its_augmented_views(cache, pa
 
 def test_a_complete_cache_is_reused_and_any_change_gives_a_new_key(wrist_model, paths, cache, tmp_path):
     trunk, _ = split_model(wrist_model)
-    again = bfeatures.compute_features(trunk, paths, "equalize", SIZE, cache.folder.parent, views=2,
+    again = bfeatures.compute_features(trunk, paths, EQUALIZE, SIZE, cache.folder.parent, views=2,
                                        augment_config=AugmentConfig(), seed=1, verbose=0)
     assert again.folder == cache.folder
-    key = bfeatures.features_key(paths, "equalize", SIZE, trunk, 2, AugmentConfig(), 1)
+    key = bfeatures.features_key(paths, EQUALIZE, SIZE, trunk, 2, AugmentConfig(), 1)
     assert cache.folder.name == f"features-{key}"
     other_trunk, _ = split_model(build_part_model("XR_WRIST", image_size=SIZE)[0])  # other random weights
     variants = [
-        bfeatures.features_key(paths[:-1], "equalize", SIZE, trunk, 2, AugmentConfig(), 1),
-        bfeatures.features_key(paths, "full", SIZE, trunk, 2, AugmentConfig(), 1),
-        bfeatures.features_key(paths, "equalize", SIZE, other_trunk, 2, AugmentConfig(), 1),
-        bfeatures.features_key(paths, "equalize", SIZE, trunk, 1, AugmentConfig(), 1),
-        bfeatures.features_key(paths, "equalize", SIZE, trunk, 2, AugmentConfig(max_rotation=5), 1),
+        bfeatures.features_key(paths[:-1], EQUALIZE, SIZE, trunk, 2, AugmentConfig(), 1),
+        bfeatures.features_key(paths, get_recipe("full"), SIZE, trunk, 2, AugmentConfig(), 1),
+        bfeatures.features_key(paths, EQUALIZE, SIZE, other_trunk, 2, AugmentConfig(), 1),
+        bfeatures.features_key(paths, EQUALIZE, SIZE, trunk, 1, AugmentConfig(), 1),
+        bfeatures.features_key(paths, EQUALIZE, SIZE, trunk, 2, AugmentConfig(max_rotation=5), 1),
     ]
     assert len({key, *variants}) == 6
     # A file rewritten in place (same path) changes the key too.
     copies = [shutil.copy(p, tmp_path / f"{i}.png") for i, p in enumerate(paths[:2])]
-    before = bfeatures.features_key(copies, "equalize", SIZE, trunk)
+    before = bfeatures.features_key(copies, EQUALIZE, SIZE, trunk)
     shutil.copy(paths[5], copies[0])
-    assert bfeatures.features_key(copies, "equalize", SIZE, trunk) != before
+    assert bfeatures.features_key(copies, EQUALIZE, SIZE, trunk) != before
 
 
 def test_unreadable_images_are_flagged_and_never_served(wrist_model, paths, tmp_path):
     trunk, _ = split_model(wrist_model)
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 100)
-    cache = bfeatures.compute_features(trunk, [paths[0], str(broken), paths[1]], "equalize", SIZE, tmp_path,
+    cache = bfeatures.compute_features(trunk, [paths[0], str(broken), paths[1]], EQUALIZE, SIZE, tmp_path,
                                        verbose=0)
-    assert cache.ok.tolist() == [True, False, True]
     assert cache.usable([0, 1, 2]).tolist() == [0, 2]
+    # The reason is the cache's, so a process that reads the finished cache records the same skip.
+    again = bfeatures.FeatureCache(cache.folder)
+    assert [(s.path, s.stage) for s in again.skips] == [(str(broken), "read")]
+    assert "truncated" in again.skips[0].reason or "corrupt" in again.skips[0].reason
 
 
 def test_a_killed_computation_leaves_no_cache_behind(wrist_model, paths, tmp_path, monkeypatch):
@@ -115,14 +124,14 @@ def test_a_killed_computation_leaves_no_cache_behind(wrist_model, paths, tmp_pat
 
     monkeypatch.setattr(Progress, "update", crash)
     with pytest.raises(KeyboardInterrupt):
-        bfeatures.compute_features(trunk, paths, "equalize", SIZE, tmp_path, batch_size=4, verbose=0)
+        bfeatures.compute_features(trunk, paths, EQUALIZE, SIZE, tmp_path, batch_size=4, verbose=0)
     assert len(calls) == 2 and list(tmp_path.iterdir()) == []
 
 
 def test_cached_images_dataset_matches_an_uncached_one(paths):
     labels = np.zeros(len(paths), int)
-    cached = np.concatenate([x for x, _ in make_dataset(paths, labels, 2, "equalize", SIZE, 4)])
-    fresh = np.concatenate([x for x, _ in make_dataset(paths, labels, 2, "equalize", SIZE, 4, cache=False)])
+    cached = np.concatenate([x for x, _ in make_dataset(paths, labels, 2, EQUALIZE, SIZE, 4)])
+    fresh = np.concatenate([x for x, _ in make_dataset(paths, labels, 2, EQUALIZE, SIZE, 4, cache=False)])
     np.testing.assert_array_equal(cached, fresh)
 
 
@@ -130,3 +139,14 @@ def test_cache_meta_records_what_it_holds(cache, paths):
     meta = json.loads((cache.folder / "meta.json").read_text())
     assert meta["paths"] == paths and meta["views"] == 2 and meta["size"] == SIZE
     assert meta["recipe"]["name"] == "equalize"
+
+
+@pytest.mark.corpus("T2")
+def test_a_feature_cache_that_cannot_fit_is_refused_before_it_is_written(run, synthetic_root, small_disk, tmp_path,
+                                                                         capsys):
+    (small_disk / "fill").write_bytes(bytes(shutil.disk_usage(small_disk).free - 8192))
+    code, err = run_cli(["train-part", "--part", "wrist", "--data-root", synthetic_root, "--models-dir", tmp_path / "r",
+                      "--image-size", 64, "--weights", "none", "--epochs", 1, "--cache-dir", small_disk / "cache"],
+                     capsys)
+    assert code == 2 and len(err) == 1 and f"{small_disk / 'cache'}: 0.0 MB free, the feature cache of" in err[0]
+    assert [p.name for p in small_disk.iterdir()] == ["fill"] or not any((small_disk / "cache").iterdir())

@@ -201,3 +201,39 @@ def test_one_pixel_budget_from_the_header_for_training_and_predict(tmp_path, mon
         load_gray(bomb)
     monkeypatch.setenv("BONENET_MAX_PIXELS", "500000000")
     assert check_image_file(bomb) is None  # within the raised budget: the decoder decides what it holds
+
+
+@pytest.mark.corpus("R4")
+@pytest.mark.parametrize("orientation,turn", [(3, cv2.ROTATE_180), (6, cv2.ROTATE_90_CLOCKWISE),
+                                              (8, cv2.ROTATE_90_COUNTERCLOCKWISE)])
+def test_a_jpegs_exif_orientation_is_applied(tmp_path, orientation, turn):
+    from PIL import Image
+
+    from bonenet.imageio import load_gray
+
+    stored = np.zeros((60, 100), np.uint8)
+    stored[:10, :30] = 255  # a bright corner shows which way up the image is read
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    Image.fromarray(stored).save(tmp_path / "photo.jpg", exif=exif, quality=95)
+    shown = load_gray(tmp_path / "photo.jpg")
+    expected = cv2.rotate(stored, turn)
+    assert shown.shape == expected.shape and np.abs(shown.astype(int) - expected).mean() < 3
+
+
+@pytest.mark.corpus("R7")
+def test_a_colour_profile_on_a_grey_png_brings_no_bare_libpng_line(tmp_path, capfd):
+    import zlib
+
+    from bonenet.imageio import load_gray
+
+    gray = np.tile(np.arange(64, dtype=np.uint8), (64, 1))
+    ok, png = cv2.imencode(".png", gray)
+    data = png.tobytes()
+    # An sRGB iCCP chunk on a grey image: libpng rejects the profile, and says so on stderr itself.
+    profile = b"sRGB\0\0" + zlib.compress(b"\0" * 3000)
+    chunk = len(profile).to_bytes(4, "big") + b"iCCP" + profile + zlib.crc32(b"iCCP" + profile).to_bytes(4, "big")
+    data = data[:33] + chunk + data[33:]  # after the signature and IHDR
+    (tmp_path / "profiled.png").write_bytes(data)
+    assert np.array_equal(load_gray(tmp_path / "profiled.png"), gray)
+    assert "libpng" not in capfd.readouterr().err

@@ -7,20 +7,8 @@ import pandas as pd
 import pytest
 
 import run_pipeline
-from bonenet import gradcam
 from bonenet.imageio import load_gray
 from bonenet.inference import BoneNet, group_inputs
-
-
-@pytest.fixture(scope="module")
-def net(run):
-    return BoneNet.load(run[0])
-
-
-@pytest.fixture(scope="module")
-def wrist_study(index):
-    studies = index.images[(index.images.part == "XR_WRIST") & (index.images.split == "valid")]
-    return sorted(studies.groupby("study").path.apply(list).values, key=len)[-1]
 
 
 def test_predict_image_uses_the_saved_recipe_and_returns_a_decision(net, wrist_study):
@@ -42,29 +30,6 @@ def test_predict_study_routes_by_the_mean_softmax_among_the_parts_the_run_covers
     assert len(result["images"]) == len(wrist_study)
     if result["p_abnormal"] is not None:
         assert result["p_abnormal"] == pytest.approx(np.mean([i["p_abnormal"] for i in result["images"]]))
-
-
-def test_grad_cam_is_non_negative_image_sized_and_maps_back(net, wrist_study):
-    gray = load_gray(wrist_study[0])
-    x = net.prepare(gray)[None]
-    cam = gradcam.grad_cam(net.models["XR_WRIST"], net.encode(x), size=(net.image_size,) * 2)
-    assert cam.shape == (1, net.image_size, net.image_size) and cam.dtype == np.float32
-    assert cam.min() >= 0 and cam.max() <= 1
-    full = gradcam.to_original(cam[0], net.recipe.layout(gray, net.image_size), gray.shape)
-    assert full.shape == gray.shape and full.min() >= 0
-    box = gradcam.cam_box(full)
-    if box is not None:
-        x0, y0, x1, y1 = box
-        assert 0 <= x0 < x1 <= gray.shape[1] and 0 <= y0 < y1 <= gray.shape[0]
-
-
-def test_cam_box_is_the_largest_region_above_twenty_percent():
-    cam = np.zeros((50, 60), np.float32)
-    cam[10:20, 5:15] = 1.0  # largest region
-    cam[40:43, 50:53] = 0.9  # smaller one
-    cam[30, 30] = 0.1  # below 20% of the peak
-    assert gradcam.cam_box(cam) == [5, 10, 15, 20]
-    assert gradcam.cam_box(np.zeros((5, 5))) is None
 
 
 def test_predict_cli_reports_good_files_and_errors_for_bad_ones(run, wrist_study, tmp_path):
@@ -110,23 +75,6 @@ def test_shared_trunk_pipeline_equals_separate_full_models(run, net, wrist_study
     np.testing.assert_allclose(net.router_probs(features), trained["router"].predict(x, verbose=0), atol=1e-4)
     np.testing.assert_allclose(net.abnormal_probs("XR_WRIST", features),
                                trained["XR_WRIST"].predict(x, verbose=0)[:, 1], atol=1e-4)
-
-
-def test_a_misrouted_study_is_decided_with_its_routed_parts_threshold():
-    from bonenet.study import aggregate_studies, decide_study
-
-    labels = ["XR_HAND", "XR_WRIST"]
-    thresholds = {"XR_HAND": (0.9, "tuned"), "XR_WRIST": (0.1, "tuned")}
-    probs = [[0.8, 0.2], [0.6, 0.4]]  # a wrist study that the router calls a hand
-    decided = decide_study(probs, {"XR_HAND": [0.5, 0.6], "XR_WRIST": [0.7, 0.7]}, labels, thresholds)
-    assert decided["part"] == "XR_HAND" and decided["p_abnormal"] == pytest.approx(0.55)
-    assert decided["threshold"] == 0.9 and decided["abnormal"] is False
-    table = pd.DataFrame({"study": ["s", "s"], "part_true": "XR_WRIST", "label": 1, "p_XR_HAND": [0.8, 0.6],
-                          "p_XR_WRIST": [0.2, 0.4], "s_XR_HAND": [0.5, 0.6], "s_XR_WRIST": [0.7, 0.7]})
-    row = aggregate_studies(table, labels, thresholds).iloc[0]
-    assert row.part_pred == "XR_HAND" and row.threshold == 0.9 and row.pred == 0
-    oracle = aggregate_studies(table, labels, thresholds, oracle=True).iloc[0]
-    assert oracle.part_pred == "XR_WRIST" and oracle.threshold == 0.1 and oracle.pred == 1
 
 
 def test_predict_threshold_tuned_uses_the_manifests_value(full_run, wrist_study, tmp_path):

@@ -6,7 +6,6 @@ import pytest
 from sklearn.metrics import cohen_kappa_score, roc_auc_score
 
 from bonenet.metrics import binary_metrics, kappa_ci, per_group, tune_threshold
-from bonenet.study import aggregate_studies
 
 
 def test_binary_metrics_known_answer():
@@ -39,19 +38,6 @@ def test_kappa_ci_is_seeded_and_brackets_the_estimate():
     p = np.where(rng.random(200) < 0.8, y, 1 - y)
     a, b = kappa_ci(y, p, 1000, seed=3), kappa_ci(y, p, 1000, seed=3)
     assert a == b and a[0] < cohen_kappa_score(y, p) < a[1] and a[1] - a[0] < 0.4
-
-
-def test_study_aggregation_means_router_softmax_and_the_routed_parts_scores():
-    images = pd.DataFrame({
-        "study": ["s1", "s1", "s2"], "part_true": ["A", "A", "B"], "label": [1, 1, 0],
-        "p_A": [0.9, 0.2, 0.1], "p_B": [0.1, 0.8, 0.9], "s_A": [0.2, 0.8, 0.0], "s_B": [0.9, 0.9, 0.3],
-    })
-    studies = aggregate_studies(images, ["A", "B"], {"A": (0.5, "default"), "B": (0.4, "tuned")}).set_index("study")
-    s1 = studies.loc["s1"]
-    assert s1["score"] == pytest.approx(0.5) and s1["part_pred"] == "A" and s1["router_confidence"] == pytest.approx(0.55)
-    assert s1["threshold"] == 0.5 and s1["pred"] == 1
-    assert studies.loc["s2", "part_pred"] == "B" and studies.loc["s2", "score"] == pytest.approx(0.3)
-    assert studies.loc["s2", "pred"] == 0 and studies.loc["s2", "threshold_source"] == "tuned"
 
 
 def test_each_row_is_decided_by_its_own_threshold_overall_too():

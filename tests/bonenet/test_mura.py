@@ -1,9 +1,12 @@
+
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import as_nobody, run_cli
 
 import run_pipeline
 from bonenet.mura import MuraError, holdout_split, read_mura, resolve_data_root, summarize
@@ -141,3 +144,61 @@ def test_holdout_is_patient_grouped_stratified_and_seeded(tmp_path):
     assert np.array_equal(again.holdout.values, split.holdout.values)
     other = holdout_split(studies, fraction=0.2, seed=2)
     assert not np.array_equal(other.holdout.values, split.holdout.values)
+
+
+@pytest.mark.corpus("T6")
+def test_data_summary_names_a_listed_path_that_is_a_folder(synthetic_root, tmp_path, capsys):
+    import shutil
+
+    root = tmp_path / "MURA-v1.1"
+    shutil.copytree(synthetic_root, root)
+    listed = Path(root / "valid_image_paths.csv").read_text().splitlines()[0].split("/", 1)[1]
+    target = root / listed
+    target.unlink()
+    target.mkdir()
+    code, _ = run_cli(["data-summary", "--data-root", root, "--json", tmp_path / "s.json"], capsys)
+    summary = json.loads((tmp_path / "s.json").read_text())
+    assert code == 0 and any("a folder, not an image" in str(s) for s in summary["skipped"])
+
+
+@pytest.mark.corpus("M2")
+def test_data_summary_verify_decodes_and_finds_a_corrupt_body(synthetic_root, tmp_path, capsys):
+    import shutil
+
+    root = tmp_path / "MURA-v1.1"
+    shutil.copytree(synthetic_root, root)
+    listed = Path(root / "train_image_paths.csv").read_text().splitlines()[0].split("/", 1)[1]
+    data = bytearray((root / listed).read_bytes())
+    data[60:-20] = bytes(len(data) - 80)  # signature and IEND intact, body zeroed
+    (root / listed).write_bytes(bytes(data))
+    code, _ = run_cli(["data-summary", "--data-root", root, "--json", tmp_path / "quick.json"], capsys)
+    quick = json.loads((tmp_path / "quick.json").read_text())
+    assert code == 0 and quick["check"].startswith("header and trailer") and not quick["skipped"]
+    code, _ = run_cli(["data-summary", "--data-root", root, "--verify", "--json", tmp_path / "full.json"], capsys)
+    full = json.loads((tmp_path / "full.json").read_text())
+    assert full["check"] == "every image decoded"
+    assert [s["path"] for s in full["skipped"]] == [str(root / listed)] and "corrupt" in full["skipped"][0]["reason"]
+
+
+@pytest.mark.corpus("T6")
+def test_data_summary_names_an_unreadable_listed_image(synthetic_root, shared_tmp):
+    root = shutil.copytree(synthetic_root, shared_tmp / "MURA-v1.1")
+    for path in [root, *root.rglob("*")]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    listed = root / Path(root / "valid_image_paths.csv").read_text().splitlines()[0].split("/", 1)[1]
+    listed.chmod(0)
+    for verify in ([], ["--verify"]):
+        proc = as_nobody(["data-summary", "--data-root", root, *verify, "--json", shared_tmp / "s.json"], shared_tmp)
+        assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+        summary = json.loads((shared_tmp / "s.json").read_text())
+        assert summary["skipped"] == [{"path": str(listed), "reason": "cannot be read (Permission denied)"}]
+
+
+@pytest.mark.corpus("M8")
+def test_too_few_studies_say_how_many_each_part_and_label_needs(tmp_path, capsys):
+    assert run_cli(["make-synthetic", "--out", tmp_path, "--studies-per-part", 4], capsys)[0] == 0
+    code, err = run_cli(["train-router", "--data-root", tmp_path / "MURA-v1.1", "--models-dir", tmp_path / "run",
+                      "--image-size", 64, "--weights", "none"], capsys)
+    assert code == 2 and len(err) == 1
+    assert "each part needs at least 5 normal and 5 abnormal train studies" in err[0]
+    assert "--studies-per-part 20 or more" in err[0] and "n_splits" not in err[0]

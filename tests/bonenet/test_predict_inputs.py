@@ -3,16 +3,21 @@ and heat maps that do not dress up a normal image as a finding."""
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import as_nobody, run_cli
 
 import run_pipeline
 from bonenet import gradcam
 from bonenet.imageio import load_gray
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -183,3 +188,152 @@ def test_a_flat_folder_of_mixed_parts_is_flagged_and_per_image_scores_each_alone
     code, alone = _predict([flat, "--models-dir", full_run, "--per-image"], tmp_path, "alone")
     assert code == 0 and len(alone) == 3 and not any("study" in r for r in alone)
     assert [r["part"] for r in alone] == ["XR_HAND", "XR_HAND", "XR_HAND"]  # the fake router's first row each time
+
+
+@pytest.mark.corpus("T4")
+def test_predict_skips_a_folder_named_like_an_image_and_keeps_the_good_ones(full_run, index, tmp_path, capsys):
+    study = tmp_path / "study1"
+    (study / "scan.png").mkdir(parents=True)  # a folder with an image's name
+    good = study / "image1.png"
+    cv2.imwrite(str(good), cv2.imread(index.images.path.iloc[0], cv2.IMREAD_GRAYSCALE))
+    out = tmp_path / "p.json"
+    code, _ = run_cli(["predict", study, "--models-dir", full_run, "--json", out], capsys)
+    results = json.loads(out.read_text())
+    assert code == 0 and [r.get("study", r.get("path")) for r in results] == [str(good), str(study), str(study / "scan.png")]
+    assert results[-1]["skipped"] == "empty folder"  # listed, not silent
+
+
+def _variants(radiograph, folder):
+    """One file per image case, named by its case; returns {case: path}."""
+    folder.mkdir()
+    good = cv2.imencode(".png", radiograph)[1].tobytes()
+    files = {
+        "H01": bytes(good[:60]) + bytes(len(good) - 80) + bytes(good[-20:]),  # body zeroed, ends intact
+        "H02": b"",
+        "H03": good[: len(good) // 3],
+        "H04": b"this is not a png",
+        "H05": good,  # a macOS resource fork named ._*.png
+        "H06": good,
+        "H07": cv2.imencode(".png", radiograph.astype(np.uint16) * 257)[1].tobytes(),
+        "H08": cv2.imencode(".png", cv2.cvtColor(radiograph, cv2.COLOR_GRAY2BGR))[1].tobytes(),
+        "H09": cv2.imencode(".png", cv2.cvtColor(radiograph, cv2.COLOR_GRAY2BGRA))[1].tobytes(),
+    }
+    paths = {}
+    for case, data in files.items():
+        paths[case] = folder / (f"._{case}.png" if case == "H05" else f"{case}.png")
+        paths[case].write_bytes(data)
+    return paths
+
+
+@pytest.fixture(scope="module")
+def first_radiograph(index):
+    """The index's first image, as the bad-input variants are made from it."""
+    return cv2.imread(index.images.path.iloc[0], cv2.IMREAD_GRAYSCALE)
+
+
+@pytest.fixture(scope="module")
+def predicted_variants(full_run, first_radiograph, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("variants")
+    paths = _variants(first_radiograph, folder / "study")
+    out = folder / "p.json"
+    code = run_pipeline.main(["predict", *map(str, paths.values()), "--models-dir", str(full_run), "--json", str(out)])
+    return code, paths, {r["path"]: r for r in json.loads(out.read_text())}
+
+
+@pytest.mark.parametrize("case", [pytest.param(c, marks=pytest.mark.corpus(c)) for c in ("H01", "H02", "H03", "H04",
+                                                                                        "H05")])
+def test_a_broken_or_foreign_file_is_an_error_entry_naming_it(predicted_variants, case):
+    code, paths, results = predicted_variants
+    entry = results[str(paths[case])]
+    assert code == 1 and entry["error"].startswith(f"{paths[case]}: ") and "p_abnormal" not in entry
+
+
+@pytest.mark.parametrize("case", [pytest.param(c, marks=pytest.mark.corpus(c, "H06")) for c in ("H07", "H08", "H09")])
+def test_16_bit_rgb_and_rgba_give_the_8_bit_grayscale_answer(predicted_variants, case):
+    _, paths, results = predicted_variants
+    base, other = results[str(paths["H06"])], results[str(paths[case])]
+    assert "error" not in base and "error" not in other
+    assert other["part"] == base["part"] and other["p_abnormal"] == pytest.approx(base["p_abnormal"], abs=1e-6)
+
+
+@pytest.mark.corpus("T4")
+def test_an_unreadable_image_among_good_ones_is_an_error_entry(full_run, first_radiograph, shared_tmp):
+    run = shutil.copytree(full_run, shared_tmp / "run", ignore=shutil.ignore_patterns("checkpoints", "cache"))
+    study = shared_tmp / "study"
+    study.mkdir()
+    cv2.imwrite(str(study / "image1.png"), first_radiograph)
+    cv2.imwrite(str(study / "image2.png"), first_radiograph)
+    (study / "image2.png").chmod(0)
+    for path in [run, *run.rglob("*"), study, study / "image1.png"]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    proc = as_nobody(["predict", study / "image1.png", study / "image2.png", "--models-dir", run, "--json",
+                       shared_tmp / "p.json"], shared_tmp)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    results = json.loads((shared_tmp / "p.json").read_text())
+    assert [r["path"] for r in results] == [str(study / "image1.png"), str(study / "image2.png")]
+    assert "p_abnormal" in results[0] and results[1]["error"] == f"{study / 'image2.png'}: cannot be read " \
+                                                                 "(Permission denied)"
+
+
+@pytest.mark.corpus("R6")
+def test_a_path_too_long_for_the_file_system_fails_alone(full_run, index, tmp_path, capsys):
+    good = index.images[index.images.split == "valid"].path.iloc[0]
+    too_long = tmp_path / ("x" * 300 + ".png")
+    code, results = 1, None
+    out = tmp_path / "p.json"
+    code = run_pipeline.main(["predict", str(too_long), good, "--models-dir", str(full_run), "--json", str(out)])
+    results = json.loads(out.read_text())
+    assert code == 1 and results[0]["path"] == str(too_long) and "File name too long" in results[0]["error"]
+    assert "p_abnormal" in results[1]  # the good image beside it is still scored
+
+
+def _predict_peak_mb(folder, run, out):
+    """The peak resident memory (MB) of `bonenet predict FOLDER` in a process of its own."""
+    import resource
+
+    code = ("import resource, subprocess, sys; subprocess.run(sys.argv[1:], check=True, stdout=subprocess.DEVNULL); "
+            "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
+    proc = subprocess.run([sys.executable, "-c", code, sys.executable, "run_pipeline.py", "predict", str(folder),
+                           "--models-dir", str(run), "--json", str(out)], cwd=REPO, capture_output=True, text=True,
+                          timeout=1200)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert resource  # the child's own ru_maxrss is read in the wrapper
+    return int(proc.stdout.strip().splitlines()[-1]) / 1024
+
+
+@pytest.mark.slow  # writes 5,500 radiographs and predicts them: about three minutes
+@pytest.mark.corpus("R9")
+def test_predict_streams_a_big_folder_so_its_memory_does_not_grow_with_it(full_run, index, tmp_path):
+    gray = cv2.resize(cv2.imread(index.images.path.iloc[0], cv2.IMREAD_GRAYSCALE), (512, 512))
+    ok, png = cv2.imencode(".png", gray)
+    peaks = {}
+    for n in (500, 5000):
+        folder = tmp_path / f"flat{n}"
+        folder.mkdir()
+        for i in range(n):
+            (folder / f"image{i:05d}.png").write_bytes(png.tobytes())
+        peaks[n] = _predict_peak_mb(folder, full_run, tmp_path / f"p{n}.json")
+        results = json.loads((tmp_path / f"p{n}.json").read_text())
+        assert len(results) == n + 1 and results[-1]["study"] == str(folder)
+    print(f"predict peak memory: {peaks[500]:.0f} MB for 500 images, {peaks[5000]:.0f} MB for 5,000")
+    assert peaks[5000] <= 1.5 * peaks[500], peaks
+
+
+@pytest.mark.corpus("R10")
+def test_a_heat_map_killed_mid_write_leaves_the_earlier_one_whole(tmp_path, monkeypatch):
+    from bonenet.inference import cam_file_writer
+
+    write = cam_file_writer(tmp_path / "cams")
+    first = write("/data/p1/study1/image1.png", np.full((40, 60, 3), 50, np.uint8))["cam"]
+    before = Path(first).read_bytes()
+    original = Path.write_bytes
+
+    def killed(self, data):
+        original(self, data[: len(data) // 2])  # half the PNG is on disk when the kill comes
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Path, "write_bytes", killed)
+    with pytest.raises(KeyboardInterrupt):
+        write("/data/p1/study1/image1.png", np.full((40, 60, 3), 200, np.uint8))
+    assert Path(first).read_bytes() == before  # the earlier heat map, whole
+    assert [p.name for p in (tmp_path / "cams").iterdir()] == [Path(first).name]  # no half-written temporary

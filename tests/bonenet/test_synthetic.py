@@ -1,8 +1,13 @@
+
+import json
+
 import cv2
 import numpy as np
 import pytest
+from conftest import kill_while_writing, run_cli, snapshot
 
 import run_pipeline
+from bonenet.mura import read_mura
 from bonenet.parts import PARTS
 from bonenet.synthetic import draw_radiograph, make_synthetic
 
@@ -45,9 +50,17 @@ def test_findings_change_the_bone_not_the_markers():
         assert 0 < (diff > 40).sum() < 0.05 * diff.size  # a local finding, not a global change
 
 
-def test_cli_writes_dataset(tmp_path):
-    assert run_pipeline.main(["make-synthetic", "--out", str(tmp_path), "--studies-per-part", "2", "--seed", "1"]) == 0
-    assert (tmp_path / "MURA-v1.1" / "train_image_paths.csv").is_file()
+def test_cli_writes_the_dataset_the_library_makes_with_the_counts_asked_for(tmp_path, capsys):
+    args = ["--studies-per-part", "2", "--valid-studies-per-part", "1", "--seed", "1"]
+    assert run_pipeline.main(["make-synthetic", "--out", str(tmp_path / "cli"), *args]) == 0
+    assert capsys.readouterr().out.strip() == f"wrote {tmp_path / 'cli' / 'MURA-v1.1'}"
+    library = make_synthetic(tmp_path / "lib", studies_per_part=2, valid_studies_per_part=1, seed=1, progress=False)
+    files = sorted(p.relative_to(library) for p in library.rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(tmp_path / "cli" / "MURA-v1.1")
+                           for p in (tmp_path / "cli" / "MURA-v1.1").rglob("*") if p.is_file())
+    assert all((library / f).read_bytes() == (tmp_path / "cli" / "MURA-v1.1" / f).read_bytes() for f in files)
+    per_part = read_mura(library).studies.groupby(["split", "part"]).size()
+    assert set(per_part.loc["train"]) == {2} and set(per_part.loc["valid"]) == {1} and len(per_part) == 14
 
 
 @pytest.mark.corpus("M7")
@@ -74,3 +87,16 @@ def test_make_synthetic_refuses_an_existing_dataset_and_a_killed_run_leaves_the_
         make_synthetic(tmp_path, studies_per_part=2, seed=1, overwrite=True, progress=False)
     assert {p: p.read_bytes() for p in root.rglob("*") if p.is_file()} == before  # seed 0, whole
     assert [p.name for p in tmp_path.iterdir()] == ["MURA-v1.1"]
+
+
+@pytest.mark.corpus("M7")
+def test_make_synthetic_killed_over_an_existing_dataset_leaves_it_whole(tmp_path, capsys):
+    args = ["make-synthetic", "--out", tmp_path, "--studies-per-part", 6]
+    assert run_cli(args, capsys)[0] == 0
+    root = tmp_path / "MURA-v1.1"
+    before = snapshot(root)
+    kill_while_writing([*args, "--seed", 1, "--overwrite"], root, files=5)
+    assert snapshot(root) == before and json.loads((root / "synthetic.json").read_text())["seed"] == 0
+    assert run_cli([*args, "--seed", 1, "--overwrite"], capsys)[0] == 0
+    assert json.loads((root / "synthetic.json").read_text())["seed"] == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["MURA-v1.1"]

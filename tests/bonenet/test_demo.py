@@ -7,9 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+from bonenet.demo import closing_text, summary_table
 from bonenet.parts import PARTS, short_name
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_demo_quick_runs_the_chain_and_ends_with_the_per_part_table(tmp_path):
@@ -42,3 +43,18 @@ def test_demo_quick_runs_the_chain_and_ends_with_the_per_part_table(tmp_path):
     predictions = json.loads((tmp_path / "demo" / "predictions.json").read_text())
     assert not [p for p in predictions if "error" in p]
     assert len([p for p in predictions if "study" in p]) == len(PARTS)  # one valid study per part
+
+
+def test_the_closing_table_shows_every_scored_part_with_dashes_for_what_is_undefined():
+    study = {"XR_WRIST": {"n": 12, "kappa": 0.5, "kappa_ci95": [0.1, 0.8], "auroc": 0.75},
+             "XR_HAND": {"n": 3, "kappa": float("nan"), "kappa_ci95": [None, None], "auroc": float("nan")},
+             "overall": {"n": 15, "kappa": 0.4, "kappa_ci95": [0.05, 0.7], "auroc": 0.7}}
+    rows = [row.split() for row in summary_table({"study": study}).splitlines()]
+    assert [r[0] for r in rows] == ["part", "hand", "wrist", "overall"]  # in the parts' order, overall last
+    assert rows[1] == ["hand", "3", "—", "—", "—", "0.851"]
+    assert rows[2] == ["wrist", "12", "0.500", "[0.10,", "0.80]", "0.750", "0.931"]
+    summary = {"seconds": 61.2, "study": study, "router_study_accuracy": 0.9, "router_image_accuracy": 0.8,
+               "open_first": "out/reports/overview.html"}
+    text = closing_text(summary, "out").splitlines()
+    assert text[1] == "=== done in 61s ===" and text[-1] == "open first: out/reports/overview.html"
+    assert text[-2] == "router study accuracy 0.900 (images 0.800)"

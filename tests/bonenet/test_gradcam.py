@@ -1,0 +1,55 @@
+"""Grad-CAM (`bonenet.gradcam`): maps of the abnormal class, mapped back onto the original image."""
+
+import numpy as np
+
+from bonenet import gradcam
+from bonenet.imageio import load_gray
+
+
+def test_grad_cam_is_non_negative_image_sized_and_maps_back(net, wrist_study):
+    gray = load_gray(wrist_study[0])
+    x = net.prepare(gray)[None]
+    cam = gradcam.grad_cam(net.models["XR_WRIST"], net.encode(x), size=(net.image_size,) * 2)
+    assert cam.shape == (1, net.image_size, net.image_size) and cam.dtype == np.float32
+    assert cam.min() >= 0 and cam.max() <= 1
+    full = gradcam.to_original(cam[0], net.recipe.layout(gray, net.image_size), gray.shape)
+    assert full.shape == gray.shape and full.min() >= 0
+    box = gradcam.cam_box(full)
+    if box is not None:
+        x0, y0, x1, y1 = box
+        assert 0 <= x0 < x1 <= gray.shape[1] and 0 <= y0 < y1 <= gray.shape[0]
+
+
+def test_cam_box_is_the_largest_region_above_twenty_percent():
+    cam = np.zeros((50, 60), np.float32)
+    cam[10:20, 5:15] = 1.0  # largest region
+    cam[40:43, 50:53] = 0.9  # smaller one
+    cam[30, 30] = 0.1  # below 20% of the peak
+    assert gradcam.cam_box(cam) == [5, 10, 15, 20]
+    assert gradcam.cam_box(np.zeros((5, 5))) is None
+
+
+def test_the_layers_are_found_by_name_whatever_else_the_model_ends_with(net, wrist_study):
+    """A head whose last layer is not its classifier (an activation appended, say) explains the same."""
+    import keras
+
+    head = net.models["XR_WRIST"]
+    features = net.encode(net.prepare(wrist_study[0])[None])
+    wrapped = keras.Model(head.input, keras.layers.Identity(name="after")(head.output), name="wrapped")
+    size = (net.image_size,) * 2
+    np.testing.assert_allclose(gradcam.grad_cam(wrapped, features, size=size), gradcam.grad_cam(head, features, size=size),
+                               atol=1e-6)
+
+
+def test_overlay_and_caption_say_the_decision():
+    gray = np.full((40, 60), 100, np.uint8)
+    cam = np.zeros((40, 60), np.float32)
+    cam[10:20, 10:30] = 1.0
+    lines = gradcam.caption("wrist", 0.9, 0.7, 0.5, True)
+    assert any("ABNORMAL" in line.upper() for line in lines) and any("0.70" in line for line in lines)
+    drawn = gradcam.overlay(gray, cam, True, [10, 10, 30, 20], lines)
+    plain = gradcam.overlay(gray, np.zeros_like(cam), False)
+    assert plain.shape[:2] == (40, plain.shape[1]) and drawn.shape[1] == plain.shape[1]  # the colour bar's width
+    assert drawn.shape[0] > 40 and drawn.dtype == np.uint8  # the caption band sits above the radiograph
+    np.testing.assert_array_equal(plain[:, :60], np.full((40, 60, 3), 100, np.uint8))  # no heat: the plain image
+    assert not np.array_equal(drawn[-40:, :60], plain[:, :60])  # the heat and the box change it

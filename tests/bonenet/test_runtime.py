@@ -1,0 +1,38 @@
+"""TensorFlow start-up (`bonenet.runtime`): only the known start-up lines are held back, once per process."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bonenet import runtime
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize("line, held", [
+    ("W0000 00:00:1.0  1 cudart_stub.cc:31] Could not find cuda drivers on your machine, GPU will not be used.", True),
+    ("WARNING: All log messages before absl::InitializeLog() is called are written to STDERR", True),
+    ("I0000 00:00:1.0  1 port.cc:153] oneDNN custom operations are on. You may see slightly different results", True),
+    ("E0000 00:00:1.0  1 some_kernel.cc:9] Out of memory while trying to allocate", False),
+    ("UserWarning: something a user should read", False),
+])
+def test_only_the_known_start_up_noise_is_held_back(line, held):
+    assert bool(runtime.NOISE.search(line)) is held
+
+
+def test_the_first_decision_holds_for_the_process_and_a_conflicting_one_is_refused():
+    code = ("from bonenet import runtime\n"
+            "first = runtime.start('float32')\n"
+            "assert runtime.start() == first == {'gpus': 0, 'precision': 'float32', 'xla': False}, first\n"
+            "try:\n    runtime.start('mixed_bfloat16')\nexcept ValueError as exc:\n    print(exc)\n")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "already computes in float32" in proc.stdout
+    assert "cuda" not in proc.stderr.lower() and "absl::InitializeLog" not in proc.stderr
+
+
+def test_an_unknown_precision_is_refused():
+    with pytest.raises(ValueError, match="precision must be one of"):
+        runtime.start("float8")
