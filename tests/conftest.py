@@ -279,3 +279,24 @@ def kill_while_writing(args, target, files):
 def snapshot(folder):
     """{relative path: bytes} of every file under `folder`."""
     return {p.relative_to(folder): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+@pytest.fixture(scope="session")
+def evaluated(full_run, synthetic_root, tmp_path_factory):
+    """An evaluation of a copy of the synthetic data with one corrupt valid image: (folder, console, image)."""
+    import contextlib
+    import io
+
+    import run_pipeline
+
+    base = tmp_path_factory.mktemp("evaluated")
+    root = shutil.copytree(synthetic_root, base / "MURA-v1.1")
+    corrupt = root / Path(root / "valid_image_paths.csv").read_text().splitlines()[0].split("/", 1)[1]
+    data = bytearray(corrupt.read_bytes())
+    data[60:-20] = bytes(len(data) - 80)
+    corrupt.write_bytes(bytes(data))
+    out, console = base / "eval", io.StringIO()
+    with contextlib.redirect_stderr(console):
+        assert run_pipeline.main(["evaluate", "--data-root", str(root), "--models-dir", str(full_run),
+                                  "--out", str(out), "--bootstrap", "20"]) == 0
+    return out, console.getvalue(), corrupt

@@ -8,6 +8,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.slow  # eight full EfficientNetB0s built and saved: about 45 s
 def test_benchmark_prints_every_figure_and_counts_bytes_correctly(tmp_path):
     out = tmp_path / "bench.json"
     proc = subprocess.run([sys.executable, "benchmarks/run.py", "--image-size", "32", "--images", "16",

@@ -47,6 +47,7 @@ print("TRAINED", sorted(entries), "FAILED", sorted(failures), "SETUPS", len(call
 """
 
 
+@pytest.mark.slow  # train-all of three models in a fresh process: about 25 s
 def test_train_all_runs_after_tensorflow_started_and_sets_devices_up_once(synthetic_root, tmp_path):
     out = _python(ONCE, root=str(synthetic_root), run=str(tmp_path / "run"))
     assert "TRAINED ['XR_ELBOW', 'XR_WRIST', 'router'] FAILED [] SETUPS 1" in out

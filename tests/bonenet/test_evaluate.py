@@ -3,7 +3,6 @@ import html
 import json
 import re
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -181,6 +180,7 @@ def test_a_part_whose_tuning_failed_is_named_in_evaluates_output(full_run, synth
                for m in metrics["source"]["messages"])
 
 
+@pytest.mark.slow  # three evaluations: about 25 s
 @pytest.mark.corpus("S5")
 def test_an_evaluation_killed_mid_write_leaves_the_previous_one_whole(full_run, synthetic_root, tmp_path,
                                                                       monkeypatch):
@@ -219,25 +219,6 @@ def test_evaluate_killed_mid_write_leaves_the_earlier_evaluation_and_its_leftove
     assert snapshot(out) == before  # the earlier evaluation, whole; the half-written one is hidden
     assert run_cli([*args, "--seed", 1], capsys)[0] == 0
     assert [p.name for p in tmp_path.iterdir()] == ["eval"]  # the killed writer's leftovers removed
-
-
-@pytest.fixture(scope="module")
-def evaluated(full_run, synthetic_root, tmp_path_factory):
-    """An evaluation of a copy of the synthetic data with one corrupt valid image: (folder, console, image)."""
-    import contextlib
-    import io
-
-    base = tmp_path_factory.mktemp("evaluated")
-    root = shutil.copytree(synthetic_root, base / "MURA-v1.1")
-    corrupt = root / Path(root / "valid_image_paths.csv").read_text().splitlines()[0].split("/", 1)[1]
-    data = bytearray(corrupt.read_bytes())
-    data[60:-20] = bytes(len(data) - 80)
-    corrupt.write_bytes(bytes(data))
-    out, console = base / "eval", io.StringIO()
-    with contextlib.redirect_stderr(console):
-        assert run_pipeline.main(["evaluate", "--data-root", str(root), "--models-dir", str(full_run),
-                                  "--out", str(out), "--bootstrap", "20"]) == 0
-    return out, console.getvalue(), corrupt
 
 
 @pytest.mark.corpus("M3")

@@ -41,6 +41,7 @@ def test_a_damaged_shipped_backbone_is_refused(tmp_path, monkeypatch):
         pretrain.shipped_backbone()
 
 
+@pytest.mark.slow  # a whole pretraining at a toy size: about 40 s
 def test_pretrain_backbone_cli_at_a_toy_size(tmp_path, capsys):
     out = tmp_path / "toy.weights.h5"
     code = run_pipeline.main(["pretrain-backbone", "--out", str(out), "--studies-per-part", "2", "--epochs", "1",

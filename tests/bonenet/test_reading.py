@@ -111,7 +111,7 @@ def test_full_mode_reading_a_finished_image_cache_keeps_the_hold_out_aligned(cor
     unreadable, so its scores and paths stay aligned and the threshold is tuned."""
     root, chosen = corrupted
     args = ["train-part", "--part", "wrist", "--data-root", root, "--mode", "full", "--cache-dir",
-            tmp_path / "cache", *COMMON]
+            tmp_path / "cache", *COMMON[:2], "--image-size", "32", *COMMON[4:]]
     for attempt in ("first", "second"):
         assert run_pipeline.main([*args, "--models-dir", tmp_path / attempt]) == 0, attempt
         output = capsys.readouterr()
