@@ -93,7 +93,8 @@ def _cmd_make_synthetic(args):
 
     config = SyntheticConfig(**_config_values(args, SyntheticConfig))
     root = make_synthetic(args.out, studies_per_part=config.studies_per_part, seed=config.seed,
-                          valid_studies_per_part=config.valid_studies_per_part, overwrite=args.overwrite)
+                          valid_studies_per_part=config.valid_studies_per_part, overwrite=args.overwrite,
+                          mura_scale=config.mura_scale)
     _say(f"wrote {root}")
 
 

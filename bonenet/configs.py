@@ -181,6 +181,8 @@ class SyntheticConfig:
     valid_studies_per_part: int = setting(None, "valid studies per part (default a quarter of --studies-per-part, "
                                                 "at least 4)", Range(1))
     seed: int = setting(0, "random seed; same seed, same bytes")
+    mura_scale: float = setting(None, "draw MURA's own per-part study, label and image counts times this scale "
+                                      "instead (1: 36,808 train and 3,197 valid images)", Range(0, 1, open_lo=True))
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 import keras
@@ -75,6 +76,7 @@ class FeatureCache:
     Attributes:
         paths: the images, in row order of view 0.
         skips: the images that could not be read, as `Skip`s (their rows are never served).
+        seconds: how long computing the cache took: {"waiting_for_input", "trunk"}.
         views: pre-drawn augmented views per image (view 0 is the unaugmented image).
         array: the memory-mapped features (float16).
     """
@@ -85,6 +87,7 @@ class FeatureCache:
         self.paths = meta["paths"]
         self.views = int(meta["views"])
         self.skips = [Skip(path, reason) for path, reason in meta["unread"].items()]
+        self.seconds = meta.get("seconds", {})
         unread = set(meta["unread"])
         self.ok = np.asarray([p not in unread for p in self.paths], bool)
         self.array = np.load(self.folder / "features.npy", mmap_mode="r")
@@ -163,20 +166,34 @@ def _views_dataset(paths, recipe, size, views, augment_config, seed, batch_size)
 
 
 def _write_features(trunk, ds, array, n, stride, bar):
-    """Runs the trunk over `ds`, filling `array` (rows `view × n + image`); returns {path index: reason}."""
+    """Runs the trunk over `ds`, filling `array` (rows `view × n + image`).
+
+    Returns:
+        ({path index: reason} of the images that could not be read, {"waiting_for_input": seconds the
+        trunk waited for read and prepared batches, "trunk": seconds in the trunk and writing its output}).
+    """
     # One traced call of the trunk in inference mode; unlike `predict_on_batch`, it gives each
     # image's row once under a MirroredStrategy too (read in cross-replica context).
     encode = tf.function(lambda x: trunk(x, training=False), reduce_retracing=True)
-    unread, start = {}, 0
-    for x, reasons in ds:
+    unread, start, seconds = {}, 0, {"waiting_for_input": 0.0, "trunk": 0.0}
+    batches = iter(ds)
+    while True:
+        waited = time.perf_counter()
+        try:
+            x, reasons = next(batches)
+        except StopIteration:
+            break
+        began = time.perf_counter()
+        seconds["waiting_for_input"] += began - waited
         x, reasons = x.numpy().astype(np.float32), reasons.numpy()
         unread.update({start + i: r.decode() for i, r in enumerate(reasons) if r})
         for v in range(stride):
             array[v * n + start: v * n + start + len(x)] = np.asarray(encode(tf.constant(x[:, v])))
         start += len(x)
+        seconds["trunk"] += time.perf_counter() - began
         bar.update(len(x))
     bar.close()
-    return unread
+    return unread, {k: round(v, 2) for k, v in seconds.items()}
 
 
 def compute_features(trunk, paths, recipe, size, cache_dir, views=0, augment_config=None, seed=0, batch_size=32,
@@ -220,12 +237,12 @@ def compute_features(trunk, paths, recipe, size, cache_dir, views=0, augment_con
         array = np.lib.format.open_memmap(tmp / "features.npy", mode="w+", dtype=STORAGE_DTYPE, shape=shape)
         bar = Progress(n, f"trunk features of {n:,} train images × {stride} view(s) (the unaugmented image and "
                           f"{views} augmented), once, into {folder}", enabled=bool(verbose))
-        unread = _write_features(trunk, _views_dataset(paths, recipe, size, views, augment_config, seed, batch_size),
+        unread, seconds = _write_features(trunk, _views_dataset(paths, recipe, size, views, augment_config, seed, batch_size),
                                  array, n, stride, bar)
         array.flush()
         meta = {"paths": paths, "views": views, "size": int(size), "recipe": recipe.to_dict(),
                 "output": trunk.output.name, "dtype": np.dtype(STORAGE_DTYPE).name, "seed": int(seed),
-                "unread": {paths[i]: reason for i, reason in sorted(unread.items())}}
+                "unread": {paths[i]: reason for i, reason in sorted(unread.items())}, "seconds": seconds}
         (tmp / "meta.json").write_text(json.dumps(meta))
         del array
         _publish(tmp, folder)

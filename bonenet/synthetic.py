@@ -27,6 +27,22 @@ FINDINGS = ("fracture", "hardware", "lesion")
 ABNORMAL_RATE = 0.4
 VALID_FRACTION = 0.25
 RGB_RATE = 0.08
+# MURA-v1.1's own counts (the design document; Rajpurkar et al. 2017, Table 1): per part, studies as
+# (normal, abnormal) and images, for train and valid. 36,808 train and 3,197 valid images in all.
+MURA_STUDIES = {
+    "train": {"XR_ELBOW": (1094, 660), "XR_FINGER": (1280, 655), "XR_FOREARM": (590, 287), "XR_HAND": (1497, 521),
+              "XR_HUMERUS": (321, 271), "XR_SHOULDER": (1364, 1457), "XR_WRIST": (2134, 1326)},
+    "valid": {"XR_ELBOW": (92, 66), "XR_FINGER": (92, 83), "XR_FOREARM": (69, 64), "XR_HAND": (101, 66),
+              "XR_HUMERUS": (68, 67), "XR_SHOULDER": (99, 95), "XR_WRIST": (140, 97)},
+}
+MURA_IMAGES = {
+    "train": {"XR_ELBOW": 4931, "XR_FINGER": 5106, "XR_FOREARM": 1825, "XR_HAND": 5543, "XR_HUMERUS": 1272,
+              "XR_SHOULDER": 8379, "XR_WRIST": 9752},
+    "valid": {"XR_ELBOW": 465, "XR_FINGER": 461, "XR_FOREARM": 301, "XR_HAND": 460, "XR_HUMERUS": 288,
+              "XR_SHOULDER": 563, "XR_WRIST": 659},
+}
+# At a small scale every part keeps enough studies of each label for a patient-grouped 20% hold-out.
+MIN_SCALED_STUDIES = {"train": 6, "valid": 2}
 
 
 def _seg(p0, p1, width, head=0.0):
@@ -229,7 +245,28 @@ def _study_findings(n_views, n_bones, rng):
     return [plan if v else [] for v in visible]
 
 
-def make_synthetic(out, studies_per_part=40, seed=0, valid_studies_per_part=None, overwrite=False, progress=True):
+def mura_plan(scale=1.0):
+    """MURA's per-part study, label and image counts times `scale`: {split: {part: [(label, views)]}}.
+
+    Each part keeps MURA's normal and abnormal study counts (at least `MIN_SCALED_STUDIES` of each) and
+    its images per study, spread as evenly as whole views allow, so that the part's image count is
+    MURA's times `scale` (or the minimum's share of it).
+    """
+    plan = {}
+    for split, parts in MURA_STUDIES.items():
+        plan[split] = {}
+        for part, (normal, abnormal) in parts.items():
+            studies = [max(MIN_SCALED_STUDIES[split], round(n * scale)) for n in (normal, abnormal)]
+            per_study = MURA_IMAGES[split][part] / (normal + abnormal)
+            images = max(sum(studies), round(per_study * sum(studies)))
+            base, extra = divmod(images, sum(studies))
+            labels = [0] * studies[0] + [1] * studies[1]
+            plan[split][part] = [(label, base + (i < extra)) for i, label in enumerate(labels)]
+    return plan
+
+
+def make_synthetic(out, studies_per_part=40, seed=0, valid_studies_per_part=None, overwrite=False, progress=True,
+                   mura_scale=None):
     """Writes a synthetic dataset in the exact MURA-v1.1 layout, with its four headerless CSVs.
 
     The dataset is written into a temporary folder beside the target and renamed when complete, so
@@ -244,6 +281,9 @@ def make_synthetic(out, studies_per_part=40, seed=0, valid_studies_per_part=None
             `studies_per_part` (at least 4).
         overwrite: replace an existing `out/MURA-v1.1`; otherwise one is refused. Defaults to False.
         progress: show a progress bar. Defaults to True.
+        mura_scale: draw MURA's own per-part study, label and image counts times this scale
+            (`mura_plan`; 1 is MURA's 36,808 train and 3,197 valid images) instead of
+            `studies_per_part`. Defaults to None.
 
     Returns:
         The path of the written `MURA-v1.1` folder.
@@ -257,30 +297,45 @@ def make_synthetic(out, studies_per_part=40, seed=0, valid_studies_per_part=None
     root = Path(out) / "MURA-v1.1"
     if root.exists() and not overwrite:
         raise ValueError(f"{root}: already exists; pass --overwrite to replace it")
+    plan = mura_plan(mura_scale) if mura_scale is not None else None
     with folder_written_whole(root) as tmp:
-        _write_dataset(tmp, studies_per_part, valid_studies_per_part, seed, progress)
+        _write_dataset(tmp, studies_per_part, valid_studies_per_part, seed, progress, plan)
+        made = ({"seed": seed, "mura_scale": mura_scale} if plan else
+                {"seed": seed, "studies_per_part": studies_per_part, "valid_studies_per_part": valid_studies_per_part})
+        made["generator_version"] = GENERATOR_VERSION
+        (tmp / "synthetic.json").write_text(json.dumps(made, indent=2) + "\n")
     return root
 
 
-def _write_dataset(tmp, studies_per_part, valid_studies_per_part, seed, progress):
+def _jobs(studies_per_part, valid_studies_per_part, plan):
+    """(split, part_no, part, patient_no, study_no, planned (label, views) or None) for every study;
+    some patients get two studies."""
     counts = {"train": studies_per_part, "valid": valid_studies_per_part}
     jobs, patient_no = [], 0
     for split in ("train", "valid"):
         for part_no, part in enumerate(PARTS):
-            n, k = counts[split], 0
-            while k < n:
+            planned = plan[split][part] if plan else [None] * counts[split]
+            k = 0
+            while k < len(planned):
                 patient_no += 1
-                for study_no in range(1, 1 + min(n - k, 1 + int((patient_no * 7919) % 5 == 0))):
-                    jobs.append((split, part_no, part, patient_no, study_no))
+                for study_no in range(1, 1 + min(len(planned) - k, 1 + int((patient_no * 7919) % 5 == 0))):
+                    jobs.append((split, part_no, part, patient_no, study_no, planned[k]))
                     k += 1
+    return jobs
+
+
+def _write_dataset(tmp, studies_per_part, valid_studies_per_part, seed, progress, plan=None):
+    jobs = _jobs(studies_per_part, valid_studies_per_part, plan)
     image_rows = {"train": [], "valid": []}
     study_rows = {"train": [], "valid": []}
     bar = Progress(len(jobs), f"make-synthetic: drawing {len(jobs):,} studies", unit="study", enabled=progress)
-    for split, part_no, part, patient_no, study_no in jobs:
+    for split, part_no, part, patient_no, study_no, planned in jobs:
         # One generator per study, so a study's pixels don't depend on how many came before.
         rng = np.random.default_rng([seed, patient_no, study_no, part_no])
         label = int(rng.random() < ABNORMAL_RATE)
         n_views = int(rng.choice([1, 2, 3, 4], p=[0.15, 0.45, 0.3, 0.1]))
+        if planned is not None:
+            label, n_views = planned
         n_bones = len(ANATOMY[part](np.random.default_rng(0)))
         findings = _study_findings(n_views, n_bones, rng) if label else [[]] * n_views
         rel_study = f"{split}/{part}/patient{patient_no:05d}/study{study_no}_{'positive' if label else 'negative'}/"
@@ -299,9 +354,6 @@ def _write_dataset(tmp, studies_per_part, valid_studies_per_part, seed, progress
     for split in ("train", "valid"):
         pd.DataFrame(image_rows[split]).to_csv(tmp / f"{split}_image_paths.csv", header=False, index=False)
         pd.DataFrame(study_rows[split]).to_csv(tmp / f"{split}_labeled_studies.csv", header=False, index=False)
-    made = {"seed": seed, "studies_per_part": studies_per_part, "valid_studies_per_part": valid_studies_per_part,
-            "generator_version": GENERATOR_VERSION}
-    (tmp / "synthetic.json").write_text(json.dumps(made, indent=2) + "\n")
 
 
 def synthetic_dataset(out, studies_per_part=40, seed=0, valid_studies_per_part=None, progress=True):

@@ -17,6 +17,7 @@ import logging
 import os
 import shutil
 import tempfile
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -470,7 +471,7 @@ def _holdout_probabilities(built, val_ds):
     return np.concatenate([np.asarray(built.fitted(x, training=False))[:, 1] for x, _ in val_ds])
 
 
-def _model_entry(job, built, index, scores, tuning, log_path, config, skips):
+def _model_entry(job, built, index, scores, tuning, log_path, config, skips, seconds):
     """The model's manifest entry: its file, labels, recipe, trunk, tuning, config, data and hold-out figures."""
     ex = job.examples
     log_table = pd.read_csv(log_path) if log_path.is_file() else pd.DataFrame()
@@ -489,6 +490,7 @@ def _model_entry(job, built, index, scores, tuning, log_path, config, skips):
                     "unread": [s.as_dict() for s in skips if s.path in set(ex.train_paths) | set(ex.val_paths)]},
         "holdout": {k: float(v) for k, v in scores.items()},
         "epochs_run": len(log_table),
+        "seconds": seconds,
         "log": str(Path(os.path.relpath(log_path, job.home))),
     }
 
@@ -514,7 +516,7 @@ def _save_trunk_if_first(job, built, config):
     return None
 
 
-def _finalize(job, built, index, val_ds, log_path, config, skips):
+def _finalize(job, built, index, val_ds, log_path, config, skips, seconds=None):
     """Scores the hold-out, tunes a part's threshold there, saves the head (and the run's first trunk)."""
     with bdata.length_found_at_the_end():
         scores = built.fitted.evaluate(val_ds, verbose=0, return_dict=True)
@@ -524,7 +526,7 @@ def _finalize(job, built, index, val_ds, log_path, config, skips):
         kept = [p for p in job.examples.val_paths if p not in skips]
         tuning = tune_on_holdout(_holdout_probabilities(built, val_ds), kept, job.examples.val_images, job.key)
     save_model_atomic(built.head, job.home / model_filename(job.key))  # unlisted until the manifest names it
-    entry = _model_entry(job, built, index, scores, tuning, log_path, config, skips)
+    entry = _model_entry(job, built, index, scores, tuning, log_path, config, skips, seconds or {})
     # One lock around the trunk check, the trunk's save and the manifest's update: a training
     # started beside this one into the same folder waits here, and cannot slip its trunk in between.
     with run_lock(job.home):
@@ -559,13 +561,30 @@ def train_model(target, index, models_dir, config=TrainConfig(), resume=False, v
     """
     skips = SkipLog() if skips is None else skips
     verbose = keras_verbosity(verbose)
+    clock = _Stopwatch()
     job = _prepare(target, index, models_dir, config)
     built, strategy = _build(job, config)
     _check_free_space(job, built)
+    clock.lap("build")
     with strategy.scope():
         train_ds, val_ds = _datasets(job, built, index, config, verbose, skips)
+    clock.lap("data")  # the trunk-feature cache, when this model is the first to need it
     log_path = _fit(job, built, train_ds, val_ds, config, resume, verbose)
-    return _finalize(job, built, index, val_ds, log_path, config, skips), built.model
+    clock.lap("fit")
+    return _finalize(job, built, index, val_ds, log_path, config, skips, clock.laps), built.model
+
+
+class _Stopwatch:
+    """Seconds per named stage of one model's training, recorded in its manifest entry (`seconds`)."""
+
+    def __init__(self):
+        self.laps, self._last = {}, time.perf_counter()
+
+    def lap(self, name):
+        """Closes the stage `name` at now."""
+        now = time.perf_counter()
+        self.laps[name] = round(now - self._last, 2)
+        self._last = now
 
 
 def summary_line(key, entry):

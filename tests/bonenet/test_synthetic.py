@@ -9,7 +9,7 @@ from conftest import kill_while_writing, run_cli, snapshot
 import run_pipeline
 from bonenet.mura import read_mura
 from bonenet.parts import PARTS
-from bonenet.synthetic import draw_radiograph, make_synthetic
+from bonenet.synthetic import MURA_IMAGES, MURA_STUDIES, draw_radiograph, make_synthetic, mura_plan
 
 
 def test_same_seed_gives_byte_identical_output(tmp_path):
@@ -100,3 +100,27 @@ def test_make_synthetic_killed_over_an_existing_dataset_leaves_it_whole(tmp_path
     assert run_cli([*args, "--seed", 1, "--overwrite"], capsys)[0] == 0
     assert json.loads((root / "synthetic.json").read_text())["seed"] == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["MURA-v1.1"]
+
+
+def test_the_mura_plan_has_muras_own_counts_and_keeps_a_hold_out_possible_when_scaled_down():
+    plan = mura_plan(1.0)
+    images = {split: sum(v for studies in plan[split].values() for _, v in studies) for split in plan}
+    assert images == {"train": 36_808, "valid": 3_197}
+    for split, parts in MURA_STUDIES.items():
+        for part, (normal, abnormal) in parts.items():
+            labels = [label for label, _ in plan[split][part]]
+            assert (labels.count(0), labels.count(1)) == (normal, abnormal), (split, part)
+            assert sum(v for _, v in plan[split][part]) == MURA_IMAGES[split][part], (split, part)
+    tiny = mura_plan(0.0001)
+    assert all([label for label, _ in studies].count(1) >= 6 for studies in tiny["train"].values())
+
+
+def test_make_synthetic_draws_the_planned_counts(tmp_path):
+    root = make_synthetic(tmp_path, mura_scale=0.0001, progress=False)
+    index = read_mura(root)
+    plan = mura_plan(0.0001)
+    for (split, part), rows in index.images.groupby(["split", "part"]):
+        assert len(rows) == sum(v for _, v in plan[split][part]), (split, part)
+    studies = index.studies.groupby(["split", "part", "label"]).size()
+    assert studies.loc[("train", "XR_WRIST", 1)] == 6 and studies.loc[("valid", "XR_HAND", 0)] == 2
+    assert json.loads((root / "synthetic.json").read_text())["mura_scale"] == 0.0001
