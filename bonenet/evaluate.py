@@ -1,7 +1,8 @@
 """Scoring a run on a split: the routed two-stage pipeline, per image and per study, per part.
 
-Images stream through in batches: each is prepared once and goes through the shared trunk once;
-the router head and every part head score it. Studies are then decided by `bonenet.study`: by
+Images stream through in batches: each is read and prepared once (`bonenet.reading`) and goes
+through the shared trunk once, and the router head and every part head score it; the ones that
+cannot be read are returned as `Skip`s with their reasons. Studies are then decided by `bonenet.study`: by
 their routed part (the pipeline), and by their true part (the oracle, which isolates routing
 errors).
 """
@@ -23,7 +24,7 @@ from bonenet.data import AUTOTUNE, map_prepare
 from bonenet.datalist import read_dataset
 from bonenet.inference import BoneNet
 from bonenet.metrics import AUROC_UNDEFINED, KAPPA_UNDEFINED, per_group
-from bonenet.mura import fingerprint, is_synthetic
+from bonenet.mura import fingerprint_of, is_synthetic
 from bonenet.outputs import folder_written_whole
 from bonenet.parts import PARTS, short_name
 from bonenet.progress import Progress
@@ -201,7 +202,7 @@ def _router_metrics(studies, image_rows):
 def _source(index, net, models_dir, split, studies, parts_scored, skips, messages):
     """Where the figures come from: data, run, recipe, backbone, what was left out and why."""
     return {
-        "data_root": str(index.root), "split": split, "dataset_fingerprint": fingerprint(index),
+        "data_root": str(index.root), "split": split, "dataset_fingerprint": fingerprint_of(index),
         "synthetic": is_synthetic(index),
         "models_dir": str(Path(models_dir).resolve()), "models": {k: v["file"] for k, v in net.manifest["models"].items()},
         "recipe": net.manifest["recipe"]["name"], "image_size": net.image_size, "weights": net.manifest["weights"],

@@ -320,7 +320,8 @@ def predict_images(net, images, render_cam=None):
 
     Args:
         net: a loaded `BoneNet`.
-        images: [(name, uint8 H×W gray or a path)], in the order the entries come back.
+        images: [(name, source)], a source being a path, an upload's bytes or a uint8 H×W gray array,
+            in the order the entries come back.
         render_cam: None for no heat maps, or `f(name, overlay BGR image) -> dict` of fields to add
             to that image's entry (a file path, a data URL). Defaults to None.
 

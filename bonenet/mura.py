@@ -334,7 +334,7 @@ def is_synthetic(index):
     return (Path(index.root) / "synthetic.json").is_file()
 
 
-def fingerprint(index):
+def fingerprint_of(index):
     """A short hash of the study list, labels and image counts: names the data a model saw."""
     import hashlib
 

@@ -31,7 +31,7 @@ import numpy as np
 from bonenet import data as bdata
 from bonenet.configs import PretrainConfig
 from bonenet.models import build_base
-from bonenet.mura import fingerprint, read_mura
+from bonenet.mura import fingerprint_of, read_mura
 from bonenet.outputs import file_written_whole, temp_prefix, write_text_whole
 from bonenet.parts import PART_INDEX, PARTS
 from bonenet.progress import keras_verbosity
@@ -170,7 +170,7 @@ def pretrain_backbone(out, config=PretrainConfig(), data_dir=None, resume=False,
         "command": command or shlex.join(["bonenet", *sys.argv[1:]]),
         "config": asdict(config),
         "generator_version": GENERATOR_VERSION,
-        "dataset_fingerprint": fingerprint(index),
+        "dataset_fingerprint": fingerprint_of(index),
         "data_sha256": data_digest(root),
         "train_images": len(train),
         "holdout_images": len(holdout),

@@ -1,7 +1,9 @@
 """Training the router and the part models: tf.data in, a checked run folder out.
 
 One function, `train_model`, trains any model of the hierarchy; `train_all` runs the router and
-then the seven parts. Progress is Keras' own bar; a killed run continues with `resume=True`.
+then every part present. Progress is Keras' own bar on a terminal and a line per epoch otherwise;
+a killed run continues with `resume=True`. Images that cannot be read are recorded in the command's
+`SkipLog` and in each model's manifest entry (`dataset.unread`), never printed here.
 
 Every model is stored as the run's shared frozen trunk plus its own head. The default `cached`
 mode computes the trunk's output once for all train images (and a few pre-drawn augmented views)
@@ -42,7 +44,7 @@ from bonenet.models import (
     split_model,
     trunk_cut,
 )
-from bonenet.mura import fingerprint, holdout_split, is_synthetic
+from bonenet.mura import fingerprint_of, holdout_split, is_synthetic
 from bonenet.outputs import check_free_space
 from bonenet.parts import PARTS, short_name
 from bonenet.progress import keras_verbosity
@@ -483,7 +485,7 @@ def _model_entry(job, built, index, scores, tuning, log_path, config, skips, sec
         "trunk_sha256": weights_digest(built.trunk),
         **({"tuning": tuning} if tuning is not None else {}),
         "config": asdict(config),
-        "dataset": {"fingerprint": fingerprint(index), "synthetic": is_synthetic(index),
+        "dataset": {"fingerprint": fingerprint_of(index), "synthetic": is_synthetic(index),
                     "train_images": len(ex.train_paths),
                     "holdout_images": len(ex.val_paths),
                     "holdout_studies": int(ex.val_images[ex.val_images.path.isin(ex.val_paths)].study.nunique()),
