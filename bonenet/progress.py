@@ -42,7 +42,12 @@ class Progress:
         if self.stream.isatty():
             self.bar = tqdm(total=self.total, desc=label, unit=unit, file=self.stream, leave=False)
         else:
-            self._line(f"{label} ({self.total:,} {unit}s)")
+            self._line(f"{label} ({self.total:,} {self.units})")
+
+    @property
+    def units(self):
+        """The unit's plural: images, pages, studies."""
+        return self.unit[:-1] + "ies" if self.unit.endswith("y") else self.unit + "s"
 
     def _line(self, text):
         log.info(text)
@@ -55,7 +60,7 @@ class Progress:
         elif self.enabled and self.total:
             reached = min(4, self.done * 4 // self.total)
             if reached >= self._next_quarter:
-                self._line(f"{self.label}: {min(self.done, self.total):,}/{self.total:,} {self.unit}s ({25 * reached}%)")
+                self._line(f"{self.label}: {min(self.done, self.total):,}/{self.total:,} {self.units} ({25 * reached}%)")
                 self._next_quarter = reached + 1
 
     def close(self):

@@ -35,3 +35,9 @@ def test_a_disabled_step_says_nothing(caplog):
     bar.update(3)
     bar.close()
     assert not caplog.messages and bar.done == 3
+
+
+def test_units_are_counted_in_their_plural(caplog):
+    caplog.set_level(logging.INFO, logger="bonenet.progress")
+    Progress(2, "drawing", unit="study", stream=io.StringIO())
+    assert caplog.messages == ["drawing (2 studies)"]
