@@ -51,10 +51,12 @@ def _note(args, text):
 
 
 def _print_skips(args, skips):
-    """Each file a command could not use, once, with its reason."""
+    """Each file a command could not use (`bonenet.reading.Skip`, or its dict), once, with its reason."""
+    from bonenet.reading import Skip
+
     for skip in skips:
-        _note(args, f"skipped {skip['path'] if isinstance(skip, dict) else skip.path}: "
-                    f"{skip['reason'] if isinstance(skip, dict) else skip.reason}")
+        skip = Skip(**skip) if isinstance(skip, dict) else skip
+        _note(args, f"skipped {skip}")
 
 
 class _ConsoleHandler(logging.Handler):

@@ -48,7 +48,7 @@ from bonenet.mura import fingerprint_of, holdout_split, is_synthetic
 from bonenet.outputs import check_free_space
 from bonenet.parts import PARTS, short_name
 from bonenet.progress import keras_verbosity
-from bonenet.reading import SkipLog
+from bonenet.reading import Skip, SkipLog
 from bonenet.store import (
     TRUNK_FILE,
     ManifestError,
@@ -656,6 +656,4 @@ def train_all(index, models_dir, config=TrainConfig(), resume=False, verbose="au
 
 def unread_images(entries):
     """The images the models of a run could not read, each once, as `Skip`s (from their entries)."""
-    from bonenet.reading import Skip
-
     return list(SkipLog(Skip(**s) for entry in entries for s in entry.get("dataset", {}).get("unread", [])))
