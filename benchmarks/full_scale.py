@@ -51,7 +51,8 @@ def run_command(args, log):
     """Runs `bonenet *args` in its own process, its output into `log` and on the console.
 
     Returns:
-        (wall seconds, the process's peak resident memory in MB, exit status).
+        (wall seconds, CPU seconds (user + system), the process's peak resident memory in MB, exit status). The
+        CPU seconds show how much of the wall time other work on the machine took.
     """
     start = time.perf_counter()
     with open(log, "a") as out:
@@ -59,7 +60,7 @@ def run_command(args, log):
                                 stdout=out, stderr=subprocess.STDOUT)
         _, status, usage = os.wait4(proc.pid, 0)
         proc.returncode = os.waitstatus_to_exitcode(status)
-    return time.perf_counter() - start, usage.ru_maxrss / 1024, proc.returncode
+    return time.perf_counter() - start, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024, proc.returncode
 
 
 def dataset(args, state):
@@ -145,9 +146,10 @@ def main(argv=None):
         state["train_walls"].append(None)
         state["train_started"] = time.time()
         state_path.write_text(json.dumps(state))
-        wall, peak, code = run_command(["train-all", "--data-root", root, "--models-dir", run_dir, *train_flags(args),
-                                        *resume], args.out / "train.log")
+        wall, cpu_s, peak, code = run_command(["train-all", "--data-root", root, "--models-dir", run_dir,
+                                               *train_flags(args), *resume], args.out / "train.log")
         state["train_walls"][-1] = round(wall, 1)
+        state["train_cpu"] = round(state.get("train_cpu", 0) + cpu_s, 1)
         state["train_peak_mb"] = max(state.get("train_peak_mb", 0), round(peak))
         state["trained"] = code == 0
         state_path.write_text(json.dumps(state))
@@ -155,11 +157,11 @@ def main(argv=None):
             raise SystemExit(f"train-all failed (exit {code}); see {args.out / 'train.log'}")
     if "evaluate_wall" not in state:
         say(f"evaluate into {eval_dir} (log: {args.out / 'evaluate.log'})")
-        wall, peak, code = run_command(["evaluate", "--data-root", root, "--models-dir", run_dir, "--out", eval_dir],
+        wall, cpu_s, peak, code = run_command(["evaluate", "--data-root", root, "--models-dir", run_dir, "--out", eval_dir],
                                        args.out / "evaluate.log")
         if code:
             raise SystemExit(f"evaluate failed (exit {code}); see {args.out / 'evaluate.log'}")
-        state.update(evaluate_wall=round(wall, 1), evaluate_peak_mb=round(peak))
+        state.update(evaluate_wall=round(wall, 1), evaluate_cpu=round(cpu_s, 1), evaluate_peak_mb=round(peak))
         state_path.write_text(json.dumps(state))
     metrics = json.loads((eval_dir / "metrics.json").read_text())
     from bonenet.mura import read_mura
@@ -176,6 +178,7 @@ def main(argv=None):
         "seconds": stages(run_dir, state),
         "attempts": len(state["train_walls"]),
         "dataset_seconds": state.get("dataset_seconds"),
+        "cpu_seconds": {"train_all": state.get("train_cpu"), "evaluate": state.get("evaluate_cpu")},
         "peak_memory_mb": {"train_all": state["train_peak_mb"], "evaluate": state["evaluate_peak_mb"]},
         "cache_bytes": disk_bytes(run_dir / "cache"),
         "study_kappa_overall": metrics["study"]["overall"]["kappa"],

@@ -32,6 +32,7 @@ def test_full_scale_at_a_toy_scale_records_every_stage_and_they_add_up(tmp_path)
     assert result["setup"]["images"] == {split: sum(views for studies in plan[split].values() for _, views in studies)
                                          for split in plan}
     assert result["cache_bytes"] > 0 and result["peak_memory_mb"]["train_all"] > 100
+    assert result["cpu_seconds"]["train_all"] > 0 and result["cpu_seconds"]["evaluate"] > 0
     assert proc.stdout.strip().splitlines()[-1].startswith("total ")
     # Run again: everything is done, so it only reads back the same figures.
     again = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=300)
