@@ -28,6 +28,7 @@ sends each image to one of seven per-part abnormality models (elbow ... wrist).
   3. evaluate --data-root MURA --models-dir RUN --out EVAL   per-part study kappa, F1, AUROC
   4. report --eval-dir EVAL --out REPORTS   HTML reports, one per part plus an overview
   5. predict STUDY --models-dir RUN --cam-dir CAMS   (or serve --models-dir RUN) read a study
+  6. export --models-dir RUN --format onnx --out EXPORT   one artifact for a serving runtime
 
 demo runs all five on synthetic data, offline, on a CPU. Not for clinical use."""
 
@@ -252,11 +253,38 @@ def _cmd_predict(args):
         with file_written_whole(args.csv) as tmp:
             results_table(results).to_csv(tmp, index=False)
         _say(f"wrote {args.csv}")
+    if args.dicom_out:
+        _write_dicom_srs(args, net, results)
     failed = sum("error" in r for r in results)
     if failed:
         _note(args, f"{failed} input(s) could not be read")
         return 1
     return None
+
+
+def _write_dicom_srs(args, net, results):
+    try:
+        from bonenet.dicom_sr import write_study_srs
+    except ImportError as exc:
+        raise CommandError(f"--dicom-out needs highdicom ({exc}): pip install \"bonenet[dicom]\"") from exc
+    written, skipped = write_study_srs(results, args.dicom_out, f"BoneNet {Path(args.models_dir).resolve().name}")
+    for study, why in skipped:
+        _note(args, f"{study}: {why}")
+    _say(f"wrote {len(written)} DICOM SR(s) into {args.dicom_out}" if written else
+         "no DICOM SR written: no study was read from DICOM files")
+
+
+def _cmd_export(args):
+    from bonenet.export import export_run
+
+    try:
+        artifact, facts = export_run(args.models_dir, args.format, args.out)
+    except ImportError as exc:
+        raise CommandError(str(exc)) from exc
+    calibrated = [k for k, c in facts["calibration"].items() if c["applied_in_graph"]]
+    _say(f"wrote {artifact} and {Path(args.out) / 'bonenet_export.json'}: input {facts['input']['shape'][1:]} "
+         f"prepared images; outputs router_probs and p_abnormal for {', '.join(map(short_name, facts['outputs']['p_abnormal']['parts']))}"
+         f"; calibrated: {', '.join(calibrated) or 'none'}")
 
 
 def _cmd_pretrain_backbone(args):
@@ -456,8 +484,18 @@ def _reading_commands(sub, common):
     p.add_argument("--cam-dir", help="write a Grad-CAM overlay PNG per image here")
     p.add_argument("--json", help="write the results as JSON here")
     p.add_argument("--csv", help="write the results as CSV here, one row per image, study or error")
+    p.add_argument("--dicom-out", help="write a DICOM Structured Report per study read from DICOM files here "
+                                       "(needs bonenet[dicom]); not for diagnostic use")
     add_config_flags(p, PredictConfig)
     p.set_defaults(func=_cmd_predict)
+
+    p = sub.add_parser("export", parents=[common],
+                       help="a run as one SavedModel, ONNX or LiteRT artifact for serving runtimes, with a JSON of "
+                            "what a runtime needs (needs bonenet[export] for onnx and litert)")
+    p.add_argument("--models-dir", required=True, help="a run folder with manifest.json")
+    p.add_argument("--format", required=True, choices=["savedmodel", "onnx", "litert"])
+    p.add_argument("--out", required=True, help="folder for the artifact and bonenet_export.json (replaced whole)")
+    p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser("serve", parents=[common],
                        help="a web page and an HTTP API (POST /api/predict, GET /api/health) for reading a study")
@@ -492,10 +530,12 @@ def build_parser():
 
 OUTPUTS = {"make-synthetic": ["out"], "fracatlas-datalist": ["out"], "data-summary": ["json"], "preprocess": ["out"], "train-router": ["models_dir"],
            "train-part": ["models_dir"], "train-all": ["models_dir"], "evaluate": ["out"], "report": ["out"],
-           "predict": ["json", "csv", "cam_dir"], "pretrain-backbone": ["out"], "demo": ["out"]}
+           "predict": ["json", "csv", "cam_dir", "dicom_out"], "pretrain-backbone": ["out"], "demo": ["out"],
+           "export": ["out"]}
 
 # Subcommands that run TensorFlow: it is started once, quietly, before any of them imports it.
-TF_COMMANDS = {"train-router", "train-part", "train-all", "evaluate", "predict", "pretrain-backbone", "demo", "serve"}
+TF_COMMANDS = {"train-router", "train-part", "train-all", "evaluate", "predict", "pretrain-backbone", "demo", "serve",
+               "export"}
 
 
 def main(argv=None):

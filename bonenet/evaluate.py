@@ -8,6 +8,7 @@ errors).
 """
 
 import json
+import logging
 import re
 import warnings
 from pathlib import Path
@@ -19,19 +20,22 @@ import tensorflow as tf
 from sklearn.metrics import confusion_matrix
 
 from bonenet import baselines
+from bonenet.calibration import N_BINS, ece, ece_ci
 from bonenet.configs import DEFAULT_THRESHOLD, N_BOOT
 from bonenet.data import AUTOTUNE, map_prepare
 from bonenet.datalist import read_dataset
 from bonenet.inference import BoneNet
 from bonenet.metrics import AUROC_UNDEFINED, KAPPA_UNDEFINED, per_group
+from bonenet.model_card import write_model_card
 from bonenet.mura import fingerprint_of, is_synthetic
-from bonenet.outputs import folder_written_whole
+from bonenet.outputs import folder_written_whole, json_safe
 from bonenet.parts import PARTS, short_name
 from bonenet.progress import Progress
 from bonenet.reading import Skip, SkipLog, skip_table
 from bonenet.study import IMAGE_COLUMNS, STUDY_COLUMNS, aggregate_studies, route
 
 BATCH = 32
+log = logging.getLogger(__name__)
 
 
 def stream_prepared(paths, recipe, size, batch_size=BATCH):
@@ -53,8 +57,8 @@ def predict_split(net, images, progress=True):
     and the oracle study scores are both a selection, and nothing but the table is kept.
 
     Returns:
-        (image table with router probabilities `p_<part>` and part scores `s_<part>`, the `Skip`s
-        of the images that could not be read).
+        (image table with router probabilities `p_<part>`, part scores `s_<part>` (calibrated where the
+        run is) and `u_<part>` (uncalibrated), the `Skip`s of the images that could not be read).
     """
     rows, skips = [], []
     paths = images["path"].tolist()
@@ -70,7 +74,9 @@ def predict_split(net, images, progress=True):
             probs = net.router_probs(features)
             for i, part in enumerate(net.labels):
                 scored[f"p_{part}"] = probs[:, i]
-                scored[f"s_{part}"] = net.abnormal_probs(part, features) if part in net.models else np.nan
+                raw = net.abnormal_probs(part, features, calibrated=False) if part in net.models else np.nan
+                scored[f"u_{part}"] = raw
+                scored[f"s_{part}"] = net.calibrate(part, raw) if part in net.models else np.nan
             rows.append(scored)
         start += len(reasons)
         bar.update(len(reasons))
@@ -189,6 +195,33 @@ def _part_metrics(studies, studies_tuned, oracle, image_rows, n_boot, seed):
     return metrics, parts_scored, undefined
 
 
+def uncalibrated_scores(table, studies, net):
+    """Each study's score (under its routed part, as in `studies`) from the part models' uncalibrated
+    p(abnormal) `u_<part>`: what calibration is measured against."""
+    raw = table.assign(**{f"s_{p}": table[f"u_{p}"] for p in net.labels if f"u_{p}" in table})
+    before = aggregate_studies(raw, net.labels, net.part_thresholds("default"))
+    return studies["study"].map(before.set_index("study")["score"])
+
+
+def _calibration_metrics(studies, net, n_boot, seed):
+    """Per part (routed studies, by true part) and overall: ECE with a cluster-bootstrap CI, before and after
+    calibration, and the temperature that made the difference."""
+    rows = _scored(studies)
+    out = {}
+    for part in [*[p for p in PARTS if p in set(rows["part_true"])], "overall"]:
+        mine = rows if part == "overall" else rows[rows["part_true"] == part]
+        groups = mine["patient"].to_numpy()
+        entry = {"n": int(len(mine)), "bins": N_BINS}
+        for when, column in (("before", "score_uncalibrated"), ("after", "score")):
+            entry[f"ece_{when}"] = ece(mine["label"], mine[column])
+            entry[f"ece_{when}_ci95"] = ece_ci(mine["label"], mine[column], groups, n_boot=n_boot, seed=seed)
+        if part != "overall":
+            entry.update(calibrated=net.temperature(part) is not None, temperature=net.temperature(part),
+                         calibration=net.calibration_note(part))
+        out[part] = entry
+    return out
+
+
 def _router_metrics(studies, image_rows):
     return {
         "image_accuracy": float((image_rows["image_part_pred"] == image_rows["part_true"]).mean()),
@@ -211,12 +244,13 @@ def _source(index, net, models_dir, split, studies, parts_scored, skips, message
     }
 
 
-def _write_outputs(out_dir, metrics, studies, studies_tuned, image_rows, skips, net, plots, gallery):
+def _write_outputs(out_dir, metrics, studies, studies_tuned, image_rows, skips, net, plots, gallery, models_dir):
     """Writes the evaluation folder whole or not at all (`bonenet.outputs`)."""
     with folder_written_whole(out_dir) as out:
-        studies[STUDY_COLUMNS].to_csv(out / "study_predictions.csv", index=False)
+        # score_uncalibrated: the study's score before its part model's temperature (`bonenet.calibration`).
+        studies[[*STUDY_COLUMNS, "score_uncalibrated"]].to_csv(out / "study_predictions.csv", index=False)
         image_rows[IMAGE_COLUMNS].to_csv(out / "image_predictions.csv", index=False)
-        (out / "metrics.json").write_text(json.dumps(_clean(metrics), indent=2))
+        (out / "metrics.json").write_text(json.dumps(json_safe(metrics), indent=2))
         # Every file left out, by the reader (headers, labels) or the read path (full decode), with why.
         skip_table(skips).to_csv(out / "skipped.csv", index=False)
         if plots:
@@ -225,6 +259,7 @@ def _write_outputs(out_dir, metrics, studies, studies_tuned, image_rows, skips, 
             bplots.write_evaluation_plots(metrics, studies, out)
         if gallery:
             write_gallery(net, studies_tuned, image_rows, out, gallery)
+        write_model_card(models_dir, metrics, to=out)  # beside the figures, for the report's pages
 
 
 def evaluate_run(data_root, models_dir, out_dir, split="valid", n_boot=N_BOOT, seed=0, plots=True, net=None,
@@ -251,6 +286,7 @@ def evaluate_run(data_root, models_dir, out_dir, split="valid", n_boot=N_BOOT, s
     messages += [f"{part}: {tuned[part][1]}; study_tuned uses {DEFAULT_THRESHOLD} for it" for part in untuned]
 
     studies = aggregate_studies(table, net.labels, default)
+    studies["score_uncalibrated"] = uncalibrated_scores(table, studies, net)
     studies_tuned = aggregate_studies(table, net.labels, tuned)
     oracle = aggregate_studies(table, net.labels, default, oracle=True)
     image_rows = _image_rows(table, studies, net.labels, default)
@@ -258,6 +294,7 @@ def evaluate_run(data_root, models_dir, out_dir, split="valid", n_boot=N_BOOT, s
     if undefined:
         messages.append(f"kappa or AUROC undefined (one class only) for: {', '.join(undefined)}")
     metrics["router"] = _router_metrics(studies, image_rows)
+    metrics["calibration"] = _calibration_metrics(studies, net, n_boot, seed)
     metrics["baseline"] = {"stanford_kappa": baselines.STANFORD_KAPPA, "stanford_source": baselines.STANFORD_SOURCE,
                            "patel": baselines.PATEL, "patel_source": baselines.PATEL_SOURCE}
     metrics["thresholds"] = {
@@ -266,16 +303,11 @@ def evaluate_run(data_root, models_dir, out_dir, split="valid", n_boot=N_BOOT, s
         "tuning": {p: source for p, (_, source) in tuned.items()},
     }
     metrics["source"] = _source(index, net, models_dir, split, studies, parts_scored, skips, messages)
-    _write_outputs(out_dir, metrics, studies, studies_tuned, image_rows, skips, net, plots, gallery)
+    _write_outputs(out_dir, metrics, studies, studies_tuned, image_rows, skips, net, plots, gallery, models_dir)
+    try:
+        write_model_card(models_dir, metrics)
+    except OSError as exc:  # a read-only run folder, say: the evaluation's copy stands
+        log.warning(f"{models_dir}: could not update the run's model card ({exc.strerror or exc}); "
+                    f"it is in {out_dir}")
     return metrics
 
-
-def _clean(value):
-    """NaN is not JSON; write null so every reader can parse the file."""
-    if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_clean(v) for v in value]
-    if isinstance(value, float) and not np.isfinite(value):
-        return None
-    return value

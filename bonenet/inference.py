@@ -5,13 +5,14 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from bonenet.configs import DEFAULT_THRESHOLD, THRESHOLD_MODES
+from bonenet.calibration import apply_temperature
+from bonenet.configs import THRESHOLD_MODES
 from bonenet.imageio import DICOM_PREAMBLE, IMAGE_SUFFIXES, ImageReadError, image_format
 from bonenet.models import set_xla, use_xla
 from bonenet.parts import short_name
 from bonenet.reading import read_gray, read_prepared, skip_from_error
 from bonenet.store import ManifestError, load_run_models, read_manifest
-from bonenet.study import decide_study
+from bonenet.study import decide_study, part_thresholds, untuned_parts
 from preprocessing.recipes import Recipe
 
 BATCH = 32
@@ -91,27 +92,24 @@ class BoneNet:
 
     def untuned_parts(self):
         """{part: why its threshold could not be tuned} for the parts whose hold-out tuning failed."""
-        tuning = {part: self.manifest["models"][part].get("tuning", {}) for part in self.parts}
-        return {part: t.get("reason", "not recorded") for part, t in tuning.items() if t.get("threshold") is None}
+        return untuned_parts(self.manifest, self.parts)
 
     def part_thresholds(self, mode="tuned"):
-        """{part: (threshold, source)} for every part with a model.
+        """{part: (threshold, source)} for every part with a model (`bonenet.study.part_thresholds`)."""
+        return part_thresholds(self.manifest, self.parts, mode)
 
-        With "tuned", a part whose tuning was not possible (`untuned_parts`) keeps the default, and its
-        source says why.
-        """
-        untuned = self.untuned_parts()
-        out = {}
-        for part in self.parts:
-            if mode == "tuned" and part in untuned:
-                out[part] = (DEFAULT_THRESHOLD, f"default {DEFAULT_THRESHOLD}: tuning was not possible "
-                                                f"({untuned[part]})")
-            elif mode == "tuned":
-                out[part] = (float(self.manifest["models"][part]["tuning"]["threshold"]),
-                             "tuned on the training hold-out")
-            else:
-                out[part] = (DEFAULT_THRESHOLD, f"default {DEFAULT_THRESHOLD}")
-        return out
+    def temperature(self, key):
+        """The temperature fitted for model `key` on the training hold-out, or None (not calibrated)."""
+        return self.manifest["models"].get(key, {}).get("calibration", {}).get("temperature")
+
+    def calibration_note(self, key):
+        """How `key`'s probabilities are calibrated, in words, for every output that carries them."""
+        calibration = self.manifest["models"].get(key, {}).get("calibration")
+        if calibration is None:
+            return "not calibrated: the run predates calibration"
+        if calibration.get("temperature") is None:
+            return f"not calibrated: {calibration['reason']}"
+        return f"temperature {calibration['temperature']:.3g}, fitted on {calibration['fitted_on']}"
 
     def prepare(self, image, name=None):
         """A path, an upload's bytes (named `name`) or a uint8 H×W array → the uint8 S×S×3 model input
@@ -134,15 +132,21 @@ class BoneNet:
         """Prepared inputs (N×S×S×3) → the trunk's output, which every head reads."""
         return self._predict(self.trunk, np.asarray(batch, np.float32))
 
-    def router_probs(self, features):
-        """Router softmax (n×7) for `encode`d inputs."""
-        return self._predict(self.models["router"], features)
+    def router_probs(self, features, calibrated=True):
+        """Router softmax (n×7) for `encode`d inputs, calibrated with the router's temperature where it has one."""
+        probs = self._predict(self.models["router"], features)
+        return self.calibrate("router", probs) if calibrated else probs
 
-    def abnormal_probs(self, part, features):
-        """p(abnormal) (n,) from `part`'s model for `encode`d inputs."""
+    def abnormal_probs(self, part, features, calibrated=True):
+        """p(abnormal) (n,) from `part`'s model for `encode`d inputs, calibrated where the run has a temperature."""
         if part not in self.models:
             raise ManifestError(f"the run has no {part} model; train it with train-part --part {part}")
-        return self._predict(self.models[part], features)[:, 1]
+        probs = self._predict(self.models[part], features)[:, 1]
+        return self.calibrate(part, probs) if calibrated else probs
+
+    def calibrate(self, key, probs):
+        """Model `key`'s probabilities (router n×7, a part's p(abnormal) (n,)) through its temperature, if any."""
+        return apply_temperature(probs, self.temperature(key))
 
     def cam(self, part, features, gray):
         """Grad-CAM of `part`'s abnormal class for one image, mapped onto its original H×W grayscale.
@@ -327,7 +331,7 @@ def predict_images(net, images, render_cam=None):
 
     Returns:
         (per-image entries `path, part, image_part, part_confidence, p_abnormal, threshold,
-        threshold_source, abnormal, caveat[, cam, cam_box, cam_caption]` and `path, error` for an
+        threshold_source, calibrated, calibration, abnormal, caveat[, cam, cam_box, cam_caption]` and `path, error` for an
         image that could not be read, in input order; the study's result without its "images", with
         `mixed_parts` when the images' router votes disagree, or None when no image could be read).
     """
@@ -339,11 +343,14 @@ def predict_images(net, images, render_cam=None):
     scores = lambda part: net.abnormal_probs(part, features) if part in net.models else None  # noqa: E731
     study = decide_study(probs, scores, net.labels, net.thresholds)
     study["caveat"] = net.caveat
+    study["calibrated"] = net.temperature(study["part"]) is not None
+    study["calibration"] = net.calibration_note(study["part"])
     by_index = {i: error_entry(skip) for i, skip in skips.items()}
     for row, (i, result) in enumerate(zip(kept, study.pop("images"), strict=True)):
         name, source = images[i]
         entry = {"path": str(name), "part": study["part"], **result, "threshold": study["threshold"],
-                 "threshold_source": study["threshold_source"], "caveat": study["caveat"]}
+                 "threshold_source": study["threshold_source"], "calibrated": study["calibrated"],
+                 "calibration": study["calibration"], "caveat": study["caveat"]}
         if render_cam is not None and result["p_abnormal"] is not None:
             gray = read_gray(source, name)
             cam, box = net.cam(study["part"], features[row:row + 1], gray)
@@ -364,7 +371,7 @@ def error_entry(skip):
 
 
 CSV_COLUMNS = ["path", "study", "part", "part_confidence", "p_abnormal", "threshold", "abnormal", "threshold_source",
-               "image_part", "mixed_parts", "caveat", "cam", "error", "skipped"]
+               "calibrated", "calibration", "image_part", "mixed_parts", "caveat", "cam", "error", "skipped"]
 
 
 def results_table(results):

@@ -17,7 +17,7 @@ AUROC_UNDEFINED = "AUROC is undefined with a single class; reporting NaN"
 _ZERO_BY_ZERO = "invalid value encountered in (scalar )?divide"
 
 METRIC_KEYS = ("tp", "fn", "fp", "tn", "accuracy", "precision", "sensitivity", "specificity", "f1", "kappa",
-               "auroc", "kappa_ci95", "n")
+               "auroc", "kappa_ci95", "auroc_ci95", "n")
 
 
 def _ratio(num, den):
@@ -50,7 +50,9 @@ def auroc(y_true, y_score):
 def auroc_ci(y_true, y_score, n_boot=N_BOOT, seed=0, level=0.95, groups=None):
     """Percentile bootstrap confidence interval for the AUROC, resampling clusters of rows as `kappa_ci` does.
 
-    Resamples with one class only are left out (their AUROC is undefined).
+    Every resample's AUROC comes at once, as the Mann-Whitney statistic of its row weights (ties count
+    half), exactly sklearn's `roc_auc_score` of the resampled rows. Resamples with one class only are
+    left out (their AUROC is undefined).
 
     Returns:
         [lo, hi], or [NaN, NaN] when no resample has both classes.
@@ -59,14 +61,22 @@ def auroc_ci(y_true, y_score, n_boot=N_BOOT, seed=0, level=0.95, groups=None):
     if len(y_true) == 0:
         return [float("nan"), float("nan")]
     _, cluster = np.unique(np.arange(len(y_true)) if groups is None else np.asarray(groups), return_inverse=True)
-    members = [np.flatnonzero(cluster == c) for c in range(int(cluster.max()) + 1)]
+    k = int(cluster.max()) + 1
+    _, level_of = np.unique(y_score, return_inverse=True)  # tied scores share a level
+    levels = int(level_of.max()) + 1
+    # Per cluster and score level: positives and negatives; a resample's are the sums over its clusters.
+    cell = cluster * levels + level_of
+    pos, neg = (np.bincount(cell, weights=w, minlength=k * levels).reshape(k, levels) for w in (y_true, 1 - y_true))
     rng = np.random.default_rng(seed)
-    values = []
-    for _ in range(n_boot):
-        rows = np.concatenate([members[c] for c in rng.integers(0, len(members), len(members))])
-        if 0 < y_true[rows].sum() < len(rows):
-            values.append(roc_auc_score(y_true[rows], y_score[rows]))
-    if not values:
+    draws = np.zeros((n_boot, k))
+    np.add.at(draws, (np.repeat(np.arange(n_boot), k), rng.integers(0, k, n_boot * k)), 1)
+    pos, neg = draws @ pos, draws @ neg
+    below = np.cumsum(neg, axis=1) - neg  # negatives scored strictly lower than each level
+    pairs = pos.sum(axis=1) * neg.sum(axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        values = (pos * (below + 0.5 * neg)).sum(axis=1) / pairs
+    values = values[pairs > 0]
+    if not len(values):
         return [float("nan"), float("nan")]
     tail = (1 - level) / 2 * 100
     return [float(np.percentile(values, tail)), float(np.percentile(values, 100 - tail))]
@@ -111,7 +121,7 @@ def binary_metrics(y_true, y_score, threshold=DEFAULT_THRESHOLD, n_boot=N_BOOT, 
 
     Args:
         threshold: one threshold, or one per row (each study decided by its routed part's).
-        groups: cluster ids (patients) for the kappa interval; see `kappa_ci`.
+        groups: cluster ids (patients) for the kappa and AUROC intervals; see `kappa_ci`.
 
     Returns:
         A dict with the keys of `METRIC_KEYS`; undefined rates are NaN.
@@ -124,7 +134,8 @@ def binary_metrics(y_true, y_score, threshold=DEFAULT_THRESHOLD, n_boot=N_BOOT, 
         warnings.warn("no samples to score; reporting NaN", stacklevel=2)
         nan = float("nan")
         return {"tp": 0, "fn": 0, "fp": 0, "tn": 0, "accuracy": nan, "precision": nan, "sensitivity": nan,
-                "specificity": nan, "f1": nan, "kappa": nan, "auroc": nan, "kappa_ci95": [nan, nan], "n": 0}
+                "specificity": nan, "f1": nan, "kappa": nan, "auroc": nan, "kappa_ci95": [nan, nan],
+                "auroc_ci95": [nan, nan], "n": 0}
     y_pred = (y_score >= np.asarray(threshold, float)).astype(int)
     tn, fp, fn, tp = (int(v) for v in confusion_matrix(y_true, y_pred, labels=[0, 1]).ravel())
     precision, sensitivity = _ratio(tp, tp + fp), _ratio(tp, tp + fn)
@@ -138,6 +149,7 @@ def binary_metrics(y_true, y_score, threshold=DEFAULT_THRESHOLD, n_boot=N_BOOT, 
         "kappa": kappa(y_true, y_pred),
         "auroc": auroc(y_true, y_score),
         "kappa_ci95": kappa_ci(y_true, y_pred, n_boot=n_boot, seed=seed, groups=groups),
+        "auroc_ci95": auroc_ci(y_true, y_score, n_boot=n_boot, seed=seed, groups=groups),
         "n": int(len(y_true)),
     }
 

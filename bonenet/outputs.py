@@ -9,6 +9,7 @@ the target, not the temporary file, and leaves any earlier target unchanged.
 
 import errno
 import glob
+import math
 import os
 import shutil
 import socket
@@ -184,3 +185,14 @@ def check_free_space(folder, nbytes, what):
 
 def _megabytes(nbytes):
     return f"{nbytes / 1e6:,.1f} MB" if nbytes < 1e7 else f"{nbytes / 1e6:,.0f} MB"
+
+
+def json_safe(value):
+    """`value` with every NaN or infinity (in dicts and lists) as None: NaN is not JSON, so every reader can parse it."""
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value

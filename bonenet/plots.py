@@ -1,4 +1,4 @@
-"""Evaluation figures: router confusion, per-part confusion, ROC curves, kappa against Stanford."""
+"""Evaluation figures: router confusion, per-part confusion, ROC curves, kappa against Stanford, reliability."""
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -121,6 +121,36 @@ def kappa_figure(study_metrics, parts):
     return fig
 
 
+def reliability_figure(rows, calibration, title):
+    """Reliability diagram of one table of scored studies, before and after calibration (scikit-learn's
+    `CalibrationDisplay`, uniform bins), with each curve's ECE and 95% cluster-bootstrap CI in the legend.
+
+    Args:
+        rows: studies with `label`, `score` (calibrated) and `score_uncalibrated`.
+        calibration: the part's entry of `metrics["calibration"]` (ECE, CI, bins).
+    """
+    from sklearn.calibration import CalibrationDisplay
+
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    rows = rows[np.isfinite(rows["score"]) & np.isfinite(rows["score_uncalibrated"])]
+    if rows.empty:
+        ax.text(0.5, 0.5, "no scored studies", ha="center", va="center", transform=ax.transAxes)
+    for when, column, style in (("before", "score_uncalibrated", {"color": "tab:orange", "ls": "--"}),
+                                ("after", "score", {"color": "tab:blue"})):
+        if rows.empty:
+            break
+        lo, hi = calibration[f"ece_{when}_ci95"]
+        CalibrationDisplay.from_predictions(
+            rows["label"], rows[column], n_bins=calibration["bins"], ax=ax, **style,
+            name=f"{when} calibration: ECE {calibration[f'ece_{when}']:.3f} [{lo:.3f}, {hi:.3f}]")
+    ax.set_xlabel("mean p(abnormal) in the bin (study level)")
+    ax.set_ylabel("share of abnormal studies in the bin")
+    ax.set_title(title)
+    ax.legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
 def write_evaluation_plots(metrics, studies, out_dir):
     """Writes every evaluation PNG into `out_dir`; returns their paths."""
     parts = [p for p in metrics["study"] if p != "overall"]
@@ -132,5 +162,7 @@ def write_evaluation_plots(metrics, studies, out_dir):
         "part_confusion.png": part_confusions_figure(metrics["study"], parts),
         "roc.png": roc_figure(studies, parts),
         "kappa_vs_stanford.png": kappa_figure(metrics["study"], parts),
+        "reliability.png": reliability_figure(studies, metrics["calibration"]["overall"],
+                                              "Reliability, all parts (study level)"),
     }
     return [save_figure(fig, f"{out_dir}/{name}") for name, fig in figures.items()]

@@ -8,6 +8,7 @@ import base64
 import html
 import json
 import logging
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ from traitlets import default
 
 from bonenet import baselines
 from bonenet.configs import DEFAULT_THRESHOLD
+from bonenet.model_card import CARD_FILE
 from bonenet.outputs import folder_written_whole
 from bonenet.parts import PARTS, parse_part, short_name
 from bonenet.progress import Progress
@@ -82,6 +84,10 @@ GLOSSARY = {
                       "for scale only, not the same images",
     "threshold": "a study is abnormal when its score (mean p(abnormal) of its views) reaches it",
     "study p(abnormal)": "the mean p(abnormal) of the study's views under the routed part's model",
+    "ECE [95% CI]": "expected calibration error: over 10 equal-width bins of study p(abnormal), the mean gap "
+                    "between the share of abnormal studies and the mean p(abnormal), weighted by the bin's "
+                    "studies (0 is perfectly calibrated), with a 95% cluster-bootstrap interval over patients",
+    "calibration": "the temperature fitted on the training hold-out that divides the part model's logits",
 }
 
 
@@ -191,6 +197,24 @@ def threshold_sweep(studies, part, tuned=None, default=DEFAULT_THRESHOLD, steps=
     return pd.DataFrame(out)
 
 
+def calibration_table(metrics, part):
+    """ECE [95% CI] of a part's study scores before and after calibration, and the temperature; None when
+    the evaluation predates calibration."""
+    entry = metrics.get("calibration", {}).get(parse_part(part) if part != "overall" else part)
+    if entry is None:
+        return None
+    rows = []
+    for when in ("before", "after"):
+        lo, hi = entry[f"ece_{when}_ci95"]
+        ci = "" if lo is None else f" [{lo:.3f}, {hi:.3f}]"
+        rows.append({"": f"{when} calibration", "ECE [95% CI]": f"{entry[f'ece_{when}']:.3f}{ci}",
+                     "studies": entry["n"]})
+    table = pd.DataFrame(rows).set_index("")
+    if "calibration" in entry:
+        table["calibration"] = ["none: the model's own softmax", entry["calibration"]]
+    return table
+
+
 def part_studies(studies, part):
     """The scored studies whose true part is `part`."""
     return studies[(studies["part_true"] == parse_part(part)) & np.isfinite(studies["score"])]
@@ -230,9 +254,10 @@ def gallery(eval_dir, part, kind):
 
 
 def links(parts, here=None):
-    """HTML links between the report's pages: the overview and every part page."""
+    """HTML links between the report's pages: the overview, every part page and the run's model card."""
     pages = [("overview", "overview.html")] + [(short_name(p), f"part_{short_name(p)}.html") for p in parts]
     items = [f"<b>{name}</b>" if name == here else f'<a href="{href}">{name}</a>' for name, href in pages]
+    items.append(f'<a href="{CARD_FILE}">model card</a>')
     return '<nav class="bonenet-links">Pages: ' + " · ".join(items) + "</nav>"
 
 
@@ -328,5 +353,7 @@ def run_reports(eval_dir, out_dir, parts=None, timeout=600):
             (tmp / f"{name}.html").write_text(body, encoding="utf-8")
             written.append(out_dir / f"{name}.html")
             bar.update()
+        if (eval_dir / CARD_FILE).is_file():  # the pages link to it
+            shutil.copyfile(eval_dir / CARD_FILE, tmp / CARD_FILE)
     bar.close()
     return written

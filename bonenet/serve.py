@@ -27,6 +27,7 @@ from bonenet import __version__
 from bonenet.configs import ServeConfig
 from bonenet.imageio import ImageReadError, image_format, max_pixels
 from bonenet.inference import error_entry, predict_images, read_image
+from bonenet.model_card import CARD_FILE, NOT_FOR_CLINICAL_USE
 from bonenet.reading import skip_from_error
 
 STATIC = Path(__file__).resolve().parent / "static"
@@ -34,7 +35,6 @@ STATIC = Path(__file__).resolve().parent / "static"
 # the server holds at most this many studies in memory (each at most MAX_FILES × MAX_FILE_MB, and
 # every image within the pixel budget) whatever clients send.
 CONCURRENT_REQUESTS = 4
-NOT_FOR_CLINICAL_USE = "Research software: not for clinical use."
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +78,8 @@ def health(net, limits):
         "backbone_warning": net.backbone_warning(),
         "threshold_mode": net.threshold_mode,
         "thresholds": {part: {"threshold": t, "source": source} for part, (t, source) in net.thresholds.items()},
+        "calibration": {key: net.calibration_note(key) for key in ["router", *net.parts]},
+        "model_card": "/model-card",
         "limits": limits,
         "notice": NOT_FOR_CLINICAL_USE,
     }
@@ -175,6 +177,16 @@ async def read_study(request, max_files, max_file_mb):
         await form.close()
 
 
+def model_card_response(net):
+    """`GET /model-card`: the run's MODEL_CARD.md (`bonenet.model_card`) as Markdown, or a one-line 404."""
+    from fastapi.responses import PlainTextResponse
+
+    card = net.run_dir / CARD_FILE if net.run_dir else None
+    if card is None or not card.is_file():
+        return _error_response(404, "this run has no model card; train or evaluate it with this version of bonenet")
+    return PlainTextResponse(card.read_text(encoding="utf-8"), media_type="text/markdown; charset=utf-8")
+
+
 def create_app(net, config=None, cams=True):
     """The FastAPI app serving `net` (a loaded `BoneNet`) within `config`'s limits (a `ServeConfig`).
 
@@ -204,6 +216,8 @@ def create_app(net, config=None, cams=True):
     @app.get("/api/health")
     def get_health():
         return health(net, limits)
+
+    app.get("/model-card")(lambda: model_card_response(net))
 
     async def answer(request):
         uploads = await asyncio.wait_for(read_study(request, config.max_files, config.max_file_mb),

@@ -14,6 +14,8 @@ one.
 import numpy as np
 import pandas as pd
 
+from bonenet.configs import DEFAULT_THRESHOLD
+
 # The columns of `evaluate`'s study_predictions.csv and image_predictions.csv, which reports read.
 STUDY_COLUMNS = ["study", "patient", "part_true", "part_pred", "router_confidence", "label", "score", "threshold",
                  "pred"]
@@ -130,3 +132,27 @@ def aggregate_studies(images, labels, thresholds, oracle=False):
         })
     return pd.DataFrame(rows, columns=["study", "patient", "part_true", "part_pred", "router_confidence", "label", "score",
                                        "threshold", "threshold_source", "pred"])
+
+
+def untuned_parts(manifest, parts):
+    """{part: why its threshold could not be tuned} for the `parts` whose hold-out tuning failed."""
+    tuning = {part: manifest["models"][part].get("tuning", {}) for part in parts}
+    return {part: t.get("reason", "not recorded") for part, t in tuning.items() if t.get("threshold") is None}
+
+
+def part_thresholds(manifest, parts, mode="tuned"):
+    """{part: (threshold, source)} for `parts`, from a run's manifest.
+
+    With "tuned", each part's threshold tuned on the training hold-out; a part whose tuning was not
+    possible keeps the default, and its source says why. With "default", `DEFAULT_THRESHOLD`.
+    """
+    untuned = untuned_parts(manifest, parts)
+    out = {}
+    for part in parts:
+        if mode == "tuned" and part in untuned:
+            out[part] = (DEFAULT_THRESHOLD, f"default {DEFAULT_THRESHOLD}: tuning was not possible ({untuned[part]})")
+        elif mode == "tuned":
+            out[part] = (float(manifest["models"][part]["tuning"]["threshold"]), "tuned on the training hold-out")
+        else:
+            out[part] = (DEFAULT_THRESHOLD, f"default {DEFAULT_THRESHOLD}")
+    return out

@@ -30,9 +30,11 @@ import tensorflow as tf
 
 from bonenet import data as bdata
 from bonenet import runtime
+from bonenet.calibration import apply_temperature, fit_temperature
 from bonenet.configs import DEFAULT_THRESHOLD, STRATEGIES, TrainConfig
 from bonenet.features import compute_features, weights_digest
 from bonenet.metrics import tune_threshold
+from bonenet.model_card import write_model_card
 from bonenet.models import (
     build_part_model,
     build_router,
@@ -468,9 +470,23 @@ def _fit(job, built, train_ds, val_ds, config, resume, verbose):
 
 
 def _holdout_probabilities(built, val_ds):
-    """p(abnormal) of the hold-out in dataset order, computed eagerly: `predict` under a
+    """The model's softmax over the hold-out in dataset order, computed eagerly: `predict` under a
     multi-worker strategy would gather each worker's shard in no fixed order."""
-    return np.concatenate([np.asarray(built.fitted(x, training=False))[:, 1] for x, _ in val_ds])
+    return np.concatenate([np.asarray(built.fitted(x, training=False)) for x, _ in val_ds])
+
+
+def calibrate_on_holdout(probs, kept, examples):
+    """The model's temperature (`bonenet.calibration.fit_temperature`) on the hold-out images `kept`.
+
+    The router is calibrated per image; a part model on its studies' mean p(abnormal), the
+    number the study rule reads.
+    """
+    label_of = dict(zip(examples.val_paths, examples.val_labels, strict=True))
+    labels = np.asarray([label_of[p] for p in kept], int)
+    if examples.key == "router":
+        return fit_temperature(probs, labels)
+    study_of = examples.val_images.set_index("path")["study"]
+    return fit_temperature(probs[:, 1], labels, groups=study_of.loc[kept].to_numpy())
 
 
 def _model_entry(job, built, index, scores, tuning, log_path, config, skips, seconds):
@@ -519,22 +535,28 @@ def _save_trunk_if_first(job, built, config):
 
 
 def _finalize(job, built, index, val_ds, log_path, config, skips, seconds=None):
-    """Scores the hold-out, tunes a part's threshold there, saves the head (and the run's first trunk)."""
+    """Scores the hold-out, calibrates the model and tunes a part's threshold there, saves the head (and
+    the run's first trunk)."""
     with bdata.length_found_at_the_end():
         scores = built.fitted.evaluate(val_ds, verbose=0, return_dict=True)
+    # The hold-out dataset served every hold-out image but those recorded as unreadable.
+    kept = [p for p in job.examples.val_paths if p not in skips]
+    probs = _holdout_probabilities(built, val_ds)
+    calibration = calibrate_on_holdout(probs, kept, job.examples)
     tuning = None
-    if job.key != "router":
-        # The hold-out dataset served every hold-out image but those recorded as unreadable.
-        kept = [p for p in job.examples.val_paths if p not in skips]
-        tuning = tune_on_holdout(_holdout_probabilities(built, val_ds), kept, job.examples.val_images, job.key)
+    if job.key != "router":  # the threshold is tuned on the calibrated scores, the ones it will decide
+        calibrated = apply_temperature(probs[:, 1], calibration["temperature"])
+        tuning = tune_on_holdout(calibrated, kept, job.examples.val_images, job.key)
     save_model_atomic(built.head, job.home / model_filename(job.key))  # unlisted until the manifest names it
     entry = _model_entry(job, built, index, scores, tuning, log_path, config, skips, seconds or {})
+    entry["calibration"] = calibration
     # One lock around the trunk check, the trunk's save and the manifest's update: a training
     # started beside this one into the same folder waits here, and cannot slip its trunk in between.
     with run_lock(job.home):
         trunk_entry = _save_trunk_if_first(job, built, config)
         if job.place.scratch is None:
             record_model(job.place.run_dir, job.key, built.shared, entry, trunk=trunk_entry)
+            write_model_card(job.place.run_dir)
     # Saved: nothing left to resume. A non-chief's checkpoints were only ever its own copy.
     work = checkpoint_dir(job.home, job.key)
     shutil.rmtree(work if job.place.scratch else work / "backup", ignore_errors=True)
@@ -600,6 +622,12 @@ def summary_line(key, entry):
     if tuning is not None:
         text += (f"; threshold {tuning['threshold']:.3f} tuned on {tuning['studies']} hold-out studies"
                  if tuning["threshold"] is not None else f"; threshold 0.5 (tuning not possible: {tuning['reason']})")
+    calibration = entry.get("calibration", {})
+    if calibration.get("temperature") is not None:
+        text += (f"; temperature {calibration['temperature']:.2f} (hold-out NLL {calibration['nll_before']:.3f} "
+                 f"→ {calibration['nll_after']:.3f})")
+    elif calibration:
+        text += f"; not calibrated ({calibration['reason']})"
     return text
 
 

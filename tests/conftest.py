@@ -86,8 +86,12 @@ def full_run(run, tmp_path_factory):
     return run_dir
 
 
-def _write_dicom(path, pixels, photometric="MONOCHROME2", frames=1):
-    """Writes `pixels` (uint8 or uint16 H×W) as a DICOM Part 10 file, as a modality would."""
+def _write_dicom(path, pixels, photometric="MONOCHROME2", frames=1, study=None):
+    """Writes `pixels` (uint8 or uint16 H×W) as a DICOM Part 10 file, as a modality would.
+
+    `study`: (StudyInstanceUID, SeriesInstanceUID) to give it, with a patient and general study module, as
+    a PACS would hold it. Defaults to None: no study attributes.
+    """
     import numpy as np
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
@@ -100,6 +104,11 @@ def _write_dicom(path, pixels, photometric="MONOCHROME2", frames=1):
     ds.file_meta = meta
     ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
     ds.Modality = "CR"
+    if study is not None:
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = study
+        ds.PatientName, ds.PatientID, ds.PatientBirthDate, ds.PatientSex = "Test^Patient", "BN-0001", "19700101", "F"
+        ds.StudyDate, ds.StudyTime, ds.StudyID, ds.AccessionNumber = "20261126", "101500", "1", "ACC-1"
+        ds.ReferringPhysicianName, ds.SeriesNumber, ds.InstanceNumber = "", 1, 1
     pixels = np.asarray(pixels)
     if frames > 1:
         pixels = np.stack([pixels] * frames)
@@ -111,7 +120,7 @@ def _write_dicom(path, pixels, photometric="MONOCHROME2", frames=1):
 
 @pytest.fixture(scope="session")
 def write_dicom():
-    """`write_dicom(path, pixels, photometric="MONOCHROME2", frames=1)`: a DICOM file made by pydicom."""
+    """`write_dicom(path, pixels, photometric="MONOCHROME2", frames=1, study=None)`: a DICOM file made by pydicom."""
     return _write_dicom
 
 

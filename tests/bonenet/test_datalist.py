@@ -128,6 +128,9 @@ def test_fracatlas_trains_evaluates_and_reports_with_absent_parts_skipped(tmp_pa
     absent = [line for line in out.splitlines() if "absent from the training data" in line]
     assert len(absent) == 5 and not any(p in " ".join(absent) for p in ("XR_HAND", "XR_SHOULDER"))
     assert set(store.read_manifest(run)["models"]) == {"router", "XR_HAND", "XR_SHOULDER"}
+    card = json.loads((run / "model_card.json").read_text())  # train-all wrote the card; not evaluated yet
+    assert set(card["models"]) == {"router", "XR_HAND", "XR_SHOULDER"} and card["evaluation"] is None
+    assert "Not evaluated yet" in (run / "MODEL_CARD.md").read_text()
     assert run_pipeline.main(["evaluate", "--data-root", datalist, "--models-dir", run, "--out", tmp_path / "eval",
                               "--bootstrap", "20"]) == 0
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
@@ -136,6 +139,11 @@ def test_fracatlas_trains_evaluates_and_reports_with_absent_parts_skipped(tmp_pa
     assert sum("no studies of" in line for line in err.splitlines()) == 5
     studies = pd.read_csv(tmp_path / "eval" / "study_predictions.csv")
     assert set(studies["part_pred"]) <= {"XR_HAND", "XR_SHOULDER"}  # routed among the parts the run covers
+    card = json.loads((run / "model_card.json").read_text())  # evaluate updated it with this split's figures
+    assert set(card["evaluation"]["parts"]) == {"XR_HAND", "XR_SHOULDER", "overall"}
+    assert card["evaluation"]["parts"]["XR_HAND"]["kappa"] == metrics["study_tuned"]["XR_HAND"]["kappa"]
     assert run_pipeline.main(["report", "--eval-dir", tmp_path / "eval", "--out", tmp_path / "reports"]) == 0
+    assert (tmp_path / "reports" / "MODEL_CARD.md").read_text() == (run / "MODEL_CARD.md").read_text()
+    assert 'href="MODEL_CARD.md"' in (tmp_path / "reports" / "overview.html").read_text()
     assert {p.name for p in (tmp_path / "reports").glob("*.html")} == {"overview.html", "part_hand.html",
                                                                        "part_shoulder.html"}

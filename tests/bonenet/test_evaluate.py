@@ -28,10 +28,14 @@ def evaluation(full_run, synthetic_root, tmp_path_factory):
 
 def test_evaluate_writes_every_file_and_key_of_the_contract(evaluation):
     for name in ("metrics.json", "study_predictions.csv", "image_predictions.csv", "router_confusion.png",
-                 "part_confusion.png", "roc.png", "kappa_vs_stanford.png", "gallery.csv", "skipped.csv"):
+                 "part_confusion.png", "roc.png", "kappa_vs_stanford.png", "reliability.png", "gallery.csv",
+                 "skipped.csv", "MODEL_CARD.md", "model_card.json"):
         assert (evaluation / name).is_file(), name
     metrics = json.loads((evaluation / "metrics.json").read_text())
-    assert {"study", "image", "router", "baseline", "oracle"} <= set(metrics)
+    assert {"study", "image", "router", "baseline", "oracle", "calibration"} <= set(metrics)
+    for part, entry in metrics["calibration"].items():
+        assert {"n", "bins", "ece_before", "ece_before_ci95", "ece_after", "ece_after_ci95"} <= set(entry)
+        assert part == "overall" or {"calibrated", "temperature", "calibration"} <= set(entry)
     for level in ("study", "image", "oracle"):
         assert "overall" in metrics[level]
         for m in metrics[level].values():
@@ -42,7 +46,7 @@ def test_evaluate_writes_every_file_and_key_of_the_contract(evaluation):
     assert metrics["baseline"]["stanford_kappa"]["XR_WRIST"] == 0.931
     studies = pd.read_csv(evaluation / "study_predictions.csv")
     assert list(studies.columns) == ["study", "patient", "part_true", "part_pred", "router_confidence", "label",
-                                     "score", "threshold", "pred"]
+                                     "score", "threshold", "pred", "score_uncalibrated"]
     images = pd.read_csv(evaluation / "image_predictions.csv")
     assert list(images.columns) == ["path", "study", "patient", "part_true", "part_pred", "image_part_pred",
                                     "router_confidence", "label", "score"]
@@ -148,6 +152,15 @@ def test_reports_read_cleanly_link_both_ways_and_decide_as_predict_does(evaluati
         link = browser.find_element("css selector", f'nav.bonenet-links a[href="{other}"]')
         assert link.is_displayed(), (name, other)
         assert screenshot(browser, f"report_{name[:-5]}.png").stat().st_size > 20_000
+    # The calibration section: the table of ECE before and after, and the reliability diagram, as Chromium shows it.
+    browser.get((tmp_path / "part_wrist.html").as_uri())
+    text = browser.find_element("tag name", "body").text
+    calibration = json.loads((evaluation / "metrics.json").read_text())["calibration"]["XR_WRIST"]
+    for when in ("before", "after"):
+        assert re.search(rf"{when} calibration\s+{calibration[f'ece_{when}']:.3f} \[", text), when
+    diagram = browser.find_element("css selector", 'img[alt="Calibration"]')
+    assert diagram.is_displayed() and diagram.size["width"] > 300
+    assert browser.find_element("css selector", 'nav.bonenet-links a[href="MODEL_CARD.md"]').is_displayed()
     captions = browser.find_elements("css selector", "figure.bonenet-tile figcaption")
     assert captions and all(float(c.value_of_css_property("font-size")[:-2]) >= 13 for c in captions)
     assert "study p(abnormal)" in captions[0].text and "this view p(abnormal)" in captions[0].text

@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 
 import run_pipeline
+from bonenet.calibration import apply_temperature
 from bonenet.imageio import load_gray
 from bonenet.inference import BoneNet, group_inputs
 
@@ -72,9 +73,14 @@ def test_shared_trunk_pipeline_equals_separate_full_models(run, net, wrist_study
     _, trained = run
     x = np.stack([net.prepare(p) for p in wrist_study]).astype(np.float32)
     features = net.encode(x)
-    np.testing.assert_allclose(net.router_probs(features), trained["router"].predict(x, verbose=0), atol=1e-4)
-    np.testing.assert_allclose(net.abnormal_probs("XR_WRIST", features),
-                               trained["XR_WRIST"].predict(x, verbose=0)[:, 1], atol=1e-4)
+    router = net.router_probs(features, calibrated=False)
+    np.testing.assert_allclose(router, trained["router"].predict(x, verbose=0), atol=1e-4)
+    wrist = net.abnormal_probs("XR_WRIST", features, calibrated=False)
+    np.testing.assert_allclose(wrist, trained["XR_WRIST"].predict(x, verbose=0)[:, 1], atol=1e-4)
+    # Calibrated, as every output is: each model's temperature from the manifest over the same numbers.
+    np.testing.assert_array_equal(net.router_probs(features), apply_temperature(router, net.temperature("router")))
+    np.testing.assert_array_equal(net.abnormal_probs("XR_WRIST", features),
+                                  apply_temperature(wrist, net.temperature("XR_WRIST")))
 
 
 def test_predict_threshold_tuned_uses_the_manifests_value(full_run, wrist_study, tmp_path):

@@ -1,5 +1,6 @@
 """Outputs written whole or not at all (`bonenet/outputs.py`): dead writers' leftovers, full disks."""
 
+import json
 import os
 import socket
 import subprocess
@@ -67,3 +68,8 @@ def test_a_full_disk_fails_a_folder_write_naming_the_folder(small_disk):
         (tmp / "big.csv").write_text("x" * 1_000_000)
     assert caught.value.errno == 28 and str(caught.value).startswith(f"{target}: not written (No space left")
     assert list(small_disk.iterdir()) == []
+
+
+def test_json_safe_turns_nan_and_infinity_into_null_everywhere():
+    value = {"a": float("nan"), "b": [1.0, float("inf"), {"c": -float("inf")}], "d": (0.5, "x"), "e": None}
+    assert json.dumps(outputs.json_safe(value)) == '{"a": null, "b": [1.0, null, {"c": null}], "d": [0.5, "x"], "e": null}'

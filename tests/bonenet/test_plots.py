@@ -2,6 +2,7 @@
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from bonenet import plots
 from bonenet.baselines import STANFORD_KAPPA
@@ -36,10 +37,30 @@ def test_roc_curves_name_each_parts_auroc():
 
 def test_every_evaluation_plot_is_written(tmp_path):
     study = {"XR_HAND": _metrics(), "overall": _metrics()}
-    metrics = {"study": study, "router": {"labels": ["XR_HAND"], "confusion": [[5]], "study_confusion": [[2]]}}
-    studies = pd.DataFrame({"part_true": ["XR_HAND"] * 4, "label": [0, 0, 1, 1], "score": [0.1, 0.4, 0.35, 0.8]})
+    calibration = {"ece_before": 0.3, "ece_before_ci95": [0.2, 0.4], "ece_after": 0.1, "ece_after_ci95": [0.05, 0.2],
+                   "bins": 10, "n": 4}
+    metrics = {"study": study, "router": {"labels": ["XR_HAND"], "confusion": [[5]], "study_confusion": [[2]]},
+               "calibration": {"XR_HAND": calibration, "overall": calibration}}
+    studies = pd.DataFrame({"part_true": ["XR_HAND"] * 4, "label": [0, 0, 1, 1], "score": [0.1, 0.4, 0.35, 0.8],
+                            "score_uncalibrated": [0.01, 0.3, 0.2, 0.95]})
     written = plots.write_evaluation_plots(metrics, studies, tmp_path)
     assert sorted(p.name for p in map(__import__("pathlib").Path, written)) == sorted(
         ["router_confusion.png", "router_confusion_studies.png", "part_confusion.png", "roc.png",
-         "kappa_vs_stanford.png"])
+         "kappa_vs_stanford.png", "reliability.png"])
     assert all((tmp_path / name).stat().st_size > 5000 for name in ("roc.png", "kappa_vs_stanford.png"))
+
+
+def test_the_reliability_diagram_shows_both_curves_with_their_ece_and_ci():
+    calibration = {"ece_before": 0.312, "ece_before_ci95": [0.2, 0.4], "ece_after": 0.051, "ece_after_ci95": [0.01, 0.09],
+                   "bins": 10, "n": 6}
+    studies = pd.DataFrame({"label": [0, 0, 1, 1, 0, 1], "score": [0.2, 0.3, 0.6, 0.7, 0.4, 0.8],
+                            "score_uncalibrated": [0.02, 0.1, 0.9, 0.97, 0.2, 0.99]})
+    fig = plots.reliability_figure(studies, calibration, "Reliability: hand")
+    legend = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert "before calibration: ECE 0.312 [0.200, 0.400]" in legend
+    assert "after calibration: ECE 0.051 [0.010, 0.090]" in legend
+    before = next(line for line in fig.axes[0].lines if line.get_label().startswith("before"))
+    from sklearn.calibration import calibration_curve
+
+    _, mean_p = calibration_curve(studies["label"], studies["score_uncalibrated"], n_bins=10)
+    assert before.get_linestyle() == "--" and list(before.get_xdata()) == pytest.approx(list(mean_p))

@@ -42,6 +42,15 @@ def _read(path):
         return f.read()
 
 
+def test_a_run_without_a_model_card_answers_404_in_the_error_shape(net):
+    from bonenet.inference import BoneNet
+
+    bare = TestClient(create_app(BoneNet(net.manifest, net.models, net.trunk)))  # no run folder: no card
+    response = bare.get("/model-card")
+    assert response.status_code == 404 and response.json() == {
+        "error": "this run has no model card; train or evaluate it with this version of bonenet"}
+
+
 def test_a_good_study_gives_predicts_answer(client, net, study):
     response = client.post("/api/predict", files=_files(*((f"view{i}.png", _read(p)) for i, p in enumerate(study))))
     assert response.status_code == 200, response.text
@@ -49,7 +58,8 @@ def test_a_good_study_gives_predicts_answer(client, net, study):
     expected = predict_paths(net, [os.path.dirname(study[0])])
     assert len(answer) == len(expected) == len(study) + 1
     for got, want in zip(answer, expected, strict=True):
-        for key in ("part", "part_confidence", "p_abnormal", "threshold", "threshold_source", "abnormal"):
+        for key in ("part", "part_confidence", "p_abnormal", "threshold", "threshold_source", "abnormal", "calibrated",
+                    "calibration"):
             assert got[key] == pytest.approx(want[key], abs=1e-6) if isinstance(want[key], float) else got[key] == want[key]
     assert answer[-1]["study"] == "upload" and answer[-1]["images"] == [f"view{i}.png" for i in range(len(study))]
     for entry in answer[:-1]:
@@ -99,6 +109,11 @@ def test_health_describes_the_run(client, net):
     assert health["recipe"]["name"] == net.manifest["recipe"]["name"] and health["format_version"] == 3
     assert health["backbone"]["kind"] == "none" and "not ImageNet-pretrained" in health["backbone_warning"]
     assert health["limits"] == {"max_file_mb": 20, "max_files": 32, "max_pixels": 100_000_000, "body_timeout_s": 30}
+    assert health["calibration"] == {key: net.calibration_note(key) for key in ["router", *net.parts]}
+    assert health["model_card"] == "/model-card"
+    card = client.get(health["model_card"])
+    assert card.status_code == 200 and card.headers["content-type"].startswith("text/markdown")
+    assert card.text == (net.run_dir / "MODEL_CARD.md").read_text() and "not for clinical use" in card.text
     page = client.get("/")
     assert page.status_code == 200 and "not for clinical use" in page.text.lower() and 'type="file"' in page.text
     assert "http" not in page.text.split("<script>")[1].replace("/api/", "")  # no CDN, no outside address

@@ -368,7 +368,8 @@ def test_training_into_a_nearly_full_disk_is_refused_before_it_starts_and_keeps_
         assert code == 2 and len(err) == 1 and err[0].startswith(f"bonenet train-part: error: {run_dir}: 2.")
         assert "MB free, training XR_WRIST (model files and checkpoints) needs about" in err[0]
         assert (run_dir / "heads" / "wrist.keras").read_bytes() == head
-        assert sorted(p.name for p in run_dir.iterdir()) == [".lock", "heads", "manifest.json", "trunk.keras"]
+        assert sorted(p.name for p in run_dir.iterdir()) == [".lock", "MODEL_CARD.md", "heads", "manifest.json",
+                                                             "model_card.json", "trunk.keras"]
     finally:
         subprocess.run(["umount", str(disk)], check=False)
 
