@@ -226,7 +226,8 @@ def _predict_line(r):
     else:
         verdict = "abnormal" if r["abnormal"] else "normal"
         lines.append(f"{what}: {r['part']} (router confidence {r['part_confidence']:.2f}) "
-                     f"p(abnormal)={r['p_abnormal']:.3f} -> {verdict} at threshold {r['threshold']:.3f} "
+                     f"p(abnormal)={r['p_abnormal']:.3f} ({'' if r.get('calibrated') else 'not '}calibrated) -> {verdict} "
+                     f"at threshold {r['threshold']:.3f} "
                      f"({r['threshold_source']})")
     return "\n".join(lines)
 

@@ -116,3 +116,16 @@ def test_a_part_whose_tuning_failed_says_so_and_decides_at_half(run, tmp_path):
     (run_dir / "manifest.json").write_text(json.dumps(manifest))
     threshold, source = BoneNet.load(run_dir).thresholds["XR_WRIST"]
     assert threshold == 0.5 and "tuning was not possible" in source and "one class only" in source
+
+
+def test_predicts_console_line_gives_the_part_the_score_whether_it_is_calibrated_and_the_decision(run, wrist_study,
+                                                                                                tmp_path, capsys):
+    assert run_pipeline.main(["predict", wrist_study[0], "--models-dir", str(run[0]), "--json",
+                              str(tmp_path / "r.json")]) == 0
+    r = json.loads((tmp_path / "r.json").read_text())[0]
+    line = capsys.readouterr().out.splitlines()[0]
+    calibrated = "calibrated" if r["calibrated"] else "not calibrated"
+    assert line == (f"{wrist_study[0]}: {r['part']} (router confidence {r['part_confidence']:.2f}) "
+                    f"p(abnormal)={r['p_abnormal']:.3f} ({calibrated}) -> {'abnormal' if r['abnormal'] else 'normal'} "
+                    f"at threshold {r['threshold']:.3f} ({r['threshold_source']})")
+    assert r["calibration"] == BoneNet.load(run[0]).calibration_note("XR_WRIST")

@@ -416,3 +416,24 @@ def test_ctrl_c_during_training_is_one_line_and_the_run_resumes(synthetic_root, 
     resumed = subprocess.run([sys.executable, "run_pipeline.py", *map(str, args[:-4]), "--epochs", "2", "--resume"],
                              cwd=REPO, env=env, capture_output=True, text=True, timeout=400)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
+
+
+def test_each_model_is_calibrated_on_its_hold_out_or_says_why_not(run, index):
+    from bonenet.calibration import fit_temperature
+    from bonenet.train import _prepare, calibrate_on_holdout
+
+    manifest = store.read_manifest(run[0])
+    router = manifest["models"]["router"]
+    assert router["calibration"]["method"] == "temperature" and router["calibration"]["unit"] == "images"
+    assert router["calibration"]["n"] == router["dataset"]["holdout_images"]  # every hold-out image was read
+    assert router["calibration"]["nll_after"] <= router["calibration"]["nll_before"]
+    wrist = manifest["models"]["XR_WRIST"]["calibration"]  # the session's wrist hold-out: 2 studies of one class
+    assert wrist["temperature"] is None and "calibration needs two classes and at least 10" in wrist["reason"]
+    # A part model is fitted on its hold-out studies' mean p(abnormal), the number the study rule decides on.
+    job = _prepare("wrist", index, run[0], TrainConfig(image_size=64, weights="none", holdout_fraction=0.5))
+    ex = job.examples
+    probs = np.random.default_rng(0).random((len(ex.val_paths), 2))
+    fitted = calibrate_on_holdout(probs, ex.val_paths, ex)
+    studies = ex.val_images.set_index("path").loc[ex.val_paths, "study"].to_numpy()
+    assert fitted == fit_temperature(probs[:, 1], ex.val_labels, groups=studies)
+    assert f"has {len(set(studies))} studies" in fitted.get("reason", f"has {fitted.get('n')} studies")
