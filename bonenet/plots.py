@@ -146,7 +146,8 @@ def reliability_figure(rows, calibration, title):
     ax.set_xlabel("mean p(abnormal) in the bin (study level)")
     ax.set_ylabel("share of abnormal studies in the bin")
     ax.set_title(title)
-    ax.legend(loc="upper left", fontsize=8)
+    # Lower right: the corner a reliability curve reaches least (a high mean p with few abnormal studies).
+    ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     return fig
 
