@@ -10,7 +10,8 @@ share, and Grad-CAM. The hold-out is the datalist's own: with no split column, a
 studies, stratified by part and label, drawn with the fixed seed 0 (`bonenet.datalist`), the same on every
 run and machine.
 
-It reports per part the study AUROC and kappa, each with its 95% cluster-bootstrap interval, the router's
+It reports per part the study AUROC and kappa, each with its 95% cluster-bootstrap interval, the expected
+calibration error before and after each part model's temperature (`bonenet.calibration`), the router's
 study accuracy, and a **pointing game** for the heat maps: among the held-out fractured images that the
 pipeline calls abnormal (at the thresholds `predict` uses), the share whose Grad-CAM maximum falls inside an
 annotated fracture box, beside the share a uniformly random point would hit (the mean share of those
@@ -86,15 +87,6 @@ def pointing_game(net, paths, boxes):
             "random_share": float(np.mean(random_shares)) if random_shares else None}
 
 
-def auroc_interval(eval_dir, part, n_boot):
-    """The study AUROC's 95% cluster-bootstrap interval for one part, from `evaluate`'s study table."""
-    from bonenet.metrics import auroc_ci
-
-    studies = pd.read_csv(Path(eval_dir) / "study_predictions.csv")
-    rows = studies[(studies["part_true"] == part) & np.isfinite(studies["score"])]
-    return auroc_ci(rows["label"], rows["score"], n_boot=n_boot, groups=rows["patient"])
-
-
 def run(args):
     """The benchmark's steps; returns the result dict."""
     from bonenet.configs import TrainConfig
@@ -137,9 +129,10 @@ def run(args):
         "epochs_run": {key: entry["epochs_run"] for key, entry in entries.items()},
         "parts": {part: {"n": metrics["study"][part]["n"],
                          "abnormal": metrics["study"][part]["tp"] + metrics["study"][part]["fn"],
-                         "auroc": metrics["study"][part]["auroc"], "auroc_ci95": auroc_interval(out / "eval", part,
-                                                                                                 args.bootstrap),
-                         **{k: metrics["study"][part][k] for k in ("kappa", "kappa_ci95")}}
+                         **{k: metrics["study"][part][k] for k in ("auroc", "auroc_ci95", "kappa", "kappa_ci95")},
+                         **{k: metrics["calibration"][part][k] for k in ("ece_before", "ece_before_ci95", "ece_after",
+                                                                         "ece_after_ci95")},
+                         "temperature": metrics["calibration"][part]["temperature"]}
                   for part in metrics["source"]["parts_scored"]},
         "router_study_accuracy": metrics["router"]["study_accuracy"],
         "pointing_game": pointing,
@@ -155,10 +148,12 @@ def table(result):
     def value(x):
         return "—" if x is None else f"{x:.3f}"
 
-    lines = [f"{'part':<12} {'studies':>7} {'abnormal':>8} {'AUROC':>6} {'95% CI':>13} {'kappa':>6} {'95% CI':>13}"]
+    lines = [f"{'part':<12} {'studies':>7} {'abnormal':>8} {'AUROC':>6} {'95% CI':>13} {'kappa':>6} {'95% CI':>13} "
+             f"{'ECE before':>10} {'ECE after':>9} {'95% CI':>13}"]
     for part, m in result["parts"].items():
         lines.append(f"{part:<12} {m['n']:>7} {m['abnormal']:>8} {value(m['auroc']):>6} {interval(m['auroc_ci95']):>13} "
-                     f"{value(m['kappa']):>6} {interval(m['kappa_ci95']):>13}")
+                     f"{value(m['kappa']):>6} {interval(m['kappa_ci95']):>13} {value(m['ece_before']):>10} "
+                     f"{value(m['ece_after']):>9} {interval(m['ece_after_ci95']):>13}")
     lines.append(f"router study accuracy {result['router_study_accuracy']:.3f}")
     game = result["pointing_game"]
     if game["hit_share"] is None:
@@ -176,9 +171,9 @@ def main(argv=None):
     from bonenet import runtime
 
     runtime.start()  # before anything imports TensorFlow: its start-up lines held back, devices set up once
-    from bonenet.evaluate import _clean
+    from bonenet.outputs import json_safe
 
-    result = _clean(run(args))
+    result = json_safe(run(args))
     Path(args.out, "real_radiographs.json").write_text(json.dumps(result, indent=2))
     print(table(result))
     return result

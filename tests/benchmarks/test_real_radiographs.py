@@ -21,6 +21,10 @@ def test_the_real_radiograph_benchmark_runs_at_a_toy_size(tmp_path, capsys):
     assert set(result["parts"]) == {"XR_HAND", "XR_SHOULDER"}
     assert sum(m["n"] for m in result["parts"].values()) == result["data"]["valid_studies"]
     assert all(len(m["auroc_ci95"]) == 2 and len(m["kappa_ci95"]) == 2 for m in result["parts"].values())
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    for part, m in result["parts"].items():  # the evaluation's own figures, not computed again
+        assert m["auroc_ci95"] == metrics["study"][part]["auroc_ci95"]
+        assert m["ece_after"] == metrics["calibration"][part]["ece_after"]
     assert 0 <= result["router_study_accuracy"] <= 1
     game = result["pointing_game"]
     assert game["called_abnormal"] <= game["fractured"] and game["hits"] <= game["called_abnormal"]
