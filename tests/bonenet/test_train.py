@@ -152,6 +152,7 @@ def test_train_all_resume_keeps_models_that_had_finished(run, index, tmp_path, c
     assert "router 1/2" in out and "XR_WRIST 2/2" in out and "already trained in this run, kept" in out
 
 
+@pytest.mark.slow  # about 25 s; the default run trains full mode in test_reading and in the one-step test below
 def test_full_mode_fits_on_live_augmented_images_into_the_same_layout(run, index, tmp_path):
     run_dir = Path(shutil.copytree(run[0], tmp_path / "run"))
     trunk_before = (run_dir / "trunk.keras").read_bytes()
