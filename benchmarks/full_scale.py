@@ -22,7 +22,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -31,20 +30,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bonenet.runtime import cpu_info  # noqa: E402  (no TensorFlow import)
+
 
 def say(text):
     """One line of what the benchmark is doing, with the time of day."""
     print(f"[{datetime.datetime.now():%H:%M:%S}] {text}", flush=True)
-
-
-def cpu():
-    """The CPU's model and the flags that decide its speed here (AVX-512, bf16, AMX)."""
-    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
-    model = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")),
-                 platform.processor() or platform.machine())
-    flags = set(next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), []))
-    return {"model": model, "cpus": os.cpu_count(), "avx512": "avx512f" in flags,
-            "bf16": bool({"avx512_bf16", "amx_bf16"} & flags), "amx": "amx_tile" in flags}
 
 
 def run_command(args, log):
@@ -171,7 +162,7 @@ def main(argv=None):
         "date": datetime.date.today().isoformat(),
         "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
                                  text=True).stdout.strip(),
-        "machine": cpu(),
+        "machine": cpu_info(),
         "setup": {"data_root": str(root), "scale": None if args.data_root else args.scale, "images": counts,
                   **{k: getattr(args, k) for k in ("image_size", "epochs", "views", "batch_size", "weights")},
                   "mode": "cached"},

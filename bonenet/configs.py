@@ -130,7 +130,8 @@ class TrainConfig:
                                   "live-augmented images", choices=MODES)
     views: int = setting(2, "cached mode: augmented views drawn once per train image; each epoch serves one of "
                             "them", Range(0))
-    precision: str = setting("auto", "compute precision: auto (mixed_float16 on a GPU, float32 on a CPU), float32, "
+    precision: str = setting("auto", "compute precision: auto (mixed_float16 on a GPU, mixed_bfloat16 on a CPU with "
+                                     "native bfloat16 (AVX512_BF16, AMX), float32 on other CPUs), float32, "
                                      "mixed_float16, mixed_bfloat16; saved models compute in float32 wherever they "
                                      "are loaded", choices=PRECISIONS)
 

@@ -25,6 +25,7 @@ import numpy as np
 import tensorflow as tf
 
 from bonenet.data import AUTOTUNE, labelled_slices
+from bonenet.models import trunk_batch_size
 from bonenet.outputs import check_free_space, remove_dead_writers_temps, temp_prefix
 from bonenet.progress import Progress
 from bonenet.reading import Skip, try_prepared
@@ -196,7 +197,7 @@ def _write_features(trunk, ds, array, n, stride, bar):
     return unread, {k: round(v, 2) for k, v in seconds.items()}
 
 
-def compute_features(trunk, paths, recipe, size, cache_dir, views=0, augment_config=None, seed=0, batch_size=32,
+def compute_features(trunk, paths, recipe, size, cache_dir, views=0, augment_config=None, seed=0, batch_size=None,
                      verbose=1):
     """Runs the trunk once over every image (and `views` augmented copies) and caches the outputs.
 
@@ -212,7 +213,8 @@ def compute_features(trunk, paths, recipe, size, cache_dir, views=0, augment_con
         views: augmented views per image, drawn once (0: the unaugmented image only). Defaults to 0.
         augment_config: an `AugmentConfig`, needed when `views` > 0.
         seed: seeds the augmented views. Defaults to 0.
-        batch_size: trunk batch size. Defaults to 32.
+        batch_size: images per trunk call (each call holds one view of them). Defaults to
+            `bonenet.models.trunk_batch_size(size)`, the fastest on this machine.
         verbose: show progress (`bonenet.progress`). Defaults to 1.
 
     Returns:
@@ -221,6 +223,7 @@ def compute_features(trunk, paths, recipe, size, cache_dir, views=0, augment_con
     paths = [str(p) for p in paths]
     if not paths:
         raise ValueError("no images to compute features for")
+    batch_size = batch_size or trunk_batch_size(size)
     if views and augment_config is None:
         raise ValueError("augmented views need an augment_config")
     folder = Path(cache_dir) / f"features-{features_key(paths, recipe, size, trunk, views, augment_config, seed)}"

@@ -8,7 +8,7 @@ import numpy as np
 from bonenet.calibration import apply_temperature
 from bonenet.configs import THRESHOLD_MODES
 from bonenet.imageio import DICOM_PREAMBLE, IMAGE_SUFFIXES, ImageReadError, image_format
-from bonenet.models import set_xla, use_xla
+from bonenet.models import set_xla, trunk_batch_size, use_xla
 from bonenet.parts import short_name
 from bonenet.reading import read_gray, read_prepared, skip_from_error
 from bonenet.store import ManifestError, load_run_models, read_manifest
@@ -29,7 +29,7 @@ class BoneNet:
     Args:
         threshold: "tuned" decides with each part's threshold tuned on the training hold-out where
             the run has one (and says so where it has none); "default" uses 0.5. Defaults to "tuned".
-        pad_batches: pad every prediction batch to `BATCH` rows, so that XLA compiles each model
+        pad_batches: pad every prediction batch to its full size, so that XLA compiles each model
             once rather than once per study size; the padding rows are dropped and cannot change
             the others (BatchNorm runs in inference mode). Defaults to whether XLA is in use.
     """
@@ -116,21 +116,21 @@ class BoneNet:
         (`bonenet.reading.read_prepared`, with the run's recipe and size)."""
         return read_prepared(image, self.recipe, self.image_size, name)
 
-    def _predict(self, model, x):
+    def _predict(self, model, x, batch=BATCH):
         # predict_on_batch reuses one traced function per model and batch shape; `predict` would
         # build a dataset and an iterator for every study.
         out = []
-        for start in range(0, len(x), BATCH):
-            chunk = x[start:start + BATCH]
+        for start in range(0, len(x), batch):
+            chunk = x[start:start + batch]
             n = len(chunk)
-            if self.pad_batches and n < BATCH:
-                chunk = np.concatenate([chunk, np.zeros((BATCH - n, *chunk.shape[1:]), chunk.dtype)])
+            if self.pad_batches and n < batch:
+                chunk = np.concatenate([chunk, np.zeros((batch - n, *chunk.shape[1:]), chunk.dtype)])
             out.append(np.asarray(model.predict_on_batch(chunk))[:n])
         return np.concatenate(out)
 
     def encode(self, batch):
         """Prepared inputs (N×S×S×3) → the trunk's output, which every head reads."""
-        return self._predict(self.trunk, np.asarray(batch, np.float32))
+        return self._predict(self.trunk, np.asarray(batch, np.float32), trunk_batch_size(self.image_size, BATCH))
 
     def router_probs(self, features, calibrated=True):
         """Router softmax (n×7) for `encode`d inputs, calibrated with the router's temperature where it has one."""

@@ -198,6 +198,27 @@ def use_xla():
     return runtime.start()["xla"]
 
 
+# On a CPU the trunk is fastest a few images at a time: at 224 px its first blocks hold 112×112×96
+# float32 activations, 4.8 MB per image, so a batch of 32 works far outside the caches.
+# benchmarks/trunk_speed.py measured 4 images per call at 224 px 1.24x as fast as 32 (2-core EPYC;
+# BENCHMARKS.md).
+CPU_TRUNK_PIXELS = 4 * 224 * 224
+
+
+def trunk_batch_size(image_size, batch_size=32):
+    """Images per call when the trunk runs in inference mode (feature caching, evaluate, predict).
+
+    On a GPU, `batch_size`; on a CPU, as many images as hold `CPU_TRUNK_PIXELS` pixels (4 at 224 px),
+    at least 1 and at most `batch_size`. A batch's size never changes an image's result beyond
+    float32 rounding.
+    """
+    from bonenet import runtime
+
+    if runtime.start()["gpus"]:
+        return batch_size
+    return max(1, min(batch_size, CPU_TRUNK_PIXELS // (image_size * image_size)))
+
+
 def set_xla(*models):
     """Applies `use_xla()` to models that predict without being compiled (loaded or split ones)."""
     flag = use_xla()

@@ -282,7 +282,7 @@ def _cached_datasets(job, built, index, config, verbose, skips):
     augment = AugmentConfig(max_rotation=config.max_rotation) if config.augment and config.views else None
     cache = compute_features(built.trunk, everything, job.place.recipe, config.image_size,
                              _cache_folder(job.place, config), views=config.views if augment else 0,
-                             augment_config=augment, seed=config.seed, batch_size=config.batch_size, verbose=verbose)
+                             augment_config=augment, seed=config.seed, verbose=verbose)
     ex = job.examples
     mine = {*ex.train_paths, *ex.val_paths}
     for skip in cache.skips:

@@ -150,3 +150,13 @@ def test_a_feature_cache_that_cannot_fit_is_refused_before_it_is_written(run, sy
                      capsys)
     assert code == 2 and len(err) == 1 and f"{small_disk / 'cache'}: 0.0 MB free, the feature cache of" in err[0]
     assert [p.name for p in small_disk.iterdir()] == ["fill"] or not any((small_disk / "cache").iterdir())
+
+
+def test_the_trunks_batch_size_does_not_change_the_cache(wrist_model, paths, cache, tmp_path):
+    # compute_features picks the batch for speed (`trunk_batch_size`); images must come out the same.
+    trunk, _ = split_model(wrist_model)
+    one_at_a_time = bfeatures.compute_features(trunk, paths, EQUALIZE, SIZE, tmp_path, views=2,
+                                               augment_config=AugmentConfig(), seed=1, batch_size=1, verbose=0)
+    # float32 rounding can move a value across a float16 rounding boundary: one float16 step at most.
+    np.testing.assert_allclose(np.asarray(one_at_a_time.array, np.float32), np.asarray(cache.array, np.float32),
+                               rtol=2 ** -10, atol=1e-6)

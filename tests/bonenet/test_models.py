@@ -15,6 +15,7 @@ from bonenet.models import (
     compile_model,
     freeze_last,
     resolve_weights,
+    trunk_batch_size,
 )
 
 # The last 20 layers of EfficientNetB0, less its 5 BatchNormalization layers.
@@ -156,3 +157,10 @@ def test_no_private_keras_internals_in_the_package():
 
     source = "".join(p.read_text() for p in Path(models.__file__).parent.glob("*.py"))
     assert "_inbound_nodes" not in source and "_keras_history" not in source
+
+
+def test_the_trunk_runs_a_few_images_per_call_on_a_cpu():
+    # A CPU-sized budget of pixels per call: 4 images at 224 px, never more than asked, at least one.
+    assert trunk_batch_size(224) == 4
+    assert trunk_batch_size(64) == 32 and trunk_batch_size(64, 8) == 8
+    assert trunk_batch_size(512) == 1

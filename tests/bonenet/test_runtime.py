@@ -36,3 +36,21 @@ def test_the_first_decision_holds_for_the_process_and_a_conflicting_one_is_refus
 def test_an_unknown_precision_is_refused():
     with pytest.raises(ValueError, match="precision must be one of"):
         runtime.start("float8")
+
+
+def test_cpu_flags_are_read_from_cpuinfo(tmp_path):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nmodel name\t: Intel(R) Xeon(R) Platinum 8480+\n"
+                       "flags\t\t: fpu avx2 fma avx512f avx512_bf16 amx_bf16 amx_tile\n")
+    info = runtime.cpu_info(cpuinfo)
+    assert info["model"] == "Intel(R) Xeon(R) Platinum 8480+"
+    assert (info["avx512"], info["bf16"], info["amx"]) == (True, True, True)
+    cpuinfo.write_text("model name\t: AMD EPYC\nflags\t\t: fpu avx2 fma\n")
+    assert not any(runtime.cpu_info(cpuinfo)[k] for k in ("avx512", "bf16", "amx"))
+    assert not runtime.cpu_info(tmp_path / "missing")["bf16"]
+
+
+@pytest.mark.parametrize("gpus, bf16, expected", [
+    (1, False, "mixed_float16"), (1, True, "mixed_float16"), (0, True, "mixed_bfloat16"), (0, False, "float32")])
+def test_auto_precision_uses_bfloat16_only_where_the_cpu_computes_it_natively(gpus, bf16, expected):
+    assert runtime.auto_precision(gpus, {"bf16": bf16}) == expected
