@@ -13,8 +13,9 @@ the trunk waited for its input), the trunk's forward passes, each head's epochs,
 records each command's peak resident memory and the feature cache's size on disk.
 
 Run it in the background (`nohup ... &`): it says what it does, one line per step. Killed, it resumes
-where it stopped: the dataset is reused, `train-all --resume` keeps finished models and continues the one
-it was training, and the seconds of every attempt are added. Writes `WORK/full_scale.json` (or `--json`),
+where it stopped: the dataset is reused, `train-all --resume` continues the feature cache from its last
+checkpoint, keeps finished models and continues the one it was training, and the seconds of every attempt
+are added. Writes `WORK/full_scale.json` (or `--json`),
 and prints a table and a one-line total.
 """
 

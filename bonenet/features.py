@@ -8,8 +8,10 @@ at a fraction of the cost: an epoch no longer decodes a PNG or runs the trunk (m
 A cache folder is named by a key over the image files (path, size, modification time), the
 recipe, the image size, the trunk's weights and layout, and the views; anything that changes the
 features changes the key, so a stale cache is never read. Folders are written under a temporary
-name and renamed when complete, so a killed computation leaves nothing that looks finished; the next
-computation in the same folder deletes what a dead writer on this host left.
+name and renamed when complete, so a killed computation leaves nothing that looks finished. Every
+`CHECKPOINT_IMAGES` images a computation records how far it got; the next computation of the same cache
+on this host takes over what a killed one left and resumes there (the views are seeded per image, so
+they come out the same), and deletes any other leftovers.
 """
 
 import hashlib
@@ -20,13 +22,12 @@ import tempfile
 import time
 from pathlib import Path
 
-import keras
 import numpy as np
 import tensorflow as tf
 
 from bonenet.data import AUTOTUNE, labelled_slices
 from bonenet.models import trunk_batch_size
-from bonenet.outputs import check_free_space, remove_dead_writers_temps, temp_prefix
+from bonenet.outputs import check_free_space, dead_writers_temps, remove_dead_writers_temps, temp_prefix
 from bonenet.progress import Progress
 from bonenet.reading import Skip, try_prepared
 from preprocessing.augment import augment
@@ -36,6 +37,8 @@ FEATURES_VERSION = 3
 # and view, 2.1 GB for MURA with two views. The error this adds at the head's output is measured
 # in tests/bonenet/test_features.py and stated in the README.
 STORAGE_DTYPE = np.float16
+# A computation records how far it got every this many images; killed, the next one resumes there.
+CHECKPOINT_IMAGES = 2048
 
 
 def weights_digest(model):
@@ -44,7 +47,7 @@ def weights_digest(model):
     for w in model.weights:
         # Values and shapes only: layer names are numbered per process and would differ.
         h.update(str(tuple(w.shape)).encode())
-        h.update(np.ascontiguousarray(keras.ops.convert_to_numpy(w)).tobytes())
+        h.update(np.ascontiguousarray(w.numpy()).tobytes())
     return h.hexdigest()
 
 
@@ -151,8 +154,9 @@ def _prepare_views(path, index, recipe, size, views, augment_config, seed):
     return np.stack(stack), b""
 
 
-def _views_dataset(paths, recipe, size, views, augment_config, seed, batch_size):
-    """Batches of (uint8 N×views+1×S×S×3 prepared images and views, read-failure reasons), in order."""
+def _views_dataset(paths, recipe, size, views, augment_config, seed, batch_size, first=0):
+    """Batches of (uint8 N×views+1×S×S×3 prepared images and views, read-failure reasons), in order,
+    from image `first` on (its index seeds its views, so a resumed computation draws the same)."""
     stride = 1 + views
 
     def prepare(path, index):
@@ -162,21 +166,24 @@ def _views_dataset(paths, recipe, size, views, augment_config, seed, batch_size)
         x.set_shape((stride, size, size, 3))
         return x, reason
 
-    return tf.data.Dataset.from_tensor_slices((paths, np.arange(len(paths)))).map(
+    return tf.data.Dataset.from_tensor_slices((paths[first:], np.arange(first, len(paths)))).map(
         prepare, num_parallel_calls=AUTOTUNE, deterministic=True).batch(batch_size).prefetch(AUTOTUNE)
 
 
-def _write_features(trunk, ds, array, n, stride, bar):
-    """Runs the trunk over `ds`, filling `array` (rows `view × n + image`).
+def _write_features(trunk, ds, array, n, stride, bar, progress, tmp):
+    """Runs the trunk over `ds`, filling `array` (rows `view × n + image`) from image `progress["done"]` on.
 
-    Returns:
-        ({path index: reason} of the images that could not be read, {"waiting_for_input": seconds the
-        trunk waited for read and prepared batches, "trunk": seconds in the trunk and writing its output}).
+    `progress` ({"done": images written, "unread": {path index: reason}, "seconds": {"waiting_for_input":
+    seconds the trunk waited for read and prepared batches, "trunk": seconds in the trunk and writing its
+    output}}) is updated as it goes, and recorded in `tmp` every `CHECKPOINT_IMAGES` images.
     """
     # One traced call of the trunk in inference mode; unlike `predict_on_batch`, it gives each
     # image's row once under a MirroredStrategy too (read in cross-replica context).
     encode = tf.function(lambda x: trunk(x, training=False), reduce_retracing=True)
-    unread, start, seconds = {}, 0, {"waiting_for_input": 0.0, "trunk": 0.0}
+    seconds, unread = progress["seconds"], progress["unread"]
+    for key in ("waiting_for_input", "trunk"):
+        seconds.setdefault(key, 0.0)
+    start, recorded = progress["done"], progress["done"]
     batches = iter(ds)
     while True:
         waited = time.perf_counter()
@@ -187,14 +194,46 @@ def _write_features(trunk, ds, array, n, stride, bar):
         began = time.perf_counter()
         seconds["waiting_for_input"] += began - waited
         x, reasons = x.numpy().astype(np.float32), reasons.numpy()
-        unread.update({start + i: r.decode() for i, r in enumerate(reasons) if r})
+        unread.update({str(start + i): r.decode() for i, r in enumerate(reasons) if r})
         for v in range(stride):
             array[v * n + start: v * n + start + len(x)] = np.asarray(encode(tf.constant(x[:, v])))
         start += len(x)
+        progress["done"] = start
         seconds["trunk"] += time.perf_counter() - began
         bar.update(len(x))
+        if start - recorded >= CHECKPOINT_IMAGES and start < n:
+            _record_progress(tmp, array, progress)
+            recorded = start
     bar.close()
-    return unread, {k: round(v, 2) for k, v in seconds.items()}
+
+
+def _record_progress(tmp, array, progress):
+    """Makes what is written so far durable, then records how far it goes (a killed run resumes there)."""
+    array.flush()
+    record = tmp / "progress.json.tmp"
+    record.write_text(json.dumps(progress))
+    os.replace(record, tmp / "progress.json")
+
+
+def _resumable(folder, shape):
+    """A killed computation's temporary folder for `folder` (this host, a dead writer, recorded progress and
+    the expected array), renamed as this process's own, with its progress; else (None, None).
+
+    Every other temporary folder a dead writer left for `folder` is deleted.
+    """
+    for tmp in dead_writers_temps(folder):
+        try:
+            progress = json.loads((tmp / "progress.json").read_text())
+            if np.load(tmp / "features.npy", mmap_mode="r").shape != shape:
+                continue
+        except (OSError, ValueError):
+            continue
+        mine = folder.parent / f"{temp_prefix(folder)}resumed"
+        os.replace(tmp, mine)
+        remove_dead_writers_temps(folder)
+        return mine, progress
+    remove_dead_writers_temps(folder)
+    return None, None
 
 
 def compute_features(trunk, paths, recipe, size, cache_dir, views=0, augment_config=None, seed=0, batch_size=None,
@@ -230,28 +269,41 @@ def compute_features(trunk, paths, recipe, size, cache_dir, views=0, augment_con
     if (folder / "meta.json").is_file():
         return FeatureCache(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
-    remove_dead_writers_temps(folder)
     n, stride = len(paths), 1 + views
     shape = (stride * n, *trunk.output.shape[1:])
-    check_free_space(folder.parent, int(np.prod(shape)) * np.dtype(STORAGE_DTYPE).itemsize,
-                     f"the feature cache of {n:,} images × {stride} view(s)")
-    tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(folder), dir=folder.parent))
-    try:
+    tmp, progress = _resumable(folder, shape)
+    if tmp is None:
+        check_free_space(folder.parent, int(np.prod(shape)) * np.dtype(STORAGE_DTYPE).itemsize,
+                         f"the feature cache of {n:,} images × {stride} view(s)")
+        tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(folder), dir=folder.parent))
+        progress = {"done": 0, "unread": {}, "seconds": {}}
         array = np.lib.format.open_memmap(tmp / "features.npy", mode="w+", dtype=STORAGE_DTYPE, shape=shape)
+    else:
+        array = np.load(tmp / "features.npy", mmap_mode="r+")
+    resumed = f", resuming at image {progress['done']:,}" if progress["done"] else ""
+    try:
         bar = Progress(n, f"trunk features of {n:,} train images × {stride} view(s) (the unaugmented image and "
-                          f"{views} augmented), once, into {folder}", enabled=bool(verbose))
-        unread, seconds = _write_features(trunk, _views_dataset(paths, recipe, size, views, augment_config, seed, batch_size),
-                                 array, n, stride, bar)
+                          f"{views} augmented), once, into {folder}{resumed}", enabled=bool(verbose))
+        if progress["done"]:
+            bar.update(progress["done"])
+        ds = _views_dataset(paths, recipe, size, views, augment_config, seed, batch_size, first=progress["done"])
+        _write_features(trunk, ds, array, n, stride, bar, progress, tmp)
         array.flush()
+        unread = {paths[int(i)]: reason for i, reason in sorted(progress["unread"].items(), key=lambda x: int(x[0]))}
         meta = {"paths": paths, "views": views, "size": int(size), "recipe": recipe.to_dict(),
                 "output": trunk.output.name, "dtype": np.dtype(STORAGE_DTYPE).name, "seed": int(seed),
-                "unread": {paths[i]: reason for i, reason in sorted(unread.items())}, "seconds": seconds}
+                "unread": unread, "seconds": {k: round(v, 2) for k, v in progress["seconds"].items()}}
+        (tmp / "progress.json").unlink(missing_ok=True)
         (tmp / "meta.json").write_text(json.dumps(meta))
         del array
         _publish(tmp, folder)
-    finally:
-        if tmp.exists():
+    except BaseException:
+        # A recorded checkpoint stays for the next run to resume from (`_resumable`); its name never
+        # looks finished. Anything else goes.
+        if not (tmp / "progress.json").is_file():
             shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    shutil.rmtree(tmp, ignore_errors=True)  # left only when another process published the same cache first
     return FeatureCache(folder)
 
 

@@ -39,23 +39,30 @@ def temp_prefix(target):
     return f".{Path(target).name}.{socket.gethostname()}.{os.getpid()}."
 
 
+def dead_writers_temps(target):
+    """The temporary files and folders of `target` left on this host by writers no longer running."""
+    target = Path(target)
+    start = f".{target.name}.{socket.gethostname()}."
+    dead = []
+    for tmp in sorted(target.parent.glob(glob.escape(start) + "*")):
+        pid = tmp.name[len(start):].split(".", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            dead.append(tmp)
+    return dead
+
+
 def remove_dead_writers_temps(target):
     """Deletes the temporary files and folders of `target` left on this host by killed writers.
 
     Returns:
         The removed paths.
     """
-    target = Path(target)
-    start = f".{target.name}.{socket.gethostname()}."
-    removed = []
-    for tmp in target.parent.glob(glob.escape(start) + "*"):
-        pid = tmp.name[len(start):].split(".", 1)[0]
-        if pid.isdigit() and not _alive(int(pid)):
-            if tmp.is_dir() and not tmp.is_symlink():
-                shutil.rmtree(tmp, ignore_errors=True)
-            else:
-                tmp.unlink(missing_ok=True)
-            removed.append(tmp)
+    removed = dead_writers_temps(target)
+    for tmp in removed:
+        if tmp.is_dir() and not tmp.is_symlink():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)
     return removed
 
 

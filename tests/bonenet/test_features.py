@@ -1,6 +1,9 @@
 
 import json
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -160,3 +163,53 @@ def test_the_trunks_batch_size_does_not_change_the_cache(wrist_model, paths, cac
     # float32 rounding can move a value across a float16 rounding boundary: one float16 step at most.
     np.testing.assert_allclose(np.asarray(one_at_a_time.array, np.float32), np.asarray(cache.array, np.float32),
                                rtol=2 ** -10, atol=1e-6)
+
+
+# A computation that records its progress after its first batch of 5 images, then dies at once (SIGKILL:
+# no clean-up runs), as a killed train-all would.
+KILLED_CHILD = """
+import json, os, signal, sys
+import keras
+from bonenet import features as F
+from bonenet.models import build_part_model, split_model
+from preprocessing.augment import AugmentConfig
+from preprocessing.recipes import get_recipe
+args = json.loads(sys.argv[1])
+trunk, _ = split_model(build_part_model("XR_WRIST", image_size=args["size"])[0])
+trunk.load_weights(args["weights"])
+F.CHECKPOINT_IMAGES = 4
+record = F._record_progress
+def record_then_die(*a):
+    record(*a)
+    os.kill(os.getpid(), signal.SIGKILL)
+F._record_progress = record_then_die
+F.compute_features(trunk, args["paths"], get_recipe("equalize"), args["size"], args["cache_dir"], views=2,
+                   augment_config=AugmentConfig(), seed=1, batch_size=5, verbose=0)
+"""
+
+
+def test_a_killed_computation_resumes_from_its_last_checkpoint(wrist_model, paths, cache, tmp_path, monkeypatch):
+    trunk, _ = split_model(wrist_model)
+    weights, cache_dir = tmp_path / "trunk.weights.h5", tmp_path / "cache"
+    trunk.save_weights(weights)
+    args = {"size": SIZE, "weights": str(weights), "paths": paths, "cache_dir": str(cache_dir)}
+    child = subprocess.run([sys.executable, "-c", KILLED_CHILD, json.dumps(args)], capture_output=True, text=True,
+                           timeout=300, cwd=Path(__file__).resolve().parents[2])
+    assert child.returncode == -9, child.stderr[-2000:]
+    left = list(cache_dir.iterdir())
+    assert len(left) == 1 and left[0].name.startswith(".features-")  # a temporary name, never a finished cache
+    starts = []
+    views_dataset = bfeatures._views_dataset
+
+    def record_start(*a, first=0, **kw):
+        starts.append(first)
+        return views_dataset(*a, first=first, **kw)
+
+    monkeypatch.setattr(bfeatures, "_views_dataset", record_start)
+    resumed = bfeatures.compute_features(trunk, paths, EQUALIZE, SIZE, cache_dir, views=2,
+                                         augment_config=AugmentConfig(), seed=1, batch_size=5, verbose=0)
+    assert starts == [5]  # only the images after the checkpoint went through the trunk
+    assert [p.name for p in cache_dir.iterdir()] == [resumed.folder.name] and resumed.folder.name == cache.folder.name
+    np.testing.assert_allclose(np.asarray(resumed.array, np.float32), np.asarray(cache.array, np.float32),
+                               rtol=2 ** -10, atol=1e-6)
+    assert not (resumed.folder / "progress.json").exists()
