@@ -184,6 +184,8 @@ def _write_features(trunk, ds, array, n, stride, bar, progress, tmp):
     for key in ("waiting_for_input", "trunk"):
         seconds.setdefault(key, 0.0)
     start, recorded = progress["done"], progress["done"]
+    if start:  # resumed
+        bar.update(start)
     batches = iter(ds)
     while True:
         waited = time.perf_counter()
@@ -236,6 +238,18 @@ def _resumable(folder, shape):
     return None, None
 
 
+def _start_or_resume(folder, shape, what):
+    """(temporary folder, progress, writable array) of a cache of `shape`: a killed computation's, to resume
+    (`_resumable`), else a new one, once the disk has room for `what`."""
+    tmp, progress = _resumable(folder, shape)
+    if tmp is not None:
+        return tmp, progress, np.load(tmp / "features.npy", mmap_mode="r+")
+    check_free_space(folder.parent, int(np.prod(shape)) * np.dtype(STORAGE_DTYPE).itemsize, what)
+    tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(folder), dir=folder.parent))
+    array = np.lib.format.open_memmap(tmp / "features.npy", mode="w+", dtype=STORAGE_DTYPE, shape=shape)
+    return tmp, {"done": 0, "unread": {}, "seconds": {}}, array
+
+
 def compute_features(trunk, paths, recipe, size, cache_dir, views=0, augment_config=None, seed=0, batch_size=None,
                      verbose=1):
     """Runs the trunk once over every image (and `views` augmented copies) and caches the outputs.
@@ -271,21 +285,11 @@ def compute_features(trunk, paths, recipe, size, cache_dir, views=0, augment_con
     folder.parent.mkdir(parents=True, exist_ok=True)
     n, stride = len(paths), 1 + views
     shape = (stride * n, *trunk.output.shape[1:])
-    tmp, progress = _resumable(folder, shape)
-    if tmp is None:
-        check_free_space(folder.parent, int(np.prod(shape)) * np.dtype(STORAGE_DTYPE).itemsize,
-                         f"the feature cache of {n:,} images × {stride} view(s)")
-        tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(folder), dir=folder.parent))
-        progress = {"done": 0, "unread": {}, "seconds": {}}
-        array = np.lib.format.open_memmap(tmp / "features.npy", mode="w+", dtype=STORAGE_DTYPE, shape=shape)
-    else:
-        array = np.load(tmp / "features.npy", mmap_mode="r+")
+    tmp, progress, array = _start_or_resume(folder, shape, f"the feature cache of {n:,} images × {stride} view(s)")
     resumed = f", resuming at image {progress['done']:,}" if progress["done"] else ""
     try:
         bar = Progress(n, f"trunk features of {n:,} train images × {stride} view(s) (the unaugmented image and "
                           f"{views} augmented), once, into {folder}{resumed}", enabled=bool(verbose))
-        if progress["done"]:
-            bar.update(progress["done"])
         ds = _views_dataset(paths, recipe, size, views, augment_config, seed, batch_size, first=progress["done"])
         _write_features(trunk, ds, array, n, stride, bar, progress, tmp)
         array.flush()
