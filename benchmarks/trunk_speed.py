@@ -25,6 +25,7 @@ float16 step at the largest value, `largest_value` × 2⁻¹⁰, is the most flo
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -160,8 +161,6 @@ def main(argv=None):
                          "max_abs_difference": float(np.abs(np.load(work / f"{v}.npy") - reference).max())}
                      for v, r in best.items()},
     }
-    import shutil
-
     shutil.rmtree(work, ignore_errors=True)
     text = json.dumps(result, indent=2)
     print(text)
