@@ -41,14 +41,22 @@ class CommandError(Exception):
     """A failure the user can fix; printed as one line, exit status 2."""
 
 
+# The console's one channel: every line a command shows goes through the `bonenet` logger and the
+# one `_ConsoleHandler`, whether a command's result (`_say`), its remark (`_note`), the library's log,
+# a Python warning (`_show_warning`) or an error.
+CLI = logging.getLogger("bonenet.cli")
+NOTE = logging.INFO + 5  # a command's remark or problem: standard error, prefixed with the command
+logging.addLevelName(NOTE, "NOTE")
+
+
 def _say(text):
     """A command's own result, on standard output."""
-    print(text, flush=True)
+    CLI.info(text)
 
 
 def _note(args, text):
     """A command's one-line remark or problem, on standard error, prefixed with the command."""
-    print(f"bonenet {args.command}: {text}", file=sys.stderr, flush=True)
+    CLI.log(NOTE, text)
 
 
 def _print_skips(args, skips):
@@ -61,9 +69,11 @@ def _print_skips(args, skips):
 
 
 class _ConsoleHandler(logging.Handler):
-    """The library's log on the console as the commands always printed it: information on standard
-    output, progress lines and problems on standard error prefixed with the command. The streams
-    are looked up at each record, so a redirected `sys.stdout` (a test's capture) is honoured."""
+    """The console: information on standard output; progress lines on standard error; remarks, warnings and
+    errors on standard error prefixed with the command. The streams are looked up at each record, so a
+    redirected `sys.stdout` (a test's capture) is honoured."""
+
+    PREFIX = {NOTE: "", logging.WARNING: "warning: ", logging.ERROR: "error: "}
 
     def __init__(self, command):
         super().__init__()
@@ -72,22 +82,31 @@ class _ConsoleHandler(logging.Handler):
     def emit(self, record):
         try:
             text = record.getMessage()
-            if record.levelno >= logging.WARNING:
-                print(f"bonenet {self.command}: {'warning: ' if record.levelno == logging.WARNING else ''}{text}",
-                      file=sys.stderr, flush=True)
+            if record.levelno >= NOTE:
+                prefix = self.PREFIX.get(record.levelno, f"{record.levelname.lower()}: ")
+                print(f"bonenet {self.command}: {prefix}{text}", file=sys.stderr, flush=True)
             else:
                 print(text, file=sys.stderr if record.name == "bonenet.progress" else sys.stdout, flush=True)
         except Exception:
             self.handleError(record)
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    """Python's warnings, through the console's one channel as one line; BONENET_DEBUG=1 adds the source."""
+    where = f" ({filename}:{lineno}, {category.__name__})" if os.environ.get("BONENET_DEBUG") else ""
+    CLI.warning(f"{_one_line(message)}{where}")
+
+
 def _setup_logging(command, verbosity):
-    """One console handler on the `bonenet` logger; -q shows problems only, -v adds debug lines."""
+    """One console handler on the `bonenet` logger; -q shows problems only, -v adds debug lines. A command's
+    own results and remarks always show."""
     logger = logging.getLogger("bonenet")
     for handler in [h for h in logger.handlers if isinstance(h, _ConsoleHandler)]:
         logger.removeHandler(handler)
     logger.addHandler(_ConsoleHandler(command))
     logger.setLevel(logging.WARNING if verbosity < 0 else logging.DEBUG if verbosity > 0 else logging.INFO)
+    CLI.setLevel(logging.INFO)
+    warnings.showwarning = _show_warning
 
 
 def _cmd_make_synthetic(args):
@@ -142,19 +161,20 @@ def _training_notes(args, config, origin):
 
     if origin["kind"] != "imagenet" and config.trainable_layers == TrainConfig.trainable_layers:
         backbone = origin.get("description") or origin["kind"]
-        _say(f"bonenet {args.command}: note: the backbone is not ImageNet-pretrained ({backbone}), and the last "
-             f"{config.trainable_layers} layers alone learn little of real radiographs from it; deep fine-tuning "
-             "(--trainable-layers all) is what learns real findings from such a backbone")
+        _note(args, f"note: the backbone is not ImageNet-pretrained ({backbone}), and the last "
+                    f"{config.trainable_layers} layers alone learn little of real radiographs from it; deep "
+                    "fine-tuning (--trainable-layers all) is what learns real findings from such a backbone")
     if config.deep:
-        _say(f"bonenet {args.command}: --trainable-layers all: the whole network fine-tunes in full mode (no shared "
-             "trunk, so no trunk-feature cache; prepared images are cached in memory, or in --cache-dir)")
+        _note(args, "--trainable-layers all: the whole network fine-tunes in full mode (no shared trunk, so no "
+                    "trunk-feature cache; prepared images are cached in memory, or in --cache-dir)")
 
 
 def _cmd_train(args):
     from bonenet.configs import TrainConfig
     from bonenet.datalist import read_dataset
+    from bonenet.distribute import is_chief
     from bonenet.models import resolve_weights
-    from bonenet.train import is_chief, train_all, train_model, unread_images
+    from bonenet.train import train_all, train_model, unread_images
 
     config = TrainConfig(**_config_values(args, TrainConfig))
     _, origin = resolve_weights(config.weights)  # fail within seconds, before reading the data
@@ -265,14 +285,13 @@ def _cmd_predict(args):
 
 def _write_dicom_srs(args, net, results):
     try:
-        from bonenet.dicom_sr import write_study_srs
+        from bonenet.dicom_sr import closing_line, write_study_srs
     except ImportError as exc:
         raise CommandError(f"--dicom-out needs highdicom ({exc}): pip install \"bonenet[dicom]\"") from exc
     written, skipped = write_study_srs(results, args.dicom_out, f"BoneNet {Path(args.models_dir).resolve().name}")
     for study, why in skipped:
         _note(args, f"{study}: {why}")
-    _say(f"wrote {len(written)} DICOM SR(s) into {args.dicom_out}" if written else
-         "no DICOM SR written: no study was read from DICOM files")
+    _say(closing_line(written, skipped, args.dicom_out))
 
 
 def _cmd_export(args):
@@ -545,9 +564,6 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     args.argv = argv
     _setup_logging(args.command, args.verbose - args.quiet)
-    if not os.environ.get("BONENET_DEBUG"):
-        # Every warning still shows, as one line like the errors; BONENET_DEBUG=1 adds the source line.
-        warnings.formatwarning = lambda message, *_, **__: f"bonenet {args.command}: warning: {_one_line(message)}\n"
     try:
         from bonenet.outputs import check_writable
 
@@ -555,7 +571,7 @@ def main(argv=None):
             if getattr(args, name, None):
                 check_writable(getattr(args, name))
     except OSError as exc:
-        print(f"bonenet {args.command}: error: {_one_line(exc)}", file=sys.stderr)
+        CLI.error(_one_line(exc))
         return 2
     if args.command in TF_COMMANDS:
         from bonenet import runtime
@@ -563,7 +579,7 @@ def main(argv=None):
         try:
             runtime.start(getattr(args, "precision", "auto"))
         except ValueError as exc:
-            print(f"bonenet {args.command}: error: {exc}", file=sys.stderr)
+            CLI.error(_one_line(exc))
             return 2
     try:
         result = args.func(args)
@@ -572,7 +588,7 @@ def main(argv=None):
             raise
         resume = (" (training keeps its last completed epoch: run the same command with --resume)"
                   if hasattr(args, "resume") else "")
-        print(f"bonenet {args.command}: interrupted{resume}", file=sys.stderr)
+        _note(args, f"interrupted{resume}")
         return 130
     except (CommandError, ValueError, OSError, RuntimeError) as exc:
         # Bad input and known failures become one line (ValueError covers MuraError, ImageReadError,
@@ -580,7 +596,7 @@ def main(argv=None):
         # BONENET_DEBUG=1 shows the traceback.
         if os.environ.get("BONENET_DEBUG"):
             raise
-        print(f"bonenet {args.command}: error: {_one_line(exc)}", file=sys.stderr)
+        CLI.error(_one_line(exc))
         return 2
     return 0 if result is None else int(result)
 

@@ -110,8 +110,7 @@ def table(result):
     return "\n".join([*lines, f"{'total':<{width}}  {s['total']:>9,.1f} s"])
 
 
-def main(argv=None):
-    """Runs (or resumes) the benchmark; returns the result dict."""
+def _arguments(argv):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, required=True, help="work folder (data, run, evaluation, logs)")
     parser.add_argument("--scale", type=float, default=1.0, help="share of MURA's counts to draw (default 1)")
@@ -123,38 +122,55 @@ def main(argv=None):
     parser.add_argument("--weights", default="none",
                         help="backbone weights (default none: speed does not depend on the weights' values)")
     parser.add_argument("--json", type=Path, help="where to write the result (default OUT/full_scale.json)")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def _train(args, root, run_dir, state, state_path):
+    """Runs (or resumes) train-all, recording its wall time, CPU time and peak memory in `state`."""
+    if state["train_walls"] and state["train_walls"][-1] is None:
+        # The last attempt was killed: it ran until its log was last written.
+        state["train_walls"][-1] = round((args.out / "train.log").stat().st_mtime - state["train_started"], 1)
+    if state.get("trained"):
+        return
+    resume = ["--resume"] if (run_dir / "manifest.json").is_file() or (run_dir / "checkpoints").is_dir() else []
+    say(f"train-all{' --resume' if resume else ''} into {run_dir} (log: {args.out / 'train.log'})")
+    state["train_walls"].append(None)
+    state["train_started"] = time.time()
+    state_path.write_text(json.dumps(state))
+    wall, cpu_s, peak, code = run_command(["train-all", "--data-root", root, "--models-dir", run_dir,
+                                           *train_flags(args), *resume], args.out / "train.log")
+    state["train_walls"][-1] = round(wall, 1)
+    state["train_cpu"] = round(state.get("train_cpu", 0) + cpu_s, 1)
+    state["train_peak_mb"] = max(state.get("train_peak_mb", 0), round(peak))
+    state["trained"] = code == 0
+    state_path.write_text(json.dumps(state))
+    if code:
+        raise SystemExit(f"train-all failed (exit {code}); see {args.out / 'train.log'}")
+
+
+def _evaluate(args, root, run_dir, eval_dir, state, state_path):
+    """Runs evaluate once, recording its wall time, CPU time and peak memory in `state`."""
+    if "evaluate_wall" in state:
+        return
+    say(f"evaluate into {eval_dir} (log: {args.out / 'evaluate.log'})")
+    wall, cpu_s, peak, code = run_command(["evaluate", "--data-root", root, "--models-dir", run_dir, "--out", eval_dir],
+                                          args.out / "evaluate.log")
+    if code:
+        raise SystemExit(f"evaluate failed (exit {code}); see {args.out / 'evaluate.log'}")
+    state.update(evaluate_wall=round(wall, 1), evaluate_cpu=round(cpu_s, 1), evaluate_peak_mb=round(peak))
+    state_path.write_text(json.dumps(state))
+
+
+def main(argv=None):
+    """Runs (or resumes) the benchmark; returns the result dict."""
+    args = _arguments(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     state_path = args.out / "state.json"
     state = json.loads(state_path.read_text()) if state_path.is_file() else {"train_walls": []}
     root = dataset(args, state)
     run_dir, eval_dir = args.out / "run", args.out / "eval"
-    if state["train_walls"] and state["train_walls"][-1] is None:
-        # The last attempt was killed: it ran until its log was last written.
-        state["train_walls"][-1] = round((args.out / "train.log").stat().st_mtime - state["train_started"], 1)
-    if not state.get("trained"):
-        resume = ["--resume"] if (run_dir / "manifest.json").is_file() or (run_dir / "checkpoints").is_dir() else []
-        say(f"train-all{' --resume' if resume else ''} into {run_dir} (log: {args.out / 'train.log'})")
-        state["train_walls"].append(None)
-        state["train_started"] = time.time()
-        state_path.write_text(json.dumps(state))
-        wall, cpu_s, peak, code = run_command(["train-all", "--data-root", root, "--models-dir", run_dir,
-                                               *train_flags(args), *resume], args.out / "train.log")
-        state["train_walls"][-1] = round(wall, 1)
-        state["train_cpu"] = round(state.get("train_cpu", 0) + cpu_s, 1)
-        state["train_peak_mb"] = max(state.get("train_peak_mb", 0), round(peak))
-        state["trained"] = code == 0
-        state_path.write_text(json.dumps(state))
-        if code:
-            raise SystemExit(f"train-all failed (exit {code}); see {args.out / 'train.log'}")
-    if "evaluate_wall" not in state:
-        say(f"evaluate into {eval_dir} (log: {args.out / 'evaluate.log'})")
-        wall, cpu_s, peak, code = run_command(["evaluate", "--data-root", root, "--models-dir", run_dir, "--out", eval_dir],
-                                       args.out / "evaluate.log")
-        if code:
-            raise SystemExit(f"evaluate failed (exit {code}); see {args.out / 'evaluate.log'}")
-        state.update(evaluate_wall=round(wall, 1), evaluate_cpu=round(cpu_s, 1), evaluate_peak_mb=round(peak))
-        state_path.write_text(json.dumps(state))
+    _train(args, root, run_dir, state, state_path)
+    _evaluate(args, root, run_dir, eval_dir, state, state_path)
     metrics = json.loads((eval_dir / "metrics.json").read_text())
     from bonenet.mura import read_mura
 

@@ -68,12 +68,13 @@ def pointing_game(net, paths, boxes):
     Returns:
         {"fractured", "called_abnormal", "hits", "hit_share", "random_share"}.
     """
-    from bonenet.inference import read_image
+    from bonenet.reading import read_gray
 
     hits, random_shares, called = 0, [], 0
     for path in paths:
-        gray = read_image(path)
-        study, features = net.score_study(net.prepare(gray)[None])
+        gray = read_gray(path)
+        features = net.encode(net.prepare(gray)[None])
+        _, study = net.score(features)
         if not study["abnormal"]:
             continue
         called += 1

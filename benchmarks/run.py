@@ -132,32 +132,25 @@ def storage(size, work):
     return folder_bytes(full_default), folder_bytes(full_weights), folder_bytes(run)
 
 
-def main(argv=None):
+def _arguments(argv):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--image-size", type=int, default=224, help="input side (default 224)")
     p.add_argument("--images", type=int, default=128, help="images per measurement (default 128)")
     p.add_argument("--batch-size", type=int, default=32, help="batch size (default 32)")
     p.add_argument("--head-epochs", type=int, default=6, help="epochs timed for cached heads (default 6)")
     p.add_argument("--out", help="also write the JSON here")
-    args = p.parse_args(argv)
-    size, bs = args.image_size, args.batch_size
-    keras.utils.set_random_seed(0)
-    work = Path(tempfile.mkdtemp(prefix="bonenet-bench-"))
-    root = make_synthetic(work / "data", studies_per_part=max(2, args.images // 14), seed=0, progress=False)
-    paths = read_mura(root).images["path"].tolist()[: args.images]
-    n = len(paths)
-    labels = np.arange(n) % 2
-    print(f"{n} synthetic images at {size} px, batch {bs}, on {platform.processor() or platform.machine()}, "
-          f"{os.cpu_count()} CPU(s), GPUs: {len(tf.config.list_physical_devices('GPU'))}", file=sys.stderr)
+    return p.parse_args(argv)
 
-    # Input pipeline: decode + recipe every time, versus the cached epoch.
+
+def measure_training(paths, labels, size, bs, work, head_epochs):
+    """Input pipeline (decode + recipe every time vs the cached epoch), and training the same trainable
+    layers as a full model on images vs a head on cached trunk outputs."""
+    n = len(paths)
     uncached = make_dataset(paths, labels, 2, get_recipe("equalize"), size, bs, cache=False)
     cached = make_dataset(paths, labels, 2, get_recipe("equalize"), size, bs)
     input_uncached = epoch_rate(uncached, n)
     epoch_rate(cached, n)  # fills the cache
     input_cached = epoch_rate(cached, n)
-
-    # Training the same trainable layers: full model on images, head on cached trunk outputs.
     model, _ = build_part_model("XR_WRIST", image_size=size)
     trunk, head = split_model(model)
     compile_model(model, jit_compile=False)
@@ -170,22 +163,25 @@ def main(argv=None):
     compile_model(head, jit_compile=False)
     usable = features.usable(range(n))
     train_heads = fit_rate(head, features.dataset(usable, labels[usable], 2, bs, training=True), bs,
-                           epochs=args.head_epochs)
+                           epochs=head_epochs)
     # What float16 storage of the trunk's output costs at the head's output.
     images = np.concatenate([xb.numpy() for xb, _ in cached])
     exact = head.predict(trunk.predict(images, batch_size=bs, verbose=0), batch_size=bs, verbose=0)
     stored = head.predict(features.gather(usable), batch_size=bs, verbose=0)
-    float16_error = float(np.abs(exact - stored).max())
-    ten_epochs = 10 / train_full / (1 / extract + 10 / train_heads)
+    return {"input_uncached": input_uncached, "input_cached": input_cached, "train_full": train_full,
+            "extract": extract, "train_heads": train_heads, "features": features, "images": images,
+            "float16_error": float(np.abs(exact - stored).max())}
 
-    # Two-stage inference: trunk once + router head + part head, versus two separate full models.
-    # Fresh, uncompiled models on both sides, as `BoneNet.load` has them.
+
+def measure_inference(x, size, bs):
+    """Two-stage inference (trunk once + router head + part head) against two separate full models, and the
+    pieces alone. Fresh, uncompiled models on both sides, as `BoneNet.load` has them."""
+    n = len(x)
     router, _ = build_router(image_size=size)
     part, _ = build_part_model("XR_WRIST", image_size=size)
     router_trunk, router_head = split_model(router)
     _, part_head = split_model(part)
     set_xla(router, part, router_trunk, router_head, part_head)
-    x = np.concatenate([xb.numpy() for xb, _ in cached])
 
     def separate():
         router.predict(x, batch_size=bs, verbose=0)
@@ -196,26 +192,29 @@ def main(argv=None):
         router_head.predict(f, batch_size=bs, verbose=0)
         part_head.predict(f, batch_size=bs, verbose=0)
 
-    infer_separate, infer_shared = predict_rate(separate, n, repeats=3), predict_rate(shared, n, repeats=3)
-    # The pieces alone, to check the two-stage figures against their parts.
-    full_alone = predict_rate(lambda: router.predict(x, batch_size=bs, verbose=0), n)
-    trunk_alone = predict_rate(lambda: router_trunk.predict(x, batch_size=bs, verbose=0), n)
+    return {"separate": predict_rate(separate, n, repeats=3), "shared": predict_rate(shared, n, repeats=3),
+            "full_alone": predict_rate(lambda: router.predict(x, batch_size=bs, verbose=0), n),
+            "trunk_alone": predict_rate(lambda: router_trunk.predict(x, batch_size=bs, verbose=0), n)}
 
-    full_default, full_weights, run_bytes = storage(size, work)
-    result = {
+
+def _result(size, n, bs, t, i, storage_bytes):
+    """The benchmark's JSON from the training (`t`) and inference (`i`) measurements and the run's bytes."""
+    full_default, full_weights, run_bytes = storage_bytes
+    features = t["features"]
+    return {
         "machine": {"processor": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
                     "gpus": len(tf.config.list_physical_devices("GPU")), "tensorflow": tf.__version__,
                     "keras": keras.__version__},
         "setup": {"image_size": size, "images": n, "batch_size": bs, "model": "EfficientNetB0, last 20 layers "
                   "trainable, BatchNorm frozen", "data": "bonenet synthetic radiographs", "weights": "random "
                   "(speed does not depend on weight values)"},
-        "train_speedup": round(train_heads / train_full, 2),
-        "train_speedup_10_epochs_incl_extraction": round(ten_epochs, 2),
-        "inference_speedup": round(infer_shared / infer_separate, 2),
+        "train_speedup": round(t["train_heads"] / t["train_full"], 2),
+        "train_speedup_10_epochs_incl_extraction": round(10 / t["train_full"] / (1 / t["extract"] + 10 / t["train_heads"]), 2),
+        "inference_speedup": round(i["shared"] / i["separate"], 2),
         # Against two passes of one full model timed alone: free of the cost of alternating two models.
-        "inference_speedup_vs_one_model_twice": round(infer_shared / (full_alone / 2), 2),
-        "input_speedup": round(input_cached / input_uncached, 2),
-        "input_vs_model": round(input_uncached / train_full, 2),
+        "inference_speedup_vs_one_model_twice": round(i["shared"] / (i["full_alone"] / 2), 2),
+        "input_speedup": round(t["input_cached"] / t["input_uncached"], 2),
+        "input_vs_model": round(t["input_uncached"] / t["train_full"], 2),
         "storage_ratio": round(full_default / run_bytes, 2),
         "storage_ratio_weights_only": round(full_weights / run_bytes, 2),
         "storage_ratio_vs_paper_207_2_mb": round(PAPER_MB * 1e6 / run_bytes, 2),
@@ -224,22 +223,38 @@ def main(argv=None):
             "dtype": str(features.array.dtype),
             # MURA train: 36,808 images, each cached unaugmented plus 2 augmented views (the default).
             "full_mura_train_2_views_gb": round(MURA_TRAIN_IMAGES * 3 * features.nbytes_per_row / 1e9, 2),
-            "float16_max_abs_error_in_probability": float16_error,
+            "float16_max_abs_error_in_probability": t["float16_error"],
         },
         "images_per_s": {
-            "train_full_model": round(train_full, 1),
-            "train_cached_heads": round(train_heads, 1),
-            "trunk_extraction_once": round(extract, 1),
-            "inference_two_full_models": round(infer_separate, 1),
-            "inference_shared_trunk": round(infer_shared, 1),
-            "inference_one_full_model": round(full_alone, 1),
-            "inference_trunk_only": round(trunk_alone, 1),
-            "input_uncached": round(input_uncached, 1),
-            "input_cached": round(input_cached, 1),
+            "train_full_model": round(t["train_full"], 1),
+            "train_cached_heads": round(t["train_heads"], 1),
+            "trunk_extraction_once": round(t["extract"], 1),
+            "inference_two_full_models": round(i["separate"], 1),
+            "inference_shared_trunk": round(i["shared"], 1),
+            "inference_one_full_model": round(i["full_alone"], 1),
+            "inference_trunk_only": round(i["trunk_alone"], 1),
+            "input_uncached": round(t["input_uncached"], 1),
+            "input_cached": round(t["input_cached"], 1),
         },
         "bytes": {"eight_full_models_default_save": full_default, "eight_full_models_weights_only": full_weights,
                   "bonenet_run": run_bytes, "paper_eight_models": int(PAPER_MB * 1e6)},
     }
+
+
+def main(argv=None):
+    args = _arguments(argv)
+    size, bs = args.image_size, args.batch_size
+    keras.utils.set_random_seed(0)
+    work = Path(tempfile.mkdtemp(prefix="bonenet-bench-"))
+    root = make_synthetic(work / "data", studies_per_part=max(2, args.images // 14), seed=0, progress=False)
+    paths = read_mura(root).images["path"].tolist()[: args.images]
+    n = len(paths)
+    labels = np.arange(n) % 2
+    print(f"{n} synthetic images at {size} px, batch {bs}, on {platform.processor() or platform.machine()}, "
+          f"{os.cpu_count()} CPU(s), GPUs: {len(tf.config.list_physical_devices('GPU'))}", file=sys.stderr)
+    training = measure_training(paths, labels, size, bs, work, args.head_epochs)
+    inference = measure_inference(training["images"], size, bs)
+    result = _result(size, n, bs, training, inference, storage(size, work))
     shutil.rmtree(work, ignore_errors=True)
     return emit(result, args.out)
 

@@ -15,6 +15,7 @@ Without --study, three valid images of the run's own synthetic kind are made wit
 """
 
 import argparse
+import contextlib
 import json
 import socket
 import statistics
@@ -92,7 +93,7 @@ def study_files(study):
     return [(p.name, p.read_bytes()) for p in sorted(Path(study).glob("*.png"))[:3]]
 
 
-def main():
+def _arguments(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models-dir", required=True)
     parser.add_argument("--study", help="a folder with at least three PNG views")
@@ -100,12 +101,16 @@ def main():
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--burst", type=int, default=50, help="requests sent at once in each of two bursts")
     parser.add_argument("--out", help="write the figures as JSON here")
-    args = parser.parse_args()
+    return parser.parse_args(argv)
 
+
+@contextlib.contextmanager
+def serving(models_dir):
+    """`bonenet serve` on a free loopback port, answering: yields (base URL, the server's pid)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    server = subprocess.Popen([sys.executable, "run_pipeline.py", "serve", "--models-dir", args.models_dir,
+    server = subprocess.Popen([sys.executable, "run_pipeline.py", "serve", "--models-dir", str(models_dir),
                                "--host", "127.0.0.1", "--port", str(port)], cwd=REPO)
     base = f"http://127.0.0.1:{port}"
     try:
@@ -117,32 +122,43 @@ def main():
                 if server.poll() is not None:
                     sys.exit("serve exited before answering")
                 time.sleep(1)
+        yield base, server.pid
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def steady_load(url, body, content_type, requests, concurrency, pid):
+    """`requests` posts at `concurrency`, after a warm-up round: (latency and status per request, wall seconds,
+    resident MB before and after, resident MB after each answer)."""
+    # A first round at full concurrency: the worker threads' and allocator's start-up memory is not growth.
+    with ThreadPoolExecutor(concurrency) as pool:
+        list(pool.map(lambda _: post(url, body, content_type), range(2 * concurrency)))
+    before = rss_mb(pid)
+    start = time.perf_counter()
+    trace = []  # resident memory after each answered request, to tell a plateau from a leak
+
+    def one(_):
+        result = post(url, body, content_type)
+        trace.append(rss_mb(pid))
+        return result
+
+    with ThreadPoolExecutor(concurrency) as pool:
+        results = list(pool.map(one, range(requests)))
+    return results, time.perf_counter() - start, before, rss_mb(pid), trace
+
+
+def main(argv=None):
+    args = _arguments(argv)
+    with serving(args.models_dir) as (base, pid):
         body, content_type = multipart(study_files(args.study))
         url = base + "/api/predict"
-        # A first round at full concurrency: the worker threads' and allocator's start-up memory is not growth.
-        with ThreadPoolExecutor(args.concurrency) as pool:
-            list(pool.map(lambda _: post(url, body, content_type), range(2 * args.concurrency)))
-        before = rss_mb(server.pid)
-        start = time.perf_counter()
-        trace = []  # resident memory after each answered request, to tell a plateau from a leak
-
-        def one(_):
-            result = post(url, body, content_type)
-            trace.append(rss_mb(server.pid))
-            return result
-
-        with ThreadPoolExecutor(args.concurrency) as pool:
-            results = list(pool.map(one, range(args.requests)))
-        wall = time.perf_counter() - start
-        after = rss_mb(server.pid)
+        results, wall, before, after, trace = steady_load(url, body, content_type, args.requests, args.concurrency, pid)
         expected = json.loads(urllib.request.urlopen(urllib.request.Request(
             url, data=body, headers={"Content-Type": content_type}, method="POST"), timeout=300).read())
         bombs = [multipart([("bomb8.png", bomb_png(30_000, 30_000))]),
                  multipart([("bomb16.png", bomb_png(12_000, 12_000, channels=4, depth=16))])]
-        bursts = [burst(url, (body, content_type), bombs, args.burst, expected, server.pid) for _ in range(2)]
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
+        bursts = [burst(url, (body, content_type), bombs, args.burst, expected, pid) for _ in range(2)]
     latencies = sorted(t for t, _ in results)
     errors = sum(status != 200 for _, status in results)
     figures = {

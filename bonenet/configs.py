@@ -14,6 +14,12 @@ IMAGE_SIZE = 224  # EfficientNetB0's native input side
 DEFAULT_THRESHOLD = 0.5  # a study is abnormal at or above it, as the MURA protocol decides
 DEFAULT_TRAINABLE_LAYERS = 20  # the design's "last 20 layers fine-tuned"
 N_BOOT = 1000  # bootstrap resamples behind every confidence interval
+HOLDOUT_FRACTION = 0.2  # MURA's protocol: a patient-grouped fifth of train picks the epoch and threshold
+# A datalist without a split column: the patient-grouped share of its studies that becomes `valid`.
+DATALIST_VALID_FRACTION = 0.2
+# make-synthetic: valid studies per part, as a share of the train studies per part.
+SYNTHETIC_VALID_RATIO = 0.25
+PREDICT_BATCH = 32  # images read, prepared and scored at a time by predict, serve and evaluate
 THRESHOLD_MODES = ("tuned", "default")
 # EfficientNetB0 without its top has 236 layers; fine-tuning the last 234 leaves its input scaling
 # and normalisation as the frozen trunk (tests/bonenet/test_models.py pins that).
@@ -52,16 +58,6 @@ class Range:
 def setting(default, help, accepted=None, choices=None):
     """A config field: its default, one line of help, and the `Range` or choices it accepts."""
     return field(default=default, metadata={"help": help, "range": accepted, "choices": choices})
-
-
-def help_of(config_class, name):
-    """The one line of help of a config field."""
-    return next(f.metadata["help"] for f in fields(config_class) if f.name == name)
-
-
-def ranges(config_class):
-    """{field: `Range`} of a config class's numeric fields that have one."""
-    return {f.name: f.metadata["range"] for f in fields(config_class) if f.metadata.get("range") is not None}
 
 
 def check_config(config):
@@ -120,7 +116,7 @@ class TrainConfig:
     recipe: str = setting(DEFAULT_RECIPE, "preprocessing recipe name or JSON file")
     augment: bool = setting(True, "augment training images")
     max_rotation: float = setting(15.0, "augmentation rotation bound in degrees", Range(0, 30))
-    holdout_fraction: float = setting(0.2, "patient-grouped hold-out share of train, for model selection and "
+    holdout_fraction: float = setting(HOLDOUT_FRACTION, "patient-grouped hold-out share of train, for model selection and "
                                            "threshold tuning", Range(0, 1, True, True))
     dropout: float = setting(0.2, "dropout before the softmax", Range(0, 1, open_hi=True))
     patience: int = setting(4, "early-stopping patience in epochs", Range(0))
@@ -191,7 +187,7 @@ class EvaluateConfig:
     """How a run is scored (`evaluate`)."""
 
     split: str = setting("valid", "split to score", choices=("valid", "train"))
-    bootstrap: int = setting(N_BOOT, "bootstrap resamples for the confidence intervals", Range(0))
+    bootstrap: int = setting(N_BOOT, "bootstrap resamples for the confidence intervals; 0 for none", Range(0))
     seed: int = setting(0, "bootstrap seed")
 
 

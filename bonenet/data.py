@@ -9,17 +9,19 @@ reads a finished cache records the same skips as the one that wrote it.
 
 import contextlib
 import hashlib
+import os
 import warnings
 from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
 
-from bonenet.parts import PART_INDEX, PARTS
+from bonenet.parts import PART_INDEX
 from bonenet.reading import try_prepared
 from preprocessing.augment import AugmentConfig, augment
 
 AUTOTUNE = tf.data.AUTOTUNE
+MAX_SEED = 0x7FFFFFFFFFFFFFFF  # NumPy seeds are non-negative; tf.data's random stream is signed
 
 
 @contextlib.contextmanager
@@ -31,25 +33,42 @@ def length_found_at_the_end():
         yield
 
 
-def _prepared_or_reason(path, recipe, size):
-    image, skip = try_prepared(path, recipe, size)
-    if skip is None:
-        return image, b""
-    return np.zeros((size, size, 3), np.uint8), skip.reason.encode()
+def seeded_augment(image, config, seed, *key):
+    """`augment` with a generator of its own for (`seed`, *`key`): the one seeding rule of every
+    augmentation, so the same element gets the same draw whatever the batch or thread order."""
+    return augment(image, np.random.default_rng([int(seed) & MAX_SEED, *(int(k) & MAX_SEED for k in key)]), config)
 
 
-def map_prepare(recipe, size):
-    """A tf.data map function `path -> (uint8 image, reason)`, running `read_prepared` in NumPy.
+def prepared_views(path, index, recipe, size, views=0, augment_config=None, seed=0):
+    """`try_prepared` of one image plus `views` augmented copies, each seeded by (`seed`, view, `index`).
 
-    `reason` is empty for an image that was read, else why it could not be (its image is blank).
+    Returns:
+        (uint8 (1 + views)×size×size×3, b"") for an image that was read, or (blank stack, the reason).
     """
+    image, skip = try_prepared(path, recipe, size)
+    if skip is not None:
+        return np.zeros((1 + views, size, size, 3), np.uint8), skip.reason.encode()
+    stack = [image] + [seeded_augment(image, augment_config, seed, v, index) for v in range(1, views + 1)]
+    return np.stack(stack), b""
 
-    def fn(path):
-        image, reason = tf.numpy_function(lambda p: _prepared_or_reason(p, recipe, size), [path],
-                                          [tf.uint8, tf.string], stateful=False)
-        image.set_shape((size, size, 3))
+
+def map_prepare(recipe, size, views=None, augment_config=None, seed=0):
+    """The one tf.data map that reads and prepares images (`bonenet.reading.try_prepared`), in NumPy.
+
+    With `views` None it maps `path -> (uint8 S×S×3 image, reason)`; with a number of views (0 or
+    more) it maps `(path, index) -> (uint8 (1 + views)×S×S×3 stack, reason)`, the image then its
+    pre-drawn augmented views (`prepared_views`). `reason` is empty for an image that was read, else
+    why it could not be (its pixels are blank and must never be used).
+    """
+    stride = 1 + (views or 0)
+
+    def fn(path, index=0):
+        x, reason = tf.numpy_function(
+            lambda p, i: prepared_views(p.decode(), i, recipe, size, stride - 1, augment_config, seed),
+            [path, index], [tf.uint8, tf.string], stateful=False)
+        x.set_shape((stride, size, size, 3))
         reason.set_shape(())
-        return image, reason
+        return (x[0] if views is None else x), reason
 
     return fn
 
@@ -68,14 +87,13 @@ def keep_readable(skips=None):
     return fn
 
 
-def map_augment(config=AugmentConfig()):
-    """Returns a tf.data map function `(image, seed) -> augmented image`, seeded per element."""
+def map_augment(config=AugmentConfig(), seed=0):
+    """Returns a tf.data map function `(image, draw) -> augmented image`, seeded by (`seed`, draw)
+    (`seeded_augment`), `draw` coming from a seeded `Dataset.random` stream that changes each epoch."""
 
-    def fn(image, seed):
-        out = tf.numpy_function(
-            lambda im, s: augment(im, np.random.default_rng(int(s) & 0x7FFFFFFFFFFFFFFF), config),
-            [image, seed], tf.uint8, stateful=False,
-        )
+    def fn(image, draw):
+        out = tf.numpy_function(lambda im, d: seeded_augment(im, config, seed, d), [image, draw], tf.uint8,
+                                stateful=False)
         out.set_shape(image.shape)
         return out
 
@@ -92,12 +110,25 @@ def labelled_slices(items, labels, noun):
     return tf.data.Dataset.from_tensor_slices((items, labels))
 
 
+def file_stamps(paths):
+    """A sha256 over each file's path, size and modification time, in order: the one rule by which a
+    cache knows its images, so an image edited in place never hits an old cache."""
+    h = hashlib.sha256()
+    for p in paths:
+        try:
+            st = os.stat(p)
+            stamp = f"{st.st_size}:{st.st_mtime_ns}"
+        except OSError:
+            stamp = "missing"
+        h.update(f"{p}\0{stamp}\0".encode())
+    return h.hexdigest()
+
+
 def cache_key(paths, recipe, size):
-    """A short hash of the image list, recipe and size; a cache under another key is never reused."""
+    """A short hash of the image files (`file_stamps`), recipe and size; a cache under another key is never reused."""
     h = hashlib.sha256(b"path, image, reason, label\0" + recipe.to_json().encode())  # the cached element
     h.update(str(size).encode())
-    for p in paths:
-        h.update(str(p).encode() + b"\0")
+    h.update(file_stamps(paths).encode())
     return h.hexdigest()[:16]
 
 
@@ -135,7 +166,7 @@ def make_dataset(paths, labels, num_classes, recipe, size, batch_size, training=
         ds = ds.shuffle(min(len(paths), 4096), seed=seed, reshuffle_each_iteration=True)
         if augment_config is not None:
             seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
-            aug = map_augment(augment_config)
+            aug = map_augment(augment_config, seed)
             ds = tf.data.Dataset.zip((ds, seeds)).map(
                 lambda xy, s: (aug(xy[0], s), xy[1]), num_parallel_calls=AUTOTUNE
             )
@@ -162,15 +193,3 @@ def class_weights(labels, num_classes):
     weights = np.zeros(num_classes)
     weights[present] = counts.sum() / (present.sum() * counts[present])
     return {i: float(w) for i, w in enumerate(weights)}
-
-
-def make_router_dataset(images, recipe, size, batch_size, **kwargs):
-    """The router's dataset from an image table (see `make_dataset` for kwargs)."""
-    paths, labels = router_examples(images)
-    return make_dataset(paths, labels, len(PARTS), recipe, size, batch_size, **kwargs)
-
-
-def make_part_dataset(images, part, recipe, size, batch_size, **kwargs):
-    """One part model's dataset from an image table (see `make_dataset` for kwargs)."""
-    paths, labels = part_examples(images, part)
-    return make_dataset(paths, labels, 2, recipe, size, batch_size, **kwargs)

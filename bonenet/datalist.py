@@ -11,7 +11,7 @@ A datalist is a CSV with a header row and the columns
 - `part`: `wrist` or `XR_WRIST`, any case.
 - `label`: 1 or `abnormal`, 0 or `normal`.
 - `split` (optional): `train` or `valid`. Without it, `valid` (the role MURA's official valid
-  split plays, the split `evaluate` scores) is a patient-grouped share of `VALID_FRACTION` of the
+  split plays, the split `evaluate` scores) is a patient-grouped share of `DATALIST_VALID_FRACTION` of the
   studies, stratified by part and label, drawn with the fixed seed `VALID_SEED`, so that every
   command sees the same split.
 
@@ -24,11 +24,11 @@ from pathlib import Path
 
 import pandas as pd
 
+from bonenet.configs import DATALIST_VALID_FRACTION
 from bonenet.mura import SPLITS, MuraError, file_problem, holdout_split, read_mura, tabulate
 from bonenet.parts import parse_part
 
 DATALIST_COLUMNS = ("path", "patient", "study", "part", "label")
-VALID_FRACTION = 0.2
 VALID_SEED = 0
 _LABELS = {"0": 0, "1": 1, "normal": 0, "abnormal": 1, "negative": 0, "positive": 1}
 
@@ -151,7 +151,7 @@ def _assign_valid(rows, csv_path):
     if studies.empty:
         return rows
     try:
-        held = holdout_split(studies, VALID_FRACTION, VALID_SEED)
+        held = holdout_split(studies, DATALIST_VALID_FRACTION, VALID_SEED)
     except ValueError as exc:
         raise MuraError(f"{csv_path}: no split column, and {exc}; add a split column (train/valid)") from exc
     valid = set(held.loc[held["holdout"], "study"])

@@ -12,7 +12,6 @@ import datetime
 from pathlib import Path
 
 from bonenet import __version__
-from bonenet.imageio import image_format
 from bonenet.model_card import NOT_FOR_CLINICAL_USE
 from bonenet.outputs import file_written_whole
 from bonenet.parts import short_name
@@ -26,7 +25,12 @@ PART_CODES = {"XR_ELBOW": ("127949000", "Elbow"), "XR_FINGER": ("7569003", "Fing
               "XR_WRIST": ("8205005", "Wrist")}
 # What DICOM has no code for is coded in BoneNet's own scheme (PS3.3 8.2: a private coding scheme).
 PRIVATE = "99BONENET"
+# Type 1 in the sources: the SR must reference them, so a source lacking one gets no SR.
 REFERENCED = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID")
+# Type 2 in the patient and study modules the SR copies: anonymised DICOM often drops them, and the
+# standard lets them be empty, so a missing one is written empty (PS3.5 7.4.3).
+TYPE_2 = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
+          "ReferringPhysicianName", "AccessionNumber", "StudyID")
 
 
 def _codes():
@@ -47,12 +51,6 @@ def _codes():
         "calibration": CodedConcept("calibration", PRIVATE, "Probability calibration"),
         "unit": CodedConcept("1", "UCUM", "no units"),
     }
-
-
-def is_dicom(path):
-    """Whether a file is DICOM Part 10, by its first bytes."""
-    with open(path, "rb") as f:
-        return image_format(f.read(132)) == "dicom"
 
 
 def study_sr(result, sources, model_name):
@@ -103,6 +101,26 @@ def study_sr(result, sources, model_name):
     return sr
 
 
+def _with_empty_type_2(ds):
+    """The source header with each missing `TYPE_2` attribute present and empty (the file is not changed)."""
+    for key in TYPE_2:
+        if key not in ds:
+            setattr(ds, key, "")
+    return ds
+
+
+def _refusal(images, sources):
+    """Why a study's sources cannot have one SR (a missing type 1 attribute, or two studies), else None."""
+    lacking = [(p, key) for p, ds in zip(images, sources, strict=True) for key in REFERENCED if key not in ds]
+    if lacking:
+        return f"{lacking[0][0]} has no {lacking[0][1]} (type 1) to reference"
+    uids = list(dict.fromkeys(ds.StudyInstanceUID for ds in sources))
+    if len(uids) > 1:  # one SR belongs to one study: never file one study's finding in another
+        return (f"its images belong to {len(uids)} DICOM studies (StudyInstanceUID {uids[0]} and {uids[1]}); "
+                "predict each study's folder on its own")
+    return None
+
+
 def _studies(results):
     """(name, result, image paths) of every decided study in `predict_paths` results; a lone image is a study."""
     in_a_study = {image for r in results if "study" in r for image in r["images"]}
@@ -118,10 +136,14 @@ def _studies(results):
 def write_study_srs(results, out_dir, model_name):
     """Writes one SR per decided study whose images are all DICOM into `out_dir` (each file whole or not at all).
 
+    The rule, beside the study-grouping rule (`bonenet.inference.group_inputs`): an SR belongs to one
+    DICOM study, so a study whose images carry two StudyInstanceUIDs is refused, naming both.
+
     Returns:
         (paths written, [(study, why no SR was written)]).
     """
     import pydicom
+    from pydicom.misc import is_dicom
 
     written, skipped = [], []
     for name, result, images in _studies(results):
@@ -131,12 +153,12 @@ def write_study_srs(results, out_dir, model_name):
                                   "no DICOM SR for it"))
             continue
         sources = [pydicom.dcmread(p, stop_before_pixels=True) for p in images]
-        lacking = [(p, key) for p, ds in zip(images, sources, strict=True) for key in REFERENCED if key not in ds]
-        if lacking:
-            skipped.append((name, f"no DICOM SR: {lacking[0][0]} has no {lacking[0][1]} to reference"))
+        refusal = _refusal(images, sources)
+        if refusal:
+            skipped.append((name, f"no DICOM SR: {refusal}"))
             continue
         try:
-            sr = study_sr(result, sources, model_name)
+            sr = study_sr(result, [_with_empty_type_2(ds) for ds in sources], model_name)
         except (AttributeError, ValueError, TypeError) as exc:  # source headers highdicom cannot take
             skipped.append((name, f"no DICOM SR: the source header cannot be referenced ({exc})".splitlines()[0]))
             continue
@@ -146,3 +168,16 @@ def write_study_srs(results, out_dir, model_name):
             sr.save_as(tmp, enforce_file_format=True)
         written.append(out)
     return written, skipped
+
+
+def closing_line(written, skipped, out_dir):
+    """The one line `predict --dicom-out` ends with: what was written, what was refused, and why."""
+    if not written and not skipped:
+        return "no DICOM SR written: no study was decided"
+    why = {}
+    for _, reason in skipped:
+        kind = ("not DICOM" if reason.startswith("not DICOM") else "lacking a type 1 attribute" if "(type 1)" in reason
+                else "mixing DICOM studies" if "DICOM studies" in reason else "a header highdicom cannot take")
+        why[kind] = why.get(kind, 0) + 1
+    refused = "; ".join(f"{n} {kind}" for kind, n in why.items())
+    return f"wrote {len(written)} DICOM SR(s) into {out_dir}" + (f"; {len(skipped)} refused ({refused})" if skipped else "")

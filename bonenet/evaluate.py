@@ -7,6 +7,7 @@ their routed part (the pipeline), and by their true part (the oracle, which isol
 errors).
 """
 
+import datetime
 import json
 import logging
 import re
@@ -21,24 +22,23 @@ from sklearn.metrics import confusion_matrix
 
 from bonenet import baselines
 from bonenet.calibration import N_BINS, ece, ece_ci
-from bonenet.configs import DEFAULT_THRESHOLD, N_BOOT
+from bonenet.configs import DEFAULT_THRESHOLD, N_BOOT, PREDICT_BATCH
 from bonenet.data import AUTOTUNE, map_prepare
 from bonenet.datalist import read_dataset
 from bonenet.inference import BoneNet
 from bonenet.metrics import AUROC_UNDEFINED, KAPPA_UNDEFINED, per_group
-from bonenet.model_card import write_model_card
+from bonenet.model_card import run_card, write_card
 from bonenet.mura import fingerprint_of, is_synthetic
 from bonenet.outputs import folder_written_whole, json_safe
 from bonenet.parts import PARTS, short_name
 from bonenet.progress import Progress
-from bonenet.reading import Skip, SkipLog, skip_table
-from bonenet.study import IMAGE_COLUMNS, STUDY_COLUMNS, aggregate_studies, route
+from bonenet.reading import Skip, SkipLog, read_gray, skip_table
+from bonenet.study import IMAGE_PREDICTION_COLUMNS, STUDY_PREDICTION_COLUMNS, aggregate_studies, route
 
-BATCH = 32
 log = logging.getLogger(__name__)
 
 
-def stream_prepared(paths, recipe, size, batch_size=BATCH):
+def stream_prepared(paths, recipe, size, batch_size=PREDICT_BATCH):
     """Yields (uint8 batch of prepared images, read-failure reasons, "" where read) in order,
     reading and preparing in parallel (`bonenet.data.map_prepare`).
 
@@ -72,11 +72,10 @@ def predict_split(net, images, progress=True):
             features = net.encode(x[ok])
             scored = batch[ok].copy()
             probs = net.router_probs(features)
+            scores = net.image_scores(features, net.parts)
             for i, part in enumerate(net.labels):
                 scored[f"p_{part}"] = probs[:, i]
-                raw = net.abnormal_probs(part, features, calibrated=False) if part in net.models else np.nan
-                scored[f"u_{part}"] = raw
-                scored[f"s_{part}"] = net.calibrate(part, raw) if part in net.models else np.nan
+                scored[f"u_{part}"], scored[f"s_{part}"] = scores.get(part, (np.nan, np.nan))
             rows.append(scored)
         start += len(reasons)
         bar.update(len(reasons))
@@ -111,9 +110,6 @@ def write_gallery(net, studies, image_rows, out_dir, per_kind=3):
         The `gallery.csv` table: part, part_pred, kind, rank, study, path, study_score, image_score,
         threshold (the routed part's, as `predict` decides), file.
     """
-    from bonenet import gradcam
-    from bonenet.inference import read_image
-
     folder = Path(out_dir) / "gallery"
     folder.mkdir(parents=True, exist_ok=True)
     rows = []
@@ -128,17 +124,16 @@ def write_gallery(net, studies, image_rows, out_dir, per_kind=3):
             for rank, study in enumerate(chosen.head(per_kind).itertuples(), 1):
                 views = image_rows[(image_rows["study"] == study.study) & np.isfinite(image_rows["score"])]
                 view = views.loc[views["score"].idxmax()]
-                gray = read_image(view["path"])
-                features = net.encode(net.prepare(gray)[None])
-                cam, box = net.cam(study.part_pred, features, gray)
-                abnormal = bool(view["score"] >= study.threshold)
+                gray = read_gray(view["path"])
+                result = {"part_confidence": float(view["router_confidence"]), "p_abnormal": float(view["score"]),
+                          "threshold": float(study.threshold), "abnormal": bool(view["score"] >= study.threshold),
+                          "whose": "this view "}
                 name = "/".join(str(study.study).split("/")[-2:])  # patient/study
-                lines = [f"{kind.upper()} {name}: study p(abnormal) {study.score:.2f} (mean of {len(views)} "
-                         f"views), truth {'abnormal' if study.label else 'normal'}",
-                         *gradcam.caption(short_name(study.part_pred), float(view["router_confidence"]),
-                                          float(view["score"]), float(study.threshold), abnormal, "this view ")]
+                header = [f"{kind.upper()} {name}: study p(abnormal) {study.score:.2f} (mean of {len(views)} "
+                          f"views), truth {'abnormal' if study.label else 'normal'}"]
+                image, _, _ = net.heat_map(study.part_pred, net.encode(net.prepare(gray)[None]), gray, result, header)
                 file = folder / f"{short_name(part)}_{kind}_{rank}.png"
-                if not cv2.imwrite(str(file), gradcam.overlay(gray, cam, abnormal, box if abnormal else None, lines)):
+                if not cv2.imwrite(str(file), image):
                     raise OSError(f"{file}: could not write the heat map")
                 rows.append({"part": part, "part_pred": study.part_pred, "kind": kind, "rank": rank,
                              "study": study.study, "path": view["path"],
@@ -222,6 +217,26 @@ def _calibration_metrics(studies, net, n_boot, seed):
     return out
 
 
+def _undefined_message(part, studies, split):
+    """One line saying why a part's kappa or AUROC is NaN: its studies of the split are of one class."""
+    rows = _scored(studies)[lambda t: t["part_true"] == part]
+    classes = sorted(set(rows["label"]))
+    which = "AUROC and kappa are" if len(set(rows["pred"])) < 2 else "AUROC is"
+    kind = {0: "normal", 1: "abnormal"}[classes[0]] if len(classes) == 1 else "of both classes"
+    return f"{part}: {which} undefined, reported as NaN: its {len(rows)} {split} studies are all {kind}"
+
+
+def _calibration_warnings(calibration, split):
+    """One line per part whose calibration made its ECE on the evaluated split worse."""
+    out = []
+    for part, entry in calibration.items():
+        if entry.get("calibrated") and entry["ece_after"] > entry["ece_before"]:
+            out.append(f"warning: {part}: calibration made the {split} ECE worse ({entry['ece_before']:.3f} → "
+                       f"{entry['ece_after']:.3f}, temperature {entry['temperature']:.3g}); its probabilities are "
+                       "better read uncalibrated")
+    return out
+
+
 def _router_metrics(studies, image_rows):
     return {
         "image_accuracy": float((image_rows["image_part_pred"] == image_rows["part_true"]).mean()),
@@ -235,6 +250,7 @@ def _router_metrics(studies, image_rows):
 def _source(index, net, models_dir, split, studies, parts_scored, skips, messages):
     """Where the figures come from: data, run, recipe, backbone, what was left out and why."""
     return {
+        "evaluated": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "data_root": str(index.root), "split": split, "dataset_fingerprint": fingerprint_of(index),
         "synthetic": is_synthetic(index),
         "models_dir": str(Path(models_dir).resolve()), "models": {k: v["file"] for k, v in net.manifest["models"].items()},
@@ -244,12 +260,12 @@ def _source(index, net, models_dir, split, studies, parts_scored, skips, message
     }
 
 
-def _write_outputs(out_dir, metrics, studies, studies_tuned, image_rows, skips, net, plots, gallery, models_dir):
+def _write_outputs(out_dir, metrics, studies, studies_tuned, image_rows, skips, net, plots, gallery, card):
     """Writes the evaluation folder whole or not at all (`bonenet.outputs`)."""
     with folder_written_whole(out_dir) as out:
         # score_uncalibrated: the study's score before its part model's temperature (`bonenet.calibration`).
-        studies[[*STUDY_COLUMNS, "score_uncalibrated"]].to_csv(out / "study_predictions.csv", index=False)
-        image_rows[IMAGE_COLUMNS].to_csv(out / "image_predictions.csv", index=False)
+        studies[[*STUDY_PREDICTION_COLUMNS, "score_uncalibrated"]].to_csv(out / "study_predictions.csv", index=False)
+        image_rows[IMAGE_PREDICTION_COLUMNS].to_csv(out / "image_predictions.csv", index=False)
         (out / "metrics.json").write_text(json.dumps(json_safe(metrics), indent=2))
         # Every file left out, by the reader (headers, labels) or the read path (full decode), with why.
         skip_table(skips).to_csv(out / "skipped.csv", index=False)
@@ -259,7 +275,7 @@ def _write_outputs(out_dir, metrics, studies, studies_tuned, image_rows, skips, 
             bplots.write_evaluation_plots(metrics, studies, out)
         if gallery:
             write_gallery(net, studies_tuned, image_rows, out, gallery)
-        write_model_card(models_dir, metrics, to=out)  # beside the figures, for the report's pages
+        write_card(card, out)  # beside the figures, for the report's pages
 
 
 def evaluate_run(data_root, models_dir, out_dir, split="valid", n_boot=N_BOOT, seed=0, plots=True, net=None,
@@ -291,10 +307,12 @@ def evaluate_run(data_root, models_dir, out_dir, split="valid", n_boot=N_BOOT, s
     oracle = aggregate_studies(table, net.labels, default, oracle=True)
     image_rows = _image_rows(table, studies, net.labels, default)
     metrics, parts_scored, undefined = _part_metrics(studies, studies_tuned, oracle, image_rows, n_boot, seed)
-    if undefined:
-        messages.append(f"kappa or AUROC undefined (one class only) for: {', '.join(undefined)}")
+    messages += [_undefined_message(part, studies, split) for part in undefined]
+    if n_boot == 0:
+        messages.append("no confidence intervals (--bootstrap 0): every *_ci95 is NaN")
     metrics["router"] = _router_metrics(studies, image_rows)
     metrics["calibration"] = _calibration_metrics(studies, net, n_boot, seed)
+    messages += _calibration_warnings(metrics["calibration"], split)
     metrics["baseline"] = {"stanford_kappa": baselines.STANFORD_KAPPA, "stanford_source": baselines.STANFORD_SOURCE,
                            "patel": baselines.PATEL, "patel_source": baselines.PATEL_SOURCE}
     metrics["thresholds"] = {
@@ -303,9 +321,10 @@ def evaluate_run(data_root, models_dir, out_dir, split="valid", n_boot=N_BOOT, s
         "tuning": {p: source for p, (_, source) in tuned.items()},
     }
     metrics["source"] = _source(index, net, models_dir, split, studies, parts_scored, skips, messages)
-    _write_outputs(out_dir, metrics, studies, studies_tuned, image_rows, skips, net, plots, gallery, models_dir)
+    card = run_card(models_dir, metrics)  # one card, one timestamp, in both places
+    _write_outputs(out_dir, metrics, studies, studies_tuned, image_rows, skips, net, plots, gallery, card)
     try:
-        write_model_card(models_dir, metrics)
+        write_card(card, models_dir)
     except OSError as exc:  # a read-only run folder, say: the evaluation's copy stands
         log.warning(f"{models_dir}: could not update the run's model card ({exc.strerror or exc}); "
                     f"it is in {out_dir}")

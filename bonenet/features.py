@@ -25,12 +25,11 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from bonenet.data import AUTOTUNE, labelled_slices
+from bonenet.data import AUTOTUNE, file_stamps, labelled_slices, map_prepare
 from bonenet.models import trunk_batch_size
 from bonenet.outputs import check_free_space, dead_writers_temps, remove_dead_writers_temps, temp_prefix
 from bonenet.progress import Progress
-from bonenet.reading import Skip, try_prepared
-from preprocessing.augment import augment
+from bonenet.reading import Skip
 
 FEATURES_VERSION = 3
 # Trunk outputs are stored in float16: 9,408 values (7×7×192 at 224 px) take 18.8 KB per image
@@ -64,13 +63,7 @@ def features_key(paths, recipe, size, trunk, views=0, augment_config=None, seed=
         "augment": repr(augment_config) if views else None,
         "seed": int(seed) if views else None,
     }, sort_keys=True).encode())
-    for p in paths:
-        try:
-            st = os.stat(p)
-            stamp = f"{st.st_size}:{st.st_mtime_ns}"
-        except OSError:
-            stamp = "missing"
-        h.update(f"{p}\0{stamp}\0".encode())
+    h.update(file_stamps(paths).encode())
     return h.hexdigest()[:20]
 
 
@@ -143,31 +136,12 @@ class FeatureCache:
         return ds.batch(batch_size).map(load, num_parallel_calls=AUTOTUNE).prefetch(AUTOTUNE)
 
 
-def _prepare_views(path, index, recipe, size, views, augment_config, seed):
-    image, skip = try_prepared(path, recipe, size)
-    if skip is not None:
-        return np.zeros((1 + views, size, size, 3), np.uint8), skip.reason.encode()
-    stack = [image]
-    for v in range(1, views + 1):
-        # One generator per (seed, view, image): the same views whatever the batch or thread order.
-        stack.append(augment(image, np.random.default_rng([seed, v, int(index)]), augment_config))
-    return np.stack(stack), b""
-
-
 def _views_dataset(paths, recipe, size, views, augment_config, seed, batch_size, first=0):
     """Batches of (uint8 N×views+1×S×S×3 prepared images and views, read-failure reasons), in order,
     from image `first` on (its index seeds its views, so a resumed computation draws the same)."""
-    stride = 1 + views
-
-    def prepare(path, index):
-        x, reason = tf.numpy_function(
-            lambda p, i: _prepare_views(p.decode(), i, recipe, size, views, augment_config, seed),
-            [path, index], [tf.uint8, tf.string], stateful=False)
-        x.set_shape((stride, size, size, 3))
-        return x, reason
-
-    return tf.data.Dataset.from_tensor_slices((paths[first:], np.arange(first, len(paths)))).map(
-        prepare, num_parallel_calls=AUTOTUNE, deterministic=True).batch(batch_size).prefetch(AUTOTUNE)
+    prepare = map_prepare(recipe, size, views, augment_config, seed)
+    ds = tf.data.Dataset.from_tensor_slices((paths[first:], np.arange(first, len(paths))))
+    return ds.map(prepare, num_parallel_calls=AUTOTUNE, deterministic=True).batch(batch_size).prefetch(AUTOTUNE)
 
 
 def _write_features(trunk, ds, array, n, stride, bar, progress, tmp):

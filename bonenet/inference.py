@@ -5,18 +5,16 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from bonenet import provenance
 from bonenet.calibration import apply_temperature
-from bonenet.configs import THRESHOLD_MODES
+from bonenet.configs import PREDICT_BATCH, THRESHOLD_MODES
 from bonenet.imageio import DICOM_PREAMBLE, IMAGE_SUFFIXES, ImageReadError, image_format
 from bonenet.models import set_xla, trunk_batch_size, use_xla
 from bonenet.parts import short_name
 from bonenet.reading import read_gray, read_prepared, skip_from_error
-from bonenet.store import ManifestError, load_run_models, read_manifest
+from bonenet.store import ManifestError, load_run_models
 from bonenet.study import decide_study, part_thresholds, untuned_parts
 from preprocessing.recipes import Recipe
-
-BATCH = 32
-
 
 
 class BoneNet:
@@ -61,34 +59,22 @@ class BoneNet:
     @property
     def backbone_origin(self):
         """Where the run's trunk weights came from, in words (the manifest's description, else its kind)."""
-        weights = self.manifest.get("weights", {})
-        return weights.get("description") or weights.get("kind", "unknown")
+        return provenance.backbone_origin(self.manifest.get("weights"))
 
     @property
     def caveat(self):
         """One short line that travels with every output of a run that never learned from a real
-        radiograph (a backbone not ImageNet-pretrained, or synthetic training data); None otherwise.
+        radiograph (`bonenet.provenance.caveat`); None otherwise.
 
         It goes into each `predict` JSON and CSV row, the `/api/predict` answer and the heat map's
         caption band, so that a result passed on never just says "ABNORMAL".
         """
-        reasons = []
-        if self.manifest.get("weights", {}).get("kind") != "imagenet":
-            reasons.append("no ImageNet backbone")
-        if any(m.get("dataset", {}).get("synthetic") for m in self.manifest["models"].values()):
-            reasons.append("synthetic training data")
-        return f"CAVEAT: {', '.join(reasons)}; unproven on real radiographs" if reasons else None
+        return provenance.caveat(self.manifest)
 
     def backbone_warning(self):
-        """A sentence for users when the run's trunk is not ImageNet-pretrained, else None.
-
-        Models on a synthetic or random backbone have not seen real radiographs, so their answers
-        on a real study mean little; predict and serve say so once.
-        """
-        if self.manifest.get("weights", {}).get("kind") == "imagenet":
-            return None
-        return (f"this run's backbone is not ImageNet-pretrained ({self.backbone_origin}); its results on real "
-                "radiographs mean little")
+        """A sentence for users when the run's trunk is not ImageNet-pretrained, else None
+        (`bonenet.provenance.backbone_warning`); predict and serve say it once."""
+        return provenance.backbone_warning(self.manifest["weights"])
 
     def untuned_parts(self):
         """{part: why its threshold could not be tuned} for the parts whose hold-out tuning failed."""
@@ -116,7 +102,7 @@ class BoneNet:
         (`bonenet.reading.read_prepared`, with the run's recipe and size)."""
         return read_prepared(image, self.recipe, self.image_size, name)
 
-    def _predict(self, model, x, batch=BATCH):
+    def _predict(self, model, x, batch=PREDICT_BATCH):
         # predict_on_batch reuses one traced function per model and batch shape; `predict` would
         # build a dataset and an iterator for every study.
         out = []
@@ -130,7 +116,7 @@ class BoneNet:
 
     def encode(self, batch):
         """Prepared inputs (N×S×S×3) → the trunk's output, which every head reads."""
-        return self._predict(self.trunk, np.asarray(batch, np.float32), trunk_batch_size(self.image_size, BATCH))
+        return self._predict(self.trunk, np.asarray(batch, np.float32), trunk_batch_size(self.image_size, PREDICT_BATCH))
 
     def router_probs(self, features, calibrated=True):
         """Router softmax (n×7) for `encode`d inputs, calibrated with the router's temperature where it has one."""
@@ -166,31 +152,84 @@ class BoneNet:
         cam = gradcam.to_original(cam, self.recipe.layout(gray, self.image_size), gray.shape)
         return cam, gradcam.cam_box(cam)
 
-    def score_study(self, x):
-        """The two-stage pipeline on one study's prepared inputs (`bonenet.study.decide_study`).
+    def image_scores(self, features, parts):
+        """{part: (uncalibrated, calibrated) p(abnormal)} of `encode`d inputs under each of `parts`' models:
+        with `router_probs`, the one place where heads' outputs become scores."""
+        out = {}
+        for part in parts:
+            raw = self.abnormal_probs(part, features, calibrated=False)
+            out[part] = raw, self.calibrate(part, raw)
+        return out
+
+    def output_fields(self, part):
+        """The fields every result routed to `part` carries: its threshold and where it came from, its
+        calibration, and the run's caveat."""
+        threshold, source = self.thresholds.get(part, (None, "no model for this part"))
+        return {"threshold": threshold, "threshold_source": source, "calibrated": self.temperature(part) is not None,
+                "calibration": self.calibration_note(part), "caveat": self.caveat}
+
+    def score(self, features, router_probs=None):
+        """One study's `encode`d images → (per-image results, the study's result), every field filled.
+
+        The one scoring step of `predict`, `serve`, the Python API and the benchmarks: the router
+        picks the part by the study rule (`bonenet.study.decide_study`) and only that part's model
+        runs. `evaluate` scores every part, for its oracle, through the same `image_scores`.
+
+        Args:
+            features: the trunk's outputs for the study's images.
+            router_probs: their router softmax when already computed. Defaults to None.
 
         Returns:
-            (study result with per-image results under "images", encoded features).
+            ([{"part", "image_part", "part_confidence", "p_abnormal", "abnormal", threshold, calibration and
+            caveat fields}], {"part", "part_confidence", "p_abnormal", "abnormal", "mixed_parts", the same fields}).
         """
-        features = self.encode(x)
-        scores = lambda part: self.abnormal_probs(part, features) if part in self.models else None  # noqa: E731
-        return decide_study(self.router_probs(features), scores, self.labels, self.thresholds), features
+        probs = self.router_probs(features) if router_probs is None else router_probs
+        scores = lambda part: self.image_scores(features, [part])[part][1] if part in self.models else None  # noqa: E731
+        study = decide_study(probs, scores, self.labels, self.thresholds)
+        fields = self.output_fields(study["part"])
+        study.update(fields)
+        images = [{"part": study["part"], **image, **fields} for image in study.pop("images")]
+        return images, study
+
+    def heat_map(self, part, features, gray, result, header=()):
+        """The one heat map every output draws: Grad-CAM of `part`'s model on one image, over the image.
+
+        A normal image gets a faint map and no box (its hottest region is not a finding). The caption
+        holds `header` lines, the run's caveat, then the routed part and the decision, last, in its colour.
+
+        Args:
+            features: that image's `encode`d input (batch of one).
+            gray: the original uint8 image.
+            result: the image's result: "part_confidence", "p_abnormal", "threshold", "abnormal", and
+                "whose" naming the p(abnormal) where a reader could take it for another.
+
+        Returns:
+            (overlay BGR image, box [x0, y0, x1, y1] or None, caption lines).
+        """
+        from bonenet import gradcam
+
+        cam, box = self.cam(part, features, gray)
+        abnormal = bool(result["abnormal"])
+        box = box if abnormal else None
+        lines = [*header, *([self.caveat] if self.caveat else []),
+                 *gradcam.caption(short_name(part), result["part_confidence"], result["p_abnormal"],
+                                  result["threshold"], abnormal, result.get("whose", ""))]
+        return gradcam.overlay(gray, cam, abnormal, box, lines), box, lines
 
     def predict_image(self, image):
         """Predicts one image (path or uint8 H×W array) as a study of one."""
-        result, _ = self.score_study(self.prepare(image)[None])
-        return {k: v for k, v in result.items() if k != "images"}
+        return self.score(self.encode(self.prepare(image)[None]))[1]
 
     def predict_study(self, images):
         """Predicts a study from its images (paths or arrays).
 
         Returns:
-            {"part", "part_confidence", "p_abnormal", "threshold", "threshold_source", "abnormal",
-            "images": [per-image results]}.
+            The study's result (`score`), with its per-image results under "images".
         """
         if not images:
             raise ValueError("a study needs at least one image")
-        return self.score_study(np.stack([self.prepare(im) for im in images]))[0]
+        entries, study = self.score(self.encode(np.stack([self.prepare(im) for im in images])))
+        return {**study, "images": entries}
 
 
 def find_images(path):
@@ -273,20 +312,8 @@ def group_inputs(paths, per_image=False):
     return items
 
 
-def read_image(name, data=None):
-    """Reads one input for prediction: a path, or an upload's bytes called `name`.
-
-    Returns:
-        The uint8 H×W grayscale image, checked to be usable (`bonenet.reading.read_gray`).
-
-    Raises:
-        ImageReadError: "`name`: problem" (unreadable, not an image, too small…).
-    """
-    return read_gray(name if data is None else data, name)
-
-
 def encode_images(net, images):
-    """The trunk's outputs and the router's softmax of images, BATCH at a time.
+    """The trunk's outputs and the router's softmax of images, PREDICT_BATCH at a time.
 
     Only these small arrays are kept, never the decoded or prepared images, so memory does not grow
     with a folder of thousands of images beyond its trunk outputs.
@@ -299,9 +326,9 @@ def encode_images(net, images):
         (indices of the images read, their trunk outputs, their router softmax, {index: `Skip`}).
     """
     kept, features, probs, skips = [], [], [], {}
-    for start in range(0, len(images), BATCH):
+    for start in range(0, len(images), PREDICT_BATCH):
         prepared = []
-        for i, (name, source) in enumerate(images[start:start + BATCH], start):
+        for i, (name, source) in enumerate(images[start:start + PREDICT_BATCH], start):
             try:
                 prepared.append(net.prepare(source, name))
                 kept.append(i)
@@ -319,8 +346,8 @@ def encode_images(net, images):
 def predict_images(net, images, render_cam=None):
     """Scores images as one study, the step shared by `predict` and `serve`.
 
-    Images are read, prepared and encoded a batch at a time (`encode_images`); heat maps read an
-    image given as a path again when its turn comes.
+    Images are read, prepared and encoded a batch at a time (`encode_images`), then scored by
+    `BoneNet.score`; heat maps read an image given as a path again when its turn comes.
 
     Args:
         net: a loaded `BoneNet`.
@@ -330,37 +357,22 @@ def predict_images(net, images, render_cam=None):
             to that image's entry (a file path, a data URL). Defaults to None.
 
     Returns:
-        (per-image entries `path, part, image_part, part_confidence, p_abnormal, threshold,
-        threshold_source, calibrated, calibration, abnormal, caveat[, cam, cam_box, cam_caption]` and `path, error` for an
-        image that could not be read, in input order; the study's result without its "images", with
+        (per-image entries `path` and `BoneNet.score`'s fields[, cam_box, cam_caption, render_cam's], and
+        `path, error` for an image that could not be read, in input order; the study's result, with
         `mixed_parts` when the images' router votes disagree, or None when no image could be read).
     """
-    from bonenet import gradcam
-
     kept, features, probs, skips = encode_images(net, images)
     if not kept:
         return [error_entry(skip) for _, skip in sorted(skips.items())], None
-    scores = lambda part: net.abnormal_probs(part, features) if part in net.models else None  # noqa: E731
-    study = decide_study(probs, scores, net.labels, net.thresholds)
-    study["caveat"] = net.caveat
-    study["calibrated"] = net.temperature(study["part"]) is not None
-    study["calibration"] = net.calibration_note(study["part"])
+    results, study = net.score(features, probs)
     by_index = {i: error_entry(skip) for i, skip in skips.items()}
-    for row, (i, result) in enumerate(zip(kept, study.pop("images"), strict=True)):
+    for row, (i, result) in enumerate(zip(kept, results, strict=True)):
         name, source = images[i]
-        entry = {"path": str(name), "part": study["part"], **result, "threshold": study["threshold"],
-                 "threshold_source": study["threshold_source"], "calibrated": study["calibrated"],
-                 "calibration": study["calibration"], "caveat": study["caveat"]}
+        entry = {"path": str(name), **result}
         if render_cam is not None and result["p_abnormal"] is not None:
-            gray = read_gray(source, name)
-            cam, box = net.cam(study["part"], features[row:row + 1], gray)
-            box = box if result["abnormal"] else None  # a normal image's hottest region is not a finding
-            lines = gradcam.caption(short_name(study["part"]), result["part_confidence"], result["p_abnormal"],
-                                    study["threshold"], result["abnormal"])
-            if study["caveat"]:
-                lines.insert(0, study["caveat"])  # first: the decision's line stays last, in its colour
+            image, box, lines = net.heat_map(study["part"], features[row:row + 1], read_gray(source, name), result)
             entry.update({"cam_box": box, "cam_caption": " | ".join(lines)})
-            entry.update(render_cam(name, gradcam.overlay(gray, cam, result["abnormal"], box, lines)))
+            entry.update(render_cam(name, image))
         by_index[i] = entry
     return [by_index[i] for i in sorted(by_index)], study
 
@@ -452,4 +464,4 @@ def predict_paths(net, paths, cam_dir=None, per_image=False):
 
 
 __all__ = ["BoneNet", "cam_file_writer", "find_images", "group_inputs", "predict_images", "predict_paths",
-           "read_image", "read_manifest", "results_table"]
+           "results_table"]

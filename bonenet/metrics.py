@@ -7,14 +7,12 @@ Kappa is scored per study, as MURA defines it.
 import warnings
 
 import numpy as np
-from sklearn.metrics import cohen_kappa_score, confusion_matrix, roc_auc_score
+from sklearn.metrics import confusion_matrix, roc_auc_score
 
 from bonenet.configs import DEFAULT_THRESHOLD, N_BOOT
 
 KAPPA_UNDEFINED = "kappa is undefined when both raters use one class only; reporting NaN"
 AUROC_UNDEFINED = "AUROC is undefined with a single class; reporting NaN"
-# Cohen's kappa of one class everywhere is 0/0 inside sklearn; reported as NaN with KAPPA_UNDEFINED.
-_ZERO_BY_ZERO = "invalid value encountered in (scalar )?divide"
 
 METRIC_KEYS = ("tp", "fn", "fp", "tn", "accuracy", "precision", "sensitivity", "specificity", "f1", "kappa",
                "auroc", "kappa_ci95", "auroc_ci95", "n")
@@ -25,17 +23,29 @@ def _ratio(num, den):
 
 
 def kappa(y_true, y_pred):
-    """Cohen's kappa; NaN (with a warning) when it is undefined, e.g. one class everywhere."""
+    """Cohen's kappa of binary labels; NaN (with a warning) when it is undefined, e.g. one class everywhere.
+
+    Computed from the confusion counts (exactly scikit-learn's `cohen_kappa_score` for two labels),
+    so a degenerate split gives one NaN, not a library warning per call.
+    """
     y_true, y_pred = np.asarray(y_true, int), np.asarray(y_pred, int)
     if len(y_true) == 0:
         return float("nan")
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=_ZERO_BY_ZERO, category=RuntimeWarning)
-        value = cohen_kappa_score(y_true, y_pred, labels=[0, 1])
+    value = _kappa_of_counts(np.asarray([[np.sum(y_true & y_pred), np.sum(~y_true.astype(bool) & ~y_pred.astype(bool)),
+                                          y_true.sum(), y_pred.sum(), len(y_true)]], float))[0]
     if not np.isfinite(value):
         warnings.warn(KAPPA_UNDEFINED, stacklevel=2)
         return float("nan")
     return float(value)
+
+
+def _kappa_of_counts(counts):
+    """Kappa per row of counts (tp, tn, true positives, predicted positives, n); NaN where undefined."""
+    tp, tn, pos_t, pos_p, n = np.asarray(counts, float).T
+    with np.errstate(divide="ignore", invalid="ignore"):
+        po = (tp + tn) / n
+        pe = (pos_t * pos_p + (n - pos_t) * (n - pos_p)) / n**2
+        return np.where(pe < 1, (po - pe) / (1 - pe), np.nan)
 
 
 def auroc(y_true, y_score):
@@ -47,39 +57,72 @@ def auroc(y_true, y_score):
     return float(roc_auc_score(y_true, np.asarray(y_score, float)))
 
 
-def auroc_ci(y_true, y_score, n_boot=N_BOOT, seed=0, level=0.95, groups=None):
-    """Percentile bootstrap confidence interval for the AUROC, resampling clusters of rows as `kappa_ci` does.
+def cluster_ids(n, groups=None):
+    """(cluster index per row, number of clusters) of `n` rows: `groups` (patient ids), or each row its own."""
+    if n == 0:
+        return np.zeros(0, int), 0
+    _, cluster = np.unique(np.arange(n) if groups is None else np.asarray(groups), return_inverse=True)
+    return cluster, int(cluster.max()) + 1
 
-    Every resample's AUROC comes at once, as the Mann-Whitney statistic of its row weights (ties count
-    half), exactly sklearn's `roc_auc_score` of the resampled rows. Resamples with one class only are
-    left out (their AUROC is undefined).
+
+def bootstrap_interval(per_cluster, statistic, n_boot=N_BOOT, seed=0, level=0.95):
+    """Percentile interval of a statistic over cluster resamples: the one bootstrap behind every interval.
+
+    Each resample draws k clusters with replacement; what the statistic needs of it is the sum of
+    the drawn clusters' rows of `per_cluster`, so every resample comes at once as one product.
+
+    Args:
+        per_cluster: k×… array, each cluster's sums (counts, weighted sums) that the statistic reads.
+        statistic: maps the resamples' sums (n_boot×…) to n_boot values; a non-finite value (the
+            statistic undefined in that resample) is left out.
+        n_boot: resamples; 0 gives no interval. Defaults to `N_BOOT`.
 
     Returns:
-        [lo, hi], or [NaN, NaN] when no resample has both classes.
+        [lo, hi], or [NaN, NaN] when there is nothing to resample (no rows, `n_boot` 0) or no
+        resample defines the statistic.
     """
-    y_true, y_score = np.asarray(y_true, int), np.asarray(y_score, float)
-    if len(y_true) == 0:
+    per_cluster = np.asarray(per_cluster, float)
+    k = len(per_cluster)
+    if k == 0 or n_boot <= 0:
         return [float("nan"), float("nan")]
-    _, cluster = np.unique(np.arange(len(y_true)) if groups is None else np.asarray(groups), return_inverse=True)
-    k = int(cluster.max()) + 1
-    _, level_of = np.unique(y_score, return_inverse=True)  # tied scores share a level
-    levels = int(level_of.max()) + 1
-    # Per cluster and score level: positives and negatives; a resample's are the sums over its clusters.
-    cell = cluster * levels + level_of
-    pos, neg = (np.bincount(cell, weights=w, minlength=k * levels).reshape(k, levels) for w in (y_true, 1 - y_true))
     rng = np.random.default_rng(seed)
     draws = np.zeros((n_boot, k))
     np.add.at(draws, (np.repeat(np.arange(n_boot), k), rng.integers(0, k, n_boot * k)), 1)
-    pos, neg = draws @ pos, draws @ neg
-    below = np.cumsum(neg, axis=1) - neg  # negatives scored strictly lower than each level
-    pairs = pos.sum(axis=1) * neg.sum(axis=1)
     with np.errstate(divide="ignore", invalid="ignore"):
-        values = (pos * (below + 0.5 * neg)).sum(axis=1) / pairs
-    values = values[pairs > 0]
+        values = np.asarray(statistic(np.tensordot(draws, per_cluster, axes=1)), float)
+    values = values[np.isfinite(values)]
     if not len(values):
         return [float("nan"), float("nan")]
     tail = (1 - level) / 2 * 100
     return [float(np.percentile(values, tail)), float(np.percentile(values, 100 - tail))]
+
+
+def auroc_ci(y_true, y_score, n_boot=N_BOOT, seed=0, level=0.95, groups=None):
+    """Percentile bootstrap confidence interval for the AUROC, resampling clusters of rows as `kappa_ci` does.
+
+    Every resample's AUROC is the Mann-Whitney statistic of its row weights (ties count half),
+    exactly sklearn's `roc_auc_score` of the resampled rows. Resamples with one class only are left
+    out (their AUROC is undefined).
+
+    Returns:
+        [lo, hi], or [NaN, NaN] when no resample has both classes (`bootstrap_interval`).
+    """
+    y_true, y_score = np.asarray(y_true, int), np.asarray(y_score, float)
+    cluster, k = cluster_ids(len(y_true), groups)
+    _, level_of = np.unique(y_score, return_inverse=True)  # tied scores share a level
+    levels = int(level_of.max()) + 1 if len(y_score) else 0
+    # Per cluster and score level: positives and negatives.
+    cell = cluster * levels + level_of
+    per = np.stack([np.bincount(cell, weights=w, minlength=k * levels).reshape(k, levels)
+                    for w in (y_true, 1 - y_true)], axis=1)
+
+    def statistic(sums):
+        pos, neg = sums[:, 0], sums[:, 1]
+        below = np.cumsum(neg, axis=1) - neg  # negatives scored strictly lower than each level
+        pairs = pos.sum(axis=1) * neg.sum(axis=1)
+        return np.where(pairs > 0, (pos * (below + 0.5 * neg)).sum(axis=1) / pairs, np.nan)
+
+    return bootstrap_interval(per, statistic, n_boot, seed, level)
 
 
 def kappa_ci(y_true, y_pred, n_boot=N_BOOT, seed=0, level=0.95, groups=None):
@@ -90,30 +133,14 @@ def kappa_ci(y_true, y_pred, n_boot=N_BOOT, seed=0, level=0.95, groups=None):
     it each row is its own cluster.
 
     Returns:
-        [lo, hi], or [NaN, NaN] when kappa is undefined in every resample.
+        [lo, hi], or [NaN, NaN] when kappa is undefined in every resample (`bootstrap_interval`).
     """
-    y_true, y_pred = np.asarray(y_true, int), np.asarray(y_pred, int)
-    if len(y_true) == 0:
-        return [float("nan"), float("nan")]
-    _, cluster = np.unique(np.arange(len(y_true)) if groups is None else np.asarray(groups), return_inverse=True)
-    k = int(cluster.max()) + 1
-    t, p = y_true.astype(bool), y_pred.astype(bool)
-    # Per-cluster confusion counts; a resample's counts are the sums over the clusters it drew, so
-    # every resample's kappa comes at once, exactly sklearn's cohen_kappa_score for binary labels.
-    per = np.stack([np.bincount(cluster, weights=w, minlength=k) for w in (t & p, ~t & ~p, t, p, np.ones_like(t))])
-    rng = np.random.default_rng(seed)
-    draws = np.zeros((n_boot, k))
-    np.add.at(draws, (np.repeat(np.arange(n_boot), k), rng.integers(0, k, n_boot * k)), 1)
-    tp, tn, pos_t, pos_p, n = per @ draws.T
-    with np.errstate(divide="ignore", invalid="ignore"):
-        po = (tp + tn) / n
-        pe = (pos_t * pos_p + (n - pos_t) * (n - pos_p)) / n**2
-        values = (po - pe) / (1 - pe)
-    values = values[np.isfinite(values)]
-    if not len(values):
-        return [float("nan"), float("nan")]
-    tail = (1 - level) / 2 * 100
-    return [float(np.percentile(values, tail)), float(np.percentile(values, 100 - tail))]
+    t, p = np.asarray(y_true, int).astype(bool), np.asarray(y_pred, int).astype(bool)
+    cluster, k = cluster_ids(len(t), groups)
+    # Per-cluster confusion counts; a resample's counts are the sums over the clusters it drew.
+    per = np.stack([np.bincount(cluster, weights=w, minlength=k) for w in (t & p, ~t & ~p, t, p, np.ones_like(t))],
+                   axis=1)
+    return bootstrap_interval(per, _kappa_of_counts, n_boot, seed, level)
 
 
 def binary_metrics(y_true, y_score, threshold=DEFAULT_THRESHOLD, n_boot=N_BOOT, seed=0, groups=None):
@@ -167,15 +194,15 @@ def tune_threshold(y_true, y_score):
         noun = "study" if len(y_true) == 1 else "studies"
         raise ValueError(f"the hold-out has {len(y_true)} {noun}, of one class only ({classes.tolist()})")
     candidates = np.unique(np.concatenate([y_score, [DEFAULT_THRESHOLD]]))
-    best, best_t = -np.inf, DEFAULT_THRESHOLD
-    with warnings.catch_warnings():
-        # Thresholds that call every study one class make kappa undefined; they are skipped.
-        warnings.filterwarnings("ignore", message=_ZERO_BY_ZERO, category=RuntimeWarning)
-        for t in candidates:
-            k = cohen_kappa_score(y_true, (y_score >= t).astype(int), labels=[0, 1])
-            if np.isfinite(k) and (k > best + 1e-12 or (abs(k - best) <= 1e-12 and abs(t - DEFAULT_THRESHOLD) < abs(best_t - DEFAULT_THRESHOLD))):
-                best, best_t = k, float(t)
-    return best_t
+    pred = y_score[None, :] >= candidates[:, None]  # one row per candidate threshold
+    truth = y_true.astype(bool)[None, :]
+    counts = np.stack([(pred & truth).sum(1), (~pred & ~truth).sum(1), np.full(len(candidates), truth.sum()),
+                       pred.sum(1), np.full(len(candidates), len(y_true))], axis=1)
+    # Thresholds that call every study one class make kappa undefined; they are never chosen.
+    kappas = np.nan_to_num(_kappa_of_counts(counts), nan=-np.inf)
+    best = kappas.max()
+    tied = np.flatnonzero(kappas >= best - 1e-12)
+    return float(candidates[tied[np.argmin(np.abs(candidates[tied] - DEFAULT_THRESHOLD))]])
 
 
 def per_group(table, group_column, parts, n_boot=N_BOOT, seed=0):

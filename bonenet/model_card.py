@@ -10,7 +10,7 @@ import datetime
 import json
 from pathlib import Path
 
-from bonenet import __version__
+from bonenet import __version__, provenance
 from bonenet.outputs import json_safe, write_text_whole
 from bonenet.parts import PARTS, short_name
 from bonenet.study import part_thresholds
@@ -26,10 +26,11 @@ INTENDED_USE = ("Research on detecting abnormal upper-extremity radiographs (MUR
 def _limits(manifest, facts):
     """The known limits, in plain words, from what the run is."""
     limits = []
-    if manifest.get("weights", {}).get("kind") != "imagenet":
+    reasons = provenance.unproven(manifest.get("weights"), facts["data"]["synthetic"])
+    if provenance.BACKBONE in reasons:
         limits.append(f"The backbone is not ImageNet-pretrained ({facts['backbone']['origin']}): the models have "
                       "not learned from real radiographs through it, and their answers on real studies mean little.")
-    if facts["data"]["synthetic"]:
+    if provenance.DATA in reasons:
         limits.append("The training data is synthetic (`make-synthetic`): every figure here shows the machinery "
                       "works, not how it does on real radiographs.")
     limits += [
@@ -53,8 +54,7 @@ def _data(manifest):
     first = entries.get("router") or next(iter(entries.values()))
     dataset = first.get("dataset", {})
     unread = {s["path"] for e in entries.values() for s in e.get("dataset", {}).get("unread", [])}
-    return {"fingerprint": dataset.get("fingerprint"), "synthetic": any(e.get("dataset", {}).get("synthetic")
-                                                                        for e in entries.values()),
+    return {"fingerprint": dataset.get("fingerprint"), "synthetic": provenance.trained_on_synthetic(manifest),
             "train_images": dataset.get("train_images"), "holdout_images": dataset.get("holdout_images"),
             "holdout_studies": dataset.get("holdout_studies"), "unread_images": len(unread)}
 
@@ -68,7 +68,9 @@ def _evaluation(metrics):
     calibration = metrics.get("calibration", {})
     return {"split": source.get("split"), "data_root": source.get("data_root"),
             "dataset_fingerprint": source.get("dataset_fingerprint"), "synthetic": source.get("synthetic"),
-            "evaluated": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            # When the figures were made: the evaluation's own time, so every copy of a card says the same.
+            "evaluated": source.get("evaluated") or datetime.datetime.now(datetime.timezone.utc).isoformat(
+                timespec="seconds"),
             "parts": {part: {**{k: m.get(k) for k in keep},
                              **{k: calibration.get(part, {}).get(k) for k in ("ece_before", "ece_before_ci95",
                                                                              "ece_after", "ece_after_ci95")}}
@@ -94,7 +96,7 @@ def card_facts(manifest, metrics=None, run_dir=None):
         "intended_use": INTENDED_USE,
         "not_for_clinical_use": NOT_FOR_CLINICAL_USE,
         "data": _data(manifest),
-        "backbone": {"kind": weights.get("kind"), "origin": weights.get("description") or weights.get("kind"),
+        "backbone": {"kind": weights.get("kind"), "origin": provenance.backbone_origin(weights),
                      **({"sha256": weights["sha256"]} if "sha256" in weights else {})},
         "recipe": {"name": manifest["recipe"]["name"], "description": manifest["recipe"].get("description")},
         "image_size": manifest["image_size"],
@@ -157,20 +159,25 @@ def render_card(facts):
     return "\n".join(lines)
 
 
-def write_model_card(run_dir, metrics=None, to=None):
-    """Writes `MODEL_CARD.md` and `model_card.json` for the run in `run_dir` (each file whole or not at all).
+def run_card(run_dir, metrics=None):
+    """The card's facts for the run in `run_dir` (`card_facts` of its manifest), JSON-ready."""
+    from bonenet.store import read_manifest
 
-    Args:
-        metrics: `evaluate`'s metrics, to add the evaluated figures. Defaults to None.
-        to: the folder to write into. Defaults to `run_dir`.
+    return json_safe(card_facts(read_manifest(run_dir), metrics, run_dir))
+
+
+def write_card(facts, folder):
+    """Writes `MODEL_CARD.md` and `model_card.json` of `facts` into `folder` (each file whole or not at all)."""
+    write_text_whole(Path(folder) / CARD_JSON, json.dumps(facts, indent=2))
+    write_text_whole(Path(folder) / CARD_FILE, render_card(facts))
+
+
+def write_model_card(run_dir, metrics=None):
+    """Writes the run's model card into `run_dir`, with `evaluate`'s figures when given.
 
     Returns:
         The card's facts.
     """
-    from bonenet.store import read_manifest
-
-    facts = json_safe(card_facts(read_manifest(run_dir), metrics, run_dir))
-    folder = Path(to or run_dir)
-    write_text_whole(folder / CARD_JSON, json.dumps(facts, indent=2))
-    write_text_whole(folder / CARD_FILE, render_card(facts))
+    facts = run_card(run_dir, metrics)
+    write_card(facts, run_dir)
     return facts

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from bonenet.configs import HOLDOUT_FRACTION
 from bonenet.imageio import ImageReadError, check_image_file
 from bonenet.parts import PART_INDEX, PARTS
 from bonenet.progress import Progress
@@ -20,8 +21,8 @@ from bonenet.reading import SKIP_COLUMNS, Skip, read_gray, skip_from_error, skip
 
 SPLITS = ("train", "valid")
 HEADER_CHECK = "header and trailer of every image (PNG, JPEG or DICOM, told by its bytes; at least 8×8)"
-IMAGE_COLUMNS = ["path", "split", "part", "patient", "study", "label"]
-STUDY_COLUMNS = ["study", "split", "part", "patient", "label", "n_images"]
+INDEX_IMAGE_COLUMNS = ["path", "split", "part", "patient", "study", "label"]
+INDEX_STUDY_COLUMNS = ["study", "split", "part", "patient", "label", "n_images"]
 
 # split/XR_PART/patientNNNNN/studyK_{positive|negative}[/imageN.png], anywhere in a path.
 _PATH_RE = re.compile(
@@ -160,7 +161,7 @@ def _decode_problem(path):
 
 
 def _image_row(root, rel, split, labels, use_csv_labels, verify):
-    """One listed image checked: (its `IMAGE_COLUMNS` row, None), or (None, why it is skipped)."""
+    """One listed image checked: (its `INDEX_IMAGE_COLUMNS` row, None), or (None, why it is skipped)."""
     path = root / rel
     match = _PATH_RE.search(rel)
     if not match or not match.group("image"):
@@ -218,15 +219,15 @@ def read_mura(data_root, splits=SPLITS, verify=False):
 
 
 def tabulate(root, image_rows, skipped, verify):
-    """A `MuraIndex` from checked image rows (`IMAGE_COLUMNS` tuples) and (path, reason) skips."""
-    images = pd.DataFrame(image_rows, columns=IMAGE_COLUMNS)
+    """A `MuraIndex` from checked image rows (`INDEX_IMAGE_COLUMNS` tuples) and (path, reason) skips."""
+    images = pd.DataFrame(image_rows, columns=INDEX_IMAGE_COLUMNS)
     images["label"] = images["label"].astype(np.int64)
     studies = (
         images.groupby("study", sort=True)
         .agg(split=("split", "first"), part=("part", "first"), patient=("patient", "first"),
              label=("label", "first"), n_images=("path", "size"))
         .reset_index()
-    )[STUDY_COLUMNS]
+    )[INDEX_STUDY_COLUMNS]
     return MuraIndex(root, images, studies, skip_table(Skip(str(p), r, "index") for p, r in skipped),
                      **({"check": "every image decoded"} if verify else {}))
 
@@ -285,7 +286,7 @@ def format_summary(summary):
     return "\n".join(lines)
 
 
-def holdout_split(studies, fraction=0.2, seed=0):
+def holdout_split(studies, fraction=HOLDOUT_FRACTION, seed=0):
     """Marks a patient-grouped, part-and-label-stratified hold-out of the train studies.
 
     Grouping by patient keeps one patient's studies on one side, so the hold-out never scores
@@ -293,7 +294,7 @@ def holdout_split(studies, fraction=0.2, seed=0):
 
     Args:
         studies: a study table with `split`, `part`, `patient` and `label`.
-        fraction: share of train studies held out. Defaults to 0.2.
+        fraction: share of train studies held out. Defaults to `HOLDOUT_FRACTION`.
         seed: shuffling seed. Defaults to 0.
 
     Returns:

@@ -14,15 +14,13 @@ import pandas as pd
 
 from bonenet.imageio import ImageReadError, decode_gray, load_gray
 
-# Where a skip was found: listing and checking a dataset (headers, labels, layout), or reading and
-# preparing an image in full (training, the feature cache, evaluate, predict, serve).
-STAGES = ("index", "read")
 SKIP_COLUMNS = ["path", "reason", "stage"]
 
 
 @dataclass(frozen=True)
 class Skip:
-    """An input that could not be used: the file, why, and the stage that found it (`STAGES`)."""
+    """An input that could not be used: the file, why, and the stage that found it: "index" (listing and
+    checking a dataset: headers, labels, layout) or "read" (reading and preparing an image in full)."""
 
     path: str
     reason: str
@@ -117,4 +115,4 @@ class SkipLog:
         return len(self._by_path)
 
 
-__all__ = ["STAGES", "Skip", "SkipLog", "read_gray", "read_prepared", "skip_from_error", "skip_table", "try_prepared"]
+__all__ = ["Skip", "SkipLog", "read_gray", "read_prepared", "skip_from_error", "skip_table", "try_prepared"]

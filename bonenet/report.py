@@ -16,13 +16,13 @@ import pandas as pd
 from jupyter_client.manager import AsyncKernelManager
 from traitlets import default
 
-from bonenet import baselines
+from bonenet import baselines, provenance
 from bonenet.configs import DEFAULT_THRESHOLD
 from bonenet.model_card import CARD_FILE
 from bonenet.outputs import folder_written_whole
 from bonenet.parts import PARTS, parse_part, short_name
 from bonenet.progress import Progress
-from bonenet.study import IMAGE_COLUMNS, STUDY_COLUMNS
+from bonenet.study import IMAGE_PREDICTION_COLUMNS, STUDY_PREDICTION_COLUMNS
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ def load_evaluation(eval_dir):
     if missing:
         raise ValueError(f"{path}: not the metrics.json of `evaluate` (no {', '.join(missing)} section)")
     tables = []
-    for name, columns in (("study_predictions.csv", STUDY_COLUMNS), ("image_predictions.csv", IMAGE_COLUMNS)):
+    for name, columns in (("study_predictions.csv", STUDY_PREDICTION_COLUMNS), ("image_predictions.csv", IMAGE_PREDICTION_COLUMNS)):
         table_path = eval_dir / name
         if not table_path.is_file():
             raise FileNotFoundError(f"{table_path}: not found; run `evaluate --out {eval_dir}` again")
@@ -111,24 +111,17 @@ def glossary(columns):
     return "\n".join(f"- **{c}**: {lower[c.lower()]}" for c in dict.fromkeys(columns) if c.lower() in lower)
 
 
-def is_synthetic(metrics):
-    """Whether an evaluation involved synthetic data or a non-ImageNet backbone, from its provenance."""
-    source = metrics.get("source", {})
-    weights = source.get("weights", {})
-    return bool(source.get("synthetic")) or "synthetic" in str(weights.get("description", "")).lower()
-
-
 def banner(metrics):
     """A Markdown warning when the evaluation is not clinical evidence; "" when it may be."""
     source = metrics.get("source", {})
     weights = source.get("weights", {})
     notes = []
-    if source.get("synthetic"):
+    reasons = provenance.unproven(weights, source.get("synthetic"))
+    if provenance.DATA in reasons:
         notes.append(f"the evaluated data (<code>{html.escape(str(source.get('data_root')))}</code>) is synthetic, "
                      "made by <code>make-synthetic</code>")
-    if weights.get("kind") != "imagenet":
-        origin = weights.get("description") or weights.get("kind")
-        notes.append(f"the backbone is not ImageNet-pretrained ({html.escape(str(origin))})")
+    if provenance.BACKBONE in reasons:
+        notes.append(f"the backbone is not ImageNet-pretrained ({html.escape(str(provenance.backbone_origin(weights)))})")
     if not notes:
         return ""
     return ("<div style='background:#fde8e8;border:1px solid #e6a1a1;padding:8px 12px;border-radius:6px'>"

@@ -26,9 +26,9 @@ import numpy as np
 from bonenet import __version__
 from bonenet.configs import ServeConfig
 from bonenet.imageio import ImageReadError, image_format, max_pixels
-from bonenet.inference import error_entry, predict_images, read_image
+from bonenet.inference import error_entry, predict_images
 from bonenet.model_card import CARD_FILE, NOT_FOR_CLINICAL_USE
-from bonenet.reading import skip_from_error
+from bonenet.reading import read_gray, skip_from_error
 
 STATIC = Path(__file__).resolve().parent / "static"
 # Requests whose bodies are read and decoded at once; others wait before their bodies are read, so
@@ -98,7 +98,7 @@ def predict_uploads(net, uploads, lock, cams=True):
     skips, loaded = {}, []
     for number, (name, (_, data)) in enumerate(zip(names, uploads, strict=True)):
         try:
-            loaded.append((number, name, read_image(name, data)))
+            loaded.append((number, name, read_gray(data, name)))
         except ImageReadError as exc:
             skips[number] = skip_from_error(exc, name)
     if not loaded:

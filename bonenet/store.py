@@ -12,6 +12,7 @@ and are refused with a message to retrain.
 """
 
 import datetime
+import functools
 import json
 from contextlib import contextmanager
 from pathlib import Path
@@ -339,3 +340,45 @@ def check_role(head, key, entry, trunk, path):
     if head.name != expected:
         raise ManifestError(f"{path}: is the head {head.name!r}, not {key}'s ({expected!r}); the file is another "
                             "model's head")
+
+
+@functools.lru_cache(maxsize=1)
+def _load_trunk_file(run_dir, file, stamp):
+    return load_trunk(run_dir, {"trunk": {"file": file}}) if stamp else None
+
+
+def shared_trunk(run_dir, manifest):
+    """The run's trunk, loaded once per process while its file is unchanged.
+
+    `train_all` builds eight models on one trunk; deserialising it for each cost seconds apiece.
+    One is kept: a long process training many runs keeps one trunk alive.
+    """
+    if "trunk" not in manifest:
+        return load_trunk(run_dir, manifest)  # raises the manifest's own error
+    path = Path(run_dir, manifest["trunk"]["file"]).resolve()
+    if not path.is_file():
+        return load_trunk(run_dir, manifest)
+    stat = path.stat()
+    return _load_trunk_file(str(run_dir), manifest["trunk"]["file"], (stat.st_mtime_ns, stat.st_size))
+
+
+def save_trunk_once(run_dir, trunk, output, key):
+    """Saves a run's first trunk (`output`: the layer it ends at); returns its manifest entry, or None when
+    the run already has this trunk.
+
+    Call under the run lock. Every worker saves (saving may take part in collectives); only the
+    chief's lands in the run. Raises ValueError when another training wrote a different trunk.
+    """
+    from bonenet.features import weights_digest
+
+    run_dir = Path(run_dir)
+    digest = weights_digest(trunk)
+    written = (read_manifest(run_dir, required=False) or {}).get("trunk")
+    if written is None:
+        save_model_atomic(trunk, run_dir / TRUNK_FILE)
+        return {"file": TRUNK_FILE, "output": output, "sha256_weights": digest}
+    if written.get("sha256_weights") != digest:
+        raise ValueError(f"{run_dir / TRUNK_FILE}: another training wrote this run's trunk while "
+                         f"{key} trained on a different one (another seed or backbone); train "
+                         f"{key} again into this folder, or use a new --models-dir")
+    return None

@@ -17,11 +17,11 @@ import pandas as pd
 from bonenet.configs import DEFAULT_THRESHOLD
 
 # The columns of `evaluate`'s study_predictions.csv and image_predictions.csv, which reports read.
-STUDY_COLUMNS = ["study", "patient", "part_true", "part_pred", "router_confidence", "label", "score", "threshold",
+STUDY_PREDICTION_COLUMNS = ["study", "patient", "part_true", "part_pred", "router_confidence", "label", "score", "threshold",
                  "pred"]
 # part_pred is the study's routed part, whose model gave `score`; image_part_pred is the image's own
 # router argmax.
-IMAGE_COLUMNS = ["path", "study", "patient", "part_true", "part_pred", "image_part_pred", "router_confidence",
+IMAGE_PREDICTION_COLUMNS = ["path", "study", "patient", "part_true", "part_pred", "image_part_pred", "router_confidence",
                  "label", "score"]
 
 

@@ -16,6 +16,7 @@ import cv2
 import numpy as np
 import pandas as pd
 
+from bonenet.configs import SYNTHETIC_VALID_RATIO
 from bonenet.outputs import folder_written_whole
 from bonenet.parts import PARTS
 from bonenet.progress import Progress
@@ -25,7 +26,6 @@ from bonenet.progress import Progress
 GENERATOR_VERSION = 1
 FINDINGS = ("fracture", "hardware", "lesion")
 ABNORMAL_RATE = 0.4
-VALID_FRACTION = 0.25
 RGB_RATE = 0.08
 # MURA-v1.1's own counts (the design document; Rajpurkar et al. 2017, Table 1): per part, studies as
 # (normal, abnormal) and images, for train and valid. 36,808 train and 3,197 valid images in all.
@@ -291,7 +291,7 @@ def make_synthetic(out, studies_per_part=40, seed=0, valid_studies_per_part=None
     if studies_per_part < 2:
         raise ValueError(f"studies_per_part must be at least 2, got {studies_per_part}")
     if valid_studies_per_part is None:
-        valid_studies_per_part = max(4, int(math.ceil(studies_per_part * VALID_FRACTION)))
+        valid_studies_per_part = max(4, int(math.ceil(studies_per_part * SYNTHETIC_VALID_RATIO)))
     if valid_studies_per_part < 1:
         raise ValueError(f"valid_studies_per_part must be at least 1, got {valid_studies_per_part}")
     root = Path(out) / "MURA-v1.1"
@@ -360,7 +360,7 @@ def synthetic_dataset(out, studies_per_part=40, seed=0, valid_studies_per_part=N
     """`out/MURA-v1.1` as `make_synthetic` makes it: reused when its `synthetic.json` matches, else remade."""
     root = Path(out) / "MURA-v1.1"
     if valid_studies_per_part is None:
-        valid_studies_per_part = max(4, int(math.ceil(studies_per_part * VALID_FRACTION)))
+        valid_studies_per_part = max(4, int(math.ceil(studies_per_part * SYNTHETIC_VALID_RATIO)))
     wanted = {"seed": seed, "studies_per_part": studies_per_part, "valid_studies_per_part": valid_studies_per_part,
               "generator_version": GENERATOR_VERSION}
     try:

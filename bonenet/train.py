@@ -12,13 +12,10 @@ and trains the heads on that cache, one view per image per epoch; `full` mode fi
 function, count an epoch as one pass over the images, and store the same layout.
 """
 
-import atexit
-import functools
 import json
 import logging
 import os
 import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -26,14 +23,13 @@ from pathlib import Path
 import keras
 import numpy as np
 import pandas as pd
-import tensorflow as tf
 
 from bonenet import data as bdata
 from bonenet import runtime
-from bonenet.calibration import apply_temperature, fit_temperature
-from bonenet.configs import DEFAULT_THRESHOLD, STRATEGIES, TrainConfig
+from bonenet.configs import TrainConfig
+from bonenet.distribute import get_strategy, is_chief, shardable, worker_scratch
 from bonenet.features import compute_features, weights_digest
-from bonenet.metrics import tune_threshold
+from bonenet.holdout import decide_on_holdout, holdout_figures, holdout_outputs, summary_line
 from bonenet.model_card import write_model_card
 from bonenet.models import (
     build_part_model,
@@ -52,94 +48,22 @@ from bonenet.parts import PARTS, short_name
 from bonenet.progress import keras_verbosity
 from bonenet.reading import Skip, SkipLog
 from bonenet.store import (
-    TRUNK_FILE,
     ManifestError,
     check_shared,
     load_model,
-    load_trunk,
     model_filename,
     model_key,
     read_manifest,
     record_model,
     run_lock,
     save_model_atomic,
+    save_trunk_once,
+    shared_trunk,
 )
-from bonenet.study import aggregate_studies
 from preprocessing.augment import AugmentConfig
 from preprocessing.recipes import get_recipe
 
 log = logging.getLogger(__name__)
-
-
-def get_strategy(name="auto"):
-    """Returns the tf.distribute strategy for `name`, one instance per process.
-
-    `auto` mirrors across GPUs when more than one is visible. `mirrored` mirrors across every GPU,
-    or across the logical CPUs where there is no GPU (how tests run it on a CPU). `multiworker`
-    reads the cluster from the TF_CONFIG environment variable (see README). A strategy is made
-    once and reused by every model the process trains (`train-all` trains eight): a second
-    instance would start its collective operations over and clash with the first's.
-    """
-    if name not in STRATEGIES:
-        raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}, got {name!r}")
-    return _make_strategy(name)
-
-
-@functools.cache
-def _make_strategy(name):
-    if name == "multiworker":
-        if "TF_CONFIG" not in os.environ:
-            raise ValueError("strategy 'multiworker' needs the TF_CONFIG environment variable (see README)")
-        return _MultiWorkerStrategy()
-    gpus = [d.name for d in tf.config.list_logical_devices("GPU")]
-    if name == "mirrored":
-        return tf.distribute.MirroredStrategy(gpus or [d.name for d in tf.config.list_logical_devices("CPU")])
-    if name == "auto" and len(gpus) > 1:
-        return tf.distribute.MirroredStrategy(gpus)
-    return tf.distribute.get_strategy()
-
-
-class _MultiWorkerStrategy(tf.distribute.MultiWorkerMirroredStrategy):
-    """MultiWorkerMirroredStrategy whose `reduce` accepts what Keras 3.15's `fit` passes it.
-
-    Across several workers Keras' TensorFlow trainer calls `reduce` with a whole (x, y,
-    sample_weight) batch before building, and with `axis=0` on scalar per-replica logs after
-    each step; the collective reduce takes one tensor and needs the axis to exist, so both fail
-    (keras-team/keras#20585). Each leaf is reduced on its own, and a scalar across replicas only,
-    which is what those calls mean.
-    """
-
-    def reduce(self, reduce_op, value, axis):
-        """Reduces every leaf of `value` across replicas (see `tf.distribute.Strategy.reduce`)."""
-
-        def leaf(v):
-            scalar = axis is not None and self.experimental_local_results(v)[0].shape.rank == 0
-            return super(_MultiWorkerStrategy, self).reduce(reduce_op, v, None if scalar else axis)
-
-        return tf.nest.map_structure(leaf, value)
-
-
-def is_chief(strategy_name):
-    """Whether this process writes the run.
-
-    Under `multiworker`, only the chief does (TF_CONFIG's "chief" task, or worker 0 when the
-    cluster names none), as Keras' multi-worker guide prescribes; the other workers write their
-    checkpoints, logs and cache into a private temporary folder that is removed afterwards.
-    """
-    if strategy_name != "multiworker":
-        return True
-    tf_config = json.loads(os.environ.get("TF_CONFIG", "{}"))
-    task = tf_config.get("task", {})
-    kind, index = task.get("type"), int(task.get("index", 0))
-    return kind is None or kind == "chief" or (kind == "worker" and index == 0
-                                               and "chief" not in tf_config.get("cluster", {}))
-
-
-def _shardable(ds):
-    # Examples come from an in-memory list, not files, so shard by element across workers.
-    options = tf.data.Options()
-    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
-    return ds.with_options(options)
 
 
 def _best_val_loss(log_path):
@@ -177,32 +101,6 @@ def shared_settings(config, weights_origin, trainable, recipe=None):
 def checkpoint_dir(run_dir, key):
     """Where a model's training work files live: `<run>/checkpoints/<router|part short name>/`."""
     return Path(run_dir) / "checkpoints" / (key if key == "router" else short_name(key))
-
-
-def tune_on_holdout(scores, kept, val_images, part):
-    """The study-level threshold maximising kappa on the training hold-out (never an evaluated split).
-
-    Studies are scored by the study rule (`bonenet.study`), each with its own part's model.
-
-    Args:
-        scores: p(abnormal) for the hold-out images `kept` (those that decoded), in order.
-        kept: their paths.
-        val_images: the hold-out image table.
-        part: the part.
-
-    Returns:
-        {"threshold": float, "studies": n} or {"threshold": None, "reason": why tuning was not
-        possible, "studies": n}.
-    """
-    if len(scores) != len(kept):
-        raise ValueError(f"{part}: {len(scores)} hold-out scores for {len(kept)} hold-out images")
-    table = val_images.set_index("path").loc[kept, ["study", "label"]].reset_index()
-    table = table.assign(part_true=part, **{f"p_{part}": 1.0, f"s_{part}": np.asarray(scores, float)})
-    studies = aggregate_studies(table, [part], {part: (DEFAULT_THRESHOLD, "default")}, oracle=True)
-    try:
-        return {"threshold": tune_threshold(studies["label"], studies["score"]), "studies": len(studies)}
-    except ValueError as exc:
-        return {"threshold": None, "reason": str(exc), "studies": len(studies)}
 
 
 @dataclass(frozen=True)
@@ -335,38 +233,9 @@ def _prepare(target, index, models_dir, config):
         raise ValueError(f"{key}: training data has classes {present.tolist()}, needs all {num_classes}")
     if len(val_paths) == 0:
         raise ValueError(f"{key}: the hold-out has no images; add more train studies")
-    scratch = None if is_chief(config.strategy) else _worker_scratch()
+    scratch = None if is_chief(config.strategy) else worker_scratch()
     examples = _Examples(key, num_classes, train_paths, train_labels, val_paths, val_labels, val_images)
     return _Job(examples, _Place(run_dir, existing, weights, origin, recipe, scratch))
-
-
-@functools.cache
-def _worker_scratch():
-    """A non-chief worker's private folder, one per process (so `train-all` computes its feature
-    cache once, not once per model), removed when the process exits."""
-    path = Path(tempfile.mkdtemp(prefix="bonenet-worker-"))
-    atexit.register(shutil.rmtree, path, ignore_errors=True)
-    return path
-
-
-@functools.lru_cache(maxsize=1)
-def _load_trunk_file(run_dir, file, stamp):
-    return load_trunk(run_dir, {"trunk": {"file": file}}) if stamp else None
-
-
-def _run_trunk(run_dir, manifest):
-    """The run's trunk, loaded once per process while its file is unchanged.
-
-    `train_all` builds eight models on one trunk; deserialising it for each cost seconds apiece.
-    One is kept: a long process training many runs keeps one trunk alive.
-    """
-    if "trunk" not in manifest:
-        return load_trunk(run_dir, manifest)  # raises the manifest's own error
-    path = Path(run_dir, manifest["trunk"]["file"]).resolve()
-    if not path.is_file():
-        return load_trunk(run_dir, manifest)
-    stat = path.stat()
-    return _load_trunk_file(str(run_dir), manifest["trunk"]["file"], (stat.st_mtime_ns, stat.st_size))
 
 
 def _build(job, config):
@@ -378,7 +247,7 @@ def _build(job, config):
     gpu = runtime.start(config.precision)["gpus"] > 0
     strategy = get_strategy(config.strategy)
     place = job.place
-    run_trunk = _run_trunk(place.run_dir, place.existing) if place.existing is not None else None
+    run_trunk = shared_trunk(place.run_dir, place.existing) if place.existing is not None else None
     # Seeded after the trunk is loaded: deserialising it draws seeds for its dropout layers from
     # Python's generator, so seeding first gave a model built into a folder that already held a
     # trunk (a rerun, or any model after the first when the trunk memo was cold) other initial
@@ -418,7 +287,7 @@ def _datasets(job, built, index, config, verbose, skips):
         train_ds, val_ds = _cached_datasets(job, built, index, config, verbose, skips)
     else:
         train_ds, val_ds = _full_datasets(job, config, skips)
-    return _shardable(train_ds), _shardable(val_ds)
+    return shardable(train_ds), shardable(val_ds)
 
 
 def _resume_point(job, work, resume):
@@ -469,26 +338,6 @@ def _fit(job, built, train_ds, val_ds, config, resume, verbose):
     return log_path
 
 
-def _holdout_probabilities(built, val_ds):
-    """The model's softmax over the hold-out in dataset order, computed eagerly: `predict` under a
-    multi-worker strategy would gather each worker's shard in no fixed order."""
-    return np.concatenate([np.asarray(built.fitted(x, training=False)) for x, _ in val_ds])
-
-
-def calibrate_on_holdout(probs, kept, examples):
-    """The model's temperature (`bonenet.calibration.fit_temperature`) on the hold-out images `kept`.
-
-    The router is calibrated per image; a part model on its studies' mean p(abnormal), the
-    number the study rule reads.
-    """
-    label_of = dict(zip(examples.val_paths, examples.val_labels, strict=True))
-    labels = np.asarray([label_of[p] for p in kept], int)
-    if examples.key == "router":
-        return fit_temperature(probs, labels)
-    study_of = examples.val_images.set_index("path")["study"]
-    return fit_temperature(probs[:, 1], labels, groups=study_of.loc[kept].to_numpy())
-
-
 def _model_entry(job, built, index, scores, tuning, log_path, config, skips, seconds):
     """The model's manifest entry: its file, labels, recipe, trunk, tuning, config, data and hold-out figures."""
     ex = job.examples
@@ -501,6 +350,7 @@ def _model_entry(job, built, index, scores, tuning, log_path, config, skips, sec
         "trunk_sha256": weights_digest(built.trunk),
         **({"tuning": tuning} if tuning is not None else {}),
         "config": asdict(config),
+        "runtime": runtime.start(config.precision),  # what "auto" resolved to: GPUs, precision, XLA
         "dataset": {"fingerprint": fingerprint_of(index), "synthetic": is_synthetic(index),
                     "train_images": len(ex.train_paths),
                     "holdout_images": len(ex.val_paths),
@@ -513,47 +363,22 @@ def _model_entry(job, built, index, scores, tuning, log_path, config, skips, sec
     }
 
 
-def _save_trunk_if_first(job, built, config):
-    """Saves the run's trunk when this is its first model; returns its manifest entry, or None.
-
-    Call under the run lock. Every worker saves (saving may take part in collectives); only the
-    chief's lands in the run.
-    """
-    if built.run_trunk is not None:
-        return None
-    digest = weights_digest(built.trunk)
-    written = (read_manifest(job.home, required=False) or {}).get("trunk")
-    if written is None:
-        save_model_atomic(built.trunk, job.home / TRUNK_FILE)
-        return {"file": TRUNK_FILE, "output": trunk_cut(built.model, config.trainable_layers)[1],
-                "sha256_weights": digest}
-    if written.get("sha256_weights") != digest:
-        raise ValueError(f"{job.home / TRUNK_FILE}: another training wrote this run's trunk while "
-                         f"{job.key} trained on a different one (another seed or backbone); train "
-                         f"{job.key} again into this folder, or use a new --models-dir")
-    return None
-
-
 def _finalize(job, built, index, val_ds, log_path, config, skips, seconds=None):
     """Scores the hold-out, calibrates the model and tunes a part's threshold there, saves the head (and
     the run's first trunk)."""
-    with bdata.length_found_at_the_end():
-        scores = built.fitted.evaluate(val_ds, verbose=0, return_dict=True)
+    probs, onehot = holdout_outputs(built.fitted, val_ds)  # the one pass over the hold-out
+    scores = holdout_figures(probs, onehot)
     # The hold-out dataset served every hold-out image but those recorded as unreadable.
     kept = [p for p in job.examples.val_paths if p not in skips]
-    probs = _holdout_probabilities(built, val_ds)
-    calibration = calibrate_on_holdout(probs, kept, job.examples)
-    tuning = None
-    if job.key != "router":  # the threshold is tuned on the calibrated scores, the ones it will decide
-        calibrated = apply_temperature(probs[:, 1], calibration["temperature"])
-        tuning = tune_on_holdout(calibrated, kept, job.examples.val_images, job.key)
+    calibration, tuning = decide_on_holdout(job.key, probs, kept, job.examples)
     save_model_atomic(built.head, job.home / model_filename(job.key))  # unlisted until the manifest names it
     entry = _model_entry(job, built, index, scores, tuning, log_path, config, skips, seconds or {})
     entry["calibration"] = calibration
     # One lock around the trunk check, the trunk's save and the manifest's update: a training
     # started beside this one into the same folder waits here, and cannot slip its trunk in between.
     with run_lock(job.home):
-        trunk_entry = _save_trunk_if_first(job, built, config)
+        trunk_entry = None if built.run_trunk is not None else save_trunk_once(
+            job.home, built.trunk, trunk_cut(built.model, config.trainable_layers)[1], job.key)
         if job.place.scratch is None:
             record_model(job.place.run_dir, job.key, built.shared, entry, trunk=trunk_entry)
             write_model_card(job.place.run_dir)
@@ -609,26 +434,6 @@ class _Stopwatch:
         now = time.perf_counter()
         self.laps[name] = round(now - self._last, 2)
         self._last = now
-
-
-def summary_line(key, entry):
-    """One line after a model has trained: its hold-out figures and, for a part, its threshold."""
-    holdout = entry["holdout"]
-    text = f"{key}: {entry['epochs_run']} epoch(s); hold-out loss {holdout.get('loss', float('nan')):.3f}, " \
-           f"accuracy {holdout.get('accuracy', float('nan')):.3f}"
-    if "auc" in holdout:
-        text += f", AUC {holdout['auc']:.3f}"
-    tuning = entry.get("tuning")
-    if tuning is not None:
-        text += (f"; threshold {tuning['threshold']:.3f} tuned on {tuning['studies']} hold-out studies"
-                 if tuning["threshold"] is not None else f"; threshold 0.5 (tuning not possible: {tuning['reason']})")
-    calibration = entry.get("calibration", {})
-    if calibration.get("temperature") is not None:
-        text += (f"; temperature {calibration['temperature']:.2f} (hold-out NLL {calibration['nll_before']:.3f} "
-                 f"→ {calibration['nll_after']:.3f})")
-    elif calibration:
-        text += f"; not calibrated ({calibration['reason']})"
-    return text
 
 
 def _kept_from_before(models_dir, key, done):

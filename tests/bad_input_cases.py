@@ -63,4 +63,11 @@ CASES = {
     "B1": "serve: a PNG declaring 30,000 x 30,000 pixels (a decompression bomb)",
     "B2": "serve: a very long file name, 10,000 fields, 10,000 files, no boundary, unknown paths and methods",
     "B3": "serve: a client that stalls mid-upload, or disconnects",
+    # Degenerate figures and anonymised DICOM.
+    "C1": "evaluate --bootstrap 0",
+    "C2": "a valid split where a part has studies of one class only",
+    "C3": "a training hold-out of 12 studies: no temperature, no tuned threshold",
+    "D1": "predict --dicom-out on a DICOM lacking every type 2 patient and study attribute",
+    "D2": "predict --dicom-out on a DICOM whose PatientName is not ASCII (ISO_IR 192)",
+    "D3": "predict --dicom-out on a folder mixing two DICOM studies",
 }

@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,9 @@ REPO = Path(__file__).resolve().parents[2]
 def test_full_scale_at_a_toy_scale_records_every_stage_and_they_add_up(tmp_path):
     args = [sys.executable, "benchmarks/full_scale.py", "--out", str(tmp_path), "--scale", "0.0001",
             "--image-size", "32", "--epochs", "1", "--views", "1"]
+    began = time.perf_counter()
     proc = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=900)
+    outer = time.perf_counter() - began
     assert proc.returncode == 0, proc.stderr[-3000:] + (tmp_path / "train.log").read_text()[-3000:]
     result = json.loads((tmp_path / "full_scale.json").read_text())
     assert {"date", "commit", "machine", "setup", "seconds", "attempts", "peak_memory_mb", "cache_bytes"} <= set(result)
@@ -24,8 +27,10 @@ def test_full_scale_at_a_toy_scale_records_every_stage_and_they_add_up(tmp_path)
     s = result["seconds"]
     assert set(s["heads"]) == {"router", "XR_ELBOW", "XR_FINGER", "XR_FOREARM", "XR_HAND", "XR_HUMERUS",
                                "XR_SHOULDER", "XR_WRIST"}
-    parts = s["decode_and_prepare"] + s["trunk_forward"] + sum(s["heads"].values()) + s["train_other"]
-    assert parts == pytest.approx(s["train_all"], abs=1.0) and s["train_all"] + s["evaluate"] == pytest.approx(s["total"], abs=0.2)
+    # Stages timed inside train-all (the cache's and each fit's own clocks) fit inside its wall time, and the
+    # commands' wall times inside the benchmark's own, timed here from outside.
+    timed_inside = s["decode_and_prepare"] + s["trunk_forward"] + sum(s["heads"].values())
+    assert timed_inside < s["train_all"] and s["train_all"] + s["evaluate"] <= outer
     assert min(s["decode_and_prepare"], s["trunk_forward"], s["evaluate"], *s["heads"].values()) > 0
     assert s["train_other"] > 0  # indexing, building and saving take time: the remainder is not a fudge
     plan = mura_plan(0.0001)

@@ -5,8 +5,11 @@ import pytest
 from sklearn.calibration import calibration_curve
 
 from bonenet.calibration import (
+    LOG_T_PRIOR_SD,
+    MIN_PER_CLASS,
+    T_BOUNDS,
     apply_temperature,
-    calibrated_threshold,
+    cross_validated_nll,
     ece,
     ece_ci,
     fit_temperature,
@@ -38,6 +41,7 @@ def test_an_over_confident_model_has_a_higher_ece_and_a_temperature_fitted_on_a_
     fitted = fit_temperature(confident(fit_p), fit_y)
     assert fitted["temperature"] == pytest.approx(4, rel=0.1)  # it finds the scale that was applied
     assert fitted["nll_after"] < fitted["nll_before"] and fitted["ece_after"] < fitted["ece_before"]
+    assert fitted["cv_nll_after"] < fitted["cv_nll_before"]  # kept because it helps out of sample
     after = apply_temperature(confident(test_p), fitted["temperature"])  # held-out data, never fitted on
     assert ece(test_y, after) < 0.03 < 0.1 < ece(test_y, confident(test_p))
     assert nll(confident(test_p), test_y, fitted["temperature"]) < nll(confident(test_p), test_y)
@@ -53,7 +57,7 @@ def test_temperature_scaling_is_softmax_of_log_p_over_t_and_keeps_the_order():
     calibrated = apply_temperature(p, 3.0)
     assert np.all(np.diff(calibrated) > 0) and calibrated[2] == pytest.approx(0.5) and np.isfinite(calibrated).all()
     np.testing.assert_array_equal(apply_temperature(p, None), p)
-    assert calibrated_threshold(0.8, 3.0) == pytest.approx(_sigmoid(_logit(0.8) / 3), rel=1e-6)
+    assert apply_temperature(np.float32([0.8]), 3.0)[0] == pytest.approx(_sigmoid(_logit(0.8) / 3), rel=1e-6)
 
 
 def test_a_part_model_is_fitted_on_its_studies_mean_probability():
@@ -70,6 +74,50 @@ def test_a_hold_out_of_one_class_or_too_few_studies_is_not_fitted_and_says_why()
     assert one_class["temperature"] is None and "two classes" in one_class["reason"]
     few = fit_temperature(np.array([0.2, 0.9, 0.4]), np.array([0, 1, 1]))
     assert few["temperature"] is None and "3 images" in few["reason"]
+
+
+@pytest.mark.corpus("C3")
+def test_twelve_hold_out_studies_get_no_temperature_however_badly_calibrated():
+    # The wrist of the issue: 12 studies (6 per class), scores that a temperature of 0.05 would "fix".
+    p = np.repeat([0.45, 0.55], 6)
+    y = np.repeat([0, 1], 6)
+    fitted = fit_temperature(np.repeat(p, 2), np.repeat(y, 2), groups=np.repeat(np.arange(12), 2))
+    assert fitted["temperature"] is None
+    assert "12 studies" in fitted["reason"] and f"at least {MIN_PER_CLASS} studies of each" in fitted["reason"]
+
+
+def test_a_temperature_that_worsens_cross_validated_nll_is_not_applied():
+    # Calibrated scores: whatever T the hold-out fits is noise, and out of sample it can only hurt.
+    p, y = _calibrated_draw(60, seed=7)
+    fitted = fit_temperature(p, y)
+    before, after = cross_validated_nll(p, y)
+    assert after >= before  # this draw's fitted T does not help out of sample...
+    assert fitted["temperature"] is None and "did not lower the cross-validated" in fitted["reason"]  # ...so it is not kept
+    assert fitted["cv_nll_after"] == pytest.approx(after) and fitted["cv_nll_before"] == pytest.approx(before)
+
+
+def test_the_prior_keeps_a_small_hold_out_away_from_the_bounds():
+    # Perfectly separated studies: maximum likelihood alone drives T to its lower bound.
+    y = np.repeat([0, 1], MIN_PER_CLASS)
+    p = np.where(y == 1, 0.6, 0.4)
+    fitted = fit_temperature(p, y)
+    t = fitted["temperature"] if fitted["temperature"] is not None else fitted["fitted"]
+    assert T_BOUNDS[0] * 1.5 < t < 1  # sharpened, but not to the bound
+    assert abs(np.log(t)) < 4 * LOG_T_PRIOR_SD
+
+
+def test_cross_validation_folds_hold_whole_patients():
+    from bonenet.calibration import _folds
+
+    patients = np.repeat(np.arange(50), 3)  # three studies per patient
+    fold = _folds(patients, len(patients), 5, seed=3)
+    assert all(len(set(fold[patients == q])) == 1 for q in range(50))  # a patient never straddles two folds
+    assert sorted(np.bincount(fold)) == [30] * 5  # and the folds are even, in patients
+
+
+def test_ece_ci_without_resamples_or_rows_is_nan_not_an_error():
+    assert np.isnan(ece_ci([0, 1, 1], [0.2, 0.6, 0.9], n_boot=0)).all()
+    assert np.isnan(ece_ci([], [], n_boot=100)).all()
 
 
 def test_ece_uses_the_bins_of_sklearns_calibration_curve():

@@ -16,8 +16,6 @@ from bonenet.configs import (
     ServeConfig,
     TrainConfig,
     check_config,
-    help_of,
-    ranges,
 )
 
 COMMAND = {TrainConfig: "train-all", PretrainConfig: "pretrain-backbone", DemoPlan: "demo", EvaluateConfig: "evaluate",
@@ -42,7 +40,7 @@ def test_the_command_line_takes_its_defaults_and_help_from_the_fields(config_cla
         action = actions[field.name]
         if config_class is not DemoPlan:  # the demo's flags default to None: only what is typed overrides its plan
             assert action.default == field.default, field.name
-        assert help_of(config_class, field.name) in action.help or field.name == "trainable_layers", field.name
+        assert field.metadata["help"] in action.help or field.name == "trainable_layers", field.name
 
 
 def test_values_outside_a_range_or_the_choices_are_refused_naming_the_field():
@@ -52,7 +50,7 @@ def test_values_outside_a_range_or_the_choices_are_refused_naming_the_field():
         TrainConfig(strategy="tpu")
     with pytest.raises(ValueError, match=r"port must be within \[1, 65535\], got 0"):
         ServeConfig(port=0)
-    assert ranges(TrainConfig)["trainable_layers"] == Range(0, MAX_TRAINABLE_LAYERS)
+    assert {f.name: f.metadata["range"] for f in dataclasses.fields(TrainConfig)}["trainable_layers"] == Range(0, MAX_TRAINABLE_LAYERS)
 
 
 def test_deep_fine_tuning_trains_in_full_mode():

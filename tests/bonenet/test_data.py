@@ -15,9 +15,14 @@ def wrist_images(index):
     return index.images[(index.images.part == "XR_WRIST") & (index.images.split == "train")].head(6)
 
 
+def _wrist_dataset(images, recipe, size, **kwargs):
+    paths, labels = data.part_examples(images, "XR_WRIST")
+    return data.make_dataset(paths, labels, 2, recipe, size, **kwargs)
+
+
 @pytest.mark.parametrize("recipe", ["equalize", "full"])
 def test_tf_data_adapter_gives_the_numpy_path_array(wrist_images, recipe):
-    ds = data.make_part_dataset(wrist_images, "XR_WRIST", get_recipe(recipe), 48, batch_size=6)
+    ds = _wrist_dataset(wrist_images, get_recipe(recipe), 48, batch_size=6)
     x, y = next(iter(ds))
     expected = np.stack([get_recipe(recipe).apply(load_gray(p), 48) for p in wrist_images.path])
     np.testing.assert_array_equal(x.numpy(), expected.astype(np.float32))
@@ -26,14 +31,14 @@ def test_tf_data_adapter_gives_the_numpy_path_array(wrist_images, recipe):
 
 def test_training_pipeline_augments_with_a_seed_and_changes_per_epoch(wrist_images):
     def epoch_batches(seed):
-        ds = data.make_part_dataset(wrist_images, "XR_WRIST", EQUALIZE, 48, batch_size=6, training=True,
-                                    seed=seed, augment_config=AugmentConfig())
+        ds = _wrist_dataset(wrist_images, EQUALIZE, 48, batch_size=6, training=True,
+                             seed=seed, augment_config=AugmentConfig())
         return [next(iter(ds))[0].numpy() for _ in range(2)]
 
     a, b = epoch_batches(1), epoch_batches(1)
     np.testing.assert_array_equal(a[0], b[0])  # same seed, same first epoch
     assert not np.array_equal(a[0], a[1])  # a new epoch draws new augmentations
-    plain = next(iter(data.make_part_dataset(wrist_images, "XR_WRIST", EQUALIZE, 48, batch_size=6)))[0].numpy()
+    plain = next(iter(_wrist_dataset(wrist_images, EQUALIZE, 48, batch_size=6)))[0].numpy()
     assert not np.array_equal(np.sort(a[0].ravel()), np.sort(plain.ravel()))
 
 
@@ -64,7 +69,40 @@ def test_disk_cache_is_keyed_by_data_recipe_and_size(wrist_images, tmp_path):
     assert key != data.cache_key(wrist_images.path, get_recipe("full"), 48)
     assert key != data.cache_key(wrist_images.path, EQUALIZE, 64)
     assert key != data.cache_key(wrist_images.path.iloc[:-1], EQUALIZE, 48)
-    ds = data.make_part_dataset(wrist_images, "XR_WRIST", EQUALIZE, 48, batch_size=6, cache_dir=tmp_path)
+    ds = _wrist_dataset(wrist_images, EQUALIZE, 48, batch_size=6, cache_dir=tmp_path)
     first = next(iter(ds))[0].numpy()
     assert any(p.name.startswith(f"images-{key}") for p in tmp_path.iterdir())
     np.testing.assert_array_equal(next(iter(ds))[0].numpy(), first)
+
+
+def test_an_image_edited_in_place_misses_both_caches(wrist_images, tmp_path):
+    """One rule keys the image cache and the trunk-feature cache: path, size and modification time."""
+    import os
+    import shutil
+
+    from bonenet.features import features_key
+    from bonenet.models import build_part_model, split_model
+
+    paths = [str(tmp_path / f"{i}.png") for i in range(3)]
+    for src, dst in zip(wrist_images.path, paths, strict=False):
+        shutil.copy(src, dst)
+    trunk, _ = split_model(build_part_model("XR_WRIST", image_size=32, weights=None)[0])
+    before = data.cache_key(paths, EQUALIZE, 48), features_key(paths, EQUALIZE, 48, trunk)
+    st = os.stat(paths[1])
+    os.utime(paths[1], ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))  # edited: a new modification time
+    after = data.cache_key(paths, EQUALIZE, 48), features_key(paths, EQUALIZE, 48, trunk)
+    assert before[0] != after[0] and before[1] != after[1]
+    assert data.file_stamps(paths) == data.file_stamps(list(paths))  # and nothing else moves it
+
+
+def test_views_are_seeded_per_image_and_view_whatever_the_order(wrist_images):
+    config = AugmentConfig()
+    path = wrist_images.path.iloc[0]
+    a, reason = data.prepared_views(path, 7, EQUALIZE, 48, views=2, augment_config=config, seed=3)
+    b, _ = data.prepared_views(path, 7, EQUALIZE, 48, views=2, augment_config=config, seed=3)
+    c, _ = data.prepared_views(path, 8, EQUALIZE, 48, views=2, augment_config=config, seed=3)
+    assert reason == b"" and a.shape == (3, 48, 48, 3)
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(a[0], EQUALIZE.apply(load_gray(path), 48))  # view 0 is the image itself
+    assert not np.array_equal(a[1], c[1])  # another image index, another draw
+    np.testing.assert_array_equal(a[1], data.seeded_augment(a[0], config, 3, 1, 7))  # the one seeding rule

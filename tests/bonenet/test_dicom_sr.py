@@ -81,11 +81,81 @@ def test_non_dicom_inputs_never_produce_dicom_and_the_command_says_so(run, wrist
     code, out, err = _predict([wrist_study[0], "--models-dir", run[0], "--dicom-out", tmp_path / "sr"], capsys)
     assert code == 0, err
     assert not list(tmp_path.glob("sr/*"))
-    assert f"{wrist_study[0]}: not DICOM" in err and "no DICOM SR written" in out
+    assert f"{wrist_study[0]}: not DICOM" in err
+    assert f"wrote 0 DICOM SR(s) into {tmp_path / 'sr'}; 1 refused (1 not DICOM)" in out
 
 
 def test_a_dicom_without_study_uids_is_skipped_with_its_reason(run, wrist_study, tmp_path, capsys, write_dicom):
     bare = write_dicom(tmp_path / "bare.dcm", load_gray(wrist_study[0]))
     code, out, err = _predict([bare, "--models-dir", run[0], "--dicom-out", tmp_path / "sr"], capsys)
     assert code == 0 and not list(tmp_path.glob("sr/*"))
-    assert f"{bare}: no DICOM SR: {bare} has no StudyInstanceUID to reference" in err
+    assert f"{bare}: no DICOM SR: {bare} has no StudyInstanceUID (type 1) to reference" in err
+    assert "wrote 0 DICOM SR(s)" in out and "1 refused (1 lacking a type 1 attribute)" in out
+
+
+def _dciodvfy_errors(path):
+    """dciodvfy's error lines for a file (Debian's dicom3tools), or None where it is not installed."""
+    if not shutil.which("dciodvfy"):
+        return None
+    check = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True)
+    return [line for line in (check.stdout + check.stderr).splitlines() if line.startswith("Error")]
+
+
+def _anonymised(path):
+    """The DICOM at `path` without any type 2 patient or study attribute, as anonymisers leave them."""
+    from bonenet.dicom_sr import TYPE_2
+
+    ds = pydicom.dcmread(path)
+    for key in TYPE_2:
+        if key in ds:
+            delattr(ds, key)
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+@pytest.mark.corpus("D1")
+def test_an_anonymised_dicom_without_type_2_attributes_gets_an_sr_with_them_empty(run, wrist_study, tmp_path, capsys,
+                                                                                   write_dicom):
+    from bonenet.dicom_sr import TYPE_2
+
+    study_uid = generate_uid()
+    source = _anonymised(write_dicom(tmp_path / "anon.dcm", load_gray(wrist_study[0]),
+                                     study=(study_uid, generate_uid())))
+    assert not [key for key in TYPE_2 if key in pydicom.dcmread(source)]
+    code, out, err = _predict([source, "--models-dir", run[0], "--dicom-out", tmp_path / "sr"], capsys)
+    assert code == 0, err
+    assert f"wrote 1 DICOM SR(s) into {tmp_path / 'sr'}" in out and "refused" not in out and "no DICOM SR" not in err
+    (written,) = sorted((tmp_path / "sr").glob("*.dcm"))
+    sr, plain = srread(written), pydicom.dcmread(written)
+    assert sr.StudyInstanceUID == plain.StudyInstanceUID == study_uid
+    assert all(key in plain and plain.data_element(key).value in ("", None) for key in TYPE_2), \
+        {key: plain.get(key) for key in TYPE_2}
+    assert _dciodvfy_errors(written) in (None, [])
+
+
+@pytest.mark.corpus("D2")
+def test_a_non_ascii_patient_name_in_utf8_survives_into_the_sr(run, wrist_study, tmp_path, capsys, write_dicom):
+    source = write_dicom(tmp_path / "utf8.dcm", load_gray(wrist_study[0]), study=(generate_uid(), generate_uid()))
+    ds = pydicom.dcmread(source)
+    ds.SpecificCharacterSet, ds.PatientName = "ISO_IR 192", "Müller^Zoë^Ångström"
+    ds.save_as(source, enforce_file_format=True)
+    code, out, err = _predict([source, "--models-dir", run[0], "--dicom-out", tmp_path / "sr"], capsys)
+    assert code == 0, err
+    (written,) = sorted((tmp_path / "sr").glob("*.dcm"))
+    for back in (srread(written), pydicom.dcmread(written)):
+        assert back.SpecificCharacterSet == "ISO_IR 192" and str(back.PatientName) == "Müller^Zoë^Ångström"
+    assert _dciodvfy_errors(written) in (None, [])
+
+
+@pytest.mark.corpus("D3")
+def test_a_folder_mixing_two_dicom_studies_gets_no_sr_naming_both(run, wrist_study, tmp_path, capsys, write_dicom):
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    uids = [generate_uid(), generate_uid()]
+    for i, uid in enumerate(uids):
+        write_dicom(folder / f"view{i}.dcm", load_gray(wrist_study[i]), study=(uid, generate_uid()))
+    code, out, err = _predict([folder, "--models-dir", run[0], "--dicom-out", tmp_path / "sr"], capsys)
+    assert code == 0 and not list(tmp_path.glob("sr/*"))
+    assert f"{folder}: no DICOM SR: its images belong to 2 DICOM studies (StudyInstanceUID {uids[0]} and {uids[1]})" \
+        in err
+    assert "1 refused (1 mixing DICOM studies)" in out

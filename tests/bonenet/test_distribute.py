@@ -108,7 +108,8 @@ tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfigur
 from bonenet.configs import TrainConfig
 from bonenet.mura import read_mura
 from bonenet.store import load_run_models
-from bonenet.train import get_strategy, train_model
+from bonenet.distribute import get_strategy
+from bonenet.train import train_model
 print("REPLICAS", get_strategy("mirrored").num_replicas_in_sync)
 index = read_mura({root!r})
 for mode in ("cached", "full"):
@@ -310,7 +311,7 @@ def test_padded_prediction_batches_do_not_change_results(full_run, index):
 
 
 def test_is_chief_follows_tf_config(monkeypatch):
-    from bonenet.train import is_chief
+    from bonenet.distribute import is_chief
 
     def config(task, cluster=("worker",)):
         monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": {k: ["a:1", "b:2"] for k in cluster}, "task": task}))
@@ -328,15 +329,15 @@ def test_is_chief_follows_tf_config(monkeypatch):
 def test_a_non_chief_worker_writes_nothing_into_the_run_folder(index, tmp_path, monkeypatch):
     """The non-chief's branch of train_model, run in one process: checkpoints, logs, cache and saves
     go to the process's private folder (removed at exit, see above), and the manifest is left to the chief."""
-    from bonenet import train
+    from bonenet import distribute, train
     from bonenet.configs import TrainConfig
 
     monkeypatch.setattr(train, "is_chief", lambda name: False)
-    train._worker_scratch.cache_clear()
+    distribute.worker_scratch.cache_clear()
     run = tmp_path / "run"
     scratch = []
-    mkdtemp = train.tempfile.mkdtemp
-    monkeypatch.setattr(train.tempfile, "mkdtemp", lambda **kw: scratch.append(mkdtemp(**kw)) or scratch[-1])
+    mkdtemp = distribute.tempfile.mkdtemp
+    monkeypatch.setattr(distribute.tempfile, "mkdtemp", lambda **kw: scratch.append(mkdtemp(**kw)) or scratch[-1])
     entry, _ = train.train_model("wrist", index, run, TrainConfig(epochs=1, batch_size=16, image_size=64,
                                                                   weights="none"), verbose=0)
     assert entry["file"] == "heads/wrist.keras" and entry["holdout"]
@@ -345,4 +346,4 @@ def test_a_non_chief_worker_writes_nothing_into_the_run_folder(index, tmp_path, 
     assert len(workers) == 1 and (Path(workers[0]) / "cache").is_dir()
     assert not train.checkpoint_dir(Path(workers[0]), "XR_WRIST").exists()  # its own copy, dropped once trained
     shutil.rmtree(workers[0])
-    train._worker_scratch.cache_clear()
+    distribute.worker_scratch.cache_clear()

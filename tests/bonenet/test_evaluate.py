@@ -87,7 +87,7 @@ def test_missing_part_models_are_reported_and_the_rest_scored(run, synthetic_roo
     metrics = evaluate_run(synthetic_root, run[0], tmp_path, n_boot=50, plots=False)
     messages = " ".join(metrics["source"]["messages"])
     assert "no model in the run for XR_ELBOW" in messages
-    assert set(metrics["source"]["parts_scored"]) <= set(PARTS)
+    assert metrics["source"]["parts_scored"] == ["XR_WRIST"]  # the only part with a model; the rest are named above
     assert metrics["source"]["models"] == {"router": "heads/router.keras", "XR_WRIST": "heads/wrist.keras"}
     # The oracle still scores every true wrist study with the wrist model.
     assert metrics["oracle"]["XR_WRIST"]["n"] == int((pd.read_csv(tmp_path / "study_predictions.csv")["part_true"]
@@ -241,3 +241,32 @@ def test_evaluate_prints_and_lists_every_skipped_file(evaluated):
     skipped = pd.read_csv(out / "skipped.csv").to_dict("records")
     assert [(r["path"], r["stage"]) for r in skipped] == [(str(corrupt), "read")]
     assert skipped[0]["reason"] in console and "could not be decoded" not in skipped[0]["reason"]
+
+
+@pytest.mark.corpus("C1", "C2")
+def test_no_intervals_and_a_one_class_part_give_one_line_each_and_no_traceback(full_run, synthetic_root, tmp_path,
+                                                                                capsys):
+    import warnings
+
+    import run_pipeline
+
+    root = shutil.copytree(synthetic_root, tmp_path / "MURA-v1.1")
+    for name in ("valid_image_paths.csv", "valid_labeled_studies.csv"):  # the valid wrist studies: normal only
+        csv = root / name
+        csv.write_text("".join(line for line in csv.read_text().splitlines(True)
+                               if not ("XR_WRIST" in line and "positive" in line)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")  # a library warning, repeated or not, would reach the console
+        code = run_pipeline.main(["evaluate", "--data-root", root, "--models-dir", full_run, "--out", tmp_path / "out",
+                                  "--bootstrap", "0"])
+    out, err = capsys.readouterr()
+    assert code == 0 and "Traceback" not in err, err
+    lines = err.splitlines()
+    wrist = [line for line in lines if "XR_WRIST" in line and "undefined" in line]
+    assert wrist == [line for line in lines if "undefined" in line] and len(wrist) == 1, lines
+    assert "reported as NaN: its" in wrist[0] and "valid studies are all normal" in wrist[0]
+    assert sum("no confidence intervals (--bootstrap 0)" in line for line in lines) == 1
+    assert not [line for line in lines if "warning" in line.lower() and "calibration made" not in line], lines
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert metrics["study"]["overall"]["kappa_ci95"] == [None, None]  # NaN, written as JSON null
+    assert metrics["calibration"]["overall"]["ece_after_ci95"] == [None, None]

@@ -8,16 +8,17 @@ from bonenet.imageio import load_gray
 
 def test_grad_cam_is_non_negative_image_sized_and_maps_back(net, wrist_study):
     gray = load_gray(wrist_study[0])
-    x = net.prepare(gray)[None]
-    cam = gradcam.grad_cam(net.models["XR_WRIST"], net.encode(x), size=(net.image_size,) * 2)
+    features = net.encode(net.prepare(gray)[None])
+    # The two classes' log-odds are each other's negatives, so one of them has positive evidence somewhere.
+    cams = [gradcam.grad_cam(net.models["XR_WRIST"], features, class_index=c, size=(net.image_size,) * 2)
+            for c in (0, 1)]
+    cam = max(cams, key=lambda m: m.max())
     assert cam.shape == (1, net.image_size, net.image_size) and cam.dtype == np.float32
-    assert cam.min() >= 0 and cam.max() <= 1
+    assert cam.min() >= 0 and cam.max() == 1  # scaled to its own maximum
     full = gradcam.to_original(cam[0], net.recipe.layout(gray, net.image_size), gray.shape)
-    assert full.shape == gray.shape and full.min() >= 0
-    box = gradcam.cam_box(full)
-    if box is not None:
-        x0, y0, x1, y1 = box
-        assert 0 <= x0 < x1 <= gray.shape[1] and 0 <= y0 < y1 <= gray.shape[0]
+    assert full.shape == gray.shape and full.min() >= 0 and full.max() > 0
+    x0, y0, x1, y1 = gradcam.cam_box(full)
+    assert 0 <= x0 < x1 <= gray.shape[1] and 0 <= y0 < y1 <= gray.shape[0]
 
 
 def test_cam_box_is_the_largest_region_above_twenty_percent():
@@ -30,12 +31,14 @@ def test_cam_box_is_the_largest_region_above_twenty_percent():
 
 
 def test_the_layers_are_found_by_name_whatever_else_the_model_ends_with(net, wrist_study):
-    """A head whose last layer is not its classifier (an activation appended, say) explains the same."""
+    """A head whose last layer is not its classifier explains the same: Grad-CAM reads the classifier by name,
+    never `model.output` (here the classes' order reversed, which would explain the other class)."""
     import keras
 
     head = net.models["XR_WRIST"]
     features = net.encode(net.prepare(wrist_study[0])[None])
-    wrapped = keras.Model(head.input, keras.layers.Identity(name="after")(head.output), name="wrapped")
+    reversed_classes = keras.layers.Lambda(lambda t: keras.ops.flip(t, axis=-1), name="after")
+    wrapped = keras.Model(head.input, reversed_classes(head.output), name="wrapped")
     size = (net.image_size,) * 2
     np.testing.assert_allclose(gradcam.grad_cam(wrapped, features, size=size), gradcam.grad_cam(head, features, size=size),
                                atol=1e-6)
@@ -49,7 +52,8 @@ def test_overlay_and_caption_say_the_decision():
     assert any("ABNORMAL" in line.upper() for line in lines) and any("0.70" in line for line in lines)
     drawn = gradcam.overlay(gray, cam, True, [10, 10, 30, 20], lines)
     plain = gradcam.overlay(gray, np.zeros_like(cam), False)
-    assert plain.shape[:2] == (40, plain.shape[1]) and drawn.shape[1] == plain.shape[1]  # the colour bar's width
+    # Beside the radiograph: a 4-pixel gap, the colour bar (12 px at this width) and its 40-pixel margin.
+    assert plain.shape == (40, 60 + 4 + 12 + 40, 3) and drawn.shape[1] == plain.shape[1]
     assert drawn.shape[0] > 40 and drawn.dtype == np.uint8  # the caption band sits above the radiograph
     np.testing.assert_array_equal(plain[:, :60], np.full((40, 60, 3), 100, np.uint8))  # no heat: the plain image
     assert not np.array_equal(drawn[-40:, :60], plain[:, :60])  # the heat and the box change it

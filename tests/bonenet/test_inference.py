@@ -12,12 +12,21 @@ from bonenet.imageio import load_gray
 from bonenet.inference import BoneNet, group_inputs
 
 
-def test_predict_image_uses_the_saved_recipe_and_returns_a_decision(net, wrist_study):
+def test_predict_image_uses_the_saved_recipe_and_returns_a_decision(run, net, wrist_study):
+    from bonenet import store
+    from preprocessing.recipes import Recipe, get_recipe
+
+    saved = store.read_manifest(run[0])["recipe"]
+    assert net.recipe == Recipe.from_dict(saved)  # the recipe the run was trained with, from its manifest
     result = net.predict_image(wrist_study[0])
-    assert result["part"] in net.labels and 0 <= result["part_confidence"] <= 1
-    if result["part"] in net.models:
-        assert 0 <= result["p_abnormal"] <= 1 and result["abnormal"] == (result["p_abnormal"] >= result["threshold"])
-    same = net.predict_image(load_gray(wrist_study[0]))  # an array gives the same answer as its path
+    assert result["part"] == "XR_WRIST" and 0 <= result["part_confidence"] <= 1  # the run's one part model
+    assert 0 <= result["p_abnormal"] <= 1 and result["abnormal"] == (result["p_abnormal"] >= result["threshold"])
+    gray = load_gray(wrist_study[0])
+    by_hand = net.score(net.encode(Recipe.from_dict(saved).apply(gray, net.image_size)[None].astype(np.float32)))[1]
+    assert by_hand == result  # the input was prepared with exactly that recipe
+    other = get_recipe("full" if saved["name"] != "full" else "equalize").apply(gray, net.image_size)
+    assert net.score(net.encode(other[None].astype(np.float32)))[1]["p_abnormal"] != result["p_abnormal"]
+    same = net.predict_image(gray)  # an array gives the same answer as its path
     assert same == result
 
 
@@ -53,11 +62,10 @@ def test_predict_cli_reports_good_files_and_errors_for_bad_ones(run, wrist_study
     assert {r["path"] for r in images} == {str(rgb), *(str(study / p.split("/")[-1]) for p in wrist_study)}
     studies = [r for r in results if "study" in r]
     assert len(studies) == 1 and studies[0]["study"] == str(study) and len(studies[0]["images"]) == len(wrist_study)
-    for r in images:
-        assert {"part", "part_confidence", "p_abnormal", "abnormal"} <= set(r)
-        if "cam" in r:
-            cam, (h, w) = cv2.imread(r["cam"]), load_gray(r["path"]).shape
-            assert cam.shape[0] > h and cam.shape[1] > w  # the radiograph, a caption band and a colour bar
+    for r in images:  # every image is routed to the run's one part model, so each is scored and drawn
+        assert {"part", "part_confidence", "p_abnormal", "abnormal", "cam"} <= set(r)
+        cam, (h, w) = cv2.imread(r["cam"]), load_gray(r["path"]).shape
+        assert cam.shape[0] > h and cam.shape[1] > w  # the radiograph, a caption band and a colour bar
 
 
 def test_group_inputs_keeps_input_order_and_names_bad_inputs(synthetic_root, tmp_path):
@@ -104,18 +112,18 @@ def test_predict_threshold_tuned_uses_the_manifests_value(full_run, wrist_study,
 
 
 def test_a_part_whose_tuning_failed_says_so_and_decides_at_half(run, tmp_path):
-    from bonenet.train import tune_on_holdout
+    from bonenet.holdout import tune_on_holdout
 
     table = pd.DataFrame({"path": ["a", "b"], "study": ["s1", "s2"], "label": [0, 0]})
     failed = tune_on_holdout([0.2, 0.3], ["a", "b"], table, "XR_WRIST")
-    assert failed["threshold"] is None and "one class only" in failed["reason"]
+    assert failed["threshold"] is None and "2 normal and 0 abnormal studies" in failed["reason"]
     run_dir = tmp_path / "run"
     shutil.copytree(run[0], run_dir)
     manifest = json.loads((run_dir / "manifest.json").read_text())
     manifest["models"]["XR_WRIST"]["tuning"] = failed
     (run_dir / "manifest.json").write_text(json.dumps(manifest))
     threshold, source = BoneNet.load(run_dir).thresholds["XR_WRIST"]
-    assert threshold == 0.5 and "tuning was not possible" in source and "one class only" in source
+    assert threshold == 0.5 and "tuning was not possible" in source and "needs at least 10 of each" in source
 
 
 def test_predicts_console_line_gives_the_part_the_score_whether_it_is_calibrated_and_the_decision(run, wrist_study,

@@ -40,6 +40,7 @@ def test_evaluate_updates_the_runs_card_and_puts_a_copy_beside_its_figures(evalu
     card = json.loads((full_run / CARD_JSON).read_text())
     evaluation = card["evaluation"]
     assert evaluation["split"] == "valid" and evaluation["dataset_fingerprint"] == metrics["source"]["dataset_fingerprint"]
+    assert evaluation["evaluated"] == metrics["source"]["evaluated"]  # the evaluation's time, not the card's write
     for part in [*PARTS, "overall"]:
         figures, tuned = evaluation["parts"][part], metrics["study_tuned"][part]
         assert [figures[k] for k in ("kappa", "kappa_ci95", "auroc", "auroc_ci95", "n")] == \

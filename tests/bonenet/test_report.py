@@ -14,7 +14,7 @@ import pytest
 from conftest import kill_while_writing, run_cli, snapshot
 
 from bonenet import report
-from bonenet.study import IMAGE_COLUMNS, STUDY_COLUMNS
+from bonenet.study import IMAGE_PREDICTION_COLUMNS, STUDY_PREDICTION_COLUMNS
 
 
 def _m(kappa, n=10, lo=0.1, hi=0.9):
@@ -72,8 +72,8 @@ def test_an_evaluate_folder_is_read_or_refused_naming_the_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="metrics.json: not found"):
         report.load_evaluation(tmp_path)
     (tmp_path / "metrics.json").write_text(json.dumps({"study": {}, "router": {}}))
-    pd.DataFrame(columns=STUDY_COLUMNS).to_csv(tmp_path / "study_predictions.csv", index=False)
-    pd.DataFrame(columns=IMAGE_COLUMNS[:-1]).to_csv(tmp_path / "image_predictions.csv", index=False)
+    pd.DataFrame(columns=STUDY_PREDICTION_COLUMNS).to_csv(tmp_path / "study_predictions.csv", index=False)
+    pd.DataFrame(columns=IMAGE_PREDICTION_COLUMNS[:-1]).to_csv(tmp_path / "image_predictions.csv", index=False)
     with pytest.raises(ValueError, match=r"image_predictions.csv: not `evaluate`'s table \(no column score\)"):
         report.load_evaluation(tmp_path)
 

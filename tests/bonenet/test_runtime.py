@@ -25,7 +25,9 @@ def test_only_the_known_start_up_noise_is_held_back(line, held):
 def test_the_first_decision_holds_for_the_process_and_a_conflicting_one_is_refused():
     code = ("from bonenet import runtime\n"
             "first = runtime.start('float32')\n"
-            "assert runtime.start() == first == {'gpus': 0, 'precision': 'float32', 'xla': False}, first\n"
+            "import tensorflow as tf\n"
+            "gpus = len(tf.config.list_physical_devices('GPU'))\n"
+            "assert runtime.start() == first == {'gpus': gpus, 'precision': 'float32', 'xla': gpus > 0}, first\n"
             "try:\n    runtime.start('mixed_bfloat16')\nexcept ValueError as exc:\n    print(exc)\n")
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -1,4 +1,4 @@
-"""GPU smoke test, for people who have one: `python -m pytest -m gpu tests/test_gpu.py`.
+"""GPU smoke test, for people who have one: `python -m pytest -m gpu tests/bonenet/test_runtime_gpu.py`.
 
 Skipped where TensorFlow sees no GPU (the default suite's machines have none). One epoch of
 `train-all` in both training modes with mixed float16 and XLA (what `--precision auto` chooses on a
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.gpu
 
@@ -21,7 +21,8 @@ pytestmark = pytest.mark.gpu
 def _gpus():
     probe = subprocess.run([sys.executable, "-c", "from bonenet import runtime; print(runtime.start()['gpus'])"],
                            cwd=REPO, capture_output=True, text=True, timeout=300)
-    return int(probe.stdout.strip() or 0) if probe.returncode == 0 else 0
+    assert probe.returncode == 0, f"the GPU probe itself failed: {probe.stderr[-2000:]}"  # a broken probe is a failure
+    return int(probe.stdout.strip().splitlines()[-1])
 
 
 @pytest.fixture(scope="module")
@@ -45,6 +46,8 @@ def test_train_all_evaluate_and_predict_on_a_gpu(gpu, synthetic_root, index, tmp
         "--weights", "none", "--batch-size", "16", "--mode", mode, "--precision", "auto")
     manifest = json.loads((run / "manifest.json").read_text())
     assert manifest["models"]["router"]["config"]["precision"] == "auto"
+    # What "auto" resolved to on a GPU: mixed float16, XLA, and the GPUs it saw.
+    assert manifest["models"]["router"]["runtime"] == {"gpus": _gpus(), "precision": "mixed_float16", "xla": True}
     cli("evaluate", "--data-root", synthetic_root, "--models-dir", run, "--out", tmp_path / "eval", "--bootstrap", "50")
     cli("predict", index.images.path.iloc[0], "--models-dir", run, "--cam-dir", tmp_path / "cams",
         "--json", tmp_path / "p.json")
