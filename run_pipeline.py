@@ -159,7 +159,7 @@ def _training_notes(args, config, origin):
     from, and what `--trainable-layers all` changes."""
     from bonenet.configs import TrainConfig
 
-    if origin["kind"] != "imagenet" and config.trainable_layers == TrainConfig.trainable_layers:
+    if origin["kind"] not in ("imagenet", "radiograph") and config.trainable_layers == TrainConfig.trainable_layers:
         backbone = origin.get("description") or origin["kind"]
         _note(args, f"note: the backbone is not ImageNet-pretrained ({backbone}), and the last "
                     f"{config.trainable_layers} layers alone learn little of real radiographs from it; deep "
@@ -308,11 +308,18 @@ def _cmd_export(args):
 
 
 def _cmd_pretrain_backbone(args):
-    from bonenet.pretrain import PretrainConfig, pretrain_backbone
+    from bonenet.pretrain import PretrainConfig, pretrain_backbone, pretrain_on_real
 
     config = PretrainConfig(**_config_values(args, PretrainConfig))
-    provenance = pretrain_backbone(args.out, config, data_dir=args.data_dir, resume=args.resume,
-                                   command=shlex.join(["bonenet", *args.argv]))
+    command = shlex.join(["bonenet", *args.argv])
+    if args.real:
+        provenance = pretrain_on_real(args.out, args.real, config, init=args.init, resume=args.resume, command=command)
+        figures = ", ".join(f"{t} {a:.3f}" for t, a in provenance["monitor_auroc"].items() if a == a)
+        _say(f"wrote {args.out} ({provenance['steps']} steps, {provenance['seconds']} s) from {provenance['images']:,} "
+             f"real radiographs; AUROC on {provenance['monitor_images']} held-back images: {figures}; sha256 "
+             f"{provenance['sha256'][:12]}…")
+        return
+    provenance = pretrain_backbone(args.out, config, data_dir=args.data_dir, resume=args.resume, command=command)
     accuracy = provenance["holdout_accuracy"]
     _say(f"wrote {args.out} ({provenance['steps']} steps, {provenance['seconds']} s); hold-out accuracy: joint "
          f"{accuracy['joint']:.3f}, part {accuracy['part']:.3f}, normal/abnormal {accuracy['abnormal']:.3f} "
@@ -468,11 +475,17 @@ def _training_commands(sub, common):
     sub.add_parser("train-all", parents=[training], help="train the router, then the seven part models")
 
     p = sub.add_parser("pretrain-backbone", parents=[common],
-                       help="train EfficientNetB0 end to end on synthetic radiographs (how the demo's shipped "
-                            "backbone was made; never ImageNet)")
+                       help="train EfficientNetB0 end to end on synthetic radiographs, or with --real on open real "
+                            "radiographs (how the shipped backbones were made; never ImageNet)")
     p.add_argument("--out", required=True, help="backbone .weights.h5 file to write; <name>.json beside it records "
                                                 "its provenance")
     p.add_argument("--data-dir", help="where the synthetic pretraining data goes (default <name>-data beside --out)")
+    p.add_argument("--real", nargs="+", metavar="SOURCE",
+                   help="pretrain on real radiographs instead: FracAtlas folders (dataset.csv and images/; the "
+                        "benchmark's held-out images are left out) or datalist CSVs")
+    p.add_argument("--init", default="synthetic",
+                   help="with --real, what to start from: synthetic (the shipped synthetic backbone), none, or a "
+                        "backbone .weights.h5 (default synthetic)")
     add_config_flags(p, PretrainConfig)
     p.add_argument("--resume", action="store_true", help="continue a killed pretraining from its last epoch")
     p.set_defaults(func=_cmd_pretrain_backbone)

@@ -102,7 +102,8 @@ class TrainConfig:
     epochs: int = setting(10, "most epochs (passes over the train images, in either mode)", Range(1))
     batch_size: int = setting(32, "global batch size (split across replicas)", Range(1))
     image_size: int = setting(IMAGE_SIZE, "input side in pixels", Range(32))
-    weights: str = setting("imagenet", "imagenet, none, or a backbone .weights.h5 file")
+    weights: str = setting("imagenet", "imagenet, radiograph (the shipped backbone pretrained on open real "
+                                       "radiographs: the offline choice), none, or a backbone .weights.h5 file")
     trainable_layers: int = setting(
         DEFAULT_TRAINABLE_LAYERS, "last base layers to fine-tune, or all: the whole network, in full mode. 20 (last-20, the shared trunk "
             "and its feature cache) suits an ImageNet backbone; all is what learns real findings from a backbone "

@@ -101,8 +101,12 @@ def map_augment(config=AugmentConfig(), seed=0):
 
 
 def labelled_slices(items, labels, noun):
-    """`Dataset.from_tensor_slices((items, labels))`, refusing mismatched or empty inputs."""
-    labels = np.asarray(labels, np.int32)
+    """`Dataset.from_tensor_slices((items, labels))`, refusing mismatched or empty inputs.
+
+    `labels` are class indices (n,), or rows of float targets (n×k) for multi-label training.
+    """
+    labels = np.asarray(labels)
+    labels = labels.astype(np.float32) if labels.ndim == 2 else labels.astype(np.int32)
     if len(items) != len(labels):
         raise ValueError(f"{len(items)} {noun} but {len(labels)} labels")
     if len(items) == 0:
@@ -134,7 +138,8 @@ def cache_key(paths, recipe, size):
 
 def make_dataset(paths, labels, num_classes, recipe, size, batch_size, training=False, seed=0,
                  augment_config=None, cache_dir=None, cache=True, skips=None):
-    """Builds a batched dataset of (float32 0-255 images, one-hot labels).
+    """Builds a batched dataset of (float32 0-255 images, one-hot labels), or of (images, float targets) when
+    `labels` are rows of targets (n×k, for multi-label pretraining; `num_classes` is then unused).
 
     Args:
         paths: image file paths.
@@ -171,7 +176,8 @@ def make_dataset(paths, labels, num_classes, recipe, size, batch_size, training=
                 lambda xy, s: (aug(xy[0], s), xy[1]), num_parallel_calls=AUTOTUNE
             )
     ds = ds.batch(batch_size)
-    ds = ds.map(lambda x, y: (tf.cast(x, tf.float32), tf.one_hot(y, num_classes)), num_parallel_calls=AUTOTUNE)
+    encode = (lambda y: y) if np.ndim(labels) == 2 else (lambda y: tf.one_hot(y, num_classes))
+    ds = ds.map(lambda x, y: (tf.cast(x, tf.float32), encode(y)), num_parallel_calls=AUTOTUNE)
     return ds.prefetch(AUTOTUNE)
 
 

@@ -223,7 +223,7 @@ def _undefined_message(part, studies, split):
     classes = sorted(set(rows["label"]))
     which = "AUROC and kappa are" if len(set(rows["pred"])) < 2 else "AUROC is"
     kind = {0: "normal", 1: "abnormal"}[classes[0]] if len(classes) == 1 else "of both classes"
-    return f"{part}: {which} undefined, reported as NaN: its {len(rows)} {split} studies are all {kind}"
+    return f"{part}: {which} undefined (left blank): its {len(rows)} {split} studies are all {kind}"
 
 
 def _calibration_warnings(calibration, split):
@@ -309,7 +309,7 @@ def evaluate_run(data_root, models_dir, out_dir, split="valid", n_boot=N_BOOT, s
     metrics, parts_scored, undefined = _part_metrics(studies, studies_tuned, oracle, image_rows, n_boot, seed)
     messages += [_undefined_message(part, studies, split) for part in undefined]
     if n_boot == 0:
-        messages.append("no confidence intervals (--bootstrap 0): every *_ci95 is NaN")
+        messages.append("no confidence intervals (--bootstrap 0): every *_ci95 is left empty")
     metrics["router"] = _router_metrics(studies, image_rows)
     metrics["calibration"] = _calibration_metrics(studies, net, n_boot, seed)
     messages += _calibration_warnings(metrics["calibration"], split)

@@ -30,6 +30,10 @@ def _limits(manifest, facts):
     if provenance.BACKBONE in reasons:
         limits.append(f"The backbone is not ImageNet-pretrained ({facts['backbone']['origin']}): the models have "
                       "not learned from real radiographs through it, and their answers on real studies mean little.")
+    if provenance.RADIOGRAPH in reasons:
+        limits.append(f"The backbone was {manifest['weights'].get('summary', 'pretrained on open real radiographs')}: "
+                      "it has seen real radiographs, but far fewer images than ImageNet; BENCHMARKS.md measures what "
+                      "it transfers.")
     if provenance.DATA in reasons:
         limits.append("The training data is synthetic (`make-synthetic`): every figure here shows the machinery "
                       "works, not how it does on real radiographs.")

@@ -49,12 +49,17 @@ def resolve_weights(weights):
     """
     if weights is None or str(weights).lower() == "none":
         return None, {"kind": "none", "description": "random initialisation"}
+    if str(weights).lower() == "radiograph":
+        from bonenet.pretrain import radiograph_backbone
+
+        weights = radiograph_backbone()[0]  # checked against its provenance's sha256
     if str(weights).lower() == "imagenet":
         cached = KERAS_CACHE / IMAGENET_FILE
         if not cached.is_file() and not _imagenet_reachable():
             raise WeightsUnavailableError(
                 f"ImageNet weights for EfficientNetB0 are not cached at {cached} and cannot be downloaded "
-                "(no network). Copy efficientnetb0_notop.h5 there, or use --weights PATH (a backbone "
+                "(no network). Copy efficientnetb0_notop.h5 there, or use --weights radiograph (the shipped "
+                "backbone pretrained on open real radiographs, the offline choice), --weights PATH (a backbone "
                 ".weights.h5 file) or --weights none."
             )
         return "imagenet", {"kind": "imagenet", "description": "Keras ImageNet weights"}
@@ -71,6 +76,8 @@ def resolve_weights(weights):
             details = {"origin": note.read_text().strip()}
         origin["description"] = str(details.get("origin", ""))
         origin["details"] = details
+        if details.get("summary"):  # pretrained on real radiographs (`bonenet.pretrain.pretrain_on_real`)
+            origin.update(kind="radiograph", summary=details["summary"])
     return str(path), origin
 
 

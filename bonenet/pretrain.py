@@ -1,4 +1,5 @@
-"""Backbone pretraining on synthetic radiographs: how the demo's shipped backbone is made.
+"""Backbone pretraining: on synthetic radiographs (how the demo's shipped backbone is made), or on open real
+radiographs (how the shipped radiograph backbone is made, `pretrain_on_real`).
 
 The last-20-layer recipe needs a trunk whose frozen layers already compute useful features; a
 randomly initialised trunk gives features that no head can use. A real user gets them from
@@ -9,6 +10,11 @@ disjoint from the demo's, so the demo never evaluates on data the backbone saw.
 `pretrain-backbone` with the defaults of `PretrainConfig` made the file the package ships
 (`SHIPPED_BACKBONE`); its provenance JSON beside it records the command, seed, data digest,
 steps, hold-out accuracy and sha256. It is never a default for real training.
+
+On real radiographs (`--real FRACATLAS_DIR` or a datalist), EfficientNetB0 learns every binary target the
+sources give (FracAtlas: region, view, fractured, hardware; `bonenet.pretrain_data`) at once, one sigmoid
+each, starting from `--init` (the synthetic backbone by default); the FracAtlas benchmark's held-out images
+are refused by construction.
 """
 
 import datetime
@@ -32,7 +38,7 @@ from bonenet import data as bdata
 from bonenet.configs import PretrainConfig
 from bonenet.models import build_base
 from bonenet.mura import fingerprint_of, read_mura
-from bonenet.outputs import file_written_whole, temp_prefix, write_text_whole
+from bonenet.outputs import file_written_whole, json_safe, temp_prefix, write_text_whole
 from bonenet.parts import PART_INDEX, PARTS
 from bonenet.progress import keras_verbosity
 from bonenet.synthetic import GENERATOR_VERSION, synthetic_dataset
@@ -49,18 +55,27 @@ def joint_labels(images):
     return images["part"].map(PART_INDEX).to_numpy() * 2 + images["label"].to_numpy()
 
 
-def build_pretrain_model(image_size, seed=0):
-    """EfficientNetB0 (random init, every layer training) + pooling + a 14-way softmax.
+def build_pretrain_model(image_size, seed=0, outputs=2 * len(PARTS), activation="softmax", init=None):
+    """EfficientNetB0 (every layer training) + pooling + a dense output layer.
+
+    Args:
+        outputs: output units: 14 (part × normal/abnormal, softmax) on synthetic data, one sigmoid per
+            target on real radiographs. Defaults to 14.
+        activation: "softmax" or "sigmoid". Defaults to "softmax".
+        init: a backbone `.weights.h5` to start from; None starts from random weights. Defaults to None.
 
     Returns:
         (model, base).
     """
     keras.utils.set_random_seed(seed)
     base = build_base(image_size, weights=None)
+    if init is not None:
+        base.load_weights(str(init))
     x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(base.output)
     x = keras.layers.Dropout(0.2, name="head_dropout")(x)
-    outputs = keras.layers.Dense(2 * len(PARTS), activation="softmax", dtype="float32", name="joint")(x)
-    return keras.Model(base.input, outputs, name="pretrain"), base
+    name = "joint" if activation == "softmax" else "targets"
+    out = keras.layers.Dense(outputs, activation=activation, dtype="float32", name=name)(x)
+    return keras.Model(base.input, out, name="pretrain"), base
 
 
 def data_digest(root):
@@ -147,9 +162,7 @@ def pretrain_backbone(out, config=PretrainConfig(), data_dir=None, resume=False,
     Returns:
         The provenance dict (also written beside `out`).
     """
-    out = Path(out)
-    if not out.name.endswith(".weights.h5"):
-        raise ValueError(f"{out}: backbone weights file must end in .weights.h5")
+    out = _weights_out(out)
     stem = out.name.removesuffix(".weights.h5")
     data_dir = Path(data_dir) if data_dir else out.parent / f"{stem}-data"
     backup = out.parent / f"{stem}-backup"
@@ -238,13 +251,152 @@ def shipped_backbone():
         FileNotFoundError: the file or its provenance is missing.
         ValueError: the file's sha256 differs from its provenance's.
     """
-    note = provenance_path(SHIPPED_BACKBONE)
-    if not SHIPPED_BACKBONE.is_file() or not note.is_file():
-        raise FileNotFoundError(f"{SHIPPED_BACKBONE}: the shipped backbone or its provenance is missing; "
+    return _checked_asset(SHIPPED_BACKBONE)
+
+
+def _checked_asset(path):
+    note = provenance_path(path)
+    if not path.is_file() or not note.is_file():
+        raise FileNotFoundError(f"{path}: the shipped backbone or its provenance is missing; "
                                 "remake it with `bonenet pretrain-backbone --out FILE`")
     provenance = json.loads(note.read_text())
-    digest = file_sha256(SHIPPED_BACKBONE)
+    digest = file_sha256(path)
     if digest != provenance.get("sha256"):
-        raise ValueError(f"{SHIPPED_BACKBONE}: sha256 {digest[:12]}… differs from its provenance's "
+        raise ValueError(f"{path}: sha256 {digest[:12]}… differs from its provenance's "
                          f"{str(provenance.get('sha256'))[:12]}…; the file is damaged or was replaced")
-    return SHIPPED_BACKBONE, provenance
+    return path, provenance
+
+
+# Real radiographs -------------------------------------------------------------------------------------------
+RADIOGRAPH_BACKBONE = ASSETS / "radiograph_backbone_96.weights.h5"
+RADIOGRAPH_ORIGIN = "open real radiographs, NOT ImageNet"
+MONITOR_FRACTION = 0.1  # a seeded share of the pretraining images, held back to score the targets
+
+
+def masked_binary_crossentropy(y_true, y_pred):
+    """Binary cross-entropy over the targets a row has: a target below 0 (a source lacking it) counts for nothing."""
+    known = keras.ops.cast(y_true >= 0, "float32")
+    truth = keras.ops.clip(y_true, 0.0, 1.0)
+    p = keras.ops.clip(y_pred, 1e-7, 1 - 1e-7)
+    loss = -(truth * keras.ops.log(p) + (1 - truth) * keras.ops.log(1 - p)) * known
+    return keras.ops.sum(loss, axis=-1) / keras.ops.maximum(keras.ops.sum(known, axis=-1), 1.0)
+
+
+def target_aurocs(model, table, targets, config):
+    """Per target: the pretraining model's AUROC on held-back images (NaN where they hold one class)."""
+    from sklearn.metrics import roc_auc_score
+
+    ds = bdata.make_dataset(table["path"].tolist(), np.zeros((len(table), len(targets)), np.float32), None,
+                            get_recipe(config.recipe), config.image_size, config.batch_size)
+    with bdata.length_found_at_the_end():
+        pred = model.predict(ds, verbose=0)
+    out = {}
+    for i, target in enumerate(targets):
+        truth = table[target].to_numpy()
+        known = ~np.isnan(truth)
+        both = len(np.unique(truth[known])) == 2
+        out[target] = float(roc_auc_score(truth[known], pred[known, i])) if both else float("nan")
+    return out
+
+
+def _split_monitor(table, seed):
+    """(train rows, monitoring rows): a seeded `MONITOR_FRACTION` of the images is held back."""
+    order = np.random.default_rng(seed).permutation(len(table))
+    cut = max(1, int(round(MONITOR_FRACTION * len(table))))
+    return table.iloc[np.sort(order[cut:])], table.iloc[np.sort(order[:cut])]
+
+
+def _init_weights(init):
+    """The backbone file pretraining starts from: `synthetic` (the shipped one), `none`, or a path."""
+    if init in (None, "none"):
+        return None, "random initialisation"
+    if init == "synthetic":
+        path, provenance = shipped_backbone()
+        return path, f"the shipped synthetic backbone ({SHIPPED_BACKBONE.name}, sha256 {provenance['sha256'][:12]}…)"
+    path = Path(init).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: backbone to start from does not exist (expected synthetic, none or a file)")
+    return path, f"{path.name} (sha256 {file_sha256(path)[:12]}…)"
+
+
+def pretrain_on_real(out, specs, config=PretrainConfig(), init="synthetic", resume=False, verbose=None, command=None):
+    """Trains EfficientNetB0 on open real radiographs, every target at once, and saves the base's weights.
+
+    Args:
+        out: the `.weights.h5` file to write; `<stem>.json` beside it records the provenance.
+        specs: the sources: FracAtlas folders or datalist CSVs (`bonenet.pretrain_data.read_sources`).
+        config: a `PretrainConfig` (its synthetic-data fields are unused). Defaults to `PretrainConfig()`.
+        init: what to start from: "synthetic" (the shipped synthetic backbone), "none" or a weights file.
+        resume: continue a killed run from its last completed epoch. Defaults to False.
+
+    Returns:
+        The provenance dict (also written beside `out`).
+    """
+    from bonenet.pretrain_data import read_sources, targets_table
+
+    out, start = _weights_out(out), time.time()
+    backup = out.parent / f"{out.name.removesuffix('.weights.h5')}-backup"
+    if not resume and backup.exists():
+        raise ValueError(f"{backup}: an interrupted pretraining is there; pass --resume to continue it, or delete it")
+    sources = read_sources(specs)
+    table = targets_table(sources)
+    targets = [c for c in table.columns if c != "path"]
+    train, monitor = _split_monitor(table, config.seed)
+    init_path, init_text = _init_weights(init)
+    model, base = build_pretrain_model(config.image_size, config.seed, len(targets), "sigmoid", init_path)
+    y = np.nan_to_num(train[targets].to_numpy(np.float32), nan=-1.0)  # -1: not known, masked out of the loss
+    ds = bdata.make_dataset(train["path"].tolist(), y, None, get_recipe(config.recipe), config.image_size,
+                            config.batch_size, training=True, seed=config.seed, augment_config=AugmentConfig())
+    steps_per_epoch = math.ceil(len(train) / config.batch_size)
+    model.compile(keras.optimizers.Adam(_schedule(config, steps_per_epoch)), masked_binary_crossentropy,
+                  jit_compile=False)
+    with bdata.length_found_at_the_end():
+        model.fit(ds, epochs=config.epochs, verbose=keras_verbosity("auto" if verbose is None else verbose),
+                  shuffle=False, callbacks=[keras.callbacks.BackupAndRestore(str(backup))])
+    save_float16_weights(base, out)
+    base.load_weights(out)  # score what ships: the float16 weights, reloaded, under the trained head
+    described = ", ".join(f"{s.name}, {s.licence.split(',')[0]}" for s in sources)
+    provenance = {
+        "origin": f"EfficientNetB0 pretrained by bonenet pretrain-backbone on {len(table):,} {RADIOGRAPH_ORIGIN} "
+                  f"({described})",
+        # The caveat every output of a run on this backbone carries (`bonenet.provenance`).
+        "summary": f"pretrained on {len(table):,} open real radiographs ({described}), not ImageNet",
+        "command": command or shlex.join(["bonenet", *sys.argv[1:]]),
+        "config": asdict(config), "init": init_text, "objective": f"every binary target at once, one sigmoid "
+        f"each (masked binary cross-entropy): {', '.join(targets)}",
+        "sources": [s.as_dict() for s in sources], "images": len(table), "train_images": len(train),
+        "monitor_images": len(monitor), "data_sha256": _files_digest(table["path"]),
+        "steps": steps_per_epoch * config.epochs,
+        "schedule": f"Adam, linear warm-up {config.warmup_epochs} epochs to {config.learning_rate}, then cosine "
+                    "decay to 0; AugmentConfig() augmentation",
+        "monitor_auroc": target_aurocs(model, monitor, targets, config), "storage": "float16",
+        "sha256": file_sha256(out), "seconds": round(time.time() - start), **_machine(),
+    }
+    write_text_whole(provenance_path(out), json.dumps(json_safe(provenance), indent=2) + "\n")
+    if backup.exists():
+        import shutil
+
+        shutil.rmtree(backup)
+    return provenance
+
+
+def _weights_out(out):
+    out = Path(out)
+    if not out.name.endswith(".weights.h5"):
+        raise ValueError(f"{out}: backbone weights file must end in .weights.h5")
+    return out
+
+
+def _files_digest(paths):
+    """sha256 over each file's name and bytes, in the order given: names the exact pixels pretrained on."""
+    h = hashlib.sha256()
+    for path in paths:
+        h.update(Path(path).name.encode() + b"\0")
+        h.update(Path(path).read_bytes())
+    return h.hexdigest()
+
+
+def radiograph_backbone():
+    """The shipped radiograph-pretrained backbone, checked against the sha256 in its provenance (`--weights
+    radiograph`). Returns (weights path, provenance dict); raises as `shipped_backbone` does."""
+    return _checked_asset(RADIOGRAPH_BACKBONE)

@@ -1,26 +1,32 @@
 """Whether a run has learned from real radiographs, decided in one place for every output that says so.
 
-A run's figures and answers say little about real radiographs when its backbone is not
-ImageNet-pretrained (the shipped synthetic backbone, or random weights) or when it trained on
-synthetic data. The caveat on each prediction, the warning of `predict` and `serve`, the model
+A run's figures and answers say little about real radiographs when its backbone has seen none (the
+shipped synthetic backbone, or random weights) or when it trained on synthetic data. A backbone
+pretrained on open real radiographs (`--weights radiograph`) has seen some, but not ImageNet, and every
+output says so. The caveat on each prediction, the warning of `predict` and `serve`, the model
 card's limits and the report's banner all ask `unproven`, and only word the answer differently.
 Reads dicts only: no TensorFlow.
 """
 
-BACKBONE = "backbone"
+BACKBONE = "backbone"  # the trunk has never seen a real radiograph
+RADIOGRAPH = "radiograph"  # the trunk was pretrained on open real radiographs, not ImageNet
 DATA = "data"
 
 
 def unproven(weights, synthetic):
-    """Why a run's results say little about real radiographs: a list of `BACKBONE` (its trunk is not
-    ImageNet-pretrained) and `DATA` (it trained or was evaluated on synthetic data); [] when neither.
+    """What a run's outputs must say of where its knowledge comes from: a list of `BACKBONE` (its trunk has
+    never seen a real radiograph) or `RADIOGRAPH` (pretrained on open real radiographs, not ImageNet), and
+    `DATA` (it trained or was evaluated on synthetic data); [] for an ImageNet backbone on real data.
 
     Args:
         weights: the manifest's (or an evaluation's) `weights` entry.
         synthetic: whether the data was made by `make-synthetic`.
     """
     reasons = []
-    if (weights or {}).get("kind") != "imagenet":
+    kind = (weights or {}).get("kind")
+    if kind == "radiograph":
+        reasons.append(RADIOGRAPH)
+    elif kind != "imagenet":
         reasons.append(BACKBONE)
     if synthetic:
         reasons.append(DATA)
@@ -40,9 +46,15 @@ def trained_on_synthetic(manifest):
 
 def caveat(manifest):
     """One short line for every output of a run that never learned from a real radiograph; None otherwise."""
-    words = {BACKBONE: "no ImageNet backbone", DATA: "synthetic training data"}
-    reasons = unproven(manifest.get("weights"), trained_on_synthetic(manifest))
-    return f"CAVEAT: {', '.join(words[r] for r in reasons)}; unproven on real radiographs" if reasons else None
+    weights = manifest.get("weights") or {}
+    reasons = unproven(weights, trained_on_synthetic(manifest))
+    words = {BACKBONE: "no ImageNet backbone", DATA: "synthetic training data",
+             RADIOGRAPH: f"backbone {weights.get('summary', 'pretrained on open real radiographs, not ImageNet')}"}
+    if not reasons:
+        return None
+    if reasons == [RADIOGRAPH]:
+        return f"CAVEAT: {words[RADIOGRAPH]}"
+    return f"CAVEAT: {', '.join(words[r] for r in reasons)}; unproven on real radiographs"
 
 
 def backbone_warning(weights):

@@ -122,6 +122,8 @@ def banner(metrics):
                      "made by <code>make-synthetic</code>")
     if provenance.BACKBONE in reasons:
         notes.append(f"the backbone is not ImageNet-pretrained ({html.escape(str(provenance.backbone_origin(weights)))})")
+    if provenance.RADIOGRAPH in reasons:
+        notes.append(f"the backbone was {html.escape(str(weights.get('summary', 'pretrained on open radiographs')))}")
     if not notes:
         return ""
     return ("<div style='background:#fde8e8;border:1px solid #e6a1a1;padding:8px 12px;border-radius:6px'>"

@@ -309,3 +309,37 @@ def evaluated(full_run, synthetic_root, tmp_path_factory):
         assert run_pipeline.main(["evaluate", "--data-root", str(root), "--models-dir", str(full_run),
                                   "--out", str(out), "--bootstrap", "20"]) == 0
     return out, console.getvalue(), corrupt
+
+
+def make_toy_fracatlas(folder, per_stratum=10, legs=6, seed=0):
+    """A FracAtlas-shaped folder (dataset.csv and images/IMG*.jpg) of synthetic radiographs: hand and shoulder
+    images, normal and fractured, `per_stratum` each (enough for the datalist's seeded valid fifth), and `legs`
+    leg images, which the benchmark never uses."""
+    import cv2
+    import numpy as np
+    import pandas as pd
+
+    from bonenet.synthetic import draw_radiograph
+
+    rng = np.random.default_rng(seed)
+    (folder / "images").mkdir(parents=True)
+    rows = []
+    kinds = [(r, f) for r in ("hand", "shoulder") for f in (0, 1) for _ in range(per_stratum)]
+    kinds += [("leg", 0)] * legs
+    for i, (region, fractured) in enumerate(kinds):
+        part = {"hand": "XR_HAND", "shoulder": "XR_SHOULDER", "leg": "XR_FOREARM"}[region]
+        image = draw_radiograph(part, [("fracture", 0)] if fractured else [], rng, size=96)
+        name = f"IMG{i:07d}.jpg"
+        cv2.imwrite(str(folder / "images" / name), image)
+        rows.append({"image_id": name, "hand": int(region == "hand"), "leg": int(region == "leg"), "hip": 0,
+                     "shoulder": int(region == "shoulder"), "mixed": 0, "hardware": 0, "multiscan": 0,
+                     "fractured": fractured, "fracture_count": fractured, "frontal": int(i % 2 == 0),
+                     "lateral": int(i % 2 == 1), "oblique": 0})
+    pd.DataFrame(rows).to_csv(folder / "dataset.csv", index=False)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def toy_fracatlas(tmp_path_factory):
+    """`make_toy_fracatlas` once per session."""
+    return make_toy_fracatlas(tmp_path_factory.mktemp("toy_fracatlas"))

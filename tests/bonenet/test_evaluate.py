@@ -264,7 +264,7 @@ def test_no_intervals_and_a_one_class_part_give_one_line_each_and_no_traceback(f
     lines = err.splitlines()
     wrist = [line for line in lines if "XR_WRIST" in line and "undefined" in line]
     assert wrist == [line for line in lines if "undefined" in line] and len(wrist) == 1, lines
-    assert "reported as NaN: its" in wrist[0] and "valid studies are all normal" in wrist[0]
+    assert "undefined (left blank): its" in wrist[0] and "valid studies are all normal" in wrist[0]
     assert sum("no confidence intervals (--bootstrap 0)" in line for line in lines) == 1
     assert not [line for line in lines if "warning" in line.lower() and "calibration made" not in line], lines
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())

@@ -62,3 +62,52 @@ def test_pretrain_backbone_cli_at_a_toy_size(tmp_path, capsys):
         f.visititems(lambda name, obj: dtypes.add(obj.dtype) if isinstance(obj, h5py.Dataset) else None)
     assert np.dtype("float16") in dtypes and np.dtype("float32") not in dtypes
     assert "hold-out accuracy" in capsys.readouterr().out
+
+
+def test_pretraining_on_real_radiographs_at_a_toy_size_records_its_sources_and_loads_as_a_radiograph_backbone(
+        toy_fracatlas, tmp_path, capsys):
+    from bonenet.pretrain_data import benchmark_holdout
+
+    out = tmp_path / "real.weights.h5"
+    code = run_pipeline.main(["pretrain-backbone", "--out", str(out), "--real", str(toy_fracatlas), "--init", "none",
+                              "--epochs", "1", "--image-size", "32", "--batch-size", "16", "--warmup-epochs", "0"])
+    assert code == 0 and out.is_file()
+    provenance = json.loads(provenance_path(out).read_text())
+    assert provenance["sha256"] == file_sha256(out) and provenance["storage"] == "float16"
+    (source,) = provenance["sources"]
+    held_out = benchmark_holdout(toy_fracatlas)
+    assert source["name"] == "FracAtlas" and source["licence"].startswith("CC BY 4.0")
+    assert source["excluded_benchmark_holdout"] == len(held_out) > 0
+    assert provenance["images"] == source["images"] == provenance["train_images"] + provenance["monitor_images"]
+    assert set(provenance["monitor_auroc"]) == {"hand", "leg", "hip", "shoulder", "frontal", "lateral", "oblique",
+                                                "fractured", "hardware"}
+    assert "--real" in provenance["command"] and provenance["init"] == "random initialisation"
+    assert "NOT ImageNet" in provenance["origin"] and provenance["summary"].endswith("not ImageNet")
+    assert "AUROC on" in capsys.readouterr().out
+    _, origin = resolve_weights(str(out))
+    assert origin["kind"] == "radiograph" and origin["summary"] == provenance["summary"]
+
+
+@pytest.mark.slow  # a pretraining killed after its first epoch and resumed: about a minute
+def test_pretraining_on_real_radiographs_resumes_after_a_kill(toy_fracatlas, tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import REPO, kill_cli_when
+
+    out = tmp_path / "real.weights.h5"
+    args = ["pretrain-backbone", "--out", out, "--real", toy_fracatlas, "--init", "none", "--epochs", "3",
+            "--image-size", "32", "--batch-size", "8", "--warmup-epochs", "0"]
+    backup = tmp_path / "real-backup"
+    kill_cli_when(args, lambda: (backup / "training_metadata.json").is_file())
+    epoch = json.loads((backup / "training_metadata.json").read_text())["epoch"]
+    assert not out.exists() and 1 <= epoch < 3  # killed mid-run: nothing written, the backup kept
+    refused = subprocess.run([sys.executable, "run_pipeline.py", *map(str, args)], cwd=REPO, capture_output=True,
+                             text=True, timeout=600)
+    assert refused.returncode == 2 and "pass --resume to continue it" in refused.stderr
+    resumed = subprocess.run([sys.executable, "run_pipeline.py", *map(str, args), "--resume"], cwd=REPO,
+                             capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    shown = resumed.stdout + resumed.stderr
+    assert f"Epoch {epoch + 1}/3" in shown and "Epoch 1/3" not in shown  # it went on from the killed epoch
+    assert out.is_file() and not backup.exists() and json.loads(provenance_path(out).read_text())["steps"] > 0
