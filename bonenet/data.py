@@ -176,8 +176,10 @@ def make_dataset(paths, labels, num_classes, recipe, size, batch_size, training=
                 lambda xy, s: (aug(xy[0], s), xy[1]), num_parallel_calls=AUTOTUNE
             )
     ds = ds.batch(batch_size)
-    encode = (lambda y: y) if np.ndim(labels) == 2 else (lambda y: tf.one_hot(y, num_classes))
-    ds = ds.map(lambda x, y: (tf.cast(x, tf.float32), encode(y)), num_parallel_calls=AUTOTUNE)
+    if np.ndim(labels) == 2:  # float targets, as they are
+        ds = ds.map(lambda x, y: (tf.cast(x, tf.float32), y), num_parallel_calls=AUTOTUNE)
+    else:
+        ds = ds.map(lambda x, y: (tf.cast(x, tf.float32), tf.one_hot(y, num_classes)), num_parallel_calls=AUTOTUNE)
     return ds.prefetch(AUTOTUNE)
 
 
