@@ -298,7 +298,7 @@ def _cmd_export(args):
     from bonenet.export import export_run
 
     try:
-        artifact, facts = export_run(args.models_dir, args.format, args.out)
+        artifact, facts = export_run(args.models_dir, args.format, args.out, force=args.force)
     except ImportError as exc:
         raise CommandError(str(exc)) from exc
     calibrated = [k for k, c in facts["calibration"].items() if c["applied_in_graph"]]
@@ -422,9 +422,10 @@ def _config_values(args, config_class):
 
 
 def _write_json(path, payload):
-    from bonenet.outputs import write_text_whole
+    from bonenet.outputs import json_safe, write_text_whole
 
-    _say(f"wrote {write_text_whole(path, json.dumps(payload, indent=2))}")
+    # allow_nan=False: a NaN that slipped past json_safe fails here instead of writing a file no reader parses.
+    _say(f"wrote {write_text_whole(path, json.dumps(json_safe(payload), indent=2, allow_nan=False))}")
 
 
 def _data_commands(sub, common):
@@ -527,7 +528,9 @@ def _reading_commands(sub, common):
                             "what a runtime needs (needs bonenet[export] for onnx and litert)")
     p.add_argument("--models-dir", required=True, help="a run folder with manifest.json")
     p.add_argument("--format", required=True, choices=["savedmodel", "onnx", "litert"])
-    p.add_argument("--out", required=True, help="folder for the artifact and bonenet_export.json (replaced whole)")
+    p.add_argument("--out", required=True, help="folder for the artifact and bonenet_export.json; an earlier export "
+                                                "there is replaced whole, a folder of other files refused")
+    p.add_argument("--force", action="store_true", help="replace --out even when it holds files BoneNet did not write")
     p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser("serve", parents=[common],

@@ -216,6 +216,12 @@ class ServeConfig:
     # A request whose body has not all arrived in this time gets 408: a client that sends headers
     # and stalls holds no connection, memory or worker for longer.
     body_timeout: float = setting(30.0, "seconds a request's body may take to arrive", Range(0, open_lo=True))
+    allow_hosts: str = setting("", "more Host names to answer, comma-separated (a reverse proxy's, say); the bound "
+                                   "address, localhost and 127.0.0.1 are always answered")
+    token: str = setting(None, "require 'Authorization: Bearer TOKEN' on the API (better: set BONENET_TOKEN, which "
+                               "ps does not show)")
+    allow_no_token: bool = setting(False, "bind beyond this machine without a token: anyone who reaches it may "
+                                          "send images")
 
     def __post_init__(self):
         check_config(self)

@@ -194,6 +194,10 @@ def fracatlas_datalist(fracatlas_root, out_csv):
     if not source.is_file():
         raise MuraError(f"{source}: FracAtlas table does not exist (expected dataset.csv and images/ in {root})")
     table = pd.read_csv(source)
+    missing = [c for c in ("image_id", "hand", "leg", "hip", "shoulder", "fractured", "hardware") if c not in table]
+    if missing:
+        raise MuraError(f"{source}: no column {', '.join(missing)} (FracAtlas' dataset.csv has image_id, the region "
+                        "flags hand, leg, hip and shoulder, fractured and hardware)")
     regions = table[["hand", "leg", "hip", "shoulder"]].sum(axis=1)
     chosen = table[(regions == 1) & ((table["hand"] == 1) | (table["shoulder"] == 1))]
     out_csv = Path(out_csv).expanduser().resolve()

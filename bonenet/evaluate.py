@@ -262,7 +262,7 @@ def _source(index, net, models_dir, split, studies, parts_scored, skips, message
 
 def _write_outputs(out_dir, metrics, studies, studies_tuned, image_rows, skips, net, plots, gallery, card):
     """Writes the evaluation folder whole or not at all (`bonenet.outputs`)."""
-    with folder_written_whole(out_dir) as out:
+    with folder_written_whole(out_dir, "metrics.json", force=None) as out:
         # score_uncalibrated: the study's score before its part model's temperature (`bonenet.calibration`).
         studies[[*STUDY_PREDICTION_COLUMNS, "score_uncalibrated"]].to_csv(out / "study_predictions.csv", index=False)
         image_rows[IMAGE_PREDICTION_COLUMNS].to_csv(out / "image_predictions.csv", index=False)

@@ -27,7 +27,7 @@ from keras import ops
 from bonenet import __version__
 from bonenet.calibration import EPS
 from bonenet.model_card import NOT_FOR_CLINICAL_USE
-from bonenet.outputs import folder_written_whole
+from bonenet.outputs import check_replaceable, folder_written_whole
 
 # format → (Keras' name for it, the artifact's name in the export folder)
 FORMATS = {"savedmodel": ("tf_saved_model", "savedmodel"), "onnx": ("onnx", "bonenet.onnx"),
@@ -134,11 +134,13 @@ def export_facts(net, fmt, artifact):
     }
 
 
-def export_run(models_dir, fmt, out_dir, net=None):
+def export_run(models_dir, fmt, out_dir, net=None, force=False):
     """Exports the run in `models_dir` as `fmt` (savedmodel, onnx or litert) into `out_dir`, whole or not at all.
 
     Args:
         net: the run already loaded as a `BoneNet` (tuned thresholds). Defaults to None: loaded here.
+        force: replace `out_dir` even when it holds files BoneNet did not write. Defaults to False: an earlier
+            export (with its `bonenet_export.json`) is replaced whole, anything else refused.
 
     Returns:
         (the artifact's path, the facts written to `bonenet_export.json`).
@@ -153,12 +155,13 @@ def export_run(models_dir, fmt, out_dir, net=None):
         raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     if fmt == "onnx":
         _require("tf2onnx", "onnx")
+    check_replaceable(out_dir, EXPORT_JSON, force)  # before the minutes an export takes
     net = net or BoneNet.load(models_dir)
     keras_format, artifact = FORMATS[fmt]
     model = serving_model(net)
     model(np.zeros((1, net.image_size, net.image_size, 3), np.float32))  # the ONNX export wants a model once called
     facts = export_facts(net, fmt, artifact)
-    with folder_written_whole(out_dir) as tmp:
+    with folder_written_whole(out_dir, EXPORT_JSON, force) as tmp:
         with _normalization_read_from_variables(net.trunk), warnings.catch_warnings():
             # Keras' own tf2onnx shim probes `np.object`, which NumPy 2 answers with this warning.
             warnings.filterwarnings("ignore", message="In the future `np.object`", category=FutureWarning)

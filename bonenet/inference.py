@@ -95,7 +95,7 @@ class BoneNet:
             return "not calibrated: the run predates calibration"
         if calibration.get("temperature") is None:
             return f"not calibrated: {calibration['reason']}"
-        return f"temperature {calibration['temperature']:.3g}, fitted on {calibration['fitted_on']}"
+        return f"temperature {calibration['temperature']:.3g}, fitted on {calibration.get('fitted_on', 'the training hold-out')}"
 
     def prepare(self, image, name=None):
         """A path, an upload's bytes (named `name`) or a uint8 H×W array → the uint8 S×S×3 model input

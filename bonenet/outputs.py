@@ -122,12 +122,19 @@ def write_text_whole(path, text):
 
 
 @contextmanager
-def folder_written_whole(target):
+def folder_written_whole(target, marker, force=False):
     """Yields a fresh temporary folder beside `target`; when the block succeeds it replaces `target`.
 
-    On an exception the temporary folder is removed and `target` is left as it was.
+    On an exception the temporary folder is removed and `target` is left as it was. BoneNet never
+    deletes what it did not write: an existing `target` that is not empty is replaced only when it
+    holds `marker` (the file every such output of BoneNet's holds, so an earlier output), or with
+    `force` (None where the command offers no --force, so the refusal does not suggest one).
+
+    Raises:
+        FileExistsError: `target` is a file, or a folder of someone else's files; the message names it.
     """
     target = Path(target)
+    check_replaceable(target, marker, force)
     target.parent.mkdir(parents=True, exist_ok=True)
     remove_dead_writers_temps(target)
     with _naming(target, target.parent / temp_prefix(target)):
@@ -144,6 +151,18 @@ def folder_written_whole(target):
             os.replace(tmp, target)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def check_replaceable(target, marker, force=False):
+    """Refuses, before any work, to replace `target` unless it is absent, empty, or an earlier output (holds
+    `marker`), or `force` is given; see `folder_written_whole`."""
+    target = Path(target)
+    if target.exists() and not target.is_dir():
+        raise FileExistsError(f"{target}: is a file, not a folder; choose another output folder")
+    if target.is_dir() and any(target.iterdir()) and not (target / marker).exists() and not force:
+        raise FileExistsError(f"{target}: holds files BoneNet did not write (no {marker}), and replacing the folder "
+                              "would delete them; choose a new or empty folder" + (", or pass --force" if force is not
+                                                                                 None else ""))
 
 
 def check_writable(path):

@@ -334,7 +334,7 @@ def run_reports(eval_dir, out_dir, parts=None, timeout=600):
     exporter = HTMLExporter(exclude_input=True, exclude_input_prompt=True, exclude_output_prompt=True)
     written = []
     bar = Progress(len(jobs), f"report: rendering {len(jobs)} page(s) into {out_dir}", unit="page")
-    with folder_written_whole(out_dir) as tmp:
+    with folder_written_whole(out_dir, "overview.html", force=None) as tmp:
         for name, notebook, params in jobs:
             executed = tmp / f"{name}.ipynb"
             papermill.execute_notebook(str(NOTEBOOKS / notebook), str(executed), parameters=params,

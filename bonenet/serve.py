@@ -9,6 +9,13 @@
   `cam`, and the image as read under `image`), an error entry per unreadable file, and the
   study's entry last.
 
+Whom it answers (the threat model is in docs/predict-and-serve.md): a request whose Host header is not
+the bound address, localhost, 127.0.0.1 or a name given with `--allow-hosts` gets 421, so a web page
+that rebinds its own DNS name to 127.0.0.1 cannot read the answers; a cross-origin request (an Origin
+header naming another site) gets 403, and no CORS header is ever sent; with a token (`--token` or
+`BONENET_TOKEN`) every `/api/` request needs `Authorization: Bearer TOKEN`. Binding beyond loopback
+without a token is refused unless `--allow-no-token`. TLS belongs in a reverse proxy.
+
 Uploads are read in memory (Starlette spools a part over 1 MB to an anonymous, already unlinked
 temporary file, closed after the request); nothing is written anywhere, and the client's file
 names are only echoed back, never used as paths. Prediction runs under one lock: TensorFlow
@@ -16,7 +23,9 @@ models are not safe to call from several threads at once, so concurrent requests
 """
 
 import base64
+import dataclasses
 import logging
+import os
 import threading
 from pathlib import Path
 
@@ -208,6 +217,12 @@ def create_app(net, config=None, cams=True):
     admitted = asyncio.Semaphore(CONCURRENT_REQUESTS)
     app = FastAPI(title="BoneNet", version=__version__, description=NOT_FOR_CLINICAL_USE)
     _add_error_handlers(app)
+    hosts = allowed_hosts(config)
+
+    @app.middleware("http")
+    async def guard(request, call_next):  # every request, before any route or the multipart parser
+        problem = request_problem(request.headers, request.url.path, hosts, config.token)
+        return _error_response(*problem) if problem else await call_next(request)
 
     @app.get("/", include_in_schema=False)
     def page():
@@ -248,15 +263,65 @@ def create_app(net, config=None, cams=True):
     return app
 
 
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+WILDCARDS = ("0.0.0.0", "::", "")
+
+
+def _hostname(authority):
+    """The host of a Host header or an origin's authority, lower-case, without its port or IPv6 brackets."""
+    authority = authority.strip().lower()
+    if authority.startswith("["):
+        return authority[1:authority.find("]")] if "]" in authority else authority
+    return authority.rsplit(":", 1)[0] if authority.count(":") == 1 else authority
+
+
+def allowed_hosts(config):
+    """The Host names `serve` answers to: the bound address, loopback, and `--allow-hosts`; None for any (a
+    wildcard bind with a token, where the token is the guard)."""
+    names = {config.host.lower(), *LOOPBACK, *(h.strip().lower() for h in config.allow_hosts.split(",") if h.strip())}
+    return None if config.host in WILDCARDS and config.token else names - set(WILDCARDS)
+
+
+def request_problem(headers, path, hosts, token):
+    """Why a request may not be answered, as (status, one line), or None: the guard of every request.
+
+    Args:
+        headers: the request's headers (a mapping with lower-case names).
+        path: the request's path.
+        hosts: `allowed_hosts`.
+        token: the token the API needs, or None.
+    """
+    import hmac
+
+    host = headers.get("host", "")
+    if hosts is not None and _hostname(host) not in hosts:
+        return 421, (f"this server does not answer to Host {host!r} (it answers to {', '.join(sorted(hosts))}); "
+                     "name other hosts with --allow-hosts")
+    origin = headers.get("origin")
+    if origin and origin != "null" and origin.split("://", 1)[-1].rstrip("/").lower() != host.lower():
+        return 403, f"cross-origin request from {origin} refused: this server answers its own page only"
+    if token and path.startswith("/api/") and not hmac.compare_digest(
+            headers.get("authorization", "").encode(), f"Bearer {token}".encode()):
+        return 401, "this server needs 'Authorization: Bearer <token>' (the page asks for it)"
+    return None
+
+
+def check_exposure(config):
+    """Refuses to bind beyond this machine without a token unless asked to (`--allow-no-token`)."""
+    if config.host not in LOOPBACK and not config.token and not config.allow_no_token:
+        raise ValueError(f"--host {config.host}: other machines could send this server images and read the answers, "
+                         "and it has no token; set BONENET_TOKEN (or --token), or pass --allow-no-token to accept that")
+
+
 def startup_line(net, host, port, run_dir):
     """What `serve` prints first: the URL, the run, the backbone's origin, and any exposure."""
     manifest = net.manifest
     line = (f"BoneNet serving http://{host}:{port}/ - run {run_dir} ({len(net.parts)} part models, "
             f"{net.image_size} px, recipe {manifest['recipe']['name']}, format {manifest.get('format_version')}, "
             f"thresholds {net.threshold_mode}); backbone: {net.backbone_origin}. {NOT_FOR_CLINICAL_USE}")
-    if host not in ("127.0.0.1", "localhost", "::1"):
-        line += (f"\nbound to {host} by your choice: other machines can reach this server; it has no "
-                 "authentication and no TLS")
+    if host not in LOOPBACK:
+        line += (f"\nbound to {host} by your choice: other machines can reach this server, with no TLS (put it "
+                 "behind a reverse proxy that has it)")
     return line
 
 
@@ -267,6 +332,9 @@ def serve(models_dir, config=None):
     from bonenet.inference import BoneNet
 
     config = config or ServeConfig()
+    if config.token is None and os.environ.get("BONENET_TOKEN"):
+        config = dataclasses.replace(config, token=os.environ["BONENET_TOKEN"])
+    check_exposure(config)
     net = BoneNet.load(models_dir, threshold=config.threshold)
     # Warm-up: the first request should not pay for tracing the models.
     net.predict_image(np.full((net.image_size, net.image_size), 128, np.uint8))

@@ -14,6 +14,7 @@ and are refused with a message to retrain.
 import datetime
 import functools
 import json
+import math
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -127,7 +128,46 @@ def read_manifest(run_dir, required=True):
             f"{path}: format version {manifest.get('format_version')} is not supported by bonenet "
             f"{__version__} (reads {', '.join(map(str, READABLE_VERSIONS))}); retrain or use a matching bonenet"
         )
+    check_numbers(manifest, path)
     return manifest
+
+
+def _number(value, lo, hi):
+    """Whether `value` is a finite real number (not a bool or a string) within [lo, hi]."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and lo <= value <= hi
+
+
+def check_numbers(manifest, path):
+    """Refuses a manifest whose numbers a run would act on are missing or out of range, in one line naming
+    the file and the field: each model's file and labels, its temperature (null, or within the range
+    calibration can produce) and its tuned threshold (null, or within [0, 1]), and the input size.
+
+    A hand-edited or damaged manifest would otherwise decide silently: a temperature of 0 or NaN pushes every
+    probability to 0, 1 or NaN, and a NaN p(abnormal) reads as "normal".
+    """
+    from bonenet.calibration import T_BOUNDS
+
+    def refuse(field, value, accepted):
+        raise ManifestError(f"{path}: {field} must be {accepted}, got {value!r}; the manifest was edited or damaged "
+                            "(retrain, or restore it)")
+
+    if not _number(manifest.get("image_size"), 32, 8192) or manifest["image_size"] != int(manifest["image_size"]):
+        refuse("image_size", manifest.get("image_size"), "a whole number of pixels, at least 32")
+    if not isinstance(manifest.get("models"), dict):
+        refuse("models", manifest.get("models"), "a table of the run's models")
+    for key, entry in manifest["models"].items():
+        where = f"models.{key}"
+        if not isinstance(entry, dict) or not isinstance(entry.get("file"), str):
+            refuse(f"{where}.file", (entry or {}).get("file") if isinstance(entry, dict) else entry, "a file name")
+        if not isinstance(entry.get("labels"), list) or not entry["labels"]:
+            refuse(f"{where}.labels", entry.get("labels"), "the list of the model's classes")
+        temperature = (entry.get("calibration") or {}).get("temperature")
+        if temperature is not None and not _number(temperature, *T_BOUNDS):
+            refuse(f"{where}.calibration.temperature", temperature, f"null or a number within [{T_BOUNDS[0]}, "
+                                                                    f"{T_BOUNDS[1]}]")
+        threshold = (entry.get("tuning") or {}).get("threshold")
+        if threshold is not None and not _number(threshold, 0.0, 1.0):
+            refuse(f"{where}.tuning.threshold", threshold, "null or a number within [0, 1]")
 
 
 def check_shared(manifest, shared, run_dir):

@@ -77,6 +77,9 @@ def decide_study(router_probs, part_scores, labels, thresholds):
         score, threshold = None, None
     else:
         scores = [float(s) for s in np.asarray(scores, float)]
+        if not all(np.isfinite(scores)):  # a NaN would read as "normal": never decide on one
+            raise ValueError(f"the {part} model gave p(abnormal) {scores} for this study's images: not probabilities; "
+                             "the run's model file is damaged (retrain it)")
         score = study_score(scores)
     images = [{"image_part": v, "part_confidence": float(p[index]), "p_abnormal": s,
                "abnormal": None if s is None else bool(s >= threshold)}

@@ -298,7 +298,7 @@ def make_synthetic(out, studies_per_part=40, seed=0, valid_studies_per_part=None
     if root.exists() and not overwrite:
         raise ValueError(f"{root}: already exists; pass --overwrite to replace it")
     plan = mura_plan(mura_scale) if mura_scale is not None else None
-    with folder_written_whole(root) as tmp:
+    with folder_written_whole(root, "synthetic.json", force=None) as tmp:
         _write_dataset(tmp, studies_per_part, valid_studies_per_part, seed, progress, plan)
         made = ({"seed": seed, "mura_scale": mura_scale} if plan else
                 {"seed": seed, "studies_per_part": studies_per_part, "valid_studies_per_part": valid_studies_per_part})

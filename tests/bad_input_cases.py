@@ -70,4 +70,13 @@ CASES = {
     "D1": "predict --dicom-out on a DICOM lacking every type 2 patient and study attribute",
     "D2": "predict --dicom-out on a DICOM whose PatientName is not ASCII (ISO_IR 192)",
     "D3": "predict --dicom-out on a folder mixing two DICOM studies",
+    # Run files read back.
+    "V1": "a manifest temperature of 0, -1, NaN, 1e9, a string or a bool; a threshold of 1.5, NaN or a string",
+    "V2": "a manifest calibration without fitted_on",
+    "V3": "fracatlas-datalist on a dataset.csv lacking the shoulder or fractured column",
+    "V4": "export --out (or evaluate, report, make-synthetic) into a folder of the user's own files",
+    # The local server and the browser.
+    "W1": "serve: Host: evil.example (DNS rebinding) on the page, /api/health and /api/predict",
+    "W2": "serve: a cross-origin POST, and a CORS preflight",
+    "W3": "serve: a token required on the API; --host 0.0.0.0 without one",
 }

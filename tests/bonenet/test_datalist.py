@@ -147,3 +147,14 @@ def test_fracatlas_trains_evaluates_and_reports_with_absent_parts_skipped(tmp_pa
     assert 'href="MODEL_CARD.md"' in (tmp_path / "reports" / "overview.html").read_text()
     assert {p.name for p in (tmp_path / "reports").glob("*.html")} == {"overview.html", "part_hand.html",
                                                                        "part_shoulder.html"}
+
+
+@pytest.mark.corpus("V3")
+@pytest.mark.parametrize("column", ["shoulder", "fractured"])
+def test_a_fracatlas_table_lacking_a_column_is_one_line_naming_it(tmp_path, column, capsys):
+    from conftest import run_cli
+
+    root = shutil.copytree(FIXTURES, tmp_path / "fracatlas")
+    pd.read_csv(root / "dataset.csv").drop(columns=[column]).to_csv(root / "dataset.csv", index=False)
+    code, err = run_cli(["fracatlas-datalist", "--fracatlas", root, "--out", tmp_path / "list.csv"], capsys)
+    assert code == 2 and len(err) == 1 and f"dataset.csv: no column {column}" in err[0], err

@@ -22,7 +22,7 @@ def net(full_run):
 
 @pytest.fixture(scope="module")
 def client(net):
-    return TestClient(create_app(net))
+    return TestClient(create_app(net), base_url="http://localhost")
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +45,8 @@ def _read(path):
 def test_a_run_without_a_model_card_answers_404_in_the_error_shape(net):
     from bonenet.inference import BoneNet
 
-    bare = TestClient(create_app(BoneNet(net.manifest, net.models, net.trunk)))  # no run folder: no card
+    bare = TestClient(create_app(BoneNet(net.manifest, net.models, net.trunk)),  # no run folder: no card
+                      base_url="http://localhost")
     response = bare.get("/model-card")
     assert response.status_code == 404 and response.json() == {
         "error": "this run has no model card; train or evaluate it with this version of bonenet"}
@@ -86,7 +87,7 @@ def test_a_text_file_is_refused_with_its_name(client, study):
 
 
 def test_limits_give_413_and_names_are_never_paths(net, study):
-    small = TestClient(create_app(net, ServeConfig(max_file_mb=0.01, max_files=2)))
+    small = TestClient(create_app(net, ServeConfig(max_file_mb=0.01, max_files=2)), base_url="http://localhost")
     data = _read(study[0])
     assert len(data) > 0.01 * 2**20
     response = small.post("/api/predict", files=_files(("../../etc/passwd", data)))
@@ -158,7 +159,8 @@ def test_the_caveat_travels_with_every_output_of_a_run_that_never_saw_a_real_rad
     assert code == 0
     row = json.loads(out.read_text())[0]
     csv_row = __import__("pandas").read_csv(tmp_path / "p.csv").iloc[0]
-    answer = TestClient(create_app(BoneNet.load(run))).post("/api/predict", files=_files(("v.png", _read(study[0]))))
+    answer = TestClient(create_app(BoneNet.load(run)), base_url="http://localhost").post(
+        "/api/predict", files=_files(("v.png", _read(study[0]))))
     if imagenet:
         assert row["caveat"] is None and "CAVEAT" not in row["cam_caption"] and csv_row.isna()["caveat"]
         assert all(entry["caveat"] is None for entry in answer.json())
@@ -215,7 +217,8 @@ def _asgi_post(app, receive_after_headers):
 
     scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
              "path": "/api/predict", "raw_path": b"/api/predict", "query_string": b"", "root_path": "",
-             "headers": [(b"content-type", b"multipart/form-data; boundary=x"), (b"content-length", b"100000")],
+             "headers": [(b"host", b"127.0.0.1:8000"), (b"content-type", b"multipart/form-data; boundary=x"),
+                         (b"content-length", b"100000")],
              "client": ("127.0.0.1", 5), "server": ("127.0.0.1", 8000)}
     sent = []
 
@@ -254,3 +257,60 @@ def test_a_client_that_stalls_mid_upload_gets_408_and_one_that_leaves_no_traceba
     assert "Traceback" not in err and "ClientDisconnect" not in err
     [record] = [r for r in caplog.records if r.name == "bonenet.serve"]
     assert record.getMessage() == "a client disconnected before its upload was complete" and record.exc_info is None
+
+
+
+# Whom the server answers: the Host, the Origin, the token (the threat model in docs/predict-and-serve.md).
+
+@pytest.mark.corpus("W1")
+@pytest.mark.parametrize("path", ["/api/health", "/api/predict", "/"])
+def test_a_host_that_is_not_this_server_gets_421_in_the_error_shape(net, study, path):
+    client = TestClient(create_app(net), base_url="http://evil.example")  # a DNS-rebinding page's Host
+    answer = client.post(path, files=_files(("v.png", _read(study[0])))) if path == "/api/predict" else client.get(path)
+    assert answer.status_code == 421 and set(answer.json()) == {"error"}
+    assert "does not answer to Host 'evil.example'" in answer.json()["error"]
+    for host in ("http://127.0.0.1:8000", "http://localhost", "http://[::1]:8000"):
+        assert TestClient(create_app(net), base_url=host).get("/api/health").status_code == 200, host
+    named = TestClient(create_app(net, ServeConfig(allow_hosts="bonenet.lan, proxy")), base_url="http://proxy:80")
+    assert named.get("/api/health").status_code == 200
+
+
+@pytest.mark.corpus("W2")
+def test_a_cross_origin_post_is_refused_and_no_cors_header_is_ever_sent(client, study):
+    answer = client.post("/api/predict", files=_files(("v.png", _read(study[0]))),
+                         headers={"Origin": "https://evil.example"})
+    assert answer.status_code == 403 and "cross-origin request from https://evil.example" in answer.json()["error"]
+    same = client.get("/api/health", headers={"Origin": "http://localhost"})  # the page itself
+    assert same.status_code == 200
+    for response in (answer, same, client.options("/api/predict", headers={"Origin": "https://evil.example",
+                                                                           "Access-Control-Request-Method": "POST"})):
+        assert not [h for h in response.headers if h.lower().startswith("access-control-")]
+
+
+@pytest.mark.corpus("W3")
+def test_with_a_token_the_api_needs_it_and_the_page_does_not(net, study):
+    client = TestClient(create_app(net, ServeConfig(token="s3cret")), base_url="http://localhost")
+    assert client.get("/api/health").status_code == 401
+    assert client.get("/api/health", headers={"Authorization": "Bearer wrong"}).status_code == 401
+    refused = client.post("/api/predict", files=_files(("v.png", _read(study[0]))))
+    assert refused.status_code == 401 and "Authorization: Bearer" in refused.json()["error"]
+    good = {"Authorization": "Bearer s3cret"}
+    assert client.get("/api/health", headers=good).status_code == 200
+    assert client.post("/api/predict", files=_files(("v.png", _read(study[0]))), headers=good).status_code == 200
+    page = client.get("/")
+    assert page.status_code == 200 and 'id="token"' in page.text  # the page can send the token
+
+
+@pytest.mark.corpus("W3")
+def test_binding_beyond_loopback_without_a_token_is_refused_unless_asked(run, capsys, monkeypatch):
+    from conftest import run_cli
+
+    from bonenet.serve import allowed_hosts, check_exposure
+
+    monkeypatch.delenv("BONENET_TOKEN", raising=False)
+    code, err = run_cli(["serve", "--models-dir", run[0], "--host", "0.0.0.0"], capsys)
+    assert code == 2 and len(err) == 1 and "--host 0.0.0.0: other machines could send" in err[0] and "BONENET_TOKEN" in err[0]
+    check_exposure(ServeConfig(host="0.0.0.0", token="t"))  # a token, or the explicit choice, lets it bind
+    check_exposure(ServeConfig(host="0.0.0.0", allow_no_token=True))
+    assert allowed_hosts(ServeConfig(host="0.0.0.0", token="t")) is None  # the token guards; any Host name
+    assert "evil.example" not in allowed_hosts(ServeConfig(host="0.0.0.0", allow_no_token=True))

@@ -173,3 +173,45 @@ def test_a_head_swapped_for_another_models_is_refused_naming_the_file(full_run, 
     assert code == 2 and len(err) == 1
     assert err[0].startswith(f"bonenet predict: error: {run / 'heads' / (target + '.keras')}: ") and \
         "another model's head" in err[0]
+
+
+def _set_temperature(value):
+    def change(manifest):
+        manifest["models"]["XR_WRIST"]["calibration"] = {"method": "temperature", "temperature": value}
+    return change
+
+
+@pytest.mark.corpus("V1")
+@pytest.mark.parametrize("value", [0, -1, float("nan"), 1e9, "1.5", True])
+def test_a_tampered_temperature_is_refused_naming_the_manifest_and_the_field(copy, value, capsys):
+    _edit(copy, _set_temperature(value))
+    with pytest.raises(store.ManifestError) as info:
+        store.read_manifest(copy)
+    message = str(info.value)
+    assert message.startswith(f"{copy / 'manifest.json'}: models.XR_WRIST.calibration.temperature must be null or")
+    assert "\n" not in message
+    for command in (["predict", str(copy), "--models-dir", str(copy)], ["serve", "--models-dir", str(copy)]):
+        code, err = run_cli(command, capsys)  # neither scores nor serves: one line, no traceback
+        assert code == 2 and len(err) == 1 and "calibration.temperature must be" in err[0], err
+
+
+@pytest.mark.corpus("V1")
+@pytest.mark.parametrize("field, value", [("threshold", 1.5), ("threshold", float("nan")), ("threshold", "0.4")])
+def test_a_tampered_threshold_is_refused(copy, field, value):
+    _edit(copy, lambda m: m["models"]["XR_WRIST"].update(tuning={field: value, "studies": 30}))
+    with pytest.raises(store.ManifestError, match="models.XR_WRIST.tuning.threshold must be null or a number within"):
+        store.read_manifest(copy)
+
+
+@pytest.mark.corpus("V2")
+def test_a_calibration_without_fitted_on_still_says_what_it_is(copy):
+    _edit(copy, _set_temperature(1.7))
+    net = BoneNet.load(copy)
+    assert net.calibration_note("XR_WRIST") == "temperature 1.7, fitted on the training hold-out"
+
+
+def test_a_nan_score_is_never_decided(net):
+    from bonenet.study import decide_study
+
+    with pytest.raises(ValueError, match="gave p\\(abnormal\\) \\[nan\\].*not probabilities"):
+        decide_study([[0.0] * 6 + [1.0]], {"XR_WRIST": [float("nan")]}, net.labels, net.thresholds)
