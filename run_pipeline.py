@@ -203,7 +203,7 @@ def _cmd_evaluate(args):
 
     config = EvaluateConfig(**_config_values(args, EvaluateConfig))
     metrics = evaluate_run(args.data_root, args.models_dir, args.out, split=config.split, n_boot=config.bootstrap,
-                           seed=config.seed)
+                           seed=config.seed, gallery=config.gallery)
     _print_skips(args, metrics["source"]["skipped"])
     for message in metrics["source"]["messages"]:
         _note(args, message)

@@ -1,7 +1,14 @@
 """BoneNet on real radiographs anyone can get: FracAtlas hand and shoulder (CC BY 4.0), trained and scored.
 
-    python benchmarks/real_radiographs.py --out fracatlas_bench [--weights imagenet|none|PATH]
+    python benchmarks/real_radiographs.py --out fracatlas_bench [--weights shipped|radiograph|imagenet|none|PATH]
         [--trainable-layers 20|all] [--image-size 96] [--epochs 10] [--learning-rate 1e-4]
+    python benchmarks/real_radiographs.py --out transfer --compare shipped,radiograph,none \
+        [--deep-image-size 128 --deep-epochs 6 --deep-learning-rate 3e-4]
+
+With `--compare`, each backbone named runs twice, with the last 20 layers (cached, at `--image-size`) and with
+`--trainable-layers all` (full mode, at `--deep-image-size`), each into `<out>/<backbone>-<mode>/`; a row
+already finished there is read back, not run again, so a killed comparison resumes. It prints one table with
+the backbone as a column and writes `<out>/transfer.json`.
 
 BoneNet's own steps, in order: `fracatlas-datalist` (hand → XR_HAND, shoulder → XR_SHOULDER; abnormal =
 fractured or hardware; each image its own study and patient, since FracAtlas publishes no patient
@@ -42,7 +49,8 @@ def parse_args(argv=None):
     p.add_argument("--fracatlas", default=str(DEFAULT_FRACATLAS), help="FracAtlas folder (dataset.csv, images/)")
     p.add_argument("--out", required=True, help="work folder: datalist, run, evaluation, JSON")
     p.add_argument("--weights", default="shipped",
-                   help="shipped (the synthetic-pretrained backbone, default), imagenet, none or a .weights.h5 file")
+                   help="shipped (the synthetic-pretrained backbone, default), radiograph (the one pretrained on "
+                        "open real radiographs), imagenet, none or a .weights.h5 file")
     p.add_argument("--trainable-layers", default="20",
                    type=lambda v: MAX_TRAINABLE_LAYERS if v == "all" else int(v), help="20 (default) or all")
     p.add_argument("--image-size", type=int, default=96, help="input side (default 96, the shipped backbone's)")
@@ -51,6 +59,11 @@ def parse_args(argv=None):
     p.add_argument("--batch-size", type=int, default=32, help="batch size (default 32)")
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the CIs (default 1000)")
     p.add_argument("--seed", type=int, default=0, help="training seed (default 0)")
+    p.add_argument("--compare", help="comma-separated backbones (as --weights) to run side by side, last 20 and all")
+    p.add_argument("--modes", default="20,all", help="with --compare: which of 20 and all to run (default both)")
+    p.add_argument("--deep-image-size", type=int, default=128, help="with --compare: input side for all (default 128)")
+    p.add_argument("--deep-epochs", type=int, default=6, help="with --compare: epochs for all (default 6)")
+    p.add_argument("--deep-learning-rate", type=float, default=3e-4, help="with --compare: rate for all (default 3e-4)")
     return p.parse_args(argv)
 
 
@@ -166,16 +179,72 @@ def table(result):
     return "\n".join(lines)
 
 
+def _one(args, reuse=False):
+    """One row: runs the benchmark into `args.out`; with `reuse`, reads back the result a finished run left there
+    (a row killed before it finished starts again from nothing)."""
+    import shutil
+
+    from bonenet.outputs import json_safe, write_text_whole
+
+    done = Path(args.out, "real_radiographs.json")
+    if reuse and done.is_file():
+        return json.loads(done.read_text())
+    for folder in ("run", "eval"):
+        shutil.rmtree(Path(args.out, folder), ignore_errors=True)
+    result = json_safe(run(args))
+    write_text_whole(done, json.dumps(result, indent=2))  # last, and whole: a killed row is run again
+    return result
+
+
+def compare(args):
+    """Every backbone of `--compare` in each mode of `--modes`, side by side: {row name: result}."""
+    from bonenet.configs import MAX_TRAINABLE_LAYERS
+
+    rows = {}
+    for weights in args.compare.split(","):
+        for mode in args.modes.split(","):
+            deep = mode == "all"
+            row = argparse.Namespace(**{**vars(args), "weights": weights, "out": str(Path(args.out) / f"{weights}-{mode}"),
+                                        "trainable_layers": MAX_TRAINABLE_LAYERS if deep else int(mode),
+                                        "image_size": args.deep_image_size if deep else args.image_size,
+                                        "epochs": args.deep_epochs if deep else args.epochs,
+                                        "learning_rate": args.deep_learning_rate if deep else args.learning_rate})
+            print(f"{weights}, trainable layers {mode}: {row.out}", file=sys.stderr, flush=True)
+            rows[f"{weights}-{mode}"] = _one(row, reuse=True)
+    return rows
+
+
+def comparison_table(rows, part="XR_HAND"):
+    """One Markdown row per backbone and mode: the part's AUROC and kappa with their CIs, router accuracy, time."""
+    def ci(pair):
+        return "—" if pair is None or pair[0] is None else f"[{pair[0]:.2f}, {pair[1]:.2f}]"
+
+    def f(x):
+        return "—" if x is None else f"{x:.3f}"
+
+    lines = [f"| backbone | trainable layers, px, epochs | {part} AUROC [95% CI] | kappa [95% CI] | router study acc. "
+             "| seconds |", "|---|---|---|---|---|---|"]
+    for result in rows.values():
+        c, m = result["config"], result["parts"].get(part, {})
+        lines.append(f"| {c['weights']} | {c['trainable_layers']}, {c['image_size']}, {c['epochs']} | {f(m.get('auroc'))} "
+                     f"{ci(m.get('auroc_ci95'))} | {f(m.get('kappa'))} {ci(m.get('kappa_ci95'))} | "
+                     f"{f(result['router_study_accuracy'])} | {sum(result['seconds'].values()):.0f} |")
+    return "\n".join(lines)
+
+
 def main(argv=None):
-    """Runs the benchmark, prints its table and writes `<out>/real_radiographs.json`."""
+    """Runs the benchmark, prints its table and writes `<out>/real_radiographs.json` (`<out>/transfer.json`
+    with `--compare`)."""
     args = parse_args(argv)
     from bonenet import runtime
 
     runtime.start()  # before anything imports TensorFlow: its start-up lines held back, devices set up once
-    from bonenet.outputs import json_safe
-
-    result = json_safe(run(args))
-    Path(args.out, "real_radiographs.json").write_text(json.dumps(result, indent=2))
+    if args.compare:
+        rows = compare(args)
+        Path(args.out, "transfer.json").write_text(json.dumps(rows, indent=2))
+        print(comparison_table(rows))
+        return rows
+    result = _one(args)
     print(table(result))
     return result
 

@@ -190,6 +190,8 @@ class EvaluateConfig:
     split: str = setting("valid", "split to score", choices=("valid", "train"))
     bootstrap: int = setting(N_BOOT, "bootstrap resamples for the confidence intervals; 0 for none", Range(0))
     seed: int = setting(0, "bootstrap seed")
+    gallery: int = setting(3, "heat maps per part and kind (true positive, false negative, false positive) for the "
+                              "report's gallery; 0 for none", Range(0))
 
 
 @dataclass(frozen=True)

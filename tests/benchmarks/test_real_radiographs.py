@@ -31,3 +31,30 @@ def test_the_real_radiograph_benchmark_runs_at_a_toy_size(tmp_path, capsys):
     assert game["random_share"] is None or 0 < game["random_share"] < 1
     out = capsys.readouterr().out
     assert "router study accuracy" in out and "pointing game" in out
+
+
+def test_the_comparison_table_has_a_row_per_backbone_and_mode():
+    def result(weights, layers, auroc):
+        return {"config": {"weights": weights, "trainable_layers": layers, "image_size": 96, "epochs": 10},
+                "parts": {"XR_HAND": {"auroc": auroc, "auroc_ci95": [auroc - 0.1, auroc + 0.1], "kappa": 0.2,
+                                      "kappa_ci95": [0.1, 0.3]}},
+                "router_study_accuracy": 0.95, "seconds": {"train_all": 60, "evaluate": 20}}
+
+    text = real_radiographs.comparison_table({"shipped-20": result("shipped", 20, 0.61),
+                                              "radiograph-all": result("radiograph", "all", 0.8)})
+    lines = text.splitlines()
+    assert lines[0].startswith("| backbone |") and len(lines) == 4
+    assert lines[2] == "| shipped | 20, 96, 10 | 0.610 [0.51, 0.71] | 0.200 [0.10, 0.30] | 0.950 | 80 |"
+    assert lines[3].startswith("| radiograph | all, 96, 10 | 0.800 [0.70, 0.90]")
+
+
+@pytest.mark.slow  # two backbones trained and scored at a toy size: about a minute and a half
+def test_compare_runs_each_backbone_once_and_resumes(tmp_path, capsys):
+    args = ["--fracatlas", str(FIXTURES), "--out", str(tmp_path), "--compare", "none,shipped", "--modes", "20",
+            "--image-size", "32", "--epochs", "1", "--batch-size", "8", "--bootstrap", "20"]
+    rows = real_radiographs.main(args)
+    assert set(rows) == {"none-20", "shipped-20"} and json.loads((tmp_path / "transfer.json").read_text()) == rows
+    stamp = (tmp_path / "none-20" / "real_radiographs.json").stat().st_mtime_ns
+    assert real_radiographs.main(args) == rows  # finished rows are read back, not run again
+    assert (tmp_path / "none-20" / "real_radiographs.json").stat().st_mtime_ns == stamp
+    assert "| none | 20, 32, 1 |" in capsys.readouterr().out

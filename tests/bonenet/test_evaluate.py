@@ -258,7 +258,7 @@ def test_no_intervals_and_a_one_class_part_give_one_line_each_and_no_traceback(f
     with warnings.catch_warnings():
         warnings.simplefilter("always")  # a library warning, repeated or not, would reach the console
         code = run_pipeline.main(["evaluate", "--data-root", root, "--models-dir", full_run, "--out", tmp_path / "out",
-                                  "--bootstrap", "0"])
+                                  "--bootstrap", "0", "--gallery", "0"])
     out, err = capsys.readouterr()
     assert code == 0 and "Traceback" not in err, err
     lines = err.splitlines()
