@@ -19,6 +19,7 @@ A datalist is a CSV with a header row and the columns
 `MuraIndex` either way; every command that takes `--data-root` reads through it.
 """
 
+import logging
 import os
 from pathlib import Path
 
@@ -30,6 +31,7 @@ from bonenet.parts import parse_part
 
 DATALIST_COLUMNS = ("path", "patient", "study", "part", "label")
 VALID_SEED = 0
+log = logging.getLogger(__name__)
 _LABELS = {"0": 0, "1": 1, "normal": 0, "abnormal": 1, "negative": 0, "positive": 1}
 
 
@@ -59,7 +61,10 @@ def _read_table(csv_path):
         raise MuraError(f"{csv_path}: datalist does not exist")
     try:
         table = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+    except UnicodeDecodeError as exc:
+        raise MuraError(f"{csv_path}: line {_undecodable_line(csv_path)} is not UTF-8 text ({exc.reason}); save the "
+                        "datalist as UTF-8") from exc
+    except (pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
         raise MuraError(f"{csv_path}: unreadable datalist CSV ({str(exc).strip().splitlines()[0]})") from exc
     table.columns = [c.strip().lower() for c in table.columns]
     missing = [c for c in DATALIST_COLUMNS if c not in table.columns]
@@ -67,6 +72,24 @@ def _read_table(csv_path):
         raise MuraError(f"{csv_path}: datalist lacks column(s) {', '.join(missing)}; it needs "
                         f"{','.join(DATALIST_COLUMNS)}[,split] with a header row")
     return table
+
+
+def _undecodable_line(csv_path):
+    """The number of the first line of a file that is not UTF-8."""
+    for number, line in enumerate(Path(csv_path).read_bytes().splitlines(), 1):
+        try:
+            line.decode("utf-8")
+        except UnicodeDecodeError:
+            return number
+    return None
+
+
+def split_leaks(rows):
+    """The patients with studies in both splits, sorted: a model scored on patients it trained on."""
+    splits = {}
+    for _, split, _, patient, _, _ in rows:
+        splits.setdefault(patient, set()).add(split)
+    return sorted(patient for patient, found in splits.items() if len(found) > 1)
 
 
 def _row(csv_path, number, row, has_split):
@@ -107,19 +130,29 @@ def read_datalist(csv_path, splits=SPLITS, verify=False):
     csv_path = Path(csv_path).expanduser().resolve()
     table = _read_table(csv_path)
     has_split = "split" in table.columns
-    rows, skipped, seen = [], [], set()
-    for number, row in enumerate(table.to_dict("records"), start=2):  # row 1 is the header
+    rows, skipped, seen = [], [], {}
+    for number, row in enumerate(table.to_dict("records"), start=2):  # line 1 is the header
         parsed = _row(csv_path, number, row, has_split)
         if len(parsed) == 2:
             skipped.append(parsed)
         elif parsed[0] in seen:
-            skipped.append((parsed[0], f"listed twice in {csv_path.name}"))
+            first, label = seen[parsed[0]]
+            if label != parsed[5]:  # which label is right, BoneNet cannot know: never guess
+                raise MuraError(f"{csv_path}: lines {first} and {number} list {parsed[0]} with labels {label} and "
+                                f"{parsed[5]}; keep the one that is right")
+            skipped.append((parsed[0], f"listed twice in {csv_path.name} (lines {first} and {number})"))
         else:
-            seen.add(parsed[0])
+            seen[parsed[0]] = (number, parsed[5])
             rows.append(parsed)
+    if not rows:
+        raise MuraError(f"{csv_path}: the datalist has no usable rows ({len(table)} row(s) under its header)")
     rows = _consistent_studies(rows, skipped)
     if not has_split:
         rows = _assign_valid(rows, csv_path)
+    leaks = split_leaks(rows)
+    if leaks:
+        log.warning(f"{csv_path}: {len(leaks)} patient(s) have studies in both train and valid (for example "
+                    f"{leaks[0]}): a model is then scored on patients it trained on, which flatters every figure")
     kept = []
     for row in rows:
         if row[1] not in splits:

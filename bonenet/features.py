@@ -14,8 +14,10 @@ on this host takes over what a killed one left and resumes there (the views are 
 they come out the same), and deletes any other leftovers.
 """
 
+import functools
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -31,7 +33,8 @@ from bonenet.outputs import check_free_space, dead_writers_temps, remove_dead_wr
 from bonenet.progress import Progress
 from bonenet.reading import Skip
 
-FEATURES_VERSION = 3
+FEATURES_VERSION = 4  # 4: meta.json carries the features' sha256
+log = logging.getLogger(__name__)
 # Trunk outputs are stored in float16: 9,408 values (7×7×192 at 224 px) take 18.8 KB per image
 # and view, 2.1 GB for MURA with two views. The error this adds at the head's output is measured
 # in tests/bonenet/test_features.py and stated in the README.
@@ -67,6 +70,30 @@ def features_key(paths, recipe, size, trunk, views=0, augment_config=None, seed=
     return h.hexdigest()[:20]
 
 
+class CacheDamaged(ValueError):
+    """A finished cache whose features no longer match the checksum written with them."""
+
+
+def _file_sha256(path):
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+@functools.lru_cache(maxsize=8)
+def _verified(path, size, mtime_ns, expected):
+    """Whether the file's sha256 is `expected`, computed once per process while the file is unchanged
+    (`train-all` opens one cache for eight models)."""
+    return _file_sha256(path) == expected
+
+
+def verify_features(path, expected):
+    """Refuses a cache whose `features.npy` differs from the sha256 written with it (flipped bytes, a
+    truncated copy), naming the file. A cache written before checksums (`expected` None) is refused too."""
+    st = os.stat(path)
+    if expected is None or not _verified(str(path), st.st_size, st.st_mtime_ns, expected):
+        raise CacheDamaged(f"{path}: the feature cache is damaged (its sha256 is not the one written with it)")
+
+
 class FeatureCache:
     """A finished cache folder: the trunk's output per image and view, rows `view × N + image`.
 
@@ -81,6 +108,7 @@ class FeatureCache:
     def __init__(self, folder):
         self.folder = Path(folder)
         meta = json.loads((self.folder / "meta.json").read_text())
+        verify_features(self.folder / "features.npy", meta.get("sha256"))
         self.paths = meta["paths"]
         self.views = int(meta["views"])
         self.skips = [Skip(path, reason) for path, reason in meta["unread"].items()]
@@ -255,7 +283,11 @@ def compute_features(trunk, paths, recipe, size, cache_dir, views=0, augment_con
         raise ValueError("augmented views need an augment_config")
     folder = Path(cache_dir) / f"features-{features_key(paths, recipe, size, trunk, views, augment_config, seed)}"
     if (folder / "meta.json").is_file():
-        return FeatureCache(folder)
+        try:
+            return FeatureCache(folder)
+        except CacheDamaged as exc:  # never train on damaged features: computed again
+            log.warning(f"{exc}; computing it again")
+            shutil.rmtree(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     n, stride = len(paths), 1 + views
     shape = (stride * n, *trunk.output.shape[1:])
@@ -272,6 +304,7 @@ def compute_features(trunk, paths, recipe, size, cache_dir, views=0, augment_con
                 "output": trunk.output.name, "dtype": np.dtype(STORAGE_DTYPE).name, "seed": int(seed),
                 "unread": unread, "seconds": {k: round(v, 2) for k, v in progress["seconds"].items()}}
         (tmp / "progress.json").unlink(missing_ok=True)
+        meta["sha256"] = _file_sha256(tmp / "features.npy")  # checked whenever the cache is read back
         (tmp / "meta.json").write_text(json.dumps(meta))
         del array
         _publish(tmp, folder)

@@ -12,7 +12,6 @@ and trains the heads on that cache, one view per image per epoch; `full` mode fi
 function, count an epoch as one pass over the images, and store the same layout.
 """
 
-import json
 import logging
 import os
 import shutil
@@ -26,6 +25,7 @@ import pandas as pd
 
 from bonenet import data as bdata
 from bonenet import runtime
+from bonenet.checkpoints import best_val_loss, checkpoint_dir, resume_point
 from bonenet.configs import TrainConfig
 from bonenet.distribute import get_strategy, is_chief, shardable, worker_scratch
 from bonenet.features import compute_features, weights_digest
@@ -44,7 +44,7 @@ from bonenet.models import (
 )
 from bonenet.mura import fingerprint_of, holdout_split, is_synthetic
 from bonenet.outputs import check_free_space
-from bonenet.parts import PARTS, short_name
+from bonenet.parts import PARTS
 from bonenet.progress import keras_verbosity
 from bonenet.reading import Skip, SkipLog
 from bonenet.store import (
@@ -66,17 +66,6 @@ from preprocessing.recipes import get_recipe
 log = logging.getLogger(__name__)
 
 
-def _best_val_loss(log_path):
-    """The lowest val_loss logged so far, so a resumed run keeps the true best checkpoint."""
-    if not log_path.is_file():
-        return None
-    try:
-        log = pd.read_csv(log_path)
-    except (pd.errors.EmptyDataError, pd.errors.ParserError):
-        return None
-    return float(log["val_loss"].min()) if "val_loss" in log and len(log) else None
-
-
 def _examples(target, images):
     if target == "router":
         paths, labels = bdata.router_examples(images)
@@ -96,11 +85,6 @@ def shared_settings(config, weights_origin, trainable, recipe=None):
     if trainable is None:  # not known before the model is built: the count alone is compared
         settings["trainable_layers"] = {"count": int(config.trainable_layers)}
     return settings
-
-
-def checkpoint_dir(run_dir, key):
-    """Where a model's training work files live: `<run>/checkpoints/<router|part short name>/`."""
-    return Path(run_dir) / "checkpoints" / (key if key == "router" else short_name(key))
 
 
 @dataclass(frozen=True)
@@ -222,7 +206,10 @@ def _prepare(target, index, models_dir, config):
     if existing is not None:
         # Refuse a folder made with another size, recipe or backbone before spending any time.
         check_shared(existing, shared_settings(config, origin, None, recipe), run_dir)
-    split = holdout_split(index.studies, config.holdout_fraction, config.seed)
+    try:
+        split = holdout_split(index.studies, config.holdout_fraction, config.seed)
+    except ValueError as exc:  # too few patients or studies: say whose
+        raise ValueError(f"{index.root}: {exc}") from exc
     held = set(split.loc[split.holdout, "study"])
     train_images = index.images[(index.images.split == "train") & ~index.images.study.isin(held)]
     val_images = index.images[index.images.study.isin(held)]
@@ -290,38 +277,18 @@ def _datasets(job, built, index, config, verbose, skips):
     return shardable(train_ds), shardable(val_ds)
 
 
-def _resume_point(job, work, resume):
-    """Prepares a model's work folder: kept (and, for a non-chief, copied from the chief's) to resume,
-    else emptied."""
-    if resume and job.place.scratch is not None:
-        # Every worker must resume at the chief's epoch, from the chief's weights. Its checkpoints
-        # stay put until this fit's first epoch ends, which needs this worker too.
-        chief_work = checkpoint_dir(job.place.run_dir, job.key)
-        shutil.rmtree(work, ignore_errors=True)
-        if chief_work.is_dir():
-            shutil.copytree(chief_work, work, ignore=shutil.ignore_patterns("tensorboard"))
-    if resume:
-        meta = work / "backup" / "training_metadata.json"
-        start = json.loads(meta.read_text())["epoch"] if meta.is_file() else 0
-        log.info(f"{job.key}: resuming from epoch {start}" if start else
-                 f"{job.key}: nothing to resume, starting at epoch 0")
-    elif work.exists():
-        shutil.rmtree(work)
-    work.mkdir(parents=True, exist_ok=True)
-
-
 def _fit(job, built, train_ds, val_ds, config, resume, verbose):
     """Fits with resumable backups, best-by-hold-out-loss weights, early stopping and logs."""
     work = checkpoint_dir(job.home, job.key)
     backup, log_path, best_path = work / "backup", work / "log.csv", work / "best.weights.h5"
-    _resume_point(job, work, resume)
+    resume_point(job.key, work, resume, config, job.place.run_dir if job.place.scratch is not None else None)
     callbacks = [
         # BackupAndRestore comes first, so that when the CSV shows an epoch its backup exists.
         # Kept after training ends: a kill during the final save must still resume at the last
         # epoch, not from scratch. `_finalize` removes it once the model is saved and listed.
         keras.callbacks.BackupAndRestore(str(backup), delete_checkpoint=False),
         keras.callbacks.ModelCheckpoint(str(best_path), monitor="val_loss", save_best_only=True,
-                                        save_weights_only=True, initial_value_threshold=_best_val_loss(log_path)
+                                        save_weights_only=True, initial_value_threshold=best_val_loss(log_path)
                                         if resume else None),
         keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience),
         keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.3, patience=max(1, config.patience // 2),

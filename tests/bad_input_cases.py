@@ -75,6 +75,10 @@ CASES = {
     "V2": "a manifest calibration without fitted_on",
     "V3": "fracatlas-datalist on a dataset.csv lacking the shoulder or fractured column",
     "V4": "export --out (or evaluate, report, make-synthetic) into a folder of the user's own files",
+    "V5": "a finished feature cache with 4 KB flipped in the middle of features.npy",
+    "V6": "--resume with another --learning-rate or --image-size than the killed training's",
+    "V7": "a datalist listing an image twice with labels 0 and 1; Latin-1 bytes; a header and no rows",
+    "V8": "a datalist patient with studies in both train and valid",
     # The local server and the browser.
     "W1": "serve: Host: evil.example (DNS rebinding) on the page, /api/health and /api/predict",
     "W2": "serve: a cross-origin POST, and a CORS preflight",

@@ -48,7 +48,7 @@ def test_bad_datalist_rows_are_listed_with_their_reason(tmp_path):
     assert index.images["path"].tolist() == [str(tmp_path / "a.jpg")]
     assert index.images["study"].tolist() == ["p1/s1"] and index.images["part"].tolist() == ["XR_WRIST"]
     reasons = index.skipped["reason"].tolist()
-    assert reasons[0] == "listed twice in list.csv"
+    assert reasons[0] == "listed twice in list.csv (lines 2 and 3)"
     assert any("file does not exist" in r for r in reasons)
     assert any("row 5: unknown part 'knee'" in r for r in reasons)
     assert any("row 6: label 'maybe'" in r for r in reasons)
@@ -158,3 +158,41 @@ def test_a_fracatlas_table_lacking_a_column_is_one_line_naming_it(tmp_path, colu
     pd.read_csv(root / "dataset.csv").drop(columns=[column]).to_csv(root / "dataset.csv", index=False)
     code, err = run_cli(["fracatlas-datalist", "--fracatlas", root, "--out", tmp_path / "list.csv"], capsys)
     assert code == 2 and len(err) == 1 and f"dataset.csv: no column {column}" in err[0], err
+
+
+
+@pytest.mark.corpus("V7")
+def test_an_image_listed_with_two_labels_is_an_error_naming_both_lines(tmp_path):
+    shutil.copy(FIXTURES / "images" / "IMG0000019.jpg", tmp_path / "a.jpg")
+    (tmp_path / "list.csv").write_text("path,patient,study,part,label,split\n"
+                                       "a.jpg,p1,s1,wrist,0,train\n"
+                                       "b.jpg,p2,s1,wrist,1,train\n"
+                                       "a.jpg,p1,s1,wrist,1,train\n")
+    with pytest.raises(MuraError, match=r"list.csv: lines 2 and 4 list .*a.jpg with labels 0 and 1"):
+        read_dataset(tmp_path / "list.csv")
+
+
+@pytest.mark.corpus("V7")
+def test_latin_1_bytes_name_the_line_and_a_header_only_datalist_names_the_csv(tmp_path):
+    (tmp_path / "latin.csv").write_bytes("path,patient,study,part,label\na.jpg,p1,s1,wrist,0\n"
+                                         "b.jpg,Müller,s1,wrist,1\n".encode("latin-1"))
+    with pytest.raises(MuraError, match="latin.csv: line 3 is not UTF-8 text"):
+        read_dataset(tmp_path / "latin.csv")
+    (tmp_path / "empty.csv").write_text("path,patient,study,part,label\n")
+    with pytest.raises(MuraError, match="empty.csv: the datalist has no usable rows"):
+        read_dataset(tmp_path / "empty.csv")
+
+
+@pytest.mark.corpus("V8")
+def test_a_patient_in_both_splits_is_one_warning_with_the_count_and_an_example(tmp_path, caplog):
+    for name in ("a", "b", "c"):
+        shutil.copy(FIXTURES / "images" / "IMG0000019.jpg", tmp_path / f"{name}.jpg")
+    (tmp_path / "list.csv").write_text("path,patient,study,part,label,split\n"
+                                       "a.jpg,p1,s1,wrist,0,train\n"
+                                       "b.jpg,p1,s2,wrist,1,valid\n"
+                                       "c.jpg,p2,s1,wrist,1,valid\n")
+    with caplog.at_level("WARNING", logger="bonenet"):
+        read_dataset(tmp_path / "list.csv")
+    [warning] = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warning.startswith(f"{tmp_path / 'list.csv'}: 1 patient(s) have studies in both train and valid "
+                              "(for example p1)")

@@ -213,3 +213,23 @@ def test_a_killed_computation_resumes_from_its_last_checkpoint(wrist_model, path
     np.testing.assert_allclose(np.asarray(resumed.array, np.float32), np.asarray(cache.array, np.float32),
                                rtol=2 ** -10, atol=1e-6)
     assert not (resumed.folder / "progress.json").exists()
+
+
+@pytest.mark.corpus("V5")
+def test_a_damaged_cache_is_never_used_but_computed_again(wrist_model, paths, tmp_path, caplog):
+    trunk, _ = split_model(wrist_model)
+    make = lambda: bfeatures.compute_features(trunk, paths[:6], EQUALIZE, SIZE, tmp_path, verbose=0)  # noqa: E731
+    first = make()
+    expected = first.gather(np.arange(6))
+    file = first.folder / "features.npy"
+    data = bytearray(file.read_bytes())
+    middle = len(data) // 2
+    data[middle:middle + 4096] = bytes(b ^ 0xFF for b in data[middle:middle + 4096])  # 4 KB flipped mid-file
+    file.write_bytes(bytes(data))
+    with pytest.raises(bfeatures.CacheDamaged, match=f"{file}: the feature cache is damaged"):
+        bfeatures.FeatureCache(first.folder)
+    with caplog.at_level("WARNING", logger="bonenet"):
+        again = make()
+    assert any("feature cache is damaged" in r.getMessage() and "computing it again" in r.getMessage()
+               for r in caplog.records)
+    np.testing.assert_array_equal(again.gather(np.arange(6)), expected)  # the recomputed features, not the damage

@@ -1,0 +1,81 @@
+"""A model's training work folder: its checkpoints, its log, the settings it trains under, and resuming.
+
+`<run>/checkpoints/<router|part>/` holds Keras' backup (weights, optimizer and epoch, written after every
+epoch), the best weights by hold-out loss, the CSV and TensorBoard logs, and `settings.json`. A killed
+training continues from its last epoch with `--resume`, and only under the settings it was started with:
+anything but the number of epochs or the cache folder would have the checkpoint continue under the old
+settings while the manifest recorded the new.
+"""
+
+import json
+import logging
+import shutil
+from dataclasses import asdict
+from pathlib import Path
+
+import pandas as pd
+
+from bonenet.parts import short_name
+
+log = logging.getLogger(__name__)
+
+
+def checkpoint_dir(run_dir, key):
+    """Where a model's training work files live: `<run>/checkpoints/<router|part short name>/`."""
+    return Path(run_dir) / "checkpoints" / (key if key == "router" else short_name(key))
+
+
+def best_val_loss(log_path):
+    """The lowest val_loss logged so far, so a resumed run keeps the true best checkpoint."""
+    if not log_path.is_file():
+        return None
+    try:
+        table = pd.read_csv(log_path)
+    except (pd.errors.EmptyDataError, pd.errors.ParserError):
+        return None
+    return float(table["val_loss"].min()) if "val_loss" in table and len(table) else None
+
+
+# What a resumed training may change: how many epochs in all, and where its image cache lives.
+RESUMABLE_CHANGES = ("epochs", "cache_dir")
+
+
+def _check_resumable(work, config):
+    """Refuses to resume a training under settings other than the ones its checkpoint was made with, naming
+    each that differs; the checkpoint would continue under the old ones while the manifest recorded the new."""
+    recorded = work / "settings.json"
+    if not recorded.is_file():
+        return
+    before = json.loads(recorded.read_text())
+    now = json.loads(json.dumps(asdict(config)))
+    changed = [f"--{k.replace('_', '-')} {before.get(k)} → {now[k]}" for k in now
+               if k not in RESUMABLE_CHANGES and before.get(k) != now[k]]
+    if changed:
+        raise ValueError(f"{recorded}: cannot --resume under other settings than the interrupted training's "
+                         f"({'; '.join(changed)}); run it with its own settings, or without --resume to start over")
+
+
+def resume_point(key, work, resume, config, chief_run=None):
+    """Prepares model `key`'s work folder: kept to resume, after checking the settings match
+    (`_check_resumable`), else emptied; records the settings it trains under.
+
+    Args:
+        chief_run: for a non-chief worker, the chief's run folder, whose checkpoints it copies to resume.
+    """
+    if resume and chief_run is not None:
+        # Every worker must resume at the chief's epoch, from the chief's weights. Its checkpoints
+        # stay put until this fit's first epoch ends, which needs this worker too.
+        chief_work = checkpoint_dir(chief_run, key)
+        shutil.rmtree(work, ignore_errors=True)
+        if chief_work.is_dir():
+            shutil.copytree(chief_work, work, ignore=shutil.ignore_patterns("tensorboard"))
+    if resume:
+        _check_resumable(work, config)
+        meta = work / "backup" / "training_metadata.json"
+        start = json.loads(meta.read_text())["epoch"] if meta.is_file() else 0
+        log.info(f"{key}: resuming from epoch {start}" if start else
+                 f"{key}: nothing to resume, starting at epoch 0")
+    elif work.exists():
+        shutil.rmtree(work)
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "settings.json").write_text(json.dumps(asdict(config), indent=2))
