@@ -161,12 +161,13 @@ def _training_notes(args, config, origin):
 
     if origin["kind"] not in ("imagenet", "radiograph") and config.trainable_layers == TrainConfig.trainable_layers:
         backbone = origin.get("description") or origin["kind"]
-        _note(args, f"note: the backbone is not ImageNet-pretrained ({backbone}), and the last "
-                    f"{config.trainable_layers} layers alone learn little of real radiographs from it; deep "
-                    "fine-tuning (--trainable-layers all) is what learns real findings from such a backbone")
+        # Notes are information, on standard output: standard error holds problems only.
+        _say(f"note: the backbone is not ImageNet-pretrained ({backbone}), and the last {config.trainable_layers} "
+             "layers alone learn little of real radiographs from it; deep fine-tuning (--trainable-layers all) is "
+             "what learns real findings from such a backbone")
     if config.deep:
-        _note(args, "--trainable-layers all: the whole network fine-tunes in full mode (no shared trunk, so no "
-                    "trunk-feature cache; prepared images are cached in memory, or in --cache-dir)")
+        _say("note: --trainable-layers all: the whole network fine-tunes in full mode (no shared trunk, so no "
+             "trunk-feature cache; prepared images are cached in memory, or in --cache-dir)")
 
 
 def _cmd_train(args):

@@ -282,12 +282,9 @@ def compute_features(trunk, paths, recipe, size, cache_dir, views=0, augment_con
     if views and augment_config is None:
         raise ValueError("augmented views need an augment_config")
     folder = Path(cache_dir) / f"features-{features_key(paths, recipe, size, trunk, views, augment_config, seed)}"
-    if (folder / "meta.json").is_file():
-        try:
-            return FeatureCache(folder)
-        except CacheDamaged as exc:  # never train on damaged features: computed again
-            log.warning(f"{exc}; computing it again")
-            shutil.rmtree(folder)
+    finished = _finished(folder)
+    if finished is not None:
+        return finished
     folder.parent.mkdir(parents=True, exist_ok=True)
     n, stride = len(paths), 1 + views
     shape = (stride * n, *trunk.output.shape[1:])
@@ -304,8 +301,7 @@ def compute_features(trunk, paths, recipe, size, cache_dir, views=0, augment_con
                 "output": trunk.output.name, "dtype": np.dtype(STORAGE_DTYPE).name, "seed": int(seed),
                 "unread": unread, "seconds": {k: round(v, 2) for k, v in progress["seconds"].items()}}
         (tmp / "progress.json").unlink(missing_ok=True)
-        meta["sha256"] = _file_sha256(tmp / "features.npy")  # checked whenever the cache is read back
-        (tmp / "meta.json").write_text(json.dumps(meta))
+        (tmp / "meta.json").write_text(json.dumps({**meta, "sha256": _file_sha256(tmp / "features.npy")}))
         del array
         _publish(tmp, folder)
     except BaseException:
@@ -316,6 +312,19 @@ def compute_features(trunk, paths, recipe, size, cache_dir, views=0, augment_con
         raise
     shutil.rmtree(tmp, ignore_errors=True)  # left only when another process published the same cache first
     return FeatureCache(folder)
+
+
+def _finished(folder):
+    """The finished cache in `folder`, or None when there is none; a damaged one is removed, to be computed
+    again, since no model may train on damaged features."""
+    if not (folder / "meta.json").is_file():
+        return None
+    try:
+        return FeatureCache(folder)
+    except CacheDamaged as exc:
+        log.warning(f"{exc}; computing it again")
+        shutil.rmtree(folder)
+        return None
 
 
 def _publish(tmp, folder):

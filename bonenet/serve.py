@@ -196,6 +196,16 @@ def model_card_response(net):
     return PlainTextResponse(card.read_text(encoding="utf-8"), media_type="text/markdown; charset=utf-8")
 
 
+def _add_guard(app, config):
+    """Checks every request, before any route or the multipart parser runs (`request_problem`)."""
+    hosts = allowed_hosts(config)
+
+    @app.middleware("http")
+    async def guard(request, call_next):
+        problem = request_problem(request.headers, request.url.path, hosts, config.token)
+        return _error_response(*problem) if problem else await call_next(request)
+
+
 def create_app(net, config=None, cams=True):
     """The FastAPI app serving `net` (a loaded `BoneNet`) within `config`'s limits (a `ServeConfig`).
 
@@ -217,12 +227,7 @@ def create_app(net, config=None, cams=True):
     admitted = asyncio.Semaphore(CONCURRENT_REQUESTS)
     app = FastAPI(title="BoneNet", version=__version__, description=NOT_FOR_CLINICAL_USE)
     _add_error_handlers(app)
-    hosts = allowed_hosts(config)
-
-    @app.middleware("http")
-    async def guard(request, call_next):  # every request, before any route or the multipart parser
-        problem = request_problem(request.headers, request.url.path, hosts, config.token)
-        return _error_response(*problem) if problem else await call_next(request)
+    _add_guard(app, config)
 
     @app.get("/", include_in_schema=False)
     def page():

@@ -96,3 +96,15 @@ def test_an_unwritable_output_fails_at_once_in_one_line(command, read_only, synt
 def test_preprocess_on_a_folder_names_it(tmp_path, capsys):
     code, err = run_cli(["preprocess", tmp_path, "--out", tmp_path / "p.png"], capsys)
     assert code == 2 and err == [f"bonenet preprocess: error: {tmp_path}: is a folder, not an image"]
+
+
+@pytest.mark.corpus("V1")
+def test_json_files_never_hold_a_bare_nan(tmp_path, capsys):
+    import json
+
+    import run_pipeline
+
+    out = tmp_path / "p.json"
+    run_pipeline._write_json(out, [{"p_abnormal": float("nan"), "ci": [float("inf"), 0.5]}])
+    assert "NaN" not in out.read_text() and "Infinity" not in out.read_text()
+    assert json.loads(out.read_text()) == [{"p_abnormal": None, "ci": [None, 0.5]}]

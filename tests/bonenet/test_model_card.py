@@ -40,12 +40,27 @@ def test_evaluate_updates_the_runs_card_and_puts_a_copy_beside_its_figures(evalu
     card = json.loads((full_run / CARD_JSON).read_text())
     evaluation = card["evaluation"]
     assert evaluation["split"] == "valid" and evaluation["dataset_fingerprint"] == metrics["source"]["dataset_fingerprint"]
-    assert evaluation["evaluated"] == metrics["source"]["evaluated"]  # the evaluation's time, not the card's write
     for part in [*PARTS, "overall"]:
         figures, tuned = evaluation["parts"][part], metrics["study_tuned"][part]
         assert [figures[k] for k in ("kappa", "kappa_ci95", "auroc", "auroc_ci95", "n")] == \
             [tuned[k] for k in ("kappa", "kappa_ci95", "auroc", "auroc_ci95", "n")]
         assert figures["ece_after"] == metrics["calibration"][part]["ece_after"]
-    assert (eval_dir / CARD_FILE).read_text() == (full_run / CARD_FILE).read_text()
     assert "| XR_WRIST |" in (full_run / CARD_FILE).read_text().split("## Evaluated")[1]
+    copy = json.loads((eval_dir / CARD_JSON).read_text())  # the copy beside the figures: this evaluation's
+    assert copy["evaluation"]["evaluated"] == metrics["source"]["evaluated"]  # its time, not the card's write
+    assert (eval_dir / CARD_FILE).read_text() == render_card(copy)
+
+
+def test_evaluate_builds_one_card_and_writes_it_twice(full_run, synthetic_root, tmp_path, monkeypatch):
+    import shutil
+
+    from bonenet import evaluate, model_card
+
+    run = shutil.copytree(full_run, tmp_path / "run")
+    built = []
+    monkeypatch.setattr(evaluate, "run_card", lambda *a: built.append(model_card.run_card(*a)) or built[-1])
+    evaluate.evaluate_run(synthetic_root, run, tmp_path / "eval", n_boot=20, plots=False, gallery=0)
+    assert len(built) == 1  # one card, one timestamp
+    for folder in (run, tmp_path / "eval"):
+        assert json.loads((folder / CARD_JSON).read_text()) == built[0]
 

@@ -266,8 +266,7 @@ def test_trainable_layers_all_fine_tunes_the_whole_network_in_full_mode_and_eval
               "--epochs", "1", "--batch-size", "16", "--trainable-layers", "all", "--train-batchnorm"]
     assert run_pipeline.main(["train-router", *common]) == 0
     assert run_pipeline.main(["train-part", "--part", "wrist", *common]) == 0
-    captured = capsys.readouterr()
-    out = captured.out + captured.err
+    out = capsys.readouterr().out
     assert "deep fine-tuning (--trainable-layers all) is what learns" not in out  # said only for the last-20 default
     assert "--trainable-layers all: the whole network fine-tunes in full mode" in out
     manifest = store.read_manifest(run)
@@ -429,8 +428,9 @@ def test_each_model_is_calibrated_on_its_hold_out_or_says_why_not(run, index):
     router = manifest["models"]["router"]
     assert router["calibration"]["method"] == "temperature" and router["calibration"]["unit"] == "images"
     assert router["calibration"]["n"] == router["dataset"]["holdout_images"]  # every hold-out image was read
-    cal = router["calibration"]  # kept exactly when it lowers the cross-validated hold-out NLL
-    assert (cal["temperature"] is None) == (cal["cv_nll_after"] >= cal["cv_nll_before"]), cal
+    cal = router["calibration"]  # kept only when the hold-out is big enough and it lowers the cross-validated NLL
+    assert (cal["temperature"] is not None and cal["cv_nll_after"] < cal["cv_nll_before"]) or \
+        (cal["temperature"] is None and cal["reason"]), cal
     wrist = manifest["models"]["XR_WRIST"]["calibration"]  # the session's wrist hold-out: 2 studies of one class
     assert wrist["temperature"] is None and "a temperature needs two classes and at least 10" in wrist["reason"]
     # A part model is fitted on its hold-out studies' mean p(abnormal), the number the study rule decides on.
