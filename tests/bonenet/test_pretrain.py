@@ -9,6 +9,53 @@ from bonenet.configs import DemoPlan, PretrainConfig
 from bonenet.models import build_base, resolve_weights
 from bonenet.pretrain import SHIPPED_BACKBONE, file_sha256, provenance_path, shipped_backbone
 
+RADIOGRAPH_SHA256 = "f80bbd796e1205ef33ffb2d379902904c84e21d2fabaffec929aea3e6d6ee429"
+
+
+def test_the_shipped_radiograph_backbone_is_pinned_with_its_sources_and_licence():
+    from bonenet.pretrain import RADIOGRAPH_BACKBONE, radiograph_backbone
+
+    path, provenance = radiograph_backbone()
+    assert path == RADIOGRAPH_BACKBONE and file_sha256(path) == provenance["sha256"] == RADIOGRAPH_SHA256
+    (source,) = provenance["sources"]
+    assert source["name"] == "FracAtlas" and source["licence"].startswith("CC BY 4.0")
+    assert "10.1038/s41597-023-02432-4" in source["citation"]
+    assert source["images"] == provenance["images"] == 3738 and source["excluded_benchmark_holdout"] == 286
+    assert provenance["train_images"] + provenance["monitor_images"] == 3738
+    assert provenance["summary"] == "pretrained on 3,738 open real radiographs (FracAtlas, CC BY 4.0), not ImageNet"
+    assert "--real ../shared/data/fracatlas" in provenance["command"] and "--init synthetic" in provenance["command"]
+    assert provenance["config"]["image_size"] == 96 and provenance["config"]["seed"] == 1
+    assert provenance["steps"] == 2120 and provenance["storage"] == "float16"
+    assert provenance["init"].startswith("the shipped synthetic backbone")
+    assert (path.parent / "radiograph_backbone_96.NOTICE.md").read_text().count("CC BY 4.0") >= 2  # attribution
+    weights, origin = resolve_weights("radiograph")  # `--weights radiograph` names it
+    assert weights == str(path) and origin["kind"] == "radiograph" and origin["sha256"] == RADIOGRAPH_SHA256
+    base = build_base(96, weights=weights)
+    assert base.count_params() > 4_000_000
+
+
+def test_a_damaged_radiograph_backbone_is_refused(tmp_path, monkeypatch):
+    from bonenet import pretrain
+
+    copy = tmp_path / "radiograph_backbone_96.weights.h5"
+    copy.write_bytes(pretrain.RADIOGRAPH_BACKBONE.read_bytes()[:-10] + b"0123456789")
+    (tmp_path / "radiograph_backbone_96.json").write_text(provenance_path(pretrain.RADIOGRAPH_BACKBONE).read_text())
+    monkeypatch.setattr(pretrain, "RADIOGRAPH_BACKBONE", copy)
+    with pytest.raises(ValueError, match="differs from its provenance"):
+        resolve_weights("radiograph")
+
+
+@pytest.mark.slow  # a router and a part trained on the radiograph backbone from the command line: about a minute
+def test_train_all_takes_weights_radiograph(synthetic_root, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert run_pipeline.main(["train-router", "--data-root", synthetic_root, "--models-dir", run, "--weights",
+                              "radiograph", "--image-size", "96", "--epochs", "1", "--batch-size", "16"]) == 0
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["weights"]["kind"] == "radiograph"
+    from bonenet.inference import BoneNet
+
+    assert BoneNet.load(run).caveat.startswith("CAVEAT: backbone pretrained on 3,738 open real radiographs")
+
 
 def test_the_shipped_backbone_matches_the_sha256_and_says_what_it_is():
     path, provenance = shipped_backbone()
