@@ -8,6 +8,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.slow  # the benchmark's variants, each in its own process: about 50 s
 def test_trunk_speed_compares_variants_and_their_features(tmp_path):
     out = tmp_path / "trunk.json"
     proc = subprocess.run([sys.executable, "benchmarks/trunk_speed.py", "--image-size", "32", "--images", "6",

@@ -117,6 +117,7 @@ def test_train_part_uses_png_jpeg_and_dicom_alike(synthetic_root, tmp_path, writ
     assert "skipping" not in capsys.readouterr().err  # and none failed to decode in the pipeline
 
 
+@pytest.mark.slow  # train-all, evaluate and report on FracAtlas: about 50 s
 def test_fracatlas_trains_evaluates_and_reports_with_absent_parts_skipped(tmp_path, capsys):
     """The hierarchy on real radiographs, from a datalist holding two of the seven parts."""
     datalist = tmp_path / "fracatlas.csv"

@@ -13,6 +13,7 @@ from bonenet.parts import PARTS, short_name
 REPO = Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.slow  # the whole chain, quick: about 90 s
 def test_demo_quick_runs_the_chain_and_ends_with_the_per_part_table(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}  # as a newcomer's shell has it
     proc = subprocess.run([sys.executable, "run_pipeline.py", "demo", "--quick", "--out", str(tmp_path / "demo")],

@@ -94,6 +94,7 @@ def test_missing_part_models_are_reported_and_the_rest_scored(run, synthetic_roo
                                                       == "XR_WRIST").sum())
 
 
+@pytest.mark.slow  # an evaluation of a changed split: about 25 s
 def test_a_split_lacking_a_part_is_named(full_run, synthetic_root, tmp_path):
     root = shutil.copytree(synthetic_root, tmp_path / "MURA-v1.1")
     for name in ("valid_image_paths.csv", "valid_labeled_studies.csv"):
@@ -125,6 +126,7 @@ def _check_pages(folder, expected):
         assert "Not clinical evidence" in text and "synthetic" in text, name
 
 
+@pytest.mark.slow  # eight notebooks run and read in a browser: about 50 s
 @pytest.mark.browser
 def test_reports_read_cleanly_link_both_ways_and_decide_as_predict_does(evaluation, full_run, tmp_path, browser,
                                                                         screenshot):
@@ -181,6 +183,7 @@ def test_evaluated_studies_match_predict_study(evaluation, full_run, index):
         assert result["p_abnormal"] == pytest.approx(studies.loc[study, "score"], abs=1e-5), study
 
 
+@pytest.mark.slow  # an evaluation of a changed run: about 25 s
 def test_a_part_whose_tuning_failed_is_named_in_evaluates_output(full_run, synthetic_root, tmp_path):
     run_dir = shutil.copytree(full_run, tmp_path / "run")
     manifest = json.loads((run_dir / "manifest.json").read_text())
@@ -250,6 +253,7 @@ def test_no_intervals_and_a_one_class_part_give_one_line_each_and_no_traceback(f
 
     import run_pipeline
 
+    run = shutil.copytree(full_run, tmp_path / "run")  # evaluate writes the run's card: not the shared run's
     root = shutil.copytree(synthetic_root, tmp_path / "MURA-v1.1")
     for name in ("valid_image_paths.csv", "valid_labeled_studies.csv"):  # the valid wrist studies: normal only
         csv = root / name
@@ -257,7 +261,7 @@ def test_no_intervals_and_a_one_class_part_give_one_line_each_and_no_traceback(f
                                if not ("XR_WRIST" in line and "positive" in line)))
     with warnings.catch_warnings():
         warnings.simplefilter("always")  # a library warning, repeated or not, would reach the console
-        code = run_pipeline.main(["evaluate", "--data-root", root, "--models-dir", full_run, "--out", tmp_path / "out",
+        code = run_pipeline.main(["evaluate", "--data-root", root, "--models-dir", run, "--out", tmp_path / "out",
                                   "--bootstrap", "0", "--gallery", "0"])
     out, err = capsys.readouterr()
     assert code == 0 and "Traceback" not in err, err

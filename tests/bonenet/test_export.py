@@ -65,7 +65,8 @@ def _close(fmt, out, expected):
         assert np.abs(out[name] - want).max() <= TOLERANCE[fmt], (fmt, name, np.abs(out[name] - want).max())
 
 
-@pytest.mark.parametrize("fmt", ["onnx", "litert"])
+# Each format's export takes 25-35 s here, so they run with -m slow; the SavedModel export runs by default.
+@pytest.mark.parametrize("fmt", [pytest.param("onnx", marks=pytest.mark.slow), pytest.param("litert", marks=pytest.mark.slow)])
 def test_the_exported_artifact_gives_bonenets_calibrated_numbers(fmt, calibrated_run, prepared, tmp_path):
     pytest.importorskip(RUNTIME[fmt], reason=f"{RUNTIME[fmt]} is not installed: pip install \"bonenet[export]\"")
     net, x, expected = prepared

@@ -111,6 +111,7 @@ def test_pretrain_backbone_cli_at_a_toy_size(tmp_path, capsys):
     assert "hold-out accuracy" in capsys.readouterr().out
 
 
+@pytest.mark.slow  # a pretraining at a toy size: about 50 s
 def test_pretraining_on_real_radiographs_at_a_toy_size_records_its_sources_and_loads_as_a_radiograph_backbone(
         toy_fracatlas, tmp_path, capsys):
     from bonenet.pretrain_data import benchmark_holdout

@@ -80,6 +80,7 @@ def _lines_naming(text, path):
     return [line for line in text.splitlines() if path in line]
 
 
+@pytest.mark.slow  # every command run on a corrupt image: about 45 s
 @pytest.mark.corpus("M1", "M3")
 def test_a_corrupt_image_is_named_once_by_each_command_with_its_real_reason(corrupted, tmp_path, capsys):
     root, chosen = corrupted
@@ -106,6 +107,7 @@ def test_a_corrupt_image_is_named_once_by_each_command_with_its_real_reason(corr
     assert sorted(u["path"] for u in unread) == sorted([chosen["fit"], chosen["hold-out"]])
 
 
+@pytest.mark.slow  # full-mode trainings over one image cache: about 50 s
 def test_full_mode_reading_a_finished_image_cache_keeps_the_hold_out_aligned(corrupted, tmp_path, capsys):
     """A second process that reads a finished `--cache-dir` still knows which hold-out image was
     unreadable, so its scores and paths stay aligned and the threshold is tuned."""

@@ -80,6 +80,7 @@ def test_a_models_folder_from_another_recipe_is_refused(run, index):
     assert (run_dir / "manifest.json").read_text() == before
 
 
+@pytest.mark.slow  # two trainings from the command line: about 15 s
 def test_cli_train_part_accepts_short_and_canonical_names(synthetic_root, tmp_path):
     code = run_pipeline.main(["train-part", "--part", "XR_ELBOW", "--data-root", str(synthetic_root),
                               "--models-dir", str(tmp_path), "--epochs", "1", "--image-size", "64",
@@ -118,6 +119,7 @@ def test_training_steps_under_mirrored_strategy_on_two_logical_cpus():
     assert "REPLICAS 2 STEPS_OK True MOVED True" in proc.stdout, proc.stderr[-3000:]
 
 
+@pytest.mark.slow  # a training killed and resumed in subprocesses: about a minute
 @pytest.mark.corpus("H13", "A3")
 def test_sigkilled_training_resumes_from_the_last_completed_epoch(synthetic_root, tmp_path):
     cmd = [sys.executable, "run_pipeline.py", "train-router", "--data-root", str(synthetic_root),
@@ -240,6 +242,7 @@ def test_train_all_resume_retrains_a_kept_head_that_no_longer_loads(run, index, 
     assert store.load_model(head) is not None
 
 
+@pytest.mark.slow  # two trainings compared bit for bit: about a minute
 def test_a_rerun_into_the_same_folder_repeats_the_first_run_exactly(index, tmp_path):
     """The same command twice into one folder, the second time with the trunk and the feature cache
     already there, gives the same models and the same study predictions, to the bit."""
@@ -283,6 +286,7 @@ def test_trainable_layers_all_fine_tunes_the_whole_network_in_full_mode_and_eval
     assert 0 <= json.loads((tmp_path / "p.json").read_text())[0]["p_abnormal"] <= 1
 
 
+@pytest.mark.slow  # a training from the command line: about 15 s
 def test_the_last_20_default_on_a_backbone_not_imagenet_pretrained_says_deep_fine_tuning_learns(synthetic_root,
                                                                                                  tmp_path, capsys):
     code = run_pipeline.main(["train-part", "--part", "wrist", "--data-root", synthetic_root, "--models-dir",
