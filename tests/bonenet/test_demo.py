@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from bonenet.demo import closing_text, summary_table
 from bonenet.parts import PARTS, short_name
 
