@@ -168,6 +168,11 @@ def _training_notes(args, config, origin):
     if config.deep:
         _say("note: --trainable-layers all: the whole network fine-tunes in full mode (no shared trunk, so no "
              "trunk-feature cache; prepared images are cached in memory, or in --cache-dir)")
+    if config.ensemble > 1:
+        cost = ("K whole networks: about K times the training time, and K networks' passes at every prediction"
+                if config.deep else "K heads on the one trunk cache: K times the head epochs, no more trunk passes")
+        _say(f"note: --ensemble {config.ensemble}: each model is the mean of {config.ensemble} differently seeded "
+             f"members ({cost.replace('K', str(config.ensemble))})")
 
 
 def _cmd_train(args):
@@ -194,8 +199,12 @@ def _cmd_train(args):
     entry, _ = train_model(target, index, args.models_dir, config, resume=args.resume)
     _print_skips(args, unread_images([entry]))
     where = "saved" if is_chief(config.strategy) else "trained (the chief saves)"
-    _say(f"{where} {Path(args.models_dir) / entry['file']}; hold-out " +
-         ", ".join(f"{k} {v:.4f}" for k, v in entry["holdout"].items()))
+    members = entry["members"]
+    saved = (f"{Path(args.models_dir) / entry['file']}" if len(members) == 1 else
+             f"{len(members)} members ({', '.join(m['file'] for m in members)}) in {args.models_dir}")
+    _say(f"{where} {saved}; hold-out " + ", ".join(f"{k} {v:.4f}" for k, v in entry["holdout"].items()) +
+         ("" if len(members) == 1 else " for their mean; each alone: " +
+          "; ".join(", ".join(f"{k} {v:.4f}" for k, v in m["holdout"].items()) for m in members)))
 
 
 def _cmd_evaluate(args):
@@ -203,8 +212,10 @@ def _cmd_evaluate(args):
     from bonenet.evaluate import evaluate_run
 
     config = EvaluateConfig(**_config_values(args, EvaluateConfig))
+    if config.tta != "none":
+        _note(args, f"test-time augmentation {config.tta}: the trunk runs twice per image (about twice the time)")
     metrics = evaluate_run(args.data_root, args.models_dir, args.out, split=config.split, n_boot=config.bootstrap,
-                           seed=config.seed, gallery=config.gallery)
+                           seed=config.seed, gallery=config.gallery, tta=config.tta)
     _print_skips(args, metrics["source"]["skipped"])
     for message in metrics["source"]["messages"]:
         _note(args, message)
@@ -258,9 +269,11 @@ def _cmd_predict(args):
     from bonenet.inference import BoneNet, predict_paths
 
     config = PredictConfig(**_config_values(args, PredictConfig))
-    net = BoneNet.load(args.models_dir, threshold=config.threshold)
+    net = BoneNet.load(args.models_dir, threshold=config.threshold, tta=config.tta)
     if net.backbone_warning():
         _note(args, f"warning: {net.backbone_warning()}")
+    if net.tta_note():
+        _note(args, net.tta_note())
     if len(net.parts) < len(PARTS):
         _note(args, f"this run covers {', '.join(net.parts)} only; every image is routed to one of them")
     results = predict_paths(net, args.paths, cam_dir=args.cam_dir, per_image=config.per_image)
@@ -299,7 +312,7 @@ def _cmd_export(args):
     from bonenet.export import export_run
 
     try:
-        artifact, facts = export_run(args.models_dir, args.format, args.out, force=args.force)
+        artifact, facts = export_run(args.models_dir, args.format, args.out, force=args.force, tta=args.tta)
     except ImportError as exc:
         raise CommandError(str(exc)) from exc
     calibrated = [k for k, c in facts["calibration"].items() if c["applied_in_graph"]]
@@ -494,7 +507,7 @@ def _training_commands(sub, common):
 
 
 def _reading_commands(sub, common):
-    from bonenet.configs import EvaluateConfig, PredictConfig, ServeConfig
+    from bonenet.configs import TTA_CHOICES, TTA_HELP, EvaluateConfig, PredictConfig, ServeConfig
 
     p = sub.add_parser("evaluate", parents=[common],
                        help="score a run per image and per study, per part, against the baselines")
@@ -532,6 +545,7 @@ def _reading_commands(sub, common):
     p.add_argument("--out", required=True, help="folder for the artifact and bonenet_export.json; an earlier export "
                                                 "there is replaced whole, a folder of other files refused")
     p.add_argument("--force", action="store_true", help="replace --out even when it holds files BoneNet did not write")
+    p.add_argument("--tta", default="none", choices=TTA_CHOICES, help=TTA_HELP + "; in the graph")
     p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser("serve", parents=[common],

@@ -34,7 +34,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -59,7 +58,13 @@ def parse_args(argv=None):
     p.add_argument("--batch-size", type=int, default=32, help="batch size (default 32)")
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the CIs (default 1000)")
     p.add_argument("--seed", type=int, default=0, help="training seed (default 0)")
+    p.add_argument("--ensemble", type=int, default=1, help="members per model (default 1)")
+    p.add_argument("--tta", default="none", choices=("none", "flip"), help="test-time augmentation at evaluate")
+    p.add_argument("--cache-dir", help="trunk-feature cache shared by the rows (default: each run's own)")
     p.add_argument("--compare", help="comma-separated backbones (as --weights) to run side by side, last 20 and all")
+    p.add_argument("--variants", help="with --weights: comma-separated image sizes at which to compare, in cached "
+                                      "mode, one model and a --members ensemble, each without and with TTA")
+    p.add_argument("--members", type=int, default=5, help="with --variants: the ensemble's members (default 5)")
     p.add_argument("--modes", default="20,all", help="with --compare: which of 20 and all to run (default both)")
     p.add_argument("--deep-image-size", type=int, default=128, help="with --compare: input side for all (default 128)")
     p.add_argument("--deep-epochs", type=int, default=6, help="with --compare: epochs for all (default 6)")
@@ -67,44 +72,46 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def box_mask(boxes, shape):
-    """The union of COCO boxes as a boolean mask of `shape`."""
-    mask = np.zeros(shape, bool)
-    for x, y, w, h in boxes:
-        mask[int(np.floor(y)):int(np.ceil(y + h)), int(np.floor(x)):int(np.ceil(x + w))] = True
-    return mask
-
-
-def pointing_game(net, paths, boxes):
-    """Grad-CAM maxima inside fracture boxes, among fractured images the pipeline calls abnormal.
-
-    Returns:
-        {"fractured", "called_abnormal", "hits", "hit_share", "random_share"}.
-    """
+def pointing_game(net, paths, boxes, part, n_boot):
+    """The pointing game of `part`'s heat maps (`bonenet.localisation`) over held-out fractured images with
+    boxes, whatever the pipeline decided for them, and how many of them it called abnormal."""
+    from bonenet.localisation import image_pointing
+    from bonenet.localisation import pointing_game as game_of
     from bonenet.reading import read_gray
 
-    hits, random_shares, called = 0, [], 0
+    rows, called = [], 0
     for path in paths:
         gray = read_gray(path)
-        features = net.encode(net.prepare(gray)[None])
-        _, study = net.score(features)
-        if not study["abnormal"]:
-            continue
-        called += 1
-        cam, _ = net.cam(study["part"], features, gray)
-        mask = box_mask(boxes[Path(path).name], gray.shape)
-        y, x = np.unravel_index(int(np.argmax(cam)), cam.shape)
-        hits += bool(mask[y, x])
-        random_shares.append(float(mask.mean()))
-    return {"fractured": len(paths), "called_abnormal": called, "hits": hits,
-            "hit_share": hits / called if called else None,
-            "random_share": float(np.mean(random_shares)) if random_shares else None}
+        _, study = net.score(net.encode(net.prepare(gray)[None]))
+        called += bool(study["abnormal"])
+        cam, _ = net.cam(part, gray)
+        rows.append(image_pointing(cam, boxes[Path(path).name]))
+    return {**game_of(rows, n_boot), "called_abnormal": called}
+
+
+def heat_maps(net, index, root, run_dir, n_boot):
+    """Each part's pointing game on the held-out fractured images with boxes, recorded in the run's manifest
+    (so its captions say what was measured): {part: game}."""
+    from bonenet.datalist import fracatlas_boxes
+    from bonenet.localisation import record_pointing_game
+
+    table = pd.read_csv(Path(root) / "dataset.csv").set_index("image_id")
+    boxes = fracatlas_boxes(root)
+    valid = index.images[index.images["split"] == "valid"]
+    games = {}
+    for part in net.parts:
+        mine = valid[valid["part"] == part]["path"]
+        fractured = [p for p in mine if table.loc[Path(p).name, "fractured"] == 1 and Path(p).name in boxes]
+        if fractured:
+            games[part] = pointing_game(net, fractured, boxes, part, n_boot)
+            record_pointing_game(run_dir, part, games[part], "FracAtlas hold-out")
+    return games
 
 
 def run(args):
     """The benchmark's steps; returns the result dict."""
     from bonenet.configs import TrainConfig
-    from bonenet.datalist import fracatlas_boxes, fracatlas_datalist, read_dataset
+    from bonenet.datalist import fracatlas_datalist, read_dataset
     from bonenet.evaluate import evaluate_run
     from bonenet.inference import BoneNet
     from bonenet.pretrain import shipped_backbone
@@ -117,19 +124,22 @@ def run(args):
     fracatlas_datalist(root, datalist)
     index = read_dataset(datalist)
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, image_size=args.image_size, weights=weights,
-                         trainable_layers=args.trainable_layers, learning_rate=args.learning_rate, seed=args.seed)
-    entries, failures = train_all(index, out / "run", config)
-    if failures:
-        raise SystemExit(f"could not train {', '.join(failures)}: {failures}")
+                         trainable_layers=args.trainable_layers, learning_rate=args.learning_rate, seed=args.seed,
+                         ensemble=args.ensemble, cache_dir=args.cache_dir)
+    if getattr(args, "trained", False):  # a variant that rescores a run trained for another row
+        from bonenet.store import read_manifest
+
+        entries = read_manifest(out / "run")["models"]
+    else:
+        entries, failures = train_all(index, out / "run", config)
+        if failures:
+            raise SystemExit(f"could not train {', '.join(failures)}: {failures}")
     seconds["train_all"] = round(time.time() - start, 1)
-    net = BoneNet.load(out / "run")
-    metrics = evaluate_run(datalist, out / "run", out / "eval", n_boot=args.bootstrap, net=net, gallery=0)
+    net = BoneNet.load(out / "run", tta=args.tta)
+    metrics = evaluate_run(datalist, out / "run", out / _eval_folder(args), n_boot=args.bootstrap, net=net, gallery=0,
+                           tta=args.tta)
     seconds["evaluate"] = round(time.time() - start - seconds["train_all"], 1)
-    table = pd.read_csv(root / "dataset.csv").set_index("image_id")
-    boxes = fracatlas_boxes(root)
-    valid = index.images[index.images["split"] == "valid"]
-    fractured = [p for p in valid["path"] if table.loc[Path(p).name, "fractured"] == 1 and Path(p).name in boxes]
-    pointing = pointing_game(net, fractured, boxes)
+    pointing = heat_maps(net, index, root, out / "run", args.bootstrap)
     seconds["pointing_game"] = round(time.time() - start - seconds["train_all"] - seconds["evaluate"], 1)
     studies = index.studies
     return {
@@ -139,7 +149,10 @@ def run(args):
                  "valid_studies": int((studies["split"] == "valid").sum())},
         "config": {"weights": args.weights, "trainable_layers": "all" if config.deep else config.trainable_layers,
                    "mode": config.mode, "image_size": args.image_size, "epochs": args.epochs,
-                   "learning_rate": args.learning_rate, "batch_size": args.batch_size, "seed": args.seed},
+                   "learning_rate": args.learning_rate, "batch_size": args.batch_size, "seed": args.seed,
+                   "ensemble": args.ensemble, "tta": args.tta},
+        "members_holdout_auc": {key: [m["holdout"].get("auc") for m in entry.get("members", [])]
+                                for key, entry in entries.items() if key != "router"},
         "epochs_run": {key: entry["epochs_run"] for key, entry in entries.items()},
         "parts": {part: {"n": metrics["study"][part]["n"],
                          "abnormal": metrics["study"][part]["tp"] + metrics["study"][part]["fn"],
@@ -169,27 +182,37 @@ def table(result):
                      f"{value(m['kappa']):>6} {interval(m['kappa_ci95']):>13} {value(m['ece_before']):>10} "
                      f"{value(m['ece_after']):>9} {interval(m['ece_after_ci95']):>13}")
     lines.append(f"router study accuracy {result['router_study_accuracy']:.3f}")
-    game = result["pointing_game"]
-    if game["hit_share"] is None:
-        lines.append(f"pointing game: none of the {game['fractured']} held-out fractured images was called abnormal")
-    else:
-        lines.append(f"pointing game: {game['hits']}/{game['called_abnormal']} = {game['hit_share']:.2f} of the fractured "
-                     f"images called abnormal have their Grad-CAM maximum in a fracture box; a random point: "
-                     f"{game['random_share']:.2f}")
+    for part, game in result["pointing_game"].items():
+        lines.append(f"pointing game {part}: {pointing_text(game)}")
     return "\n".join(lines)
+
+
+def pointing_text(game):
+    """A pointing game in one line: hits, random point, centre, energy, each with its interval."""
+    def ci(pair):
+        return f"[{pair[0]:.2f}, {pair[1]:.2f}]"
+
+    return (f"{game['hit']:.3f} {ci(game['hit_ci95'])} of {game['images']} fractured images (random point "
+            f"{game['random']:.3f}, centre {game['centre']:.3f} {ci(game['centre_ci95'])}; energy in boxes "
+            f"{game['energy']:.3f} {ci(game['energy_ci95'])})")
+
+
+def _eval_folder(args):
+    return "eval" if args.tta == "none" else f"eval-{args.tta}"
 
 
 def _one(args, reuse=False):
     """One row: runs the benchmark into `args.out`; with `reuse`, reads back the result a finished run left there
-    (a row killed before it finished starts again from nothing)."""
+    (a row killed before it finished starts again from nothing; a rescoring row, `trained`, keeps the run)."""
     import shutil
 
     from bonenet.outputs import json_safe, write_text_whole
 
-    done = Path(args.out, "real_radiographs.json")
+    trained = getattr(args, "trained", False)
+    done = Path(args.out, f"real_radiographs{'' if args.tta == 'none' else '-' + args.tta}.json")
     if reuse and done.is_file():
         return json.loads(done.read_text())
-    for folder in ("run", "eval"):
+    for folder in ([] if trained else ["run"]) + [_eval_folder(args)]:
         shutil.rmtree(Path(args.out, folder), ignore_errors=True)
     result = json_safe(run(args))
     write_text_whole(done, json.dumps(result, indent=2))  # last, and whole: a killed row is run again
@@ -212,6 +235,45 @@ def compare(args):
             print(f"{weights}, trainable layers {mode}: {row.out}", file=sys.stderr, flush=True)
             rows[f"{weights}-{mode}"] = _one(row, reuse=True)
     return rows
+
+
+def variants(args):
+    """At each size of `--variants`, in cached mode: one model and a `--members` ensemble, each scored without
+    and with TTA (the TTA row rescores the same run): {row name: result}. The rows at one size share one
+    trunk-feature cache, so the ensemble costs its heads' epochs only."""
+    rows = {}
+    for size in map(int, args.variants.split(",")):
+        for members in (1, args.members):
+            out = Path(args.out) / f"{size}px-k{members}"
+            for tta in ("none", "flip"):
+                row = argparse.Namespace(**{**vars(args), "out": str(out), "image_size": size, "ensemble": members,
+                                            "tta": tta, "trained": tta != "none",
+                                            "cache_dir": str(Path(args.out) / f"cache-{size}")})
+                print(f"{size} px, {members} member(s), TTA {tta}: {out}", file=sys.stderr, flush=True)
+                rows[f"{size}px-k{members}-{tta}"] = _one(row, reuse=True)
+    return rows
+
+
+def variants_table(rows, part="XR_HAND"):
+    """One Markdown row per variant: size, members, TTA, the part's AUROC and kappa, the other part's AUROC,
+    router accuracy, the pointing game against a random point, and time."""
+    def ci(pair):
+        return "—" if pair is None or pair[0] is None else f"[{pair[0]:.2f}, {pair[1]:.2f}]"
+
+    def f(x):
+        return "—" if x is None else f"{x:.3f}"
+
+    lines = [f"| px | members | TTA | {part} AUROC [95% CI] | kappa [95% CI] | XR_SHOULDER AUROC [95% CI] | router "
+             "study acc. | pointing game [95% CI] (random point) | seconds |", "|---|---|---|---|---|---|---|---|---|"]
+    for result in rows.values():
+        c, m = result["config"], result["parts"].get(part, {})
+        other = result["parts"].get("XR_SHOULDER", {})
+        game = result["pointing_game"].get(part, {})
+        lines.append(f"| {c['image_size']} | {c['ensemble']} | {c['tta']} | {f(m.get('auroc'))} {ci(m.get('auroc_ci95'))} "
+                     f"| {f(m.get('kappa'))} {ci(m.get('kappa_ci95'))} | {f(other.get('auroc'))} "
+                     f"{ci(other.get('auroc_ci95'))} | {f(result['router_study_accuracy'])} | {f(game.get('hit'))} "
+                     f"{ci(game.get('hit_ci95'))} ({f(game.get('random'))}) | {sum(result['seconds'].values()):.0f} |")
+    return "\n".join(lines)
 
 
 def comparison_table(rows, part="XR_HAND"):
@@ -239,6 +301,11 @@ def main(argv=None):
     from bonenet import runtime
 
     runtime.start()  # before anything imports TensorFlow: its start-up lines held back, devices set up once
+    if args.variants:
+        rows = variants(args)
+        Path(args.out, "variants.json").write_text(json.dumps(rows, indent=2))
+        print(variants_table(rows))
+        return rows
     if args.compare:
         rows = compare(args)
         Path(args.out, "transfer.json").write_text(json.dumps(rows, indent=2))

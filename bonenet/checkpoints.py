@@ -20,9 +20,11 @@ from bonenet.parts import short_name
 log = logging.getLogger(__name__)
 
 
-def checkpoint_dir(run_dir, key):
-    """Where a model's training work files live: `<run>/checkpoints/<router|part short name>/`."""
-    return Path(run_dir) / "checkpoints" / (key if key == "router" else short_name(key))
+def checkpoint_dir(run_dir, key, member=0):
+    """Where a model's training work files live: `<run>/checkpoints/<router|part short name>[.m<k>]/`, member k
+    (from 2) of an ensemble in its own folder."""
+    name = key if key == "router" else short_name(key)
+    return Path(run_dir) / "checkpoints" / (f"{name}.m{member + 1}" if member else name)
 
 
 def best_val_loss(log_path):

@@ -27,6 +27,12 @@ MAX_TRAINABLE_LAYERS = 234
 STRATEGIES = ("auto", "default", "mirrored", "multiworker")
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 MODES = ("cached", "full")
+# Test-time augmentation: the views of each prepared image whose probabilities are averaged.
+TTA_CHOICES = ("none", "flip")
+TTA_HELP = ("test-time augmentation: none, or flip (every probability the mean over the image and its mirror, at "
+            "twice the trunk's time)")
+# The one heat map every output draws (`bonenet.gradcam.grad_cam`): its layer and method.
+HEAT_MAP = {"layer": "top_activation", "method": "gradcam"}
 
 
 @dataclass(frozen=True)
@@ -127,6 +133,9 @@ class TrainConfig:
                                   "live-augmented images", choices=MODES)
     views: int = setting(2, "cached mode: augmented views drawn once per train image; each epoch serves one of "
                             "them", Range(0))
+    ensemble: int = setting(1, "members per model, differently seeded, their probabilities averaged: in cached mode "
+                               "K heads on the one trunk cache (K x the head epochs, no more trunk passes); in full "
+                               "mode K whole networks", Range(1, 20))
     precision: str = setting("auto", "compute precision: auto (mixed_float16 on a GPU, mixed_bfloat16 on a CPU with "
                                      "native bfloat16 (AVX512_BF16, AMX), float32 on other CPUs), float32, "
                                      "mixed_float16, mixed_bfloat16; saved models compute in float32 wherever they "
@@ -192,6 +201,7 @@ class EvaluateConfig:
     seed: int = setting(0, "bootstrap seed")
     gallery: int = setting(3, "heat maps per part and kind (true positive, false negative, false positive) for the "
                               "report's gallery; 0 for none", Range(0))
+    tta: str = setting("none", TTA_HELP, choices=TTA_CHOICES)
 
 
 @dataclass(frozen=True)
@@ -202,6 +212,7 @@ class PredictConfig:
                                       f"has one; default: {DEFAULT_THRESHOLD}", choices=THRESHOLD_MODES)
     per_image: bool = setting(False, "score every image on its own; by default the images directly in one folder "
                                      "are one study")
+    tta: str = setting("none", TTA_HELP, choices=TTA_CHOICES)
 
 
 @dataclass(frozen=True)
@@ -213,6 +224,7 @@ class ServeConfig:
     threshold: str = setting("tuned", f"tuned: each part's threshold tuned on the training hold-out; default: "
                                       f"{DEFAULT_THRESHOLD}",
                              choices=THRESHOLD_MODES)
+    tta: str = setting("none", TTA_HELP, choices=TTA_CHOICES)
     max_file_mb: float = setting(20.0, "largest accepted file in MB", Range(0, open_lo=True))
     max_files: int = setting(32, "most files per request", Range(1))
     # A request whose body has not all arrived in this time gets 408: a client that sends headers

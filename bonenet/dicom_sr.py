@@ -136,7 +136,7 @@ def _studies(results):
 def write_study_srs(results, out_dir, model_name):
     """Writes one SR per decided study whose images are all DICOM into `out_dir` (each file whole or not at all).
 
-    The rule, beside the study-grouping rule (`bonenet.inference.group_inputs`): an SR belongs to one
+    The rule, beside the study-grouping rule (`bonenet.reading.group_inputs`): an SR belongs to one
     DICOM study, so a study whose images carry two StudyInstanceUIDs is refused, naming both.
 
     Returns:

@@ -131,18 +131,19 @@ def write_gallery(net, studies, image_rows, out_dir, per_kind=3):
                 name = "/".join(str(study.study).split("/")[-2:])  # patient/study
                 header = [f"{kind.upper()} {name}: study p(abnormal) {study.score:.2f} (mean of {len(views)} "
                           f"views), truth {'abnormal' if study.label else 'normal'}"]
-                image, _, _ = net.heat_map(study.part_pred, net.encode(net.prepare(gray)[None]), gray, result, header)
+                image, _, _ = net.heat_map(study.part_pred, gray, result, header)
                 file = folder / f"{short_name(part)}_{kind}_{rank}.png"
                 if not cv2.imwrite(str(file), image):
                     raise OSError(f"{file}: could not write the heat map")
                 rows.append({"part": part, "part_pred": study.part_pred, "kind": kind, "rank": rank,
                              "study": study.study, "path": view["path"],
                              "study_score": study.score, "image_score": float(view["score"]),
+                             "heat_map_note": net.heat_map_note(study.part_pred),
                              "threshold": study.threshold, "file": f"gallery/{file.name}"})
         bar.update()
     bar.close()
     table = pd.DataFrame(rows, columns=["part", "part_pred", "kind", "rank", "study", "path", "study_score", "image_score",
-                                        "threshold", "file"])
+                                        "heat_map_note", "threshold", "file"])
     table.to_csv(Path(out_dir) / "gallery.csv", index=False)
     return table
 
@@ -256,6 +257,7 @@ def _source(index, net, models_dir, split, studies, parts_scored, skips, message
         "models_dir": str(Path(models_dir).resolve()), "models": {k: v["file"] for k, v in net.manifest["models"].items()},
         "recipe": net.manifest["recipe"]["name"], "image_size": net.image_size, "weights": net.manifest["weights"],
         "skipped": [s.as_dict() for s in skips], "parts_scored": parts_scored, "messages": messages,
+        "tta": net.tta, "members": {key: len(heads) for key, heads in net.members.items()},
         "bootstrap": "cluster bootstrap over patients" if "patient" in studies else "over studies",
     }
 
@@ -279,7 +281,7 @@ def _write_outputs(out_dir, metrics, studies, studies_tuned, image_rows, skips, 
 
 
 def evaluate_run(data_root, models_dir, out_dir, split="valid", n_boot=N_BOOT, seed=0, plots=True, net=None,
-                 gallery=3):
+                 gallery=3, tta="none"):
     """Evaluates a run on a split and writes metrics.json, the prediction CSVs, skipped.csv and the plots.
 
     The output folder is written whole or not at all (`bonenet.outputs`). `net` is the run already
@@ -293,7 +295,7 @@ def evaluate_run(data_root, models_dir, out_dir, split="valid", n_boot=N_BOOT, s
     if split not in ("train", "valid"):
         raise ValueError(f"split must be train or valid, got {split!r}")
     index = read_dataset(data_root, splits=(split,))
-    net = net or BoneNet.load(models_dir)
+    net = (net or BoneNet.load(models_dir)).with_tta(tta)
     images, messages = _split_to_score(index, net, split, models_dir)
     table, unread = predict_split(net, images)
     skips = list(SkipLog([*index.skips, *unread]))

@@ -67,9 +67,28 @@ class AbnormalColumn(keras.layers.Layer):
         return probs[:, 1:2]
 
 
-def _output(model, x):
+@keras.saving.register_keras_serializable(package="bonenet")
+class FlipViews(keras.layers.Layer):
+    """N images → 2N: the images, then their horizontal mirrors (`bonenet.inference.tta_views`'s "flip")."""
+
+    def call(self, images):
+        """The images and their mirrors, one batch."""
+        return ops.concatenate([images, ops.flip(images, axis=2)], axis=0)
+
+
+@keras.saving.register_keras_serializable(package="bonenet")
+class ViewMean(keras.layers.Layer):
+    """2N probabilities from `FlipViews`' batch → N: each image's mean over its two views."""
+
+    def call(self, probs):
+        """The mean of the two halves of the batch."""
+        return ops.mean(ops.reshape(probs, (2, -1, probs.shape[-1])), axis=0)
+
+
+def _output(model, x, tta):
     out = model(x)
-    return out[0] if isinstance(out, (list, tuple)) else out
+    out = out[0] if isinstance(out, (list, tuple)) else out
+    return out if tta == "none" else ViewMean()(out)
 
 
 def _calibrated(net, key, probs):
@@ -79,13 +98,14 @@ def _calibrated(net, key, probs):
 
 def serving_model(net):
     """One Keras model of a loaded `BoneNet`: prepared images → {"router_probs", "p_abnormal"}, calibrated,
-    the trunk run once and every head reading it."""
+    the trunk run once (once per view under the run's test-time augmentation) and every head, an
+    ensemble's members each, reading it."""
     image = keras.Input((net.image_size, net.image_size, 3), name="image")
-    features = net.trunk(image)
+    features = net.trunk(image if net.tta == "none" else FlipViews()(image))
     router = keras.layers.Identity(name="router_probs")(_calibrated(net, "router", _output(net.models["router"],
-                                                                                              features)))
+                                                                                              features, net.tta)))
     columns = [AbnormalColumn(name=f"p_abnormal_{part.lower()}")(_calibrated(net, part, _output(net.models[part],
-                                                                                                features)))
+                                                                                                features, net.tta)))
                for part in net.parts]
     joined = keras.layers.Concatenate(name="p_abnormal") if len(columns) > 1 else keras.layers.Identity(name="p_abnormal")
     p_abnormal = joined(columns if len(columns) > 1 else columns[0])
@@ -125,6 +145,8 @@ def export_facts(net, fmt, artifact):
         "outputs": {"router_probs": {"shape": [None, len(net.labels)], "labels": net.labels},
                     "p_abnormal": {"shape": [None, len(net.parts)], "parts": net.parts}},
         "recipe": net.manifest["recipe"], "image_size": net.image_size,
+        "tta": {"views": net.tta, "applied_in_graph": net.tta != "none"},
+        "members": {key: len(heads) for key, heads in net.members.items()},
         "study_rule": STUDY_RULE,
         "thresholds": {part: {"threshold": t, "source": source} for part, (t, source) in net.thresholds.items()},
         "calibration": {key: {"applied_in_graph": net.temperature(key) is not None, "note": net.calibration_note(key),
@@ -134,11 +156,12 @@ def export_facts(net, fmt, artifact):
     }
 
 
-def export_run(models_dir, fmt, out_dir, net=None, force=False):
+def export_run(models_dir, fmt, out_dir, net=None, force=False, tta="none"):
     """Exports the run in `models_dir` as `fmt` (savedmodel, onnx or litert) into `out_dir`, whole or not at all.
 
     Args:
         net: the run already loaded as a `BoneNet` (tuned thresholds). Defaults to None: loaded here.
+        tta: "flip" puts the test-time views in the graph (`FlipViews`, `ViewMean`). Defaults to "none".
         force: replace `out_dir` even when it holds files BoneNet did not write. Defaults to False: an earlier
             export (with its `bonenet_export.json`) is replaced whole, anything else refused.
 
@@ -156,7 +179,7 @@ def export_run(models_dir, fmt, out_dir, net=None, force=False):
     if fmt == "onnx":
         _require("tf2onnx", "onnx")
     check_replaceable(out_dir, EXPORT_JSON, force)  # before the minutes an export takes
-    net = net or BoneNet.load(models_dir)
+    net = (net or BoneNet.load(models_dir)).with_tta(tta)
     keras_format, artifact = FORMATS[fmt]
     model = serving_model(net)
     model(np.zeros((1, net.image_size, net.image_size, 3), np.float32))  # the ONNX export wants a model once called

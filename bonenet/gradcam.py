@@ -14,65 +14,93 @@ import tensorflow as tf
 LAST_CONV = "top_activation"
 CLASSIFIER = "predictions"  # the softmax Dense every model of `bonenet.models` ends with
 BOX_LEVEL = 0.2
+METHODS = ("gradcam", "hirescam")
 
 
-_GRAD_MODELS = weakref.WeakKeyDictionary()
+_LOWER = weakref.WeakKeyDictionary()
 
 
-def _grad_model(model, layer):
-    """model's inputs → (layer's output, the classifier's input), built once per model and layer.
+def _lower(model, layer_name=None):
+    """model's input → [the layer's output (when named), the model's output or, for a head, its classifier's
+    input], built once per model and layer: `serve` explains every image it reads, and a new Keras model per
+    call would grow memory and time."""
+    per_model = _LOWER.setdefault(model, {})
+    if layer_name not in per_model:
+        end = model.get_layer(CLASSIFIER).input if _has(model, CLASSIFIER) else model.output
+        start = [model.get_layer(layer_name).output] if layer_name else []
+        per_model[layer_name] = keras.Model(model.inputs, [*start, end])
+    return per_model[layer_name]
 
-    `serve` explains every image it reads; a new Keras model per call would grow memory and time.
-    """
-    per_model = _GRAD_MODELS.setdefault(model, {})
-    if layer.name not in per_model:
-        per_model[layer.name] = keras.Model(model.inputs, [layer.output, model.get_layer(CLASSIFIER).input])
-    return per_model[layer.name]
+
+def _run(model, x):
+    """A model's outputs as a list, whether it has one or several."""
+    out = model(x, training=False)
+    return list(out) if isinstance(out, (list, tuple)) else [out]
 
 
-def grad_cam(model, inputs, class_index=1, layer_name=LAST_CONV, size=None):
-    """Grad-CAM heat maps for `class_index` at `layer_name`, upsampled to the input image size.
+def _has(model, name):
+    return any(layer.name == name for layer in model.layers)
+
+
+def _log_odds(pooled, heads, class_index):
+    """The log-odds of `class_index` under the mean of the heads' softmax, from each head's classifier input,
+    in float32: a confident softmax is saturated and its own gradient near zero (a blank map), worse under
+    float16. For one head it is the class's logit against the log-sum-exp of the others."""
+    probs = []
+    for x, head in zip(pooled, heads, strict=True):
+        dense = head.get_layer(CLASSIFIER)
+        logits = tf.matmul(tf.cast(x, tf.float32), tf.cast(dense.kernel, tf.float32)) + tf.cast(dense.bias, tf.float32)
+        probs.append(tf.nn.log_softmax(logits))
+    log_p = tf.reduce_logsumexp(tf.stack(probs), axis=0) - np.log(len(heads))  # log of the mean probability
+    others = tf.concat([log_p[:, :class_index], log_p[:, class_index + 1:]], axis=1)
+    return log_p[:, class_index] - tf.reduce_logsumexp(others, axis=1)
+
+
+def grad_cam(trunk, heads, images, class_index=1, layer_name=LAST_CONV, method="gradcam"):
+    """Heat maps of `class_index` for prepared images, at `layer_name`, upsampled to the input size.
+
+    The explained score is the log-odds of the mean of the heads' probabilities: the ensemble's own score,
+    or one model's. The layer may be the trunk's (one tensor every member reads) or each head's own; a
+    head's copy of it contributes its member's term, and the terms add up, as the linearised ensemble
+    score does.
 
     Args:
-        model: a classifier built by `bonenet.models`, or its head (the layer must be inside it).
-        inputs: what `model` takes: a float or uint8 image batch N×S×S×3 (0-255), or for a head the
-            list of trunk outputs.
+        trunk: the run's trunk.
+        heads: the model's heads, one per ensemble member, as a run holds them (loaded from their files: a head
+            split from a model in memory reads tensors of that model's graph, not of its own).
+        images: prepared images N×S×S×3 (0-255).
         class_index: the class to explain. Defaults to 1 (abnormal).
-        layer_name: convolutional layer to explain. Defaults to "top_activation".
-        size: (height, width) of the maps; needed when `inputs` are trunk outputs. Defaults to the
-            image batch's size.
+        layer_name: the convolutional layer to explain. Defaults to "top_activation".
+        method: "gradcam" weighs each channel by its mean gradient (Selvaraju et al., 2017); "hirescam"
+            multiplies gradient and activation at each position (Draelos & Carin, 2020). Defaults to "gradcam".
 
     Returns:
-        float32 N×H×W maps in [0, 1] (all zero where the class gets no positive evidence).
+        float32 N×S×S maps in [0, 1], each scaled to its maximum (all zero without positive evidence).
     """
-    if isinstance(inputs, (list, tuple)):
-        x = [tf.convert_to_tensor(np.asarray(i, np.float32)) for i in inputs]
-        x = x if len(x) > 1 else x[0]
-    else:
-        x = tf.convert_to_tensor(np.asarray(inputs, np.float32))
-    if size is None:
-        if isinstance(x, list) or x.shape[-1] != 3:
-            raise ValueError("grad_cam needs size= when the inputs are trunk outputs, not images")
-        size = tuple(x.shape[1:3])
-    try:
-        layer = model.get_layer(layer_name)
-    except ValueError as exc:
-        raise ValueError(f"{model.name}: no layer {layer_name!r} to explain; Grad-CAM needs it among the "
-                         "trained layers (trainable_layers >= 3)") from exc
-    # Differentiate the log-odds of the class, not its softmax probability: a confident softmax is
-    # saturated and its gradient near zero (a blank map), worse under float16. The log-odds are
-    # computed from the classifier's input in float32, so the map does not depend on the policy.
-    dense = model.get_layer(CLASSIFIER)
-    grad_model = _grad_model(model, layer)
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
+    x = tf.convert_to_tensor(np.asarray(images, np.float32))
+    in_trunk = _has(trunk, layer_name)
+    if not in_trunk and not all(_has(head, layer_name) for head in heads):
+        raise ValueError(f"no layer {layer_name!r} in the trunk or the heads to explain; Grad-CAM needs it among "
+                         "their layers")
     with tf.GradientTape() as tape:
-        features, pooled = grad_model(x, training=False)
-        logits = tf.matmul(tf.cast(pooled, tf.float32), tf.cast(dense.kernel, tf.float32)) + tf.cast(dense.bias,
-                                                                                                     tf.float32)
-        others = tf.concat([logits[:, :class_index], logits[:, class_index + 1:]], axis=1)
-        target = logits[:, class_index] - tf.reduce_logsumexp(others, axis=1)
-    grads, features = tf.cast(tape.gradient(target, features), tf.float32), tf.cast(features, tf.float32)
-    weights = tf.reduce_mean(grads, axis=(1, 2), keepdims=True)
-    cam = tf.nn.relu(tf.reduce_sum(weights * features, axis=-1)).numpy().astype(np.float32)
+        if in_trunk:
+            shared, features = _run(_lower(trunk, layer_name), x)
+            activations = [shared]
+            pooled = [_run(_lower(head), features)[0] for head in heads]
+        else:
+            features = _run(trunk, x)[0]
+            activations, pooled = zip(*(_run(_lower(head, layer_name), features) for head in heads), strict=True)
+        target = _log_odds(pooled, heads, class_index)
+    grads = tape.gradient(target, list(activations))
+    cam = 0.0
+    for a, g in zip(activations, grads, strict=True):
+        a, g = tf.cast(a, tf.float32), tf.cast(g, tf.float32)
+        weights = tf.reduce_mean(g, axis=(1, 2), keepdims=True) if method == "gradcam" else g
+        cam = cam + tf.reduce_sum(weights * a, axis=-1)
+    cam = tf.nn.relu(cam).numpy().astype(np.float32)
+    size = tuple(x.shape[1:3])
     out = np.zeros((len(cam), *size), np.float32)
     for i, m in enumerate(cam):
         peak = float(m.max())

@@ -115,6 +115,11 @@ def summary_line(key, entry):
            f"accuracy {holdout.get('accuracy', float('nan')):.3f}"
     if "auc" in holdout:
         text += f", AUC {holdout['auc']:.3f}"
+    members = entry.get("members", [])
+    if len(members) > 1:
+        figure = "auc" if "auc" in holdout else "accuracy"
+        text += (f" for the mean of {len(members)} members (each alone: "
+                 f"{', '.join(format(m['holdout'][figure], '.3f') for m in members)})")
     tuning = entry.get("tuning")
     if tuning is not None:
         text += (f"; threshold {tuning['threshold']:.3f} tuned on {tuning['studies']} hold-out studies"

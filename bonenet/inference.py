@@ -7,11 +7,12 @@ import numpy as np
 
 from bonenet import provenance
 from bonenet.calibration import apply_temperature
-from bonenet.configs import PREDICT_BATCH, THRESHOLD_MODES
-from bonenet.imageio import DICOM_PREAMBLE, IMAGE_SUFFIXES, ImageReadError, image_format
+from bonenet.configs import HEAT_MAP, PREDICT_BATCH, THRESHOLD_MODES, TTA_CHOICES
+from bonenet.ensemble import ensemble_head
+from bonenet.imageio import ImageReadError
 from bonenet.models import set_xla, trunk_batch_size, use_xla
 from bonenet.parts import short_name
-from bonenet.reading import read_gray, read_prepared, skip_from_error
+from bonenet.reading import group_inputs, read_gray, read_prepared, skip_from_error
 from bonenet.store import ManifestError, load_run_models
 from bonenet.study import decide_study, part_thresholds, untuned_parts
 from preprocessing.recipes import Recipe
@@ -21,40 +22,56 @@ class BoneNet:
     """A loaded run: trunk, router and part heads, and the recipe they were trained with.
 
     Use `BoneNet.load(models_dir)`; then `predict_image(path or array)` or `predict_study(paths)`.
-    The trunk runs once per image and both the router head and the routed part's head read its
-    outputs. Studies are decided by `bonenet.study.decide_study`.
+    The trunk runs once per image (once per view with test-time augmentation) and both the router
+    head and the routed part's head read its outputs. A model trained as an ensemble is the mean of
+    its members' probabilities (`bonenet.store.ensemble_head`), as one Keras model. Studies are
+    decided by `bonenet.study.decide_study`.
 
     Args:
+        members: {key: [head models]}, one per ensemble member (`bonenet.store.load_run_models`).
         threshold: "tuned" decides with each part's threshold tuned on the training hold-out where
             the run has one (and says so where it has none); "default" uses 0.5. Defaults to "tuned".
         pad_batches: pad every prediction batch to its full size, so that XLA compiles each model
             once rather than once per study size; the padding rows are dropped and cannot change
             the others (BatchNorm runs in inference mode). Defaults to whether XLA is in use.
+        tta: test-time augmentation, "none" or "flip": every probability is the mean over the image
+            and its horizontal mirror (`tta_views`), at twice the trunk's time. Defaults to "none".
     """
 
-    def __init__(self, manifest, models, trunk, run_dir=None, threshold="tuned", pad_batches=None):
-        if "router" not in models:
+    def __init__(self, manifest, members, trunk, run_dir=None, threshold="tuned", pad_batches=None, tta="none"):
+        if "router" not in members:
             raise ManifestError(f"{run_dir}: the run has no router model; train it with train-router")
         if threshold not in THRESHOLD_MODES:
             raise ValueError(f"threshold must be one of {', '.join(THRESHOLD_MODES)}, got {threshold!r}")
+        if tta not in TTA_CHOICES:
+            raise ValueError(f"tta must be one of {', '.join(TTA_CHOICES)}, got {tta!r}")
         self.manifest = manifest
-        self.models = models
+        self.members = members
+        self.models = {key: ensemble_head(heads) for key, heads in members.items()}
         self.trunk = trunk
+        self.tta = tta
         self.run_dir = Path(run_dir) if run_dir else None
         self.recipe = Recipe.from_dict(manifest["recipe"])
         self.image_size = int(manifest["image_size"])
         self.labels = list(manifest["models"]["router"]["labels"])
-        self.parts = [p for p in self.labels if p in models]
+        self.parts = [p for p in self.labels if p in self.models]
         self.threshold_mode = threshold
         self.thresholds = self.part_thresholds(threshold)
-        set_xla(trunk, *models.values())
+        set_xla(trunk, *self.models.values())
         self.pad_batches = use_xla() if pad_batches is None else bool(pad_batches)
 
     @classmethod
-    def load(cls, models_dir, threshold="tuned"):
+    def load(cls, models_dir, threshold="tuned", tta="none"):
         """Loads the trunk and every model listed in `models_dir/manifest.json` (safe mode)."""
-        manifest, trunk, models = load_run_models(models_dir)
-        return cls(manifest, models, trunk, models_dir, threshold=threshold)
+        manifest, trunk, members = load_run_models(models_dir)
+        return cls(manifest, members, trunk, models_dir, threshold=threshold, tta=tta)
+
+    def with_tta(self, tta):
+        """This run's models under another test-time augmentation (no reload)."""
+        if tta == self.tta:
+            return self
+        return BoneNet(self.manifest, self.members, self.trunk, self.run_dir, self.threshold_mode, self.pad_batches,
+                       tta)
 
     @property
     def backbone_origin(self):
@@ -75,6 +92,14 @@ class BoneNet:
         """A sentence for users when the run's trunk is not ImageNet-pretrained, else None
         (`bonenet.provenance.backbone_warning`); predict and serve say it once."""
         return provenance.backbone_warning(self.manifest["weights"])
+
+    def tta_note(self):
+        """A sentence on what test-time augmentation costs, when it is on; None otherwise."""
+        if self.tta == "none":
+            return None
+        return (f"test-time augmentation {self.tta}: each image is scored as the mean over it and its mirror, so "
+                "the trunk runs twice per image (about twice the time); the temperatures were fitted on single "
+                "views")
 
     def untuned_parts(self):
         """{part: why its threshold could not be tuned} for the parts whose hold-out tuning failed."""
@@ -115,40 +140,52 @@ class BoneNet:
         return np.concatenate(out)
 
     def encode(self, batch):
-        """Prepared inputs (N×S×S×3) → the trunk's output, which every head reads."""
-        return self._predict(self.trunk, np.asarray(batch, np.float32), trunk_batch_size(self.image_size, PREDICT_BATCH))
+        """Prepared inputs (N×S×S×3) → the trunk's output for each test-time view, N×V×…, which every head reads."""
+        views = tta_views(np.asarray(batch, np.float32), self.tta)
+        flat = self._predict(self.trunk, views.reshape(-1, *views.shape[2:]),
+                             trunk_batch_size(self.image_size, PREDICT_BATCH))
+        return flat.reshape(*views.shape[:2], *flat.shape[1:])
+
+    def _heads(self, model, features):
+        """A head's probabilities for `encode`d inputs: the mean over each image's views."""
+        flat = self._predict(model, features.reshape(-1, *features.shape[2:]))
+        return flat.reshape(*features.shape[:2], -1).mean(axis=1)
 
     def router_probs(self, features, calibrated=True):
         """Router softmax (n×7) for `encode`d inputs, calibrated with the router's temperature where it has one."""
-        probs = self._predict(self.models["router"], features)
+        probs = self._heads(self.models["router"], features)
         return self.calibrate("router", probs) if calibrated else probs
 
     def abnormal_probs(self, part, features, calibrated=True):
         """p(abnormal) (n,) from `part`'s model for `encode`d inputs, calibrated where the run has a temperature."""
         if part not in self.models:
             raise ManifestError(f"the run has no {part} model; train it with train-part --part {part}")
-        probs = self._predict(self.models[part], features)[:, 1]
+        probs = self._heads(self.models[part], features)[:, 1]
         return self.calibrate(part, probs) if calibrated else probs
 
     def calibrate(self, key, probs):
         """Model `key`'s probabilities (router n×7, a part's p(abnormal) (n,)) through its temperature, if any."""
         return apply_temperature(probs, self.temperature(key))
 
-    def cam(self, part, features, gray):
-        """Grad-CAM of `part`'s abnormal class for one image, mapped onto its original H×W grayscale.
+    def cam(self, part, gray, layer=None, method=None):
+        """The heat map of `part`'s abnormal class for one image, mapped onto its original H×W grayscale.
+
+        Computed on the image as prepared (without test-time views), through the trunk and every member
+        of the part's model (`bonenet.gradcam.grad_cam`: the ensemble's own score), at the layer and by
+        the method of `bonenet.configs.HEAT_MAP` unless named.
 
         Args:
             part: the part model to explain.
-            features: that image's `encode`d input (batch of one).
             gray: the original uint8 image.
+            layer, method: another layer or method (the benchmark's candidates). Default to HEAT_MAP's.
 
         Returns:
             (float32 H×W map in [0, 1], box [x0, y0, x1, y1] or None).
         """
         from bonenet import gradcam
 
-        size = (self.image_size, self.image_size)
-        cam = gradcam.grad_cam(self.models[part], features, size=size)[0]
+        cam = gradcam.grad_cam(self.trunk, self.members[part], self.prepare(gray)[None],
+                               layer_name=layer or HEAT_MAP["layer"], method=method or HEAT_MAP["method"])[0]
         cam = gradcam.to_original(cam, self.recipe.layout(gray, self.image_size), gray.shape)
         return cam, gradcam.cam_box(cam)
 
@@ -166,7 +203,8 @@ class BoneNet:
         calibration, and the run's caveat."""
         threshold, source = self.thresholds.get(part, (None, "no model for this part"))
         return {"threshold": threshold, "threshold_source": source, "calibrated": self.temperature(part) is not None,
-                "calibration": self.calibration_note(part), "caveat": self.caveat}
+                "calibration": self.calibration_note(part), "tta": self.tta,
+                "members": len(self.members.get(part, ())), "caveat": self.caveat}
 
     def score(self, features, router_probs=None):
         """One study's `encode`d images → (per-image results, the study's result), every field filled.
@@ -191,14 +229,19 @@ class BoneNet:
         images = [{"part": study["part"], **image, **fields} for image in study.pop("images")]
         return images, study
 
-    def heat_map(self, part, features, gray, result, header=()):
+    def heat_map_note(self, part):
+        """What `part`'s heat maps may claim, in one short line (`bonenet.localisation.heat_map_note`)."""
+        from bonenet.localisation import heat_map_note
+
+        return heat_map_note(self.manifest, part)
+
+    def heat_map(self, part, gray, result, header=()):
         """The one heat map every output draws: Grad-CAM of `part`'s model on one image, over the image.
 
         A normal image gets a faint map and no box (its hottest region is not a finding). The caption
         holds `header` lines, the run's caveat, then the routed part and the decision, last, in its colour.
 
         Args:
-            features: that image's `encode`d input (batch of one).
             gray: the original uint8 image.
             result: the image's result: "part_confidence", "p_abnormal", "threshold", "abnormal", and
                 "whose" naming the p(abnormal) where a reader could take it for another.
@@ -208,10 +251,10 @@ class BoneNet:
         """
         from bonenet import gradcam
 
-        cam, box = self.cam(part, features, gray)
+        cam, box = self.cam(part, gray)
         abnormal = bool(result["abnormal"])
         box = box if abnormal else None
-        lines = [*header, *([self.caveat] if self.caveat else []),
+        lines = [*header, *([self.caveat] if self.caveat else []), self.heat_map_note(part),
                  *gradcam.caption(short_name(part), result["part_confidence"], result["p_abnormal"],
                                   result["threshold"], abnormal, result.get("whose", ""))]
         return gradcam.overlay(gray, cam, abnormal, box, lines), box, lines
@@ -232,84 +275,13 @@ class BoneNet:
         return {**study, "images": entries}
 
 
-def find_images(path):
-    """Lists the images a user pointed at, and what else a folder holds, with why it is left out.
-
-    A file is taken as given. A folder is searched recursively: files named like images
-    (`bonenet.imageio.IMAGE_SUFFIXES`) and files without such a name whose first bytes are a PNG,
-    JPEG or DICOM (DICOM exports often have no suffix) are images; everything else, a resource
-    fork (`._*`), a text file, `.DS_Store`, a broken link or an empty folder, is listed as
-    skipped. Raises ImageReadError for a path that does not exist.
-
-    Returns:
-        (image paths, [(path, reason)] skipped), both in path order.
-    """
-    path = Path(path)
-    if not path.exists():
-        raise ImageReadError(f"{path}: does not exist")
-    if path.is_file():
-        return [path], []
-    images, skipped = [], []
-    for p in sorted(path.rglob("*")):
-        if p.is_dir():
-            if not any(p.iterdir()):
-                skipped.append((p, "empty folder"))
-        elif not p.exists():
-            skipped.append((p, "broken link (its target does not exist)"))
-        elif p.name.startswith("._"):
-            skipped.append((p, "macOS resource fork (._ file), not an image"))
-        elif p.suffix.lower() in IMAGE_SUFFIXES or _looks_like_an_image(p):
-            images.append(p)
-        else:
-            skipped.append((p, "not a PNG, JPEG or DICOM image"))
-    return images, skipped
-
-
-def _looks_like_an_image(path):
-    try:
-        with open(path, "rb") as f:
-            return image_format(f.read(DICOM_PREAMBLE + 4)) is not None
-    except OSError:
-        return True  # an image-like name or not, reading it will say what is wrong, naming it
-
-
-def group_inputs(paths, per_image=False):
-    """Turns user inputs into work items, in input order: the rule by which images become studies.
-
-    A file named on its own is a study of one image. A folder's images are grouped by the folder
-    that directly holds them, each group being one study (a MURA study folder, or any folder of
-    views); subfolders are studies of their own. With `per_image`, every image is a study of one.
-    A study whose images the router sends to different parts is flagged (`bonenet.study`).
-
-    Returns:
-        A list of ("image", path, [path]), ("study", folder, [its images]), ("skip", path, reason) for
-        what a folder holds besides images, or ("error", path, reason).
-    """
-    items = []
-    for raw in paths:
-        path = Path(raw)
-        try:
-            exists = path.exists()
-        except OSError as exc:  # a name too long for the file system, say: this input alone fails
-            items.append(("error", path, f"cannot be read ({exc.strerror or exc})"))
-            continue
-        if not exists:
-            items.append(("error", path, "does not exist"))
-        elif path.is_dir():
-            studies = {}
-            images, skipped = find_images(path)
-            for image in images:
-                studies.setdefault(image.parent, []).append(image)
-            if not studies:
-                items.append(("error", path, "no PNG, JPEG or DICOM images in this folder "
-                                             f"({', '.join(IMAGE_SUFFIXES)})"))
-            for folder, images in sorted(studies.items()):
-                items.extend([("image", image, [image]) for image in images] if per_image
-                             else [("study", folder, images)])
-            items.extend(("skip", file, reason) for file, reason in skipped)
-        else:
-            items.append(("image", path, [path]))
-    return items
+def tta_views(batch, tta):
+    """The test-time views of prepared images N×S×S×3, as N×V×S×S×3: "none" the image alone, "flip" the image
+    and its horizontal mirror (a radiograph of the other side, which MURA holds too; no resampling, so no
+    detail is lost)."""
+    if tta == "none":
+        return batch[:, None]
+    return np.stack([batch, batch[:, :, ::-1]], axis=1)
 
 
 def encode_images(net, images):
@@ -366,12 +338,12 @@ def predict_images(net, images, render_cam=None):
         return [error_entry(skip) for _, skip in sorted(skips.items())], None
     results, study = net.score(features, probs)
     by_index = {i: error_entry(skip) for i, skip in skips.items()}
-    for row, (i, result) in enumerate(zip(kept, results, strict=True)):
+    for i, result in zip(kept, results, strict=True):
         name, source = images[i]
         entry = {"path": str(name), **result}
         if render_cam is not None and result["p_abnormal"] is not None:
-            image, box, lines = net.heat_map(study["part"], features[row:row + 1], read_gray(source, name), result)
-            entry.update({"cam_box": box, "cam_caption": " | ".join(lines)})
+            image, box, lines = net.heat_map(study["part"], read_gray(source, name), result)
+            entry.update({"cam_box": box, "cam_caption": " | ".join(lines), "heat_map_note": net.heat_map_note(study["part"])})
             entry.update(render_cam(name, image))
         by_index[i] = entry
     return [by_index[i] for i in sorted(by_index)], study
@@ -383,7 +355,8 @@ def error_entry(skip):
 
 
 CSV_COLUMNS = ["path", "study", "part", "part_confidence", "p_abnormal", "threshold", "abnormal", "threshold_source",
-               "calibrated", "calibration", "image_part", "mixed_parts", "caveat", "cam", "error", "skipped"]
+               "calibrated", "calibration", "tta", "members", "image_part", "mixed_parts", "caveat", "cam", "error",
+               "skipped"]
 
 
 def results_table(results):
@@ -463,5 +436,5 @@ def predict_paths(net, paths, cam_dir=None, per_image=False):
     return results
 
 
-__all__ = ["BoneNet", "cam_file_writer", "find_images", "group_inputs", "predict_images", "predict_paths",
+__all__ = ["BoneNet", "cam_file_writer", "tta_views", "predict_images", "predict_paths",
            "results_table"]

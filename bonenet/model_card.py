@@ -89,7 +89,9 @@ def card_facts(manifest, metrics=None, run_dir=None):
     models = {}
     for key, entry in manifest["models"].items():
         models[key] = {"file": entry["file"], "labels": entry["labels"], "epochs_run": entry.get("epochs_run"),
-                       "holdout": entry.get("holdout"), "calibration": entry.get("calibration")}
+                       "holdout": entry.get("holdout"), "calibration": entry.get("calibration"),
+                       "members": [{k: m.get(k) for k in ("file", "seed", "epochs_run", "holdout")}
+                                   for m in entry.get("members", [])]}
         if key in thresholds:
             models[key].update(threshold=thresholds[key][0], threshold_source=thresholds[key][1])
     facts = {
@@ -147,6 +149,9 @@ def render_card(facts):
         threshold = f"{m['threshold']:.3f} ({m['threshold_source']})" if "threshold" in m else "—"
         holdout = m.get("holdout") or {}
         lines.append(f"| {key} | {threshold} | {cal_text} | {_f(holdout.get('accuracy'))} | {_f(holdout.get('auc'))} |")
+        if len(m.get("members", [])) > 1:  # the ensemble's figures are the members' mean's; each member's beside
+            lines += [f"| {key} member {i} (seed {member['seed']}) | — | — | {_f(member['holdout'].get('accuracy'))} | "
+                      f"{_f(member['holdout'].get('auc'))} |" for i, member in enumerate(m["members"], 1)]
     evaluation = facts["evaluation"]
     lines += ["", "## Evaluated", ""]
     if evaluation is None:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from bonenet.imageio import ImageReadError, decode_gray, load_gray
+from bonenet.imageio import DICOM_PREAMBLE, IMAGE_SUFFIXES, ImageReadError, decode_gray, image_format, load_gray
 
 SKIP_COLUMNS = ["path", "reason", "stage"]
 
@@ -116,3 +116,83 @@ class SkipLog:
 
 
 __all__ = ["Skip", "SkipLog", "read_gray", "read_prepared", "skip_from_error", "skip_table", "try_prepared"]
+
+
+def find_images(path):
+    """Lists the images a user pointed at, and what else a folder holds, with why it is left out.
+
+    A file is taken as given. A folder is searched recursively: files named like images
+    (`bonenet.imageio.IMAGE_SUFFIXES`) and files without such a name whose first bytes are a PNG,
+    JPEG or DICOM (DICOM exports often have no suffix) are images; everything else, a resource
+    fork (`._*`), a text file, `.DS_Store`, a broken link or an empty folder, is listed as
+    skipped. Raises ImageReadError for a path that does not exist.
+
+    Returns:
+        (image paths, [(path, reason)] skipped), both in path order.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ImageReadError(f"{path}: does not exist")
+    if path.is_file():
+        return [path], []
+    images, skipped = [], []
+    for p in sorted(path.rglob("*")):
+        if p.is_dir():
+            if not any(p.iterdir()):
+                skipped.append((p, "empty folder"))
+        elif not p.exists():
+            skipped.append((p, "broken link (its target does not exist)"))
+        elif p.name.startswith("._"):
+            skipped.append((p, "macOS resource fork (._ file), not an image"))
+        elif p.suffix.lower() in IMAGE_SUFFIXES or _looks_like_an_image(p):
+            images.append(p)
+        else:
+            skipped.append((p, "not a PNG, JPEG or DICOM image"))
+    return images, skipped
+
+
+def _looks_like_an_image(path):
+    try:
+        with open(path, "rb") as f:
+            return image_format(f.read(DICOM_PREAMBLE + 4)) is not None
+    except OSError:
+        return True  # an image-like name or not, reading it will say what is wrong, naming it
+
+
+def group_inputs(paths, per_image=False):
+    """Turns user inputs into work items, in input order: the rule by which images become studies.
+
+    A file named on its own is a study of one image. A folder's images are grouped by the folder
+    that directly holds them, each group being one study (a MURA study folder, or any folder of
+    views); subfolders are studies of their own. With `per_image`, every image is a study of one.
+    A study whose images the router sends to different parts is flagged (`bonenet.study`).
+
+    Returns:
+        A list of ("image", path, [path]), ("study", folder, [its images]), ("skip", path, reason) for
+        what a folder holds besides images, or ("error", path, reason).
+    """
+    items = []
+    for raw in paths:
+        path = Path(raw)
+        try:
+            exists = path.exists()
+        except OSError as exc:  # a name too long for the file system, say: this input alone fails
+            items.append(("error", path, f"cannot be read ({exc.strerror or exc})"))
+            continue
+        if not exists:
+            items.append(("error", path, "does not exist"))
+        elif path.is_dir():
+            studies = {}
+            images, skipped = find_images(path)
+            for image in images:
+                studies.setdefault(image.parent, []).append(image)
+            if not studies:
+                items.append(("error", path, "no PNG, JPEG or DICOM images in this folder "
+                                             f"({', '.join(IMAGE_SUFFIXES)})"))
+            for folder, images in sorted(studies.items()):
+                items.extend([("image", image, [image]) for image in images] if per_image
+                             else [("study", folder, images)])
+            items.extend(("skip", file, reason) for file, reason in skipped)
+        else:
+            items.append(("image", path, [path]))
+    return items

@@ -218,6 +218,11 @@ def part_studies(studies, part):
 GALLERY_TILE_PX = 320
 
 
+def _text(value):
+    """A CSV cell as text: "" for an empty one (pandas reads it as NaN)."""
+    return value if isinstance(value, str) else ""
+
+
 def gallery(eval_dir, part, kind):
     """The heat maps `evaluate` drew for one part's `tp`, `fn` or `fp` studies, as HTML tiles of one size
     with readable captions; None when there are none.
@@ -239,7 +244,8 @@ def gallery(eval_dir, part, kind):
         routed = "" if row.part_pred == row.part else f" (routed to {short_name(row.part_pred)})"
         text = (f"<b>{html.escape(name)}</b><br>study p(abnormal) <b>{row.study_score:.2f}</b> (mean of its views; "
                 f"decided on)<br>this view p(abnormal) {row.image_score:.2f}<br>threshold "
-                f"<span class=\"bonenet-threshold\">{row.threshold:.3f}</span>{routed}")
+                f"<span class=\"bonenet-threshold\">{row.threshold:.3f}</span>{routed}"
+                f"<br><i>{html.escape(_text(getattr(row, 'heat_map_note', '')))}</i>")
         tiles.append(
             f'<figure class="bonenet-tile" style="width:{GALLERY_TILE_PX}px;margin:0 12px 12px 0;display:inline-block;'
             f'vertical-align:top"><img src="data:image/png;base64,{png}" alt="{kind.upper()} heat map of '

@@ -324,6 +324,8 @@ def startup_line(net, host, port, run_dir):
     line = (f"BoneNet serving http://{host}:{port}/ - run {run_dir} ({len(net.parts)} part models, "
             f"{net.image_size} px, recipe {manifest['recipe']['name']}, format {manifest.get('format_version')}, "
             f"thresholds {net.threshold_mode}); backbone: {net.backbone_origin}. {NOT_FOR_CLINICAL_USE}")
+    if net.tta_note():
+        line += f"\n{net.tta_note()}"
     if host not in LOOPBACK:
         line += (f"\nbound to {host} by your choice: other machines can reach this server, with no TLS (put it "
                  "behind a reverse proxy that has it)")
@@ -340,7 +342,7 @@ def serve(models_dir, config=None):
     if config.token is None and os.environ.get("BONENET_TOKEN"):
         config = dataclasses.replace(config, token=os.environ["BONENET_TOKEN"])
     check_exposure(config)
-    net = BoneNet.load(models_dir, threshold=config.threshold)
+    net = BoneNet.load(models_dir, threshold=config.threshold, tta=config.tta)
     # Warm-up: the first request should not pay for tracing the models.
     net.predict_image(np.full((net.image_size, net.image_size), 128, np.uint8))
     app = create_app(net, config)

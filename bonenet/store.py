@@ -40,9 +40,17 @@ def model_key(target):
     return "router" if str(target).lower() == "router" else parse_part(target)
 
 
-def model_filename(key):
-    """Relative file of a model's head: `heads/router.keras` or `heads/<part>.keras` (short part name)."""
-    return f"heads/{'router' if key == 'router' else short_name(key)}.keras"
+def model_filename(key, member=0):
+    """Relative file of a model's head: `heads/router.keras` or `heads/<part>.keras` (short part name); member k
+    (from 2) of an ensemble `heads/<name>.m<k>.keras`."""
+    name = "router" if key == "router" else short_name(key)
+    return f"heads/{name}.m{member + 1}.keras" if member else f"heads/{name}.keras"
+
+
+def member_entries(entry):
+    """A model entry's members, `[{"file", …}]`: its ensemble's, or the one head of a run written before
+    ensembles (its `file`)."""
+    return entry.get("members") or [{"file": entry["file"]}]
 
 
 def _atomic_replace(write, path, suffix):
@@ -357,10 +365,29 @@ def load_run_models(run_dir, keys=None):
     if tuple(trunk.input_shape[1:3]) != (size, size):
         raise ManifestError(f"{Path(run_dir) / manifest['trunk']['file']}: takes {trunk.input_shape[1:3]} images "
                             f"but the manifest says {size}×{size}")
-    models = {k: load_model(Path(run_dir) / listed[k]["file"]) for k in wanted}
-    for key, model in models.items():
-        check_role(model, key, listed[key], trunk, Path(run_dir) / listed[key]["file"])
-    return manifest, trunk, models
+    return manifest, trunk, {k: load_members(run_dir, k, listed[k], trunk) for k in wanted}
+
+
+def load_members(run_dir, key, entry, trunk):
+    """Model `key`'s heads, one per ensemble member, each checked against its manifest entry (`check_role`,
+    and the weights digest the entry records), in member order.
+
+    Raises:
+        ManifestError: a member's file is missing, damaged, another model's, or not the member recorded.
+    """
+    from bonenet.features import weights_digest
+
+    heads = []
+    for number, member in enumerate(member_entries(entry), 1):
+        path = Path(run_dir) / member["file"]
+        head = load_model(path)
+        check_role(head, key, entry, trunk, path)
+        if member.get("sha256_weights") and weights_digest(head) != member["sha256_weights"]:
+            raise ManifestError(f"{path}: its weights are not member {number} of the {key} model that the manifest "
+                                "records (another member's or another run's file is in its place); restore it or "
+                                "retrain")
+        heads.append(head)
+    return heads
 
 
 def check_role(head, key, entry, trunk, path):

@@ -28,6 +28,7 @@ from bonenet import runtime
 from bonenet.checkpoints import best_val_loss, checkpoint_dir, resume_point
 from bonenet.configs import TrainConfig
 from bonenet.distribute import get_strategy, is_chief, shardable, worker_scratch
+from bonenet.ensemble import Member, combined_probs, epochs_run, member_entry, member_seed
 from bonenet.features import compute_features, weights_digest
 from bonenet.holdout import decide_on_holdout, holdout_figures, holdout_outputs, summary_line
 from bonenet.model_card import write_model_card
@@ -51,6 +52,7 @@ from bonenet.store import (
     ManifestError,
     check_shared,
     load_model,
+    member_entries,
     model_filename,
     model_key,
     read_manifest,
@@ -154,7 +156,7 @@ def _cache_folder(place, config):
     return Path(config.cache_dir) if config.cache_dir else place.run_dir / "cache"
 
 
-def _cached_datasets(job, built, index, config, verbose, skips):
+def _cached_datasets(job, built, index, config, verbose, skips, seed):
     """Train and hold-out datasets of cached trunk outputs, plus the hold-out paths they serve.
 
     One cache covers every train-split image, so the router and all seven parts share it; the
@@ -180,18 +182,18 @@ def _cached_datasets(job, built, index, config, verbose, skips):
     batch = dict(num_classes=ex.num_classes, batch_size=config.batch_size)
     train_images, train_y = rows(ex.train_paths, ex.train_labels)
     val_images, val_y = rows(ex.val_paths, ex.val_labels)
-    return (cache.dataset(train_images, train_y, training=True, seed=config.seed, **batch),
+    return (cache.dataset(train_images, train_y, training=True, seed=seed, **batch),
             cache.dataset(val_images, val_y, **batch))
 
 
-def _full_datasets(job, config, skips):
+def _full_datasets(job, config, skips, seed):
     """Train and hold-out datasets of live images; their unreadable images are recorded in `skips`."""
     ex = job.examples
     augment = AugmentConfig(max_rotation=config.max_rotation) if config.augment else None
     common = dict(recipe=job.place.recipe, size=config.image_size, batch_size=config.batch_size,
                   cache_dir=config.cache_dir, skips=skips)
     train_ds = bdata.make_dataset(ex.train_paths, ex.train_labels, ex.num_classes, training=True,
-                                  seed=config.seed, augment_config=augment, **common)
+                                  seed=seed, augment_config=augment, **common)
     val_ds = bdata.make_dataset(ex.val_paths, ex.val_labels, ex.num_classes, **common)
     return train_ds, val_ds
 
@@ -225,8 +227,9 @@ def _prepare(target, index, models_dir, config):
     return _Job(examples, _Place(run_dir, existing, weights, origin, recipe, scratch))
 
 
-def _build(job, config):
-    """Builds the classifier in the strategy's scope, split at the trunk cut, on the run's trunk.
+def _build(job, config, seed, first=None):
+    """Builds the classifier in the strategy's scope, split at the trunk cut, on the run's trunk (or on
+    `first`'s, the model's first member, which is the run's trunk to be).
 
     Returns:
         (`_Built`, the strategy).
@@ -235,11 +238,13 @@ def _build(job, config):
     strategy = get_strategy(config.strategy)
     place = job.place
     run_trunk = shared_trunk(place.run_dir, place.existing) if place.existing is not None else None
+    if run_trunk is None and first is not None:
+        run_trunk = first.run_trunk if first.run_trunk is not None else first.trunk
     # Seeded after the trunk is loaded: deserialising it draws seeds for its dropout layers from
     # Python's generator, so seeding first gave a model built into a folder that already held a
     # trunk (a rerun, or any model after the first when the trunk memo was cold) other initial
     # weights and dropout masks than the same command into an empty folder.
-    keras.utils.set_random_seed(config.seed)
+    keras.utils.set_random_seed(seed)
     with strategy.scope():
         kwargs = dict(image_size=config.image_size, weights=place.weights, trainable_layers=config.trainable_layers,
                       train_batchnorm=config.train_batchnorm, dropout=config.dropout)
@@ -267,21 +272,29 @@ def _check_free_space(job, built):
     check_free_space(job.home, nbytes, f"training {job.key} (model files and checkpoints)")
 
 
-def _datasets(job, built, index, config, verbose, skips):
-    """(train, hold-out) datasets for the mode, sharded by element across workers; the images
-    they cannot read are recorded in `skips`."""
+def _datasets(job, built, index, config, verbose, skips, seed):
+    """(train, hold-out) datasets for the mode, the train one shuffled by `seed`, sharded by element across
+    workers; the images they cannot read are recorded in `skips`."""
     if config.mode == "cached":
-        train_ds, val_ds = _cached_datasets(job, built, index, config, verbose, skips)
+        train_ds, val_ds = _cached_datasets(job, built, index, config, verbose, skips, seed)
     else:
-        train_ds, val_ds = _full_datasets(job, config, skips)
+        train_ds, val_ds = _full_datasets(job, config, skips, seed)
     return shardable(train_ds), shardable(val_ds)
 
 
-def _fit(job, built, train_ds, val_ds, config, resume, verbose):
-    """Fits with resumable backups, best-by-hold-out-loss weights, early stopping and logs."""
-    work = checkpoint_dir(job.home, job.key)
+def _fit(job, built, train_ds, val_ds, config, resume, verbose, member=0):
+    """Fits with resumable backups, best-by-hold-out-loss weights, early stopping and logs.
+
+    A fit that had finished when its command was killed (a member of an ensemble before the next, or a model
+    during its save) is not fitted again on `resume`: its best weights are read back.
+    """
+    work = checkpoint_dir(job.home, job.key, member)
     backup, log_path, best_path = work / "backup", work / "log.csv", work / "best.weights.h5"
+    finished = work / "finished"
     resume_point(job.key, work, resume, config, job.place.run_dir if job.place.scratch is not None else None)
+    if resume and finished.is_file() and best_path.is_file():
+        built.fitted.load_weights(str(best_path))
+        return log_path
     callbacks = [
         # BackupAndRestore comes first, so that when the CSV shows an epoch its backup exists.
         # Kept after training ends: a kill during the final save must still resume at the last
@@ -302,13 +315,13 @@ def _fit(job, built, train_ds, val_ds, config, resume, verbose):
                          class_weight=bdata.class_weights(ex.train_labels, ex.num_classes), callbacks=callbacks)
     if best_path.is_file():
         built.fitted.load_weights(str(best_path))
+    finished.touch()
     return log_path
 
 
 def _model_entry(job, built, index, scores, tuning, log_path, config, skips, seconds):
     """The model's manifest entry: its file, labels, recipe, trunk, tuning, config, data and hold-out figures."""
     ex = job.examples
-    log_table = pd.read_csv(log_path) if log_path.is_file() else pd.DataFrame()
     return {
         "file": model_filename(job.key),
         "input": "trunk",
@@ -324,34 +337,40 @@ def _model_entry(job, built, index, scores, tuning, log_path, config, skips, sec
                     "holdout_studies": int(ex.val_images[ex.val_images.path.isin(ex.val_paths)].study.nunique()),
                     "unread": [s.as_dict() for s in skips if s.path in set(ex.train_paths) | set(ex.val_paths)]},
         "holdout": {k: float(v) for k, v in scores.items()},
-        "epochs_run": len(log_table),
+        "epochs_run": epochs_run(log_path),
         "seconds": seconds,
         "log": str(Path(os.path.relpath(log_path, job.home))),
     }
 
 
-def _finalize(job, built, index, val_ds, log_path, config, skips, seconds=None):
-    """Scores the hold-out, calibrates the model and tunes a part's threshold there, saves the head (and
-    the run's first trunk)."""
-    probs, onehot = holdout_outputs(built.fitted, val_ds)  # the one pass over the hold-out
-    scores = holdout_figures(probs, onehot)
+def _finalize(job, index, members, config, skips):
+    """Combines the members' hold-out softmax (their mean), calibrates the model and tunes a part's threshold on
+    it, saves every member's head (and the run's first trunk), and records the model."""
+    first = members[0].built
+    probs = combined_probs(members)
+    scores = holdout_figures(probs, members[0].onehot)
     # The hold-out dataset served every hold-out image but those recorded as unreadable.
     kept = [p for p in job.examples.val_paths if p not in skips]
     calibration, tuning = decide_on_holdout(job.key, probs, kept, job.examples)
-    save_model_atomic(built.head, job.home / model_filename(job.key))  # unlisted until the manifest names it
-    entry = _model_entry(job, built, index, scores, tuning, log_path, config, skips, seconds or {})
+    for number, member in enumerate(members):  # unlisted until the manifest names them
+        save_model_atomic(member.built.head, job.home / model_filename(job.key, number))
+    seconds = {stage: round(sum(m.seconds.get(stage, 0) for m in members), 2) for stage in members[0].seconds}
+    entry = _model_entry(job, first, index, scores, tuning, members[0].log_path, config, skips, seconds)
     entry["calibration"] = calibration
+    entry["members"] = [member_entry(job.key, number, member, job.home) for number, member in enumerate(members)]
     # One lock around the trunk check, the trunk's save and the manifest's update: a training
     # started beside this one into the same folder waits here, and cannot slip its trunk in between.
     with run_lock(job.home):
-        trunk_entry = None if built.run_trunk is not None else save_trunk_once(
-            job.home, built.trunk, trunk_cut(built.model, config.trainable_layers)[1], job.key)
+        trunk_entry = None if first.run_trunk is not None else save_trunk_once(
+            job.home, first.trunk, trunk_cut(first.model, config.trainable_layers)[1], job.key)
         if job.place.scratch is None:
-            record_model(job.place.run_dir, job.key, built.shared, entry, trunk=trunk_entry)
+            record_model(job.place.run_dir, job.key, first.shared, entry, trunk=trunk_entry)
             write_model_card(job.place.run_dir)
     # Saved: nothing left to resume. A non-chief's checkpoints were only ever its own copy.
-    work = checkpoint_dir(job.home, job.key)
-    shutil.rmtree(work if job.place.scratch else work / "backup", ignore_errors=True)
+    for number in range(len(members)):
+        work = checkpoint_dir(job.home, job.key, number)
+        shutil.rmtree(work if job.place.scratch else work / "backup", ignore_errors=True)
+        (work / "finished").unlink(missing_ok=True)
     return entry
 
 
@@ -377,17 +396,30 @@ def train_model(target, index, models_dir, config=TrainConfig(), resume=False, v
     """
     skips = SkipLog() if skips is None else skips
     verbose = keras_verbosity(verbose)
-    clock = _Stopwatch()
     job = _prepare(target, index, models_dir, config)
-    built, strategy = _build(job, config)
+    members = []
+    for number in range(config.ensemble):
+        if config.ensemble > 1:
+            log.info(f"{job.key} member {number + 1}/{config.ensemble}")
+        members.append(_fit_member(job, index, config, number, members[0].built if members else None, resume,
+                                   verbose, skips))
+    return _finalize(job, index, members, config, skips), members[0].built.model
+
+
+def _fit_member(job, index, config, number, first, resume, verbose, skips):
+    """Builds, fits and scores on the hold-out one member of the model (`first`: member 0's `_Built`)."""
+    clock = _Stopwatch()
+    seed = member_seed(config.seed, number)
+    built, strategy = _build(job, config, seed, first)
     _check_free_space(job, built)
     clock.lap("build")
     with strategy.scope():
-        train_ds, val_ds = _datasets(job, built, index, config, verbose, skips)
+        train_ds, val_ds = _datasets(job, built, index, config, verbose, skips, seed)
     clock.lap("data")  # the trunk-feature cache, when this model is the first to need it
-    log_path = _fit(job, built, train_ds, val_ds, config, resume, verbose)
+    log_path = _fit(job, built, train_ds, val_ds, config, resume, verbose, number)
     clock.lap("fit")
-    return _finalize(job, built, index, val_ds, log_path, config, skips, clock.laps), built.model
+    probs, onehot = holdout_outputs(built.fitted, val_ds)  # the one pass over the hold-out
+    return Member(built, seed, probs, onehot, log_path, clock.laps)
 
 
 class _Stopwatch:
@@ -404,12 +436,15 @@ class _Stopwatch:
 
 
 def _kept_from_before(models_dir, key, done):
-    """A model finished before an interruption, when it still loads: its entry, else None."""
-    backup = checkpoint_dir(models_dir, key) / "backup"
-    if key not in done or not (Path(models_dir) / done[key]["file"]).is_file() or backup.exists():
+    """A model finished before an interruption, when every member still loads: its entry, else None."""
+    if key not in done:
+        return None
+    members = member_entries(done[key])
+    if any(checkpoint_dir(models_dir, key, number).joinpath("backup").exists() for number in range(len(members))):
         return None
     try:
-        load_model(Path(models_dir) / done[key]["file"])
+        for member in members:
+            load_model(Path(models_dir) / member["file"])
     except ManifestError as exc:
         log.warning(f"{key}: {exc}; training it again")
         return None

@@ -45,6 +45,19 @@ def run(index, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def ensemble_run(run, index, tmp_path_factory):
+    """The session run, copied, with its wrist model trained again as a 3-member ensemble (cached mode, on the
+    run's trunk and feature cache)."""
+    from bonenet.train import TrainConfig, train_model
+
+    run_dir = tmp_path_factory.mktemp("ensemble") / "run"
+    shutil.copytree(run[0], run_dir, ignore=shutil.ignore_patterns("checkpoints"))
+    config = TrainConfig(epochs=1, batch_size=16, image_size=64, weights="none", seed=0, ensemble=3)
+    entry, _ = train_model("wrist", index, run_dir, config, verbose=0)
+    return run_dir, entry
+
+
+@pytest.fixture(scope="session")
 def net(run):
     """The session run (router and wrist) loaded as a `BoneNet`."""
     from bonenet.inference import BoneNet
@@ -80,8 +93,10 @@ def full_run(run, tmp_path_factory):
             # The wrist head's layers under the part's own name: loading checks that a head is its part's.
             stand_in = keras.Model(wrist.input, wrist.output, name=f"part_{part.lower()}_head")
             store.save_model_atomic(stand_in, run_dir / store.model_filename(part))
-            store.record_model(run_dir, part, shared, {**manifest["models"]["XR_WRIST"],
-                                                       "file": store.model_filename(part),
+            entry = manifest["models"]["XR_WRIST"]
+            store.record_model(run_dir, part, shared, {**entry, "file": store.model_filename(part),
+                                                       "members": [{**entry["members"][0],
+                                                                    "file": store.model_filename(part)}],
                                                        "tuning": {"threshold": 0.4, "studies": 3}})
     return run_dir
 

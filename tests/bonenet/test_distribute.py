@@ -263,7 +263,7 @@ def test_grad_cam_of_a_confident_prediction_is_not_blank(tmp_path):
     x = np.random.default_rng(0).uniform(0, 255, (1, 64, 64, 3)).astype("float32")
     features = trunk.predict(x, verbose=0)
     assert head.predict(features, verbose=0)[0, 1] == 1.0
-    cam = gradcam.grad_cam(head, features, size=(64, 64))
+    cam = gradcam.grad_cam(trunk, [head], x)
     assert cam.max() == pytest.approx(1.0)  # the softmax's gradient is exactly zero here; the log-odds' is not
     assert isinstance(dense, keras.layers.Dense)
 
@@ -275,11 +275,14 @@ from bonenet.models import build_part_model, copy_weights
 keras.utils.set_random_seed(0)
 model32 = build_part_model("XR_WRIST", image_size=64)[0]
 x = np.random.default_rng(0).uniform(0, 255, (2, 64, 64, 3)).astype("float32")
-cam32 = gradcam.grad_cam(model32, x)
+# The whole classifier as the one "head", behind a trunk that passes the image on.
+image = keras.Input((64, 64, 3))
+passing = keras.Model(image, keras.layers.Identity()(image))
+cam32 = gradcam.grad_cam(passing, [model32], x)
 keras.mixed_precision.set_global_policy("mixed_bfloat16")
 model16 = build_part_model("XR_WRIST", image_size=64)[0]
 copy_weights(model32, model16)
-cam16 = gradcam.grad_cam(model16, x)
+cam16 = gradcam.grad_cam(passing, [model16], x)
 print("MAX", float(cam32.max()), "DIFF", float(np.abs(cam32 - cam16).max()), "COMPUTE",
       model16.get_layer("top_conv").compute_dtype)
 """

@@ -18,10 +18,11 @@ RUNTIME = {"onnx": "onnxruntime", "litert": "ai_edge_litert"}
 
 
 @pytest.fixture(scope="module")
-def calibrated_run(run, tmp_path_factory):
-    """The session's run, copied, with temperatures in its manifest: the export must apply them."""
+def calibrated_run(ensemble_run, tmp_path_factory):
+    """The session's run with its 3-member wrist ensemble, copied, with temperatures in its manifest: the export
+    must apply them, to the members' mean."""
     folder = tmp_path_factory.mktemp("export") / "run"
-    shutil.copytree(run[0], folder)
+    shutil.copytree(ensemble_run[0], folder, ignore=shutil.ignore_patterns("checkpoints", "cache"))
     manifest = json.loads((folder / "manifest.json").read_text())
     for key, t in (("router", 1.7), ("XR_WRIST", 0.6)):
         manifest["models"][key]["calibration"] = {"method": "temperature", "temperature": t,
@@ -78,11 +79,16 @@ def test_the_exported_artifact_gives_bonenets_calibrated_numbers(fmt, calibrated
 
 def test_export_on_the_command_line_writes_a_savedmodel_and_the_json_a_runtime_needs(calibrated_run, prepared,
                                                                                    tmp_path, capsys):
+    """One graph, one trunk pass per view: the ensemble's mean and the flip views in it, calibrated."""
     import run_pipeline
 
-    net, x, expected = prepared
+    net, x, _ = prepared
+    flipped = net.with_tta("flip")
+    features = flipped.encode(x)
+    expected = {"router_probs": flipped.router_probs(features),
+                "p_abnormal": flipped.abnormal_probs("XR_WRIST", features)[:, None]}
     code = run_pipeline.main(["export", "--models-dir", str(calibrated_run), "--format", "savedmodel",
-                              "--out", str(tmp_path / "sm")])
+                              "--out", str(tmp_path / "sm"), "--tta", "flip"])
     out, err = capsys.readouterr()
     assert code == 0, err
     assert out == (f"wrote {tmp_path / 'sm' / 'savedmodel'} and {tmp_path / 'sm' / EXPORT_JSON}: input [64, 64, 3] "
@@ -97,6 +103,7 @@ def test_export_on_the_command_line_writes_a_savedmodel_and_the_json_a_runtime_n
     assert facts["calibration"]["XR_WRIST"]["temperature"] == 0.6
     assert facts["calibration"]["XR_WRIST"]["applied_in_graph"] is True
     assert set(facts["study_rule"]) == {"part", "score", "decision"} and "not for clinical use" in facts["notice"]
+    assert facts["tta"] == {"views": "flip", "applied_in_graph": True} and facts["members"]["XR_WRIST"] == 3
 
 
 def test_an_unknown_format_is_refused_before_any_work(run, tmp_path):

@@ -8,10 +8,9 @@ from bonenet.imageio import load_gray
 
 def test_grad_cam_is_non_negative_image_sized_and_maps_back(net, wrist_study):
     gray = load_gray(wrist_study[0])
-    features = net.encode(net.prepare(gray)[None])
+    x = net.prepare(gray)[None]
     # The two classes' log-odds are each other's negatives, so one of them has positive evidence somewhere.
-    cams = [gradcam.grad_cam(net.models["XR_WRIST"], features, class_index=c, size=(net.image_size,) * 2)
-            for c in (0, 1)]
+    cams = [gradcam.grad_cam(net.trunk, net.members["XR_WRIST"], x, class_index=c) for c in (0, 1)]
     cam = max(cams, key=lambda m: m.max())
     assert cam.shape == (1, net.image_size, net.image_size) and cam.dtype == np.float32
     assert cam.min() >= 0 and cam.max() == 1  # scaled to its own maximum
@@ -35,12 +34,11 @@ def test_the_layers_are_found_by_name_whatever_else_the_model_ends_with(net, wri
     never `model.output` (here the classes' order reversed, which would explain the other class)."""
     import keras
 
-    head = net.models["XR_WRIST"]
-    features = net.encode(net.prepare(wrist_study[0])[None])
+    head = net.members["XR_WRIST"][0]
+    x = net.prepare(wrist_study[0])[None]
     reversed_classes = keras.layers.Lambda(lambda t: keras.ops.flip(t, axis=-1), name="after")
-    wrapped = keras.Model(head.input, reversed_classes(head.output), name="wrapped")
-    size = (net.image_size,) * 2
-    np.testing.assert_allclose(gradcam.grad_cam(wrapped, features, size=size), gradcam.grad_cam(head, features, size=size),
+    wrapped = keras.Model(head.inputs[0], reversed_classes(head.outputs[0]), name="wrapped")
+    np.testing.assert_allclose(gradcam.grad_cam(net.trunk, [wrapped], x), gradcam.grad_cam(net.trunk, [head], x),
                                atol=1e-6)
 
 
@@ -57,3 +55,35 @@ def test_overlay_and_caption_say_the_decision():
     assert drawn.shape[0] > 40 and drawn.dtype == np.uint8  # the caption band sits above the radiograph
     np.testing.assert_array_equal(plain[:, :60], np.full((40, 60, 3), 100, np.uint8))  # no heat: the plain image
     assert not np.array_equal(drawn[-40:, :60], plain[:, :60])  # the heat and the box change it
+
+
+def _lesion_model(layer_name):
+    """A trunk whose layer `layer_name` (8×8) is the image's brightness, and a head whose abnormal logit is
+    that layer's mean: a model that calls an image abnormal for a bright spot, and for nothing else."""
+    import keras
+
+    image = keras.Input((32, 32, 3))
+    pooled = keras.layers.AveragePooling2D(4)(image)
+    seen = keras.layers.Conv2D(1, 1, use_bias=False, kernel_initializer=keras.initializers.Constant(1 / 765),
+                               name=layer_name)(pooled)
+    trunk = keras.Model(image, seen, name="trunk")
+    features = keras.Input((8, 8, 1))
+    dense = keras.layers.Dense(2, activation="softmax", name="predictions",
+                               kernel_initializer=keras.initializers.Constant([[-4.0, 4.0]]))
+    head = keras.Model(features, dense(keras.layers.GlobalAveragePooling2D()(features)), name="part_xr_wrist_head")
+    return trunk, head
+
+
+def test_the_chosen_heat_map_puts_its_maximum_on_a_known_lesion():
+    """The method and layer every output draws (`HEAT_MAP`) on an image whose only finding is a bright square:
+    the maximum lies on it (a uniform or misplaced map would put it at the first pixel, far from it)."""
+    from bonenet.configs import HEAT_MAP
+
+    trunk, head = _lesion_model(HEAT_MAP["layer"])
+    image = np.zeros((1, 32, 32, 3), np.float32)
+    image[0, 16:24, 4:12] = 255.0
+    for heads in ([head], [head, head]):  # one model, and an ensemble of it
+        cam = gradcam.grad_cam(trunk, heads, image, layer_name=HEAT_MAP["layer"], method=HEAT_MAP["method"])[0]
+        y, x = np.unravel_index(np.argmax(cam), cam.shape)
+        assert 16 <= y < 24 and 4 <= x < 12, (y, x)
+        assert cam[:12].max() < 0.05 * cam.max()  # nothing above the lesion's rows

@@ -9,7 +9,8 @@ import pytest
 import run_pipeline
 from bonenet.calibration import apply_temperature
 from bonenet.imageio import load_gray
-from bonenet.inference import BoneNet, group_inputs
+from bonenet.inference import BoneNet, predict_paths
+from bonenet.reading import group_inputs
 
 
 def test_predict_image_uses_the_saved_recipe_and_returns_a_decision(run, net, wrist_study):
@@ -137,3 +138,57 @@ def test_predicts_console_line_gives_the_part_the_score_whether_it_is_calibrated
                     f"p(abnormal)={r['p_abnormal']:.3f} ({calibrated}) -> {'abnormal' if r['abnormal'] else 'normal'} "
                     f"at threshold {r['threshold']:.3f} ({r['threshold_source']})")
     assert r["calibration"] == BoneNet.load(run[0]).calibration_note("XR_WRIST")
+
+
+def test_an_ensemble_scores_the_mean_of_its_members(ensemble_run, index):
+    net = BoneNet.load(ensemble_run[0])
+    heads = net.members["XR_WRIST"]
+    assert len(heads) == 3 and len(net.members["router"]) == 1
+    paths = index.images.loc[index.images.split == "valid", "path"].tolist()[:6]
+    features = net.encode(np.stack([net.prepare(p) for p in paths]))
+    each = np.stack([np.asarray(h.predict_on_batch(features[:, 0]))[:, 1] for h in heads])
+    assert np.ptp(each, axis=0).max() > 1e-6  # differently seeded members give different scores
+    np.testing.assert_allclose(net.abnormal_probs("XR_WRIST", features, calibrated=False), each.mean(axis=0),
+                               atol=1e-6)
+    result = net.predict_image(paths[0])
+    assert result["members"] == 3 and result["tta"] == "none"
+
+
+def test_tta_scores_are_the_mean_of_the_separately_scored_views(net, index):
+    paths = index.images.loc[index.images.split == "valid", "path"].tolist()[:5]
+    x = np.stack([net.prepare(p) for p in paths]).astype(np.float32)
+    mirrored = np.stack([cv2.flip(image, 1) for image in x])  # left-right, built independently of tta_views
+    flipped = net.with_tta("flip")
+    features = flipped.encode(x)
+    assert features.shape[:2] == (5, 2)
+    one, other = net.encode(x), net.encode(mirrored)
+    np.testing.assert_allclose(flipped.router_probs(features, calibrated=False),
+                               (net.router_probs(one, calibrated=False) + net.router_probs(other, calibrated=False)) / 2,
+                               atol=1e-6)
+    expected = (net.abnormal_probs("XR_WRIST", one, calibrated=False)
+                + net.abnormal_probs("XR_WRIST", other, calibrated=False)) / 2
+    np.testing.assert_allclose(flipped.abnormal_probs("XR_WRIST", features, calibrated=False), expected, atol=1e-6)
+    assert flipped.predict_image(paths[0])["tta"] == "flip" and "twice" in flipped.tta_note()
+    assert net.tta_note() is None
+
+
+def test_predict_evaluate_and_serve_agree_on_an_ensemble_with_tta(ensemble_run, synthetic_root, tmp_path):
+    from fastapi.testclient import TestClient
+
+    from bonenet.evaluate import evaluate_run
+    from bonenet.serve import create_app
+
+    run_dir, _ = ensemble_run
+    net = BoneNet.load(run_dir, tta="flip")
+    evaluate_run(synthetic_root, run_dir, tmp_path / "eval", n_boot=0, plots=False, gallery=0, tta="flip")
+    table = pd.read_csv(tmp_path / "eval" / "image_predictions.csv")
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert metrics["source"]["tta"] == "flip" and metrics["source"]["members"]["XR_WRIST"] == 3
+    row = table[table["part_pred"] == "XR_WRIST"].iloc[0]
+    predicted = predict_paths(net, [row["path"]])[0]
+    with open(row["path"], "rb") as f:
+        served = TestClient(create_app(net), base_url="http://localhost").post(
+            "/api/predict", files=[("files", ("view.png", f.read(), "image/png"))]).json()[0]
+    assert predicted["p_abnormal"] == pytest.approx(row["score"], abs=1e-6)
+    assert served["p_abnormal"] == pytest.approx(predicted["p_abnormal"], abs=1e-6)
+    assert served["tta"] == predicted["tta"] == "flip" and served["members"] == 3

@@ -45,7 +45,7 @@ def _read(path):
 def test_a_run_without_a_model_card_answers_404_in_the_error_shape(net):
     from bonenet.inference import BoneNet
 
-    bare = TestClient(create_app(BoneNet(net.manifest, net.models, net.trunk)),  # no run folder: no card
+    bare = TestClient(create_app(BoneNet(net.manifest, net.members, net.trunk)),  # no run folder: no card
                       base_url="http://localhost")
     response = bare.get("/model-card")
     assert response.status_code == 404 and response.json() == {

@@ -55,6 +55,22 @@ def test_a_head_trained_on_another_trunk_is_refused(copy):
         BoneNet.load(copy)
 
 
+@pytest.mark.corpus("S3")
+def test_an_ensemble_member_swapped_or_missing_is_refused_naming_the_file(ensemble_run, tmp_path):
+    run_dir = tmp_path / "run"
+    shutil.copytree(ensemble_run[0], run_dir, ignore=shutil.ignore_patterns("checkpoints"))
+    second, third = run_dir / "heads" / "wrist.m2.keras", run_dir / "heads" / "wrist.m3.keras"
+    second.write_bytes(third.read_bytes())  # the same role and shape: only the weights tell them apart
+    with pytest.raises(store.ManifestError, match=r"wrist\.m2\.keras: its weights are not member 2 of the XR_WRIST"):
+        BoneNet.load(run_dir)
+    second.unlink()
+    with pytest.raises(store.ManifestError, match=r"wrist\.m2\.keras: model file listed in the manifest is missing"):
+        BoneNet.load(run_dir)
+    shutil.copy(run_dir / "heads" / "router.keras", second)  # another model's head in a member's place
+    with pytest.raises(store.ManifestError, match=r"wrist\.m2\.keras: gives 7 outputs"):
+        BoneNet.load(run_dir)
+
+
 def test_manifest_of_another_format_version_is_refused(tmp_path):
     (tmp_path / "manifest.json").write_text(json.dumps({"format": "bonenet-run", "format_version": 99}))
     with pytest.raises(store.ManifestError, match="format version 99"):

@@ -57,7 +57,7 @@ def test_reloaded_trunk_and_heads_predict_like_the_trained_models(run, index):
     batch = next(iter(make_dataset(*router_examples(images), 7, get_recipe("equalize"), 64, 8)))[0]
     features = trunk.predict(batch, verbose=0)
     for key, model in trained.items():
-        np.testing.assert_allclose(heads[key].predict(features, verbose=0), model.predict(batch, verbose=0),
+        np.testing.assert_allclose(heads[key][0].predict(features, verbose=0), model.predict(batch, verbose=0),
                                    atol=1e-6)
 
 
@@ -140,9 +140,12 @@ def test_sigkilled_training_resumes_from_the_last_completed_epoch(synthetic_root
     assert store.read_manifest(tmp_path)["models"]["router"]["epochs_run"] == 6  # the whole run, not the resumed part
 
 
-def test_train_all_resume_keeps_models_that_had_finished(run, index, tmp_path, capsys):
+def test_train_all_resume_keeps_models_that_had_finished(run, index, tmp_path, caplog):
+    import logging
+
     from bonenet.train import train_all
 
+    caplog.set_level(logging.INFO, logger="bonenet")  # what the console shows, whichever test ran before
     run_dir = Path(shutil.copytree(run[0], tmp_path / "run"))
     before = {p: p.read_bytes() for p in run_dir.rglob("*.keras")}
     config = TrainConfig(epochs=1, batch_size=16, image_size=64, weights="none", seed=0)
@@ -150,7 +153,7 @@ def test_train_all_resume_keeps_models_that_had_finished(run, index, tmp_path, c
     assert not failures and set(entries) == {"router", "XR_WRIST"}
     assert entries == store.read_manifest(run_dir)["models"]
     assert {p: p.read_bytes() for p in run_dir.rglob("*.keras")} == before
-    out = capsys.readouterr().out
+    out = caplog.text
     assert "router 1/2" in out and "XR_WRIST 2/2" in out and "already trained in this run, kept" in out
 
 
@@ -169,7 +172,7 @@ def test_full_mode_fits_on_live_augmented_images_into_the_same_layout(run, index
     _, trunk, heads = store.load_run_models(run_dir, ["elbow"])
     images = index.images[index.images.part == "XR_ELBOW"].head(4)
     batch = next(iter(make_dataset(*router_examples(images), 7, get_recipe("equalize"), 64, 4)))[0]
-    np.testing.assert_allclose(heads["XR_ELBOW"].predict(trunk.predict(batch, verbose=0), verbose=0),
+    np.testing.assert_allclose(heads["XR_ELBOW"][0].predict(trunk.predict(batch, verbose=0), verbose=0),
                                model.predict(batch, verbose=0), atol=1e-5)
 
 
