@@ -15,9 +15,6 @@ import json
 import sys
 from pathlib import Path
 
-import cv2
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 DEFAULT_FRACATLAS = Path(__file__).resolve().parents[2] / "shared" / "data" / "fracatlas"
@@ -35,13 +32,6 @@ def parse_args(argv=None):
     p.add_argument("--layers", default=",".join(LAYERS), help="comma-separated layers to try")
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples (default 1000)")
     return p.parse_args(argv)
-
-
-def foreground(gray):
-    """The radiograph's Otsu foreground (5×5 blur), dilated by 2% of the image: the anatomy, without the film."""
-    _, mask = cv2.threshold(cv2.GaussianBlur(gray, (5, 5), 0), 0, 1, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
-    k = max(3, int(0.02 * max(gray.shape)) | 1)
-    return cv2.dilate(mask, np.ones((k, k), np.uint8)).astype(bool)
 
 
 def fractured_images(bench, root, split, part):
@@ -64,20 +54,19 @@ def candidates(layers):
 
 
 def score(net, part, paths, boxes, layers, n_boot):
-    """{candidate name: pointing game} over `paths`, each map computed once per layer and method."""
+    """{candidate name: pointing game} over `paths`: every candidate's map of an image from one pass each through
+    the trunk's layers and the heads' (`BoneNet.cams`)."""
+    from bonenet.gradcam import keep_foreground
     from bonenet.localisation import image_pointing, pointing_game
     from bonenet.reading import read_gray
 
     rows = {name: [] for name, *_ in candidates(layers)}
     for path in paths:
         gray = read_gray(path)
-        keep = foreground(gray)
-        for layer in layers:
-            for method in METHODS:
-                cam, _ = net.cam(part, gray, layer=layer, method=method)
-                for fg in (False, True):
-                    rows[f"{method} {layer}{' fg' if fg else ''}"].append(
-                        image_pointing(cam * keep if fg else cam, boxes[Path(path).name]))
+        for (layer, method), cam in net.cams(part, gray, layers, METHODS).items():
+            for fg in (False, True):
+                rows[f"{method} {layer}{' fg' if fg else ''}"].append(
+                    image_pointing(keep_foreground(cam, gray) if fg else cam, boxes[Path(path).name]))
     return {name: pointing_game(r, n_boot) for name, r in rows.items()}
 
 

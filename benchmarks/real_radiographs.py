@@ -65,6 +65,9 @@ def parse_args(argv=None):
     p.add_argument("--variants", help="with --weights: comma-separated image sizes at which to compare, in cached "
                                       "mode, one model and a --members ensemble, each without and with TTA")
     p.add_argument("--members", type=int, default=5, help="with --variants: the ensemble's members (default 5)")
+    p.add_argument("--heat-maps-only", action="store_true",
+                   help="score only the heat maps (the pointing game) of every run already under --out, with this "
+                        "code's heat map, into <row>/pointing_game.json")
     p.add_argument("--modes", default="20,all", help="with --compare: which of 20 and all to run (default both)")
     p.add_argument("--deep-image-size", type=int, default=128, help="with --compare: input side for all (default 128)")
     p.add_argument("--deep-epochs", type=int, default=6, help="with --compare: epochs for all (default 6)")
@@ -254,6 +257,23 @@ def variants(args):
     return rows
 
 
+def heat_maps_only(args):
+    """The pointing game of every row's run under `--out` (`<row>/run/`), with this code's heat map, recorded in
+    each run and written to `<row>/pointing_game.json`: {row: {part: game}}."""
+    from bonenet.datalist import read_dataset
+    from bonenet.inference import BoneNet
+
+    rows = {}
+    for manifest in sorted(Path(args.out).glob("*/run/manifest.json")):
+        row = manifest.parent.parent
+        index = read_dataset(row / "fracatlas.csv")
+        rows[row.name] = heat_maps(BoneNet.load(row / "run"), index, args.fracatlas, row / "run", args.bootstrap)
+        (row / "pointing_game.json").write_text(json.dumps(rows[row.name], indent=2))
+        print(f"{row.name}: " + "; ".join(f"{part} {pointing_text(g)}" for part, g in rows[row.name].items()),
+              flush=True)
+    return rows
+
+
 def variants_table(rows, part="XR_HAND"):
     """One Markdown row per variant: size, members, TTA, the part's AUROC and kappa, the other part's AUROC,
     router accuracy, the pointing game against a random point, and time."""
@@ -301,6 +321,8 @@ def main(argv=None):
     from bonenet import runtime
 
     runtime.start()  # before anything imports TensorFlow: its start-up lines held back, devices set up once
+    if args.heat_maps_only:
+        return heat_maps_only(args)
     if args.variants:
         rows = variants(args)
         Path(args.out, "variants.json").write_text(json.dumps(rows, indent=2))

@@ -31,8 +31,12 @@ MODES = ("cached", "full")
 TTA_CHOICES = ("none", "flip")
 TTA_HELP = ("test-time augmentation: none, or flip (every probability the mean over the image and its mirror, at "
             "twice the trunk's time)")
-# The one heat map every output draws (`bonenet.gradcam.grad_cam`): its layer and method.
-HEAT_MAP = {"layer": "top_activation", "method": "gradcam"}
+# The one heat map every output draws (`bonenet.gradcam.heat_maps`): its layer, its method, and whether it is kept
+# to the radiograph's foreground. Chosen by the pointing game on the FracAtlas training fold's 303 fractured hand
+# images (`benchmarks/heat_map_choice.py`, figures in BENCHMARKS.md): of 24 candidates, Grad-CAM at block4c_add
+# (6×6 at 96 px, 14×14 at 224) kept to the foreground hit most often; the last convolution alone, the default
+# before, half as often.
+HEAT_MAP = {"layer": "block4c_add", "method": "gradcam", "foreground": True}
 
 
 @dataclass(frozen=True)

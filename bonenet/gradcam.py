@@ -20,16 +20,16 @@ METHODS = ("gradcam", "hirescam")
 _LOWER = weakref.WeakKeyDictionary()
 
 
-def _lower(model, layer_name=None):
-    """model's input → [the layer's output (when named), the model's output or, for a head, its classifier's
-    input], built once per model and layer: `serve` explains every image it reads, and a new Keras model per
-    call would grow memory and time."""
+def _lower(model, layer_names=()):
+    """model's input → [the named layers' outputs, the model's output or, for a head, its classifier's input],
+    built once per model and layers: `serve` explains every image it reads, and a new Keras model per call
+    would grow memory and time."""
     per_model = _LOWER.setdefault(model, {})
-    if layer_name not in per_model:
+    key = tuple(layer_names)
+    if key not in per_model:
         end = model.get_layer(CLASSIFIER).input if _has(model, CLASSIFIER) else model.output
-        start = [model.get_layer(layer_name).output] if layer_name else []
-        per_model[layer_name] = keras.Model(model.inputs, [*start, end])
-    return per_model[layer_name]
+        per_model[key] = keras.Model(model.inputs, [*(model.get_layer(n).output for n in key), end])
+    return per_model[key]
 
 
 def _run(model, x):
@@ -56,11 +56,12 @@ def _log_odds(pooled, heads, class_index):
     return log_p[:, class_index] - tf.reduce_logsumexp(others, axis=1)
 
 
-def grad_cam(trunk, heads, images, class_index=1, layer_name=LAST_CONV, method="gradcam"):
-    """Heat maps of `class_index` for prepared images, at `layer_name`, upsampled to the input size.
+def heat_maps(trunk, heads, images, layers=(LAST_CONV,), methods=("gradcam",), class_index=1):
+    """Heat maps of `class_index` for prepared images at each of `layers` by each of `methods`: one forward and
+    backward pass for the trunk's layers, one for the heads'.
 
     The explained score is the log-odds of the mean of the heads' probabilities: the ensemble's own score,
-    or one model's. The layer may be the trunk's (one tensor every member reads) or each head's own; a
+    or one model's. A layer may be the trunk's (one tensor every member reads) or each head's own; a
     head's copy of it contributes its member's term, and the terms add up, as the linearised ensemble
     score does.
 
@@ -69,44 +70,87 @@ def grad_cam(trunk, heads, images, class_index=1, layer_name=LAST_CONV, method="
         heads: the model's heads, one per ensemble member, as a run holds them (loaded from their files: a head
             split from a model in memory reads tensors of that model's graph, not of its own).
         images: prepared images N×S×S×3 (0-255).
+        layers: the convolutional layers to explain.
+        methods: "gradcam" weighs each channel by its mean gradient (Selvaraju et al., 2017); "hirescam"
+            multiplies gradient and activation at each position (Draelos & Carin, 2020).
         class_index: the class to explain. Defaults to 1 (abnormal).
-        layer_name: the convolutional layer to explain. Defaults to "top_activation".
-        method: "gradcam" weighs each channel by its mean gradient (Selvaraju et al., 2017); "hirescam"
-            multiplies gradient and activation at each position (Draelos & Carin, 2020). Defaults to "gradcam".
 
     Returns:
-        float32 N×S×S maps in [0, 1], each scaled to its maximum (all zero without positive evidence).
+        {(layer, method): float32 N×S×S maps in [0, 1]}, each scaled to its maximum (all zero without positive
+        evidence).
     """
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
-    x = tf.convert_to_tensor(np.asarray(images, np.float32))
-    in_trunk = _has(trunk, layer_name)
-    if not in_trunk and not all(_has(head, layer_name) for head in heads):
-        raise ValueError(f"no layer {layer_name!r} in the trunk or the heads to explain; Grad-CAM needs it among "
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise ValueError(f"method must be one of {', '.join(METHODS)}, got {unknown[0]!r}")
+    missing = [n for n in layers if not _has(trunk, n) and not all(_has(h, n) for h in heads)]
+    if missing:
+        raise ValueError(f"no layer {missing[0]!r} in the trunk or the heads to explain; Grad-CAM needs it among "
                          "their layers")
+    x = tf.convert_to_tensor(np.asarray(images, np.float32))
+    maps = {}
+    for in_trunk in (True, False):
+        group = tuple(n for n in layers if _has(trunk, n) == in_trunk)
+        if group:
+            maps.update(_one_pass(trunk, heads, x, group, in_trunk, methods, class_index))
+    return maps
+
+
+def _one_pass(trunk, heads, x, layers, in_trunk, methods, class_index):
+    """`heat_maps` for layers all in the trunk, or all in every head."""
     with tf.GradientTape() as tape:
         if in_trunk:
-            shared, features = _run(_lower(trunk, layer_name), x)
-            activations = [shared]
+            *shared, features = _run(_lower(trunk, layers), x)
+            activations = [[a] for a in shared]  # per layer, one tensor for every member
             pooled = [_run(_lower(head), features)[0] for head in heads]
         else:
             features = _run(trunk, x)[0]
-            activations, pooled = zip(*(_run(_lower(head, layer_name), features) for head in heads), strict=True)
+            outputs = [_run(_lower(head, layers), features) for head in heads]
+            activations = [[out[i] for out in outputs] for i in range(len(layers))]  # per layer, one per member
+            pooled = [out[-1] for out in outputs]
         target = _log_odds(pooled, heads, class_index)
-    grads = tape.gradient(target, list(activations))
-    cam = 0.0
-    for a, g in zip(activations, grads, strict=True):
-        a, g = tf.cast(a, tf.float32), tf.cast(g, tf.float32)
-        weights = tf.reduce_mean(g, axis=(1, 2), keepdims=True) if method == "gradcam" else g
-        cam = cam + tf.reduce_sum(weights * a, axis=-1)
-    cam = tf.nn.relu(cam).numpy().astype(np.float32)
+    grads = tape.gradient(target, activations)
     size = tuple(x.shape[1:3])
+    maps = {}
+    for layer, acts, gs in zip(layers, activations, grads, strict=True):
+        for method in methods:
+            total = 0.0
+            for a, g in zip(acts, gs, strict=True):
+                a, g = tf.cast(a, tf.float32), tf.cast(g, tf.float32)
+                weights = tf.reduce_mean(g, axis=(1, 2), keepdims=True) if method == "gradcam" else g
+                total = total + tf.reduce_sum(weights * a, axis=-1)
+            maps[layer, method] = _scaled(tf.nn.relu(total).numpy().astype(np.float32), size)
+    return maps
+
+
+def _scaled(cam, size):
+    """Maps N×h×w upsampled to `size`, each scaled to its own maximum."""
     out = np.zeros((len(cam), *size), np.float32)
     for i, m in enumerate(cam):
         peak = float(m.max())
         if peak > 0:
             out[i] = cv2.resize(m / peak, (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
     return np.clip(out, 0, 1)
+
+
+def grad_cam(trunk, heads, images, class_index=1, layer_name=LAST_CONV, method="gradcam"):
+    """One layer's heat maps by one method (`heat_maps`): float32 N×S×S in [0, 1]."""
+    return heat_maps(trunk, heads, images, (layer_name,), (method,), class_index)[layer_name, method]
+
+
+def foreground(gray):
+    """The radiograph's Otsu foreground (5×5 blur), dilated by 2% of the image's side: the anatomy, without the
+    film around it, as a boolean H×W mask."""
+    _, mask = cv2.threshold(cv2.GaussianBlur(gray, (5, 5), 0), 0, 1, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+    k = max(3, int(0.02 * max(gray.shape)) | 1)
+    return cv2.dilate(mask, np.ones((k, k), np.uint8)).astype(bool)
+
+
+def keep_foreground(cam, gray):
+    """A heat map on the radiograph kept to its foreground (`foreground`), scaled to its maximum again: the
+    film and what is burnt into it (labels, markers) hold no finding."""
+    kept = np.where(foreground(gray), cam, 0).astype(np.float32)
+    peak = float(kept.max())
+    return kept / peak if peak > 0 else kept
 
 
 def to_original(cam, layout, shape):

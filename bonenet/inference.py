@@ -167,27 +167,30 @@ class BoneNet:
         """Model `key`'s probabilities (router n×7, a part's p(abnormal) (n,)) through its temperature, if any."""
         return apply_temperature(probs, self.temperature(key))
 
-    def cam(self, part, gray, layer=None, method=None):
+    def cam(self, part, gray):
         """The heat map of `part`'s abnormal class for one image, mapped onto its original H×W grayscale.
 
         Computed on the image as prepared (without test-time views), through the trunk and every member
-        of the part's model (`bonenet.gradcam.grad_cam`: the ensemble's own score), at the layer and by
-        the method of `bonenet.configs.HEAT_MAP` unless named.
-
-        Args:
-            part: the part model to explain.
-            gray: the original uint8 image.
-            layer, method: another layer or method (the benchmark's candidates). Default to HEAT_MAP's.
+        of the part's model (`bonenet.gradcam.heat_maps`: the ensemble's own score), at the layer, by the
+        method and kept to the foreground as `bonenet.configs.HEAT_MAP` says.
 
         Returns:
             (float32 H×W map in [0, 1], box [x0, y0, x1, y1] or None).
         """
         from bonenet import gradcam
 
-        cam = gradcam.grad_cam(self.trunk, self.members[part], self.prepare(gray)[None],
-                               layer_name=layer or HEAT_MAP["layer"], method=method or HEAT_MAP["method"])[0]
-        cam = gradcam.to_original(cam, self.recipe.layout(gray, self.image_size), gray.shape)
+        cam = self.cams(part, gray, [HEAT_MAP["layer"]], [HEAT_MAP["method"]])[HEAT_MAP["layer"], HEAT_MAP["method"]]
+        cam = gradcam.keep_foreground(cam, gray) if HEAT_MAP["foreground"] else cam
         return cam, gradcam.cam_box(cam)
+
+    def cams(self, part, gray, layers, methods):
+        """Heat maps of `part`'s abnormal class for one image at each layer by each method, on its original
+        H×W grayscale: {(layer, method): map} (the benchmark's candidates; `cam` draws the chosen one)."""
+        from bonenet import gradcam
+
+        maps = gradcam.heat_maps(self.trunk, self.members[part], self.prepare(gray)[None], layers, methods)
+        layout = self.recipe.layout(gray, self.image_size)
+        return {key: gradcam.to_original(m[0], layout, gray.shape) for key, m in maps.items()}
 
     def image_scores(self, features, parts):
         """{part: (uncalibrated, calibrated) p(abnormal)} of `encode`d inputs under each of `parts`' models:

@@ -55,3 +55,36 @@ def test_compare_runs_each_backbone_once_and_resumes(tmp_path, capsys):
     assert real_radiographs.main(args) == rows  # finished rows are read back, not run again
     assert (tmp_path / "none-20" / "real_radiographs.json").stat().st_mtime_ns == stamp
     assert "| none | 20, 32, 1 |" in capsys.readouterr().out
+    games = real_radiographs.main(["--fracatlas", str(FIXTURES), "--out", str(tmp_path), "--heat-maps-only",
+                                   "--bootstrap", "20"])  # every row's heat maps scored again, as they are now
+    assert set(games) == {"none-20", "shipped-20"}
+    assert json.loads((tmp_path / "none-20" / "pointing_game.json").read_text()) == games["none-20"]
+
+
+def test_the_variants_table_has_a_row_per_size_members_and_tta():
+    def result(size, members, tta, auroc):
+        game = {"hit": 0.2, "hit_ci95": [0.1, 0.3], "random": 0.05}
+        return {"config": {"image_size": size, "ensemble": members, "tta": tta},
+                "parts": {"XR_HAND": {"auroc": auroc, "auroc_ci95": [auroc - 0.1, auroc + 0.1], "kappa": 0.2,
+                                      "kappa_ci95": [0.1, 0.3]}},
+                "router_study_accuracy": 0.95, "pointing_game": {"XR_HAND": game},
+                "seconds": {"train_all": 60, "evaluate": 20}}
+
+    lines = real_radiographs.variants_table({"96px-k1-none": result(96, 1, "none", 0.8),
+                                             "96px-k5-flip": result(96, 5, "flip", 0.85)}).splitlines()
+    assert lines[0].startswith("| px | members | TTA |") and len(lines) == 4
+    assert lines[3] == ("| 96 | 5 | flip | 0.850 [0.75, 0.95] | 0.200 [0.10, 0.30] | — — | 0.950 | 0.200 [0.10, 0.30] "
+                        "(0.050) | 80 |")
+
+
+@pytest.mark.slow  # one model and a 2-member ensemble at a toy size, each scored twice: about two minutes
+def test_variants_train_each_size_once_and_score_it_with_and_without_tta(tmp_path, capsys):
+    args = ["--fracatlas", str(FIXTURES), "--out", str(tmp_path), "--weights", "none", "--variants", "32",
+            "--members", "2", "--epochs", "1", "--batch-size", "8", "--bootstrap", "20"]
+    rows = real_radiographs.main(args)
+    assert list(rows) == ["32px-k1-none", "32px-k1-flip", "32px-k2-none", "32px-k2-flip"]
+    assert [rows[k]["config"]["tta"] for k in rows] == ["none", "flip", "none", "flip"]
+    metrics = json.loads((tmp_path / "32px-k2" / "eval-flip" / "metrics.json").read_text())
+    assert metrics["source"]["tta"] == "flip" and metrics["source"]["members"]["XR_HAND"] == 2
+    assert rows["32px-k2-none"]["members_holdout_auc"]["XR_HAND"] and len(list(tmp_path.glob("cache-32/*"))) == 1
+    assert "| 32 | 2 | flip |" in capsys.readouterr().out

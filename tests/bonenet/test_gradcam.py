@@ -42,6 +42,18 @@ def test_the_layers_are_found_by_name_whatever_else_the_model_ends_with(net, wri
                                atol=1e-6)
 
 
+def test_the_foreground_keeps_the_anatomy_and_drops_the_film():
+    gray = np.full((200, 100), 10, np.uint8)
+    gray[50:150, 30:70] = 200  # a bone on dark film
+    keep = gradcam.foreground(gray)
+    assert keep[50:150, 30:70].all() and not keep[:20].any() and not keep[:, :15].any()
+
+
+    cam = np.ones((200, 100), np.float32)
+    kept = gradcam.keep_foreground(cam, gray)
+    assert kept.max() == 1 and kept[:20].max() == 0 and kept[100, 50] == 1
+
+
 def test_overlay_and_caption_say_the_decision():
     gray = np.full((40, 60), 100, np.uint8)
     cam = np.zeros((40, 60), np.float32)
@@ -75,15 +87,21 @@ def _lesion_model(layer_name):
 
 
 def test_the_chosen_heat_map_puts_its_maximum_on_a_known_lesion():
-    """The method and layer every output draws (`HEAT_MAP`) on an image whose only finding is a bright square:
-    the maximum lies on it (a uniform or misplaced map would put it at the first pixel, far from it)."""
+    """The heat map every output draws (`HEAT_MAP`: its layer, its method, kept to the foreground or not) on a
+    radiograph whose only finding is a bright square inside a bone: the maximum lies on it. A uniform map, or
+    one kept to the foreground only, would put it at the bone's first pixel, far from the lesion."""
     from bonenet.configs import HEAT_MAP
 
     trunk, head = _lesion_model(HEAT_MAP["layer"])
-    image = np.zeros((1, 32, 32, 3), np.float32)
-    image[0, 16:24, 4:12] = 255.0
+    gray = np.zeros((32, 32), np.uint8)
+    gray[2:30, 2:30] = 120  # the bone, on black film
+    gray[16:24, 14:22] = 255  # the lesion
+    image = np.repeat(gray[None, ..., None].astype(np.float32), 3, axis=-1)
     for heads in ([head], [head, head]):  # one model, and an ensemble of it
         cam = gradcam.grad_cam(trunk, heads, image, layer_name=HEAT_MAP["layer"], method=HEAT_MAP["method"])[0]
+        cam = gradcam.keep_foreground(cam, gray) if HEAT_MAP["foreground"] else cam
         y, x = np.unravel_index(np.argmax(cam), cam.shape)
-        assert 16 <= y < 24 and 4 <= x < 12, (y, x)
-        assert cam[:12].max() < 0.05 * cam.max()  # nothing above the lesion's rows
+        assert 16 <= y < 24 and 14 <= x < 22, (y, x)
+    uniform = gradcam.keep_foreground(np.ones((32, 32), np.float32), gray)
+    y, x = np.unravel_index(np.argmax(uniform), uniform.shape)
+    assert not (16 <= y < 24 and 14 <= x < 22)  # what the assertion above tells apart
