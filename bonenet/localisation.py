@@ -102,4 +102,5 @@ def heat_map_note(manifest, part):
     if not above_chance(game):
         return NOT_VALIDATED
     return (f"heat map points at the annotated fracture in {100 * game['hit']:.0f}% of {game['source']} cases "
-            f"({game['images']} images; a random point {100 * game['random']:.0f}%)")
+            f"({game['images']} images; a random point {100 * game['random']:.0f}%, the image's centre "
+            f"{100 * game['centre']:.0f}%)")
