@@ -123,7 +123,9 @@ def run(args):
     out, root = Path(args.out), Path(args.fracatlas)
     weights = str(shipped_backbone()[0]) if args.weights == "shipped" else args.weights
     seconds, start = {}, time.time()
-    datalist = out / "fracatlas.csv"
+    # Variant rows share one datalist, so that their images' paths, and with them the trunk-feature cache's key,
+    # are the same.
+    datalist = Path(getattr(args, "datalist", None) or out / "fracatlas.csv")
     fracatlas_datalist(root, datalist)
     index = read_dataset(datalist)
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, image_size=args.image_size, weights=weights,
@@ -251,7 +253,8 @@ def variants(args):
             for tta in ("none", "flip"):
                 row = argparse.Namespace(**{**vars(args), "out": str(out), "image_size": size, "ensemble": members,
                                             "tta": tta, "trained": tta != "none",
-                                            "cache_dir": str(Path(args.out) / f"cache-{size}")})
+                                            "cache_dir": str(Path(args.out) / f"cache-{size}"),
+                                            "datalist": str(Path(args.out) / "fracatlas.csv")})
                 print(f"{size} px, {members} member(s), TTA {tta}: {out}", file=sys.stderr, flush=True)
                 rows[f"{size}px-k{members}-{tta}"] = _one(row, reuse=True)
     return rows
@@ -266,7 +269,8 @@ def heat_maps_only(args):
     rows = {}
     for manifest in sorted(Path(args.out).glob("*/run/manifest.json")):
         row = manifest.parent.parent
-        index = read_dataset(row / "fracatlas.csv")
+        datalist = row / "fracatlas.csv"
+        index = read_dataset(datalist if datalist.is_file() else row.parent / "fracatlas.csv")
         rows[row.name] = heat_maps(BoneNet.load(row / "run"), index, args.fracatlas, row / "run", args.bootstrap)
         (row / "pointing_game.json").write_text(json.dumps(rows[row.name], indent=2))
         print(f"{row.name}: " + "; ".join(f"{part} {pointing_text(g)}" for part, g in rows[row.name].items()),

@@ -58,6 +58,14 @@ def ensemble_run(run, index, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def ensemble_net(ensemble_run):
+    """The ensemble run loaded as a `BoneNet`."""
+    from bonenet.inference import BoneNet
+
+    return BoneNet.load(ensemble_run[0])
+
+
+@pytest.fixture(scope="session")
 def net(run):
     """The session run (router and wrist) loaded as a `BoneNet`."""
     from bonenet.inference import BoneNet

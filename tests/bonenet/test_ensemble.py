@@ -13,9 +13,8 @@ def test_member_zero_is_the_model_trained_before_ensembles():
     assert ensemble.member_seed(5, 0) == 5 and len({ensemble.member_seed(5, m) for m in range(5)}) == 5
 
 
-def test_the_ensemble_head_is_the_mean_of_its_members_and_one_member_is_itself(ensemble_run, run):
-    heads = store.load_members(ensemble_run[0], "XR_WRIST", store.read_manifest(ensemble_run[0])["models"]["XR_WRIST"],
-                               store.load_trunk(ensemble_run[0]))
+def test_the_ensemble_head_is_the_mean_of_its_members_and_one_member_is_itself(ensemble_net):
+    heads = ensemble_net.members["XR_WRIST"]
     combined = ensemble.ensemble_head(heads)
     features = np.random.default_rng(0).normal(size=(4, *heads[0].input_shape[1:])).astype(np.float32)
     each = np.stack([np.asarray(h.predict_on_batch(features)) for h in heads])

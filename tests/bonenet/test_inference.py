@@ -140,8 +140,8 @@ def test_predicts_console_line_gives_the_part_the_score_whether_it_is_calibrated
     assert r["calibration"] == BoneNet.load(run[0]).calibration_note("XR_WRIST")
 
 
-def test_an_ensemble_scores_the_mean_of_its_members(ensemble_run, index):
-    net = BoneNet.load(ensemble_run[0])
+def test_an_ensemble_scores_the_mean_of_its_members(ensemble_net, index):
+    net = ensemble_net
     heads = net.members["XR_WRIST"]
     assert len(heads) == 3 and len(net.members["router"]) == 1
     paths = index.images.loc[index.images.split == "valid", "path"].tolist()[:6]
@@ -172,15 +172,16 @@ def test_tta_scores_are_the_mean_of_the_separately_scored_views(net, index):
     assert net.tta_note() is None
 
 
-def test_predict_evaluate_and_serve_agree_on_an_ensemble_with_tta(ensemble_run, synthetic_root, tmp_path):
+def test_predict_evaluate_and_serve_agree_on_an_ensemble_with_tta(ensemble_run, ensemble_net, synthetic_root,
+                                                                  tmp_path):
     from fastapi.testclient import TestClient
 
     from bonenet.evaluate import evaluate_run
     from bonenet.serve import create_app
 
     run_dir, _ = ensemble_run
-    net = BoneNet.load(run_dir, tta="flip")
-    evaluate_run(synthetic_root, run_dir, tmp_path / "eval", n_boot=0, plots=False, gallery=0, tta="flip")
+    net = ensemble_net.with_tta("flip")
+    evaluate_run(synthetic_root, run_dir, tmp_path / "eval", n_boot=0, plots=False, gallery=0, net=net, tta="flip")
     table = pd.read_csv(tmp_path / "eval" / "image_predictions.csv")
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert metrics["source"]["tta"] == "flip" and metrics["source"]["members"]["XR_WRIST"] == 3
