@@ -274,3 +274,34 @@ def test_no_intervals_and_a_one_class_part_give_one_line_each_and_no_traceback(f
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert metrics["study"]["overall"]["kappa_ci95"] == [None, None]  # NaN, written as JSON null
     assert metrics["calibration"]["overall"]["ece_after_ci95"] == [None, None]
+
+
+def test_predict_serve_and_the_gallery_draw_the_same_heat_map_for_the_same_image(evaluation, full_run, tmp_path):
+    """One heat map: the gallery's PNG, predict's --cam-dir PNG and serve's data URL hold the same overlay of one
+    image (below their caption bands, which differ by the gallery's header line)."""
+    import base64
+
+    import cv2
+    from fastapi.testclient import TestClient
+
+    from bonenet.inference import BoneNet, predict_paths
+    from bonenet.reading import read_gray
+    from bonenet.serve import create_app
+
+    net = BoneNet.load(full_run)
+    gallery = pd.read_csv(evaluation / "gallery.csv")
+    for row in gallery.itertuples():
+        predicted = predict_paths(net, [row.path], cam_dir=tmp_path)[0]
+        if predicted["part"] == row.part_pred and predicted["abnormal"] == (row.image_score >= row.threshold):
+            break
+    else:
+        pytest.fail("no gallery image is routed and decided alike as a study of one")
+    height = read_gray(row.path).shape[0]
+    drawn = cv2.imread(str(evaluation / row.file))[-height:]
+    np.testing.assert_array_equal(cv2.imread(predicted["cam"])[-height:], drawn)
+    with open(row.path, "rb") as f:
+        served = TestClient(create_app(net), base_url="http://localhost").post(
+            "/api/predict", files=[("files", ("view.png", f.read(), "image/png"))]).json()[0]
+    png = base64.b64decode(served["cam"].split(",", 1)[1])
+    np.testing.assert_array_equal(cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR)[-height:], drawn)
+    assert served["heat_map_note"] == predicted["heat_map_note"] == row.heat_map_note
