@@ -172,20 +172,24 @@ def run(args):
     }
 
 
+def _ci(pair):
+    """A 95% interval as "[lo, hi]", or "—" when there is none."""
+    return "—" if pair is None or pair[0] is None else f"[{pair[0]:.2f}, {pair[1]:.2f}]"
+
+
+def _f(x):
+    """A figure to three places, or "—" when there is none."""
+    return "—" if x is None else f"{x:.3f}"
+
+
 def table(result):
     """The result as a few printed lines."""
-    def interval(pair):
-        return "—" if pair is None or pair[0] is None else f"[{pair[0]:.2f}, {pair[1]:.2f}]"
-
-    def value(x):
-        return "—" if x is None else f"{x:.3f}"
-
     lines = [f"{'part':<12} {'studies':>7} {'abnormal':>8} {'AUROC':>6} {'95% CI':>13} {'kappa':>6} {'95% CI':>13} "
              f"{'ECE before':>10} {'ECE after':>9} {'95% CI':>13}"]
     for part, m in result["parts"].items():
-        lines.append(f"{part:<12} {m['n']:>7} {m['abnormal']:>8} {value(m['auroc']):>6} {interval(m['auroc_ci95']):>13} "
-                     f"{value(m['kappa']):>6} {interval(m['kappa_ci95']):>13} {value(m['ece_before']):>10} "
-                     f"{value(m['ece_after']):>9} {interval(m['ece_after_ci95']):>13}")
+        lines.append(f"{part:<12} {m['n']:>7} {m['abnormal']:>8} {_f(m['auroc']):>6} {_ci(m['auroc_ci95']):>13} "
+                     f"{_f(m['kappa']):>6} {_ci(m['kappa_ci95']):>13} {_f(m['ece_before']):>10} "
+                     f"{_f(m['ece_after']):>9} {_ci(m['ece_after_ci95']):>13}")
     lines.append(f"router study accuracy {result['router_study_accuracy']:.3f}")
     for part, game in result["pointing_game"].items():
         lines.append(f"pointing game {part}: {pointing_text(game)}")
@@ -194,12 +198,9 @@ def table(result):
 
 def pointing_text(game):
     """A pointing game in one line: hits, random point, centre, energy, each with its interval."""
-    def ci(pair):
-        return f"[{pair[0]:.2f}, {pair[1]:.2f}]"
-
-    return (f"{game['hit']:.3f} {ci(game['hit_ci95'])} of {game['images']} fractured images (random point "
-            f"{game['random']:.3f}, centre {game['centre']:.3f} {ci(game['centre_ci95'])}; energy in boxes "
-            f"{game['energy']:.3f} {ci(game['energy_ci95'])})")
+    return (f"{game['hit']:.3f} {_ci(game['hit_ci95'])} of {game['images']} fractured images (random point "
+            f"{game['random']:.3f}, centre {game['centre']:.3f} {_ci(game['centre_ci95'])}; energy in boxes "
+            f"{game['energy']:.3f} {_ci(game['energy_ci95'])})")
 
 
 def _eval_folder(args):
@@ -281,40 +282,28 @@ def heat_maps_only(args):
 def variants_table(rows, part="XR_HAND"):
     """One Markdown row per variant: size, members, TTA, the part's AUROC and kappa, the other part's AUROC,
     router accuracy, the pointing game against a random point, and time."""
-    def ci(pair):
-        return "—" if pair is None or pair[0] is None else f"[{pair[0]:.2f}, {pair[1]:.2f}]"
-
-    def f(x):
-        return "—" if x is None else f"{x:.3f}"
-
     lines = [f"| px | members | TTA | {part} AUROC [95% CI] | kappa [95% CI] | XR_SHOULDER AUROC [95% CI] | router "
              "study acc. | pointing game [95% CI] (random point) | seconds |", "|---|---|---|---|---|---|---|---|---|"]
     for result in rows.values():
         c, m = result["config"], result["parts"].get(part, {})
         other = result["parts"].get("XR_SHOULDER", {})
         game = result["pointing_game"].get(part, {})
-        lines.append(f"| {c['image_size']} | {c['ensemble']} | {c['tta']} | {f(m.get('auroc'))} {ci(m.get('auroc_ci95'))} "
-                     f"| {f(m.get('kappa'))} {ci(m.get('kappa_ci95'))} | {f(other.get('auroc'))} "
-                     f"{ci(other.get('auroc_ci95'))} | {f(result['router_study_accuracy'])} | {f(game.get('hit'))} "
-                     f"{ci(game.get('hit_ci95'))} ({f(game.get('random'))}) | {sum(result['seconds'].values()):.0f} |")
+        lines.append(f"| {c['image_size']} | {c['ensemble']} | {c['tta']} | {_f(m.get('auroc'))} {_ci(m.get('auroc_ci95'))} "
+                     f"| {_f(m.get('kappa'))} {_ci(m.get('kappa_ci95'))} | {_f(other.get('auroc'))} "
+                     f"{_ci(other.get('auroc_ci95'))} | {_f(result['router_study_accuracy'])} | {_f(game.get('hit'))} "
+                     f"{_ci(game.get('hit_ci95'))} ({_f(game.get('random'))}) | {sum(result['seconds'].values()):.0f} |")
     return "\n".join(lines)
 
 
 def comparison_table(rows, part="XR_HAND"):
     """One Markdown row per backbone and mode: the part's AUROC and kappa with their CIs, router accuracy, time."""
-    def ci(pair):
-        return "—" if pair is None or pair[0] is None else f"[{pair[0]:.2f}, {pair[1]:.2f}]"
-
-    def f(x):
-        return "—" if x is None else f"{x:.3f}"
-
     lines = [f"| backbone | trainable layers, px, epochs | {part} AUROC [95% CI] | kappa [95% CI] | router study acc. "
              "| seconds |", "|---|---|---|---|---|---|"]
     for result in rows.values():
         c, m = result["config"], result["parts"].get(part, {})
-        lines.append(f"| {c['weights']} | {c['trainable_layers']}, {c['image_size']}, {c['epochs']} | {f(m.get('auroc'))} "
-                     f"{ci(m.get('auroc_ci95'))} | {f(m.get('kappa'))} {ci(m.get('kappa_ci95'))} | "
-                     f"{f(result['router_study_accuracy'])} | {sum(result['seconds'].values()):.0f} |")
+        lines.append(f"| {c['weights']} | {c['trainable_layers']}, {c['image_size']}, {c['epochs']} | {_f(m.get('auroc'))} "
+                     f"{_ci(m.get('auroc_ci95'))} | {_f(m.get('kappa'))} {_ci(m.get('kappa_ci95'))} | "
+                     f"{_f(result['router_study_accuracy'])} | {sum(result['seconds'].values()):.0f} |")
     return "\n".join(lines)
 
 
