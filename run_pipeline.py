@@ -11,6 +11,7 @@ import logging
 import os
 import shlex
 import sys
+import traceback
 import warnings
 from pathlib import Path
 
@@ -420,7 +421,7 @@ def _part(value):
 
 def _recipe(value):
     """A recipe name or JSON file, checked while parsing so that a typo fails before TensorFlow loads."""
-    from preprocessing.recipes import get_recipe
+    from bonenet.preprocessing.recipes import get_recipe
 
     try:
         get_recipe(value)
@@ -627,8 +628,13 @@ def main(argv=None):
         # BONENET_DEBUG=1 shows the traceback.
         if os.environ.get("BONENET_DEBUG"):
             raise
-        CLI.error(_one_line(exc))
+        CLI.error(_one_line(exc) if str(exc).strip() else _unexpected(args, exc))
         return 2
+    except Exception as exc:  # a fault BoneNet did not foresee: still one line, saying where it happened
+        if os.environ.get("BONENET_DEBUG"):
+            raise
+        CLI.error(_unexpected(args, exc))
+        return 1
     return 0 if result is None else int(result)
 
 
@@ -637,6 +643,30 @@ def _one_line(exc, limit=500):
     lines = str(exc).strip().splitlines() or [type(exc).__name__]
     text = lines[0] if len(lines[0]) <= limit else lines[0][:limit] + "…"
     return text + (" (…)" if len(lines) > 1 else "")
+
+
+# The arguments that name what a command works on, as an unexpected error's line words them.
+SUBJECTS = (("models_dir", "run"), ("data_root", "data"), ("eval_dir", "evaluation"), ("image", "image"),
+            ("paths", "input"))
+
+
+def _unexpected(args, exc):
+    """One line for an exception BoneNet did not foresee: the command, the run, data or files it worked on, the
+    BoneNet function it was in, and the exception with its message."""
+    subjects = []
+    for name, word in SUBJECTS:
+        value = getattr(args, name, None)
+        if isinstance(value, list):
+            value = value[0] if len(value) == 1 else f"{value[0]} and {len(value) - 1} more"
+        if value:
+            subjects.append(f"{word} {value}")
+    frames = [(frame.f_globals["__name__"], frame.f_code.co_name, line)
+              for frame, line in traceback.walk_tb(exc.__traceback__)
+              if frame.f_globals.get("__name__", "").startswith("bonenet")]
+    where = f" in {frames[-1][0]}.{frames[-1][1]} (line {frames[-1][2]})" if frames else ""
+    detail = f"{type(exc).__name__}: {_one_line(exc)}" if str(exc).strip() else f"{type(exc).__name__} (no message)"
+    on = f" of {', '.join(subjects)}" if subjects else ""
+    return f"{args.command}{on} failed{where}: {detail} (unexpected: BONENET_DEBUG=1 shows the traceback)"
 
 
 if __name__ == "__main__":

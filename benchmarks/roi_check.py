@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bonenet.datalist import fracatlas_boxes
 from bonenet.imageio import load_gray
-from preprocessing.filters import roi_box
+from bonenet.preprocessing.filters import roi_box
 
 CUT_SHARE = 0.005
 

@@ -49,9 +49,9 @@ from bonenet.features import compute_features
 from bonenet.models import build_part_model, build_router, compile_model, set_xla, split_model, trunk_cut
 from bonenet.mura import read_mura
 from bonenet.parts import PARTS
+from bonenet.preprocessing.recipes import get_recipe
 from bonenet.store import model_filename, record_model, save_model_atomic
 from bonenet.synthetic import make_synthetic
-from preprocessing.recipes import get_recipe
 
 PAPER_MB = 207.2  # Patel et al.: eight EfficientNetB0 models
 MURA_TRAIN_IMAGES = 36_808
@@ -127,7 +127,8 @@ def storage(size, work):
             save_model_atomic(trunk, run / "trunk.keras")
             trunk_saved = True
         save_model_atomic(head, run / model_filename(key))
-        record_model(run, key, {"image_size": size}, {"file": model_filename(key), "input": "trunk"},
+        labels = list(PARTS) if key == "router" else ["normal", "abnormal"]
+        record_model(run, key, {"image_size": size}, {"file": model_filename(key), "input": "trunk", "labels": labels},
                      trunk={"file": "trunk.keras", "output": trunk_cut(model)[1]})
     return folder_bytes(full_default), folder_bytes(full_weights), folder_bytes(run)
 

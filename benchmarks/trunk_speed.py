@@ -63,8 +63,8 @@ def measure(variant, data, size, images, work):
     from bonenet.features import _views_dataset, compute_features
     from bonenet.models import build_part_model, split_model, trunk_batch_size
     from bonenet.mura import read_mura
-    from preprocessing.augment import AugmentConfig
-    from preprocessing.recipes import DEFAULT_RECIPE, get_recipe
+    from bonenet.preprocessing.augment import AugmentConfig
+    from bonenet.preprocessing.recipes import DEFAULT_RECIPE, get_recipe
 
     keras.utils.set_random_seed(0)
     trunk, _ = split_model(build_part_model("XR_WRIST", image_size=size, weights=None)[0])

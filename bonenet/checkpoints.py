@@ -38,8 +38,9 @@ def best_val_loss(log_path):
     return float(table["val_loss"].min()) if "val_loss" in table and len(table) else None
 
 
-# What a resumed training may change: how many epochs in all, and where its image cache lives.
-RESUMABLE_CHANGES = ("epochs", "cache_dir")
+# What a resumed training may change: how many epochs in all, where its image cache lives, and how it spreads
+# over devices (the batch size is global, so a run killed on one machine may resume on two workers).
+RESUMABLE_CHANGES = ("epochs", "cache_dir", "strategy")
 
 
 def _check_resumable(work, config):

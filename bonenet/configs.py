@@ -7,8 +7,8 @@ so nothing is written twice. This module imports nothing heavy, so `--help` stay
 
 from dataclasses import dataclass, field, fields
 
-from preprocessing.filters import MIN_SIDE
-from preprocessing.recipes import DEFAULT_RECIPE
+from bonenet.preprocessing.filters import MIN_SIDE
+from bonenet.preprocessing.recipes import DEFAULT_RECIPE
 
 IMAGE_SIZE = 224  # EfficientNetB0's native input side
 DEFAULT_THRESHOLD = 0.5  # a study is abnormal at or above it, as the MURA protocol decides
@@ -140,15 +140,14 @@ class TrainConfig:
     ensemble: int = setting(1, "members per model, differently seeded, their probabilities averaged: in cached mode "
                                "K heads on the one trunk cache (K x the head epochs, no more trunk passes); in full "
                                "mode K whole networks", Range(1, 20))
-    precision: str = setting("auto", "compute precision: auto (mixed_float16 on a GPU, mixed_bfloat16 on a CPU with "
-                                     "native bfloat16 (AVX512_BF16, AMX), float32 on other CPUs), float32, "
-                                     "mixed_float16, mixed_bfloat16; saved models compute in float32 wherever they "
-                                     "are loaded", choices=PRECISIONS)
+    precision: str = setting("auto", "training precision: auto (mixed_float16 on a GPU, float32 on a CPU), float32, "
+                                     "mixed_float16, mixed_bfloat16; whatever trained them, models score in float32 "
+                                     "wherever they are loaded", choices=PRECISIONS)
 
     def __post_init__(self):
         check_config(self)
-        from preprocessing.augment import AugmentConfig
-        from preprocessing.recipes import get_recipe
+        from bonenet.preprocessing.augment import AugmentConfig
+        from bonenet.preprocessing.recipes import get_recipe
 
         AugmentConfig(max_rotation=self.max_rotation)  # checks the bound
         get_recipe(self.recipe)  # checks the recipe

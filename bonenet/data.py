@@ -17,8 +17,8 @@ import numpy as np
 import tensorflow as tf
 
 from bonenet.parts import PART_INDEX
+from bonenet.preprocessing.augment import AugmentConfig, augment
 from bonenet.reading import try_prepared
-from preprocessing.augment import AugmentConfig, augment
 
 AUTOTUNE = tf.data.AUTOTUNE
 MAX_SEED = 0x7FFFFFFFFFFFFFFF  # NumPy seeds are non-negative; tf.data's random stream is signed

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from bonenet.holdout import holdout_figures
+from bonenet.runtime import in_float32
 
 
 @dataclass(frozen=True)
@@ -57,8 +58,9 @@ def member_entry(key, number, member, home):
             "log": str(Path(os.path.relpath(member.log_path, home)))}
 
 
+@in_float32
 def ensemble_head(heads):
-    """One model of an ensemble's heads: trunk output → the mean of the members' probabilities.
+    """One model of an ensemble's heads: trunk output → the mean of the members' probabilities, in float32.
 
     The mean of probabilities, not of logits, as Stanford's MURA ensemble and deep ensembles
     (Lakshminarayanan et al., 2017) average; the temperature and threshold are then fitted on this

@@ -28,6 +28,7 @@ from bonenet import __version__
 from bonenet.calibration import EPS
 from bonenet.model_card import NOT_FOR_CLINICAL_USE
 from bonenet.outputs import check_replaceable, folder_written_whole
+from bonenet.runtime import in_float32
 
 # format → (Keras' name for it, the artifact's name in the export folder)
 FORMATS = {"savedmodel": ("tf_saved_model", "savedmodel"), "onnx": ("onnx", "bonenet.onnx"),
@@ -96,10 +97,11 @@ def _calibrated(net, key, probs):
     return probs if temperature is None else Temperature(temperature, name=f"temperature_{key.lower()}")(probs)
 
 
+@in_float32
 def serving_model(net):
     """One Keras model of a loaded `BoneNet`: prepared images → {"router_probs", "p_abnormal"}, calibrated,
     the trunk run once (once per view under the run's test-time augmentation) and every head, an
-    ensemble's members each, reading it."""
+    ensemble's members each, reading it; every layer it adds computes in float32."""
     image = keras.Input((net.image_size, net.image_size, 3), name="image")
     features = net.trunk(image if net.tta == "none" else FlipViews()(image))
     router = keras.layers.Identity(name="router_probs")(_calibrated(net, "router", _output(net.models["router"],

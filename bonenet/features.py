@@ -14,7 +14,6 @@ on this host takes over what a killed one left and resumes there (the views are 
 they come out the same), and deletes any other leftovers.
 """
 
-import functools
 import hashlib
 import json
 import logging
@@ -54,13 +53,16 @@ def weights_digest(model):
 
 
 def features_key(paths, recipe, size, trunk, views=0, augment_config=None, seed=0):
-    """The cache key: changes whenever the files, recipe, size, trunk weights or views change."""
+    """The cache key: changes whenever the files, recipe, size, trunk weights, its compute precision or the
+    views change."""
     h = hashlib.sha256(json.dumps({
         "version": FEATURES_VERSION,
         "recipe": recipe.to_json(),
         "size": int(size),
         "trunk": weights_digest(trunk),
         "output": str(tuple(trunk.output.shape)),
+        # A trunk trained under mixed bfloat16 computes other features than the same weights in float32.
+        "compute": sorted({layer.dtype_policy.name for layer in trunk.layers}),
         "dtype": np.dtype(STORAGE_DTYPE).name,
         "views": int(views),
         "augment": repr(augment_config) if views else None,
@@ -79,18 +81,31 @@ def _file_sha256(path):
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
-@functools.lru_cache(maxsize=8)
-def _verified(path, size, mtime_ns, expected):
-    """Whether the file's sha256 is `expected`, computed once per process while the file is unchanged
+# A file stamp (size, mtime) proves nothing about a rewrite within the file system's timestamp tick, so,
+# as git does with "racily clean" entries, a verification is remembered only for a file last written this
+# long before it was verified: any later rewrite then carries a later mtime.
+SETTLED_NS = 2_000_000_000
+_VERIFIED = {}  # (path, inode, size, mtime_ns) → the sha256 found, for settled files only
+
+
+def _sha256_of(path):
+    """The file's sha256, read again unless this process verified the same settled file before
     (`train-all` opens one cache for eight models)."""
-    return _file_sha256(path) == expected
+    st = os.stat(path)
+    stamp = (str(path), st.st_ino, st.st_size, st.st_mtime_ns)
+    if stamp in _VERIFIED:
+        return _VERIFIED[stamp]
+    digest = _file_sha256(path)
+    if time.time_ns() - st.st_mtime_ns > SETTLED_NS:
+        _VERIFIED[stamp] = digest
+    return digest
 
 
 def verify_features(path, expected):
     """Refuses a cache whose `features.npy` differs from the sha256 written with it (flipped bytes, a
-    truncated copy), naming the file. A cache written before checksums (`expected` None) is refused too."""
-    st = os.stat(path)
-    if expected is None or not _verified(str(path), st.st_size, st.st_mtime_ns, expected):
+    truncated copy, a same-size rewrite), naming the file. A cache written before checksums (`expected` None)
+    is refused too."""
+    if expected is None or _sha256_of(path) != expected:
         raise CacheDamaged(f"{path}: the feature cache is damaged (its sha256 is not the one written with it)")
 
 

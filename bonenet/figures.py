@@ -3,8 +3,8 @@
 import matplotlib.pyplot as plt
 
 from bonenet.configs import IMAGE_SIZE
-from preprocessing import filters
-from preprocessing.recipes import DEFAULT_RECIPE, get_recipe
+from bonenet.preprocessing import filters
+from bonenet.preprocessing.recipes import DEFAULT_RECIPE, get_recipe
 
 
 def image_title(path):
@@ -70,7 +70,7 @@ def _filter_tiles(image):
 def _recipe_tiles(recipe, resized):
     """The recipe's own steps on the cropped, resized image, each distinct chain once (equalize uses
     one chain for all three channels)."""
-    from preprocessing.recipes import OPS
+    from bonenet.preprocessing.recipes import OPS
 
     chains, tiles = {}, []
     for c, chain in enumerate(recipe.channels):

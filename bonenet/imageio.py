@@ -11,7 +11,7 @@ import zlib
 import cv2
 import numpy as np
 
-from preprocessing.filters import MIN_SIDE
+from bonenet.preprocessing.filters import MIN_SIDE
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 JPEG_SIGNATURE = b"\xff\xd8\xff"

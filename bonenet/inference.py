@@ -12,10 +12,10 @@ from bonenet.ensemble import ensemble_head
 from bonenet.imageio import ImageReadError
 from bonenet.models import set_xla, trunk_batch_size, use_xla
 from bonenet.parts import short_name
+from bonenet.preprocessing.recipes import Recipe
 from bonenet.reading import group_inputs, read_gray, read_prepared, skip_from_error
 from bonenet.store import ManifestError, load_run_models
 from bonenet.study import decide_study, part_thresholds, untuned_parts
-from preprocessing.recipes import Recipe
 
 
 class BoneNet:

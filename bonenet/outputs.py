@@ -2,8 +2,8 @@
 
 A file or folder is written under a temporary name beside its target and renamed into place when
 complete, so a killed or failed command never leaves a target that mixes old and new content, or
-looks finished when it is not. The temporary name carries the writer's host and pid, so a later
-writer removes what a killed one left. A write that fails (a full disk, a read-only mount) names
+looks finished when it is not. The temporary name carries the writer's host, pid and (on Linux) the
+process's start time, so a later writer removes what a killed one left, even once its pid is reused. A write that fails (a full disk, a read-only mount) names
 the target, not the temporary file, and leaves any earlier target unchanged.
 """
 
@@ -18,14 +18,31 @@ from contextlib import contextmanager
 from pathlib import Path
 
 
-def _alive(pid):
+def _started(pid):
+    """When process `pid` started (clock ticks since boot, from /proc), or None where that is unknown."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]  # field 22; the name before ")" may hold spaces
+
+
+def _alive(pid, started=None):
+    """Whether process `pid` still runs; with `started`, only the process that started then (pids are reused,
+    quickly where many threads run: TensorFlow starts dozens per process)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:  # someone else's live process
-        return True
-    return True
+        pass
+    return started is None or _started(pid) in (None, started)
+
+
+def _writer():
+    """This process as a temporary name carries it: `<pid>` or `<pid>-<start time>`."""
+    started = _started(os.getpid())
+    return f"{os.getpid()}" if started is None else f"{os.getpid()}-{started}"
 
 
 def _umask():
@@ -35,8 +52,8 @@ def _umask():
 
 
 def temp_prefix(target):
-    """The start of a temporary name for `target`: `.<name>.<host>.<pid>.` beside it."""
-    return f".{Path(target).name}.{socket.gethostname()}.{os.getpid()}."
+    """The start of a temporary name for `target`: `.<name>.<host>.<pid>[-<start time>].` beside it."""
+    return f".{Path(target).name}.{socket.gethostname()}.{_writer()}."
 
 
 def dead_writers_temps(target):
@@ -45,8 +62,8 @@ def dead_writers_temps(target):
     start = f".{target.name}.{socket.gethostname()}."
     dead = []
     for tmp in sorted(target.parent.glob(glob.escape(start) + "*")):
-        pid = tmp.name[len(start):].split(".", 1)[0]
-        if pid.isdigit() and not _alive(int(pid)):
+        pid, _, started = tmp.name[len(start):].split(".", 1)[0].partition("-")
+        if pid.isdigit() and not _alive(int(pid), started or None):
             dead.append(tmp)
     return dead
 

@@ -35,15 +35,16 @@ import keras
 import numpy as np
 
 from bonenet import data as bdata
+from bonenet import runtime
 from bonenet.configs import PretrainConfig
 from bonenet.models import build_base
 from bonenet.mura import fingerprint_of, read_mura
 from bonenet.outputs import file_written_whole, json_safe, temp_prefix, write_text_whole
 from bonenet.parts import PART_INDEX, PARTS
+from bonenet.preprocessing.augment import AugmentConfig
+from bonenet.preprocessing.recipes import get_recipe
 from bonenet.progress import keras_verbosity
 from bonenet.synthetic import GENERATOR_VERSION, synthetic_dataset
-from preprocessing.augment import AugmentConfig
-from preprocessing.recipes import get_recipe
 
 ASSETS = Path(__file__).parent / "assets"
 SHIPPED_BACKBONE = ASSETS / "synthetic_backbone_96.weights.h5"
@@ -65,17 +66,18 @@ def build_pretrain_model(image_size, seed=0, outputs=2 * len(PARTS), activation=
         init: a backbone `.weights.h5` to start from; None starts from random weights. Defaults to None.
 
     Returns:
-        (model, base).
+        (model, base), built under the process's training precision (`bonenet.runtime.start`).
     """
     keras.utils.set_random_seed(seed)
-    base = build_base(image_size, weights=None)
-    if init is not None:
-        base.load_weights(str(init))
-    x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(base.output)
-    x = keras.layers.Dropout(0.2, name="head_dropout")(x)
-    name = "joint" if activation == "softmax" else "targets"
-    out = keras.layers.Dense(outputs, activation=activation, dtype="float32", name=name)(x)
-    return keras.Model(base.input, out, name="pretrain"), base
+    with runtime.precision_scope(runtime.start()["precision"]):
+        base = build_base(image_size, weights=None)
+        if init is not None:
+            base.load_weights(str(init))
+        x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(base.output)
+        x = keras.layers.Dropout(0.2, name="head_dropout")(x)
+        name = "joint" if activation == "softmax" else "targets"
+        out = keras.layers.Dense(outputs, activation=activation, dtype="float32", name=name)(x)
+        return keras.Model(base.input, out, name="pretrain"), base
 
 
 def data_digest(root):

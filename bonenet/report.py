@@ -6,6 +6,7 @@ and converts each to HTML.
 
 import base64
 import html
+import importlib.util
 import json
 import logging
 import shutil
@@ -26,7 +27,8 @@ from bonenet.study import IMAGE_PREDICTION_COLUMNS, STUDY_PREDICTION_COLUMNS
 
 log = logging.getLogger(__name__)
 
-NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
+# notebooks/ installs as the data-only package bonenet.notebooks (setup.cfg), so a wheel finds it too.
+NOTEBOOKS = Path(importlib.util.find_spec("bonenet.notebooks").submodule_search_locations[0])
 ROWS = ("accuracy", "precision", "sensitivity", "specificity", "f1", "kappa", "auroc", "n")
 
 
@@ -332,7 +334,7 @@ def run_reports(eval_dir, out_dir, parts=None, timeout=600):
     scored = [p for p in PARTS if p in metrics["study"]]
     parts = scored if parts is None else [parse_part(p) for p in parts]
     if not (NOTEBOOKS / "part_report.ipynb").is_file():
-        raise FileNotFoundError(f"{NOTEBOOKS}: report notebooks not found; install bonenet from its source tree")
+        raise FileNotFoundError(f"{NOTEBOOKS}: report notebooks not found; reinstall bonenet")
     common = {"eval_dir": str(eval_dir), "pages": list(parts)}
     jobs = [("overview", "overview.ipynb", common)]
     jobs += [(f"part_{short_name(p)}", "part_report.ipynb", {**common, "part": p}) for p in parts]

@@ -7,8 +7,15 @@ log level before the first import and holds back exactly those known start-up li
 every other line, Python warnings included, is passed on unchanged.
 
 Devices are decided here too, once: TensorFlow refuses to change physical devices after its
-context exists, so memory growth and the mixed-precision policy are set before the first model
-is built, and every later call returns the first decision.
+context exists, so memory growth is set before the first model is built, and every later call
+returns the first decision.
+
+Precision is a training-speed choice, never a result. `start` resolves the precision that training
+builds its models under, but never sets Keras' global dtype policy: training builds inside
+`precision_scope(training precision)`, and everything built to score an image (a loaded run, an
+ensemble's mean, test-time views, the export's wrappers) inside `precision_scope("float32")`, so
+every probability, score, heat map and exported graph is float32 on any CPU or GPU, whatever
+policy a caller's script has set.
 """
 
 import os
@@ -17,6 +24,7 @@ import re
 import sys
 import tempfile
 from contextlib import contextmanager
+from functools import wraps
 from pathlib import Path
 
 from bonenet.configs import PRECISIONS
@@ -81,22 +89,24 @@ def cpu_info(cpuinfo="/proc/cpuinfo"):
             "bf16": bool({"avx512_bf16", "amx_bf16"} & flags), "amx": "amx_tile" in flags}
 
 
-def auto_precision(gpus, cpu):
-    """What precision "auto" means: mixed float16 on a GPU; mixed bfloat16 on a CPU that computes
-    bfloat16 natively (`cpu_info()["bf16"]`, detected, never assumed), where oneDNN runs it at about
-    twice float32's speed; float32 elsewhere, where bfloat16 would be emulated and slower."""
-    if gpus:
-        return "mixed_float16"
-    return "mixed_bfloat16" if cpu["bf16"] else "float32"
+def auto_precision(gpus):
+    """What precision "auto" means: mixed float16 on a GPU, float32 on every CPU.
+
+    Not mixed bfloat16 on a CPU that computes it natively: on one (AVX512_BF16 and AMX-BF16, TensorFlow
+    2.21's oneDNN) it trained 0.91x and filled the feature cache 0.85x as fast as float32
+    (`benchmarks/precision_speed.py`, BENCHMARKS.md). `--precision mixed_bfloat16` still selects it."""
+    return "mixed_float16" if gpus else "float32"
 
 
 def start(precision="auto"):
-    """Imports TensorFlow quietly and decides the devices and the precision, once per process.
+    """Imports TensorFlow quietly and decides the devices and the training precision, once per process.
 
     On a GPU: memory growth (so several processes can share a card) and XLA. The precision is
-    the Keras dtype policy models are built under (`auto_precision`): "auto" is mixed float16 on a GPU,
-    mixed bfloat16 on a CPU with native bfloat16 and float32 on other CPUs; "mixed_bfloat16" runs on any CPU. Saved models never carry it
-    (`bonenet.store.save_model_atomic`): they compute in float32 wherever they are loaded.
+    the Keras dtype policy that training builds its models under (`auto_precision`, applied by
+    `precision_scope`): "auto" is mixed float16 on a GPU and float32 on a CPU; "mixed_bfloat16" runs on
+    any CPU. The global policy is left as it is, and
+    saved models never carry it (`bonenet.store.save_model_atomic`): they compute in float32 wherever
+    they are loaded.
 
     Args:
         precision: one of `PRECISIONS`. Defaults to "auto".
@@ -119,13 +129,39 @@ def start(precision="auto"):
         import tensorflow as tf
 
         gpus = tf.config.list_physical_devices("GPU")
-    import keras
-
     tf.get_logger().addFilter(_KerasStepRetracing)
     for gpu in gpus:
         tf.config.experimental.set_memory_growth(gpu, True)
     if precision == "auto":
-        precision = auto_precision(gpus, cpu_info())
-    keras.mixed_precision.set_global_policy(precision)
+        precision = auto_precision(len(gpus))
     _STATE.update({"gpus": len(gpus), "precision": precision, "xla": bool(gpus)})
     return dict(_STATE)
+
+
+@contextmanager
+def precision_scope(policy):
+    """Builds Keras layers under dtype policy `policy` (a name: "float32", "mixed_bfloat16", …) inside the
+    block, then restores the caller's policy.
+
+    Keras keeps its global policy per thread, so one thread's scope never changes another's models.
+    """
+    import keras
+
+    saved = keras.mixed_precision.dtype_policy()
+    keras.mixed_precision.set_dtype_policy(policy)
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_dtype_policy(saved)
+
+
+def in_float32(build):
+    """Decorates a function that builds or loads models for scoring so that it builds them in float32
+    (`precision_scope("float32")`), whatever policy its caller has set."""
+
+    @wraps(build)
+    def wrapper(*args, **kwargs):
+        with precision_scope("float32"):
+            return build(*args, **kwargs)
+
+    return wrapper

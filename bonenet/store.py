@@ -21,6 +21,7 @@ from pathlib import Path
 from bonenet import __version__
 from bonenet.outputs import file_written_whole, write_text_whole
 from bonenet.parts import PARTS, parse_part, short_name
+from bonenet.runtime import in_float32
 
 MANIFEST = "manifest.json"
 FORMAT = "bonenet-run"
@@ -311,8 +312,9 @@ def _record_model(run_dir, key, shared, entry, trunk):
     return manifest
 
 
+@in_float32
 def load_model(path):
-    """Loads a `.keras` model with `safe_mode=True` (no arbitrary code from the file).
+    """Loads a `.keras` model with `safe_mode=True` (no arbitrary code from the file), computing in float32.
 
     Raises:
         ManifestError: the file is missing, or is not a readable Keras model (truncated, corrupt).

@@ -46,6 +46,8 @@ from bonenet.models import (
 from bonenet.mura import fingerprint_of, holdout_split, is_synthetic
 from bonenet.outputs import check_free_space
 from bonenet.parts import PARTS
+from bonenet.preprocessing.augment import AugmentConfig
+from bonenet.preprocessing.recipes import get_recipe
 from bonenet.progress import keras_verbosity
 from bonenet.reading import Skip, SkipLog
 from bonenet.store import (
@@ -62,8 +64,6 @@ from bonenet.store import (
     save_trunk_once,
     shared_trunk,
 )
-from preprocessing.augment import AugmentConfig
-from preprocessing.recipes import get_recipe
 
 log = logging.getLogger(__name__)
 
@@ -245,7 +245,8 @@ def _build(job, config, seed, first=None):
     # trunk (a rerun, or any model after the first when the trunk memo was cold) other initial
     # weights and dropout masks than the same command into an empty folder.
     keras.utils.set_random_seed(seed)
-    with strategy.scope():
+    # The training precision applies to this build only: what is saved and loaded computes in float32.
+    with strategy.scope(), runtime.precision_scope(runtime.start(config.precision)["precision"]):
         kwargs = dict(image_size=config.image_size, weights=place.weights, trainable_layers=config.trainable_layers,
                       train_batchnorm=config.train_batchnorm, dropout=config.dropout)
         model, trainable = (build_router(**kwargs) if job.key == "router"

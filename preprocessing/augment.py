@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass
 import cv2
 import numpy as np
 
-from preprocessing.filters import check_image, laplacian_sharpen
+from bonenet.preprocessing.filters import check_image, laplacian_sharpen
 
 MAX_ROTATION_LIMIT = 30.0
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from preprocessing import filters
+from bonenet.preprocessing import filters
 
 OPS = {
     "equalize": filters.equalize_hist,

@@ -108,3 +108,35 @@ def test_json_files_never_hold_a_bare_nan(tmp_path, capsys):
     run_pipeline._write_json(out, [{"p_abnormal": float("nan"), "ci": [float("inf"), 0.5]}])
     assert "NaN" not in out.read_text() and "Infinity" not in out.read_text()
     assert json.loads(out.read_text()) == [{"p_abnormal": None, "ci": [None, 0.5]}]
+
+
+@pytest.mark.parametrize("exc, shown", [
+    (NotImplementedError(), "NotImplementedError (no message)"),
+    (TypeError("expected number as argument to bfloat16 constructor\nmore"),
+     "TypeError: expected number as argument to bfloat16 constructor (…)"),
+    (ValueError(), "ValueError (no message)"),
+])
+def test_an_unexpected_error_is_one_line_saying_what_failed_where_and_on_what(exc, shown, tmp_path, capsys,
+                                                                               monkeypatch):
+    from bonenet import report
+
+    def fails(*args, **kwargs):
+        raise exc
+
+    monkeypatch.setattr(report, "load_evaluation", fails)
+    code, err = run_cli(["report", "--eval-dir", tmp_path / "eval", "--out", tmp_path / "pages"], capsys)
+    assert code in (1, 2) and len(err) == 1, err
+    assert err[0] == (f"bonenet report: error: report of evaluation {tmp_path / 'eval'} failed in "
+                      f"bonenet.report.run_reports (line {err[0].split('(line ')[1].split(')')[0]}): {shown} "
+                      "(unexpected: BONENET_DEBUG=1 shows the traceback)")
+
+
+def test_bonenet_debug_shows_an_unexpected_errors_traceback(tmp_path, monkeypatch):
+    from bonenet import report
+
+    monkeypatch.setattr(report, "load_evaluation", lambda *a: (_ for _ in ()).throw(NotImplementedError("x")))
+    monkeypatch.setenv("BONENET_DEBUG", "1")
+    import run_pipeline
+
+    with pytest.raises(NotImplementedError):
+        run_pipeline.main(["report", "--eval-dir", tmp_path, "--out", tmp_path / "pages"])

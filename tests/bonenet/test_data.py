@@ -3,9 +3,9 @@ import pytest
 
 from bonenet import data
 from bonenet.imageio import load_gray
+from bonenet.preprocessing.augment import AugmentConfig
+from bonenet.preprocessing.recipes import get_recipe
 from bonenet.reading import SkipLog
-from preprocessing.augment import AugmentConfig
-from preprocessing.recipes import get_recipe
 
 EQUALIZE = get_recipe("equalize")
 
@@ -92,7 +92,10 @@ def test_an_image_edited_in_place_misses_both_caches(wrist_images, tmp_path):
     os.utime(paths[1], ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))  # edited: a new modification time
     after = data.cache_key(paths, EQUALIZE, 48), features_key(paths, EQUALIZE, 48, trunk)
     assert before[0] != after[0] and before[1] != after[1]
-    assert data.file_stamps(paths) == data.file_stamps(list(paths))  # and nothing else moves it
+    stamp, first = data.file_stamps(paths), os.stat(paths[0])
+    os.utime(paths[0], ns=(first.st_atime_ns + 5_000_000_000, first.st_mtime_ns))  # read again: only atime moves
+    assert data.file_stamps(paths) == stamp  # and a read does not move it
+    assert data.file_stamps(paths[::-1]) != stamp  # the order of the images is part of it
 
 
 def test_views_are_seeded_per_image_and_view_whatever_the_order(wrist_images):

@@ -36,8 +36,9 @@ import keras, numpy as np
 model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
 model.predict(np.zeros((1, 4)), verbose=0)  # TensorFlow is initialised: devices can no longer change
 calls = []
-set_policy = keras.mixed_precision.set_global_policy
-keras.mixed_precision.set_global_policy = lambda p: (calls.append(p), set_policy(p))
+from bonenet import runtime
+decide = runtime.auto_precision
+runtime.auto_precision = lambda *args: (calls.append(args), decide(*args))[1]
 from bonenet.configs import TrainConfig
 from bonenet.mura import read_mura
 from bonenet.train import train_all

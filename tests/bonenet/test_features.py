@@ -1,5 +1,6 @@
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -12,9 +13,9 @@ from conftest import run_cli
 from bonenet import features as bfeatures
 from bonenet.data import make_dataset
 from bonenet.models import build_part_model, split_model
+from bonenet.preprocessing.augment import AugmentConfig
+from bonenet.preprocessing.recipes import get_recipe
 from bonenet.reading import read_prepared
-from preprocessing.augment import AugmentConfig
-from preprocessing.recipes import get_recipe
 
 EQUALIZE = get_recipe("equalize")
 
@@ -172,8 +173,8 @@ import json, os, signal, sys
 import keras
 from bonenet import features as F
 from bonenet.models import build_part_model, split_model
-from preprocessing.augment import AugmentConfig
-from preprocessing.recipes import get_recipe
+from bonenet.preprocessing.augment import AugmentConfig
+from bonenet.preprocessing.recipes import get_recipe
 args = json.loads(sys.argv[1])
 trunk, _ = split_model(build_part_model("XR_WRIST", image_size=args["size"])[0])
 trunk.load_weights(args["weights"])
@@ -213,6 +214,29 @@ def test_a_killed_computation_resumes_from_its_last_checkpoint(wrist_model, path
     np.testing.assert_allclose(np.asarray(resumed.array, np.float32), np.asarray(cache.array, np.float32),
                                rtol=2 ** -10, atol=1e-6)
     assert not (resumed.folder / "progress.json").exists()
+
+
+@pytest.mark.parametrize("settled", [False, True])
+def test_a_same_size_rewrite_is_caught_fresh_or_after_a_verification(wrist_model, paths, tmp_path, settled):
+    """A file is trusted on its stamp only once it is older than the clock's tick could hide (racy git's rule):
+    a rewrite within the same tick, or one of a file verified before, is read again and refused."""
+    trunk, _ = split_model(wrist_model)
+    cache = bfeatures.compute_features(trunk, paths[:6], EQUALIZE, SIZE, tmp_path, verbose=0)
+    file = cache.folder / "features.npy"
+    st = os.stat(file)
+    if settled:  # written long ago, and verified once in this process: its stamp is remembered
+        old = st.st_mtime_ns - 10 * bfeatures.SETTLED_NS
+        os.utime(file, ns=(old, old))
+        bfeatures.FeatureCache(cache.folder)
+    data = bytearray(file.read_bytes())
+    data[-8:] = bytes(b ^ 0xFF for b in data[-8:])
+    with open(file, "r+b") as f:  # in place: the same inode and size
+        f.write(bytes(data))
+    if not settled:  # and the same modification time, as on a file system with coarse stamps
+        os.utime(file, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert os.stat(file).st_size == st.st_size and os.stat(file).st_ino == st.st_ino
+    with pytest.raises(bfeatures.CacheDamaged, match="the feature cache is damaged"):
+        bfeatures.FeatureCache(cache.folder)
 
 
 @pytest.mark.corpus("V5")

@@ -15,7 +15,7 @@ from bonenet.reading import group_inputs
 
 def test_predict_image_uses_the_saved_recipe_and_returns_a_decision(run, net, wrist_study):
     from bonenet import store
-    from preprocessing.recipes import Recipe, get_recipe
+    from bonenet.preprocessing.recipes import Recipe, get_recipe
 
     saved = store.read_manifest(run[0])["recipe"]
     assert net.recipe == Recipe.from_dict(saved)  # the recipe the run was trained with, from its manifest

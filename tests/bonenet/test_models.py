@@ -158,8 +158,15 @@ def test_no_private_keras_internals_in_the_package():
     assert "_inbound_nodes" not in source and "_keras_history" not in source
 
 
-def test_the_trunk_runs_a_few_images_per_call_on_a_cpu():
-    # A CPU-sized budget of pixels per call: 4 images at 224 px, never more than asked, at least one.
-    assert trunk_batch_size(224) == 4
-    assert trunk_batch_size(64) == 32 and trunk_batch_size(64, 8) == 8
-    assert trunk_batch_size(512) == 1
+@pytest.mark.parametrize("gpus", [0, 1])
+def test_the_trunk_runs_a_few_images_per_call_on_a_cpu_and_the_whole_batch_on_a_gpu(gpus, monkeypatch):
+    from bonenet import runtime
+
+    runtime.start()
+    monkeypatch.setitem(runtime._STATE, "gpus", gpus)  # whatever this host has
+    if gpus:
+        assert trunk_batch_size(224) == 32 and trunk_batch_size(512, 8) == 8
+    else:  # a CPU-sized budget of pixels per call: 4 images at 224 px, never more than asked, at least one
+        assert trunk_batch_size(224) == 4
+        assert trunk_batch_size(64) == 32 and trunk_batch_size(64, 8) == 8
+        assert trunk_batch_size(512) == 1

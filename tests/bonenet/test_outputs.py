@@ -3,8 +3,7 @@
 import json
 import os
 import socket
-import subprocess
-import sys
+from pathlib import Path
 
 import pytest
 
@@ -12,8 +11,8 @@ from bonenet import outputs
 
 
 def _dead_pid():
-    return int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
-                              text=True, check=True).stdout)
+    """A pid no process can have: above the kernel's largest (an exited child's pid could be reused)."""
+    return int(Path("/proc/sys/kernel/pid_max").read_text()) + 1
 
 
 def test_temporaries_of_dead_writers_are_removed_and_live_or_foreign_ones_kept(tmp_path):
@@ -29,6 +28,18 @@ def test_temporaries_of_dead_writers_are_removed_and_live_or_foreign_ones_kept(t
     stale_file.write_bytes(b"partial")
     assert sorted(outputs.remove_dead_writers_temps(target)) == sorted([stale_folder, stale_file])
     assert live.exists() and other_host.exists() and other_target.exists()
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="start times come from /proc")
+def test_a_writer_whose_pid_now_belongs_to_another_process_is_dead(tmp_path):
+    target, host = tmp_path / "eval", socket.gethostname()
+    mine = Path(outputs.temp_prefix(target)).name
+    assert mine == f".eval.{host}.{os.getpid()}-{outputs._started(os.getpid())}."
+    live = tmp_path / f"{mine}x1"
+    reused = tmp_path / f".eval.{host}.{os.getpid()}-1.x1"  # this pid, when an earlier process held it
+    for folder in (live, reused):
+        folder.mkdir()
+    assert outputs.remove_dead_writers_temps(target) == [reused] and live.exists()
 
 
 def test_a_file_is_replaced_whole_with_the_umasks_mode(tmp_path):

@@ -12,8 +12,8 @@ import pytest
 import run_pipeline
 from bonenet.imageio import ImageReadError, load_gray
 from bonenet.mura import holdout_split, read_mura
+from bonenet.preprocessing.recipes import get_recipe
 from bonenet.reading import Skip, SkipLog, read_prepared, skip_table, try_prepared
-from preprocessing.recipes import get_recipe
 
 EQUALIZE = get_recipe("equalize")
 COMMON = ["--epochs", "1", "--image-size", "64", "--weights", "none", "--batch-size", "16"]
@@ -125,8 +125,8 @@ def test_full_mode_reading_a_finished_image_cache_keeps_the_hold_out_aligned(cor
 
 @pytest.mark.corpus("M1")
 def test_a_skipped_training_image_is_named(tmp_path):
+    from bonenet.preprocessing.recipes import get_recipe
     from bonenet.reading import try_prepared
-    from preprocessing.recipes import get_recipe
 
     tiny = tmp_path / "tiny.png"
     cv2.imwrite(str(tiny), np.zeros((1, 1), np.uint8))

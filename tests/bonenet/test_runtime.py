@@ -52,7 +52,7 @@ def test_cpu_flags_are_read_from_cpuinfo(tmp_path):
     assert not runtime.cpu_info(tmp_path / "missing")["bf16"]
 
 
-@pytest.mark.parametrize("gpus, bf16, expected", [
-    (1, False, "mixed_float16"), (1, True, "mixed_float16"), (0, True, "mixed_bfloat16"), (0, False, "float32")])
-def test_auto_precision_uses_bfloat16_only_where_the_cpu_computes_it_natively(gpus, bf16, expected):
-    assert runtime.auto_precision(gpus, {"bf16": bf16}) == expected
+@pytest.mark.parametrize("gpus, expected", [(1, "mixed_float16"), (2, "mixed_float16"), (0, "float32")])
+def test_auto_precision_is_mixed_float16_on_a_gpu_and_float32_on_any_cpu(gpus, expected):
+    # float32 on a CPU with native bfloat16 too: mixed bfloat16 was measured slower there (BENCHMARKS.md).
+    assert runtime.auto_precision(gpus) == expected

@@ -34,7 +34,7 @@ def test_models_record_their_recipe_and_trunk(run):
 
 @pytest.mark.corpus("S3")
 def test_a_run_recipe_edited_away_from_the_models_is_refused(copy):
-    from preprocessing.recipes import get_recipe
+    from bonenet.preprocessing.recipes import get_recipe
 
     _edit(copy, lambda m: m.update(recipe=get_recipe("sharpen").to_dict()))
     with pytest.raises(store.ManifestError, match=r"router\.keras: trained with recipe 'equalize' but the manifest"):

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from preprocessing.augment import AugmentConfig, apply_params, augment, rotate, sample_params
+from bonenet.preprocessing.augment import AugmentConfig, apply_params, augment, rotate, sample_params
 
 
 @pytest.mark.parametrize("bound", [0.0, 5.0, 15.0, 30.0])

@@ -2,7 +2,7 @@ import cv2
 import numpy as np
 import pytest
 
-from preprocessing import filters
+from bonenet.preprocessing import filters
 
 EDGE_FILTERS = [filters.sobel_edges, filters.prewitt_edges, filters.roberts_edges]
 

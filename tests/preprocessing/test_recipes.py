@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from bonenet.imageio import load_gray
-from preprocessing.recipes import DEFAULT_RECIPE, RECIPES, Recipe, get_recipe
+from bonenet.preprocessing.recipes import DEFAULT_RECIPE, RECIPES, Recipe, get_recipe
 
 
 @pytest.fixture(scope="module")
