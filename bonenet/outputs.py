@@ -3,8 +3,9 @@
 A file or folder is written under a temporary name beside its target and renamed into place when
 complete, so a killed or failed command never leaves a target that mixes old and new content, or
 looks finished when it is not. The temporary name carries the writer's host, pid and (on Linux) the
-process's start time, so a later writer removes what a killed one left, even once its pid is reused. A write that fails (a full disk, a read-only mount) names
-the target, not the temporary file, and leaves any earlier target unchanged.
+process's start time, so a later writer removes what a killed one left, even once its pid is reused. A
+write that fails (a full disk, a read-only mount) names the target, not the temporary file, and leaves
+any earlier target unchanged.
 """
 
 import errno
