@@ -330,6 +330,12 @@ def load_model(path):
         raise ManifestError(f"{path}: not a readable Keras model file (not a complete .keras zip archive: "
                             f"truncated or damaged, {path.stat().st_size:,} bytes); retrain it or restore the run")
     try:
+        # Python 3.12+ seeks inside stored zip members without checking their CRC, so Keras would load damaged
+        # weights silently: check every member's CRC first.
+        with zipfile.ZipFile(path) as archive:
+            damaged = archive.testzip()
+        if damaged is not None:
+            raise zipfile.BadZipFile(f"Bad CRC-32 for file {damaged!r}")
         return keras.saving.load_model(path, compile=False, safe_mode=True)
     except (zipfile.BadZipFile, OSError, ValueError, KeyError) as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

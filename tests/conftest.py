@@ -213,6 +213,13 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "corpus(*ids): reproduces bad-input cases of tests/bad_input_cases.py")
 
 
+def pytest_collection_modifyitems(items):
+    """Modules with slow tests first: two workers (`-n 2 --dist loadfile`) then end on small modules together,
+    instead of one long module left running alone at the end."""
+    slow = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow)  # stable: the usual order within each group
+
+
 _CORPUS = {}
 
 

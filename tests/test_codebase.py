@@ -132,7 +132,7 @@ def test_tests_are_named_by_what_they_check_not_by_ticket():
 
 # Declared, but needed at run time rather than imported (each says why in setup.cfg).
 RUN_TIME_ONLY = {"tensorboard", "ipykernel", "python-multipart", "tf2onnx", "onnx", "onnxruntime", "ai-edge-litert",
-                 "pytest-timeout", "ruff", "httpx2"}
+                 "pytest-timeout", "pytest-xdist", "ruff", "httpx2"}
 FIRST_PARTY = {"bonenet", "run_pipeline"}
 
 
