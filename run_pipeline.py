@@ -35,7 +35,7 @@ demo runs all five on synthetic data, offline, on a CPU. Not for clinical use.""
 
 
 DATA_ROOT_HELP = ("the MURA-v1.1 folder or its parent, or a datalist CSV (path,patient,study,part,label[,split]; "
-                  "see bonenet/datalist.py)")
+                  "see bonenet/data/datalist.py)")
 
 
 class CommandError(Exception):
@@ -61,8 +61,8 @@ def _note(args, text):
 
 
 def _print_skips(args, skips):
-    """Each file a command could not use (`bonenet.reading.Skip`, or its dict), once, with its reason."""
-    from bonenet.reading import Skip
+    """Each file a command could not use (`bonenet.data.read.Skip`, or its dict), once, with its reason."""
+    from bonenet.data.read import Skip
 
     for skip in skips:
         skip = Skip(**skip) if isinstance(skip, dict) else skip
@@ -112,7 +112,7 @@ def _setup_logging(command, verbosity):
 
 def _cmd_make_synthetic(args):
     from bonenet.configs import SyntheticConfig
-    from bonenet.synthetic import make_synthetic
+    from bonenet.data.synthetic import make_synthetic
 
     config = SyntheticConfig(**_config_values(args, SyntheticConfig))
     root = make_synthetic(args.out, studies_per_part=config.studies_per_part, seed=config.seed,
@@ -122,7 +122,7 @@ def _cmd_make_synthetic(args):
 
 
 def _cmd_fracatlas_datalist(args):
-    from bonenet.datalist import fracatlas_datalist
+    from bonenet.data.datalist import fracatlas_datalist
 
     table = fracatlas_datalist(args.fracatlas, args.out)
     counts = table.groupby(["part", "label"]).size()
@@ -132,8 +132,8 @@ def _cmd_fracatlas_datalist(args):
 
 
 def _cmd_data_summary(args):
-    from bonenet.datalist import read_dataset
-    from bonenet.mura import format_summary, summarize
+    from bonenet.data.datalist import read_dataset
+    from bonenet.data.mura import format_summary, summarize
 
     summary = summarize(read_dataset(args.data_root, verify=args.verify))
     _say(format_summary(summary))
@@ -143,8 +143,8 @@ def _cmd_data_summary(args):
 
 def _cmd_preprocess(args):
     from bonenet.configs import PreprocessConfig
-    from bonenet.figures import image_title, preprocess_panel, save_figure
-    from bonenet.imageio import load_gray
+    from bonenet.data.decode import load_gray
+    from bonenet.evaluation.figures import image_title, preprocess_panel, save_figure
 
     config = PreprocessConfig(**_config_values(args, PreprocessConfig))
     try:
@@ -178,10 +178,10 @@ def _training_notes(args, config, origin):
 
 def _cmd_train(args):
     from bonenet.configs import TrainConfig
-    from bonenet.datalist import read_dataset
-    from bonenet.distribute import is_chief
-    from bonenet.models import resolve_weights
-    from bonenet.train import train_all, train_model, unread_images
+    from bonenet.data.datalist import read_dataset
+    from bonenet.models.efficientnet import resolve_weights
+    from bonenet.training.distribute import is_chief
+    from bonenet.training.train import train_all, train_model, unread_images
 
     config = TrainConfig(**_config_values(args, TrainConfig))
     _, origin = resolve_weights(config.weights)  # fail within seconds, before reading the data
@@ -210,7 +210,7 @@ def _cmd_train(args):
 
 def _cmd_evaluate(args):
     from bonenet.configs import EvaluateConfig
-    from bonenet.evaluate import evaluate_run
+    from bonenet.evaluation.evaluate import evaluate_run
 
     config = EvaluateConfig(**_config_values(args, EvaluateConfig))
     if config.tta != "none":
@@ -228,7 +228,7 @@ def _cmd_evaluate(args):
 
 
 def _cmd_report(args):
-    from bonenet.report import run_reports
+    from bonenet.evaluation.report import run_reports
 
     for path in run_reports(args.eval_dir, args.out, parts=args.part):
         _say(f"wrote {path}")
@@ -236,14 +236,14 @@ def _cmd_report(args):
 
 def _cmd_serve(args):
     from bonenet.configs import ServeConfig
-    from bonenet.serve import serve
+    from bonenet.serving.serve import serve
 
     serve(args.models_dir, ServeConfig(**_config_values(args, ServeConfig)))
 
 
 def _predict_line(r):
     """One console line per `predict` result entry."""
-    from bonenet.inference import mixed_parts_text
+    from bonenet.inference.predictor import mixed_parts_text
 
     if "error" in r:  # the error names the file itself; say the path once
         return f"{r['path']}: ERROR {r['error'].removeprefix(r['path'] + ': ')}"
@@ -267,7 +267,7 @@ def _predict_line(r):
 
 def _cmd_predict(args):
     from bonenet.configs import PredictConfig
-    from bonenet.inference import BoneNet, predict_paths
+    from bonenet.inference.predictor import BoneNet, predict_paths
 
     config = PredictConfig(**_config_values(args, PredictConfig))
     net = BoneNet.load(args.models_dir, threshold=config.threshold, tta=config.tta)
@@ -283,8 +283,8 @@ def _cmd_predict(args):
     if args.json:
         _write_json(args.json, results)
     if args.csv:
-        from bonenet.inference import results_table
-        from bonenet.outputs import file_written_whole
+        from bonenet.files import file_written_whole
+        from bonenet.inference.predictor import results_table
 
         with file_written_whole(args.csv) as tmp:
             results_table(results).to_csv(tmp, index=False)
@@ -300,7 +300,7 @@ def _cmd_predict(args):
 
 def _write_dicom_srs(args, net, results):
     try:
-        from bonenet.dicom_sr import closing_line, write_study_srs
+        from bonenet.serving.dicom_sr import closing_line, write_study_srs
     except ImportError as exc:
         raise CommandError(f"--dicom-out needs highdicom ({exc}): pip install \"bonenet[dicom]\"") from exc
     written, skipped = write_study_srs(results, args.dicom_out, f"BoneNet {Path(args.models_dir).resolve().name}")
@@ -310,7 +310,7 @@ def _write_dicom_srs(args, net, results):
 
 
 def _cmd_export(args):
-    from bonenet.export import export_run
+    from bonenet.serving.export import export_run
 
     try:
         artifact, facts = export_run(args.models_dir, args.format, args.out, force=args.force, tta=args.tta)
@@ -323,7 +323,7 @@ def _cmd_export(args):
 
 
 def _cmd_pretrain_backbone(args):
-    from bonenet.pretrain import PretrainConfig, pretrain_backbone, pretrain_on_real
+    from bonenet.training.pretrain import PretrainConfig, pretrain_backbone, pretrain_on_real
 
     config = PretrainConfig(**_config_values(args, PretrainConfig))
     command = shlex.join(["bonenet", *args.argv])
@@ -437,7 +437,7 @@ def _config_values(args, config_class):
 
 
 def _write_json(path, payload):
-    from bonenet.outputs import json_safe, write_text_whole
+    from bonenet.files import json_safe, write_text_whole
 
     # allow_nan=False: a NaN that slipped past json_safe fails here instead of writing a file no reader parses.
     _say(f"wrote {write_text_whole(path, json.dumps(json_safe(payload), indent=2, allow_nan=False))}")
@@ -597,7 +597,7 @@ def main(argv=None):
     args.argv = argv
     _setup_logging(args.command, args.verbose - args.quiet)
     try:
-        from bonenet.outputs import check_writable
+        from bonenet.files import check_writable
 
         for name in OUTPUTS.get(args.command, []):
             if getattr(args, name, None):

@@ -30,11 +30,12 @@ def _status_kb(key):
 def build_untrained_run(run_dir, image_size):
     """A run folder with a random-weights trunk, router and seven part heads."""
     from bonenet.configs import TrainConfig
-    from bonenet.features import weights_digest
-    from bonenet.models import build_part_model, build_router, split_model, trunk_cut
+    from bonenet.digests import weights_digest
+    from bonenet.models.efficientnet import build_part_model, build_router, split_model, trunk_cut
     from bonenet.parts import PARTS
-    from bonenet.store import model_filename, record_model, save_model_atomic
-    from bonenet.train import shared_settings
+    from bonenet.run.manifest import model_filename, record_model
+    from bonenet.run.store import save_model_atomic
+    from bonenet.training.train import shared_settings
 
     config = TrainConfig(image_size=image_size, weights="none")
     for number, key in enumerate(["router", *PARTS]):
@@ -59,9 +60,9 @@ def main(argv=None):
     p.add_argument("--out", help="also write the JSON here")
     args = p.parse_args(argv)
     runtime.start()
-    from bonenet.evaluate import evaluate_run
-    from bonenet.mura import read_mura
-    from bonenet.synthetic import make_synthetic
+    from bonenet.data.mura import read_mura
+    from bonenet.data.synthetic import make_synthetic
+    from bonenet.evaluation.evaluate import evaluate_run
 
     work = Path(tempfile.mkdtemp(prefix="bonenet-evalmem-"))
     root = make_synthetic(work / "data", studies_per_part=2, valid_studies_per_part=args.valid_studies_per_part,

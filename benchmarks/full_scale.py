@@ -59,7 +59,7 @@ def dataset(args, state):
     """The data root: `--data-root`, or MURA-sized synthetic data made once under WORK."""
     if args.data_root:
         return Path(args.data_root)
-    from bonenet.synthetic import make_synthetic
+    from bonenet.data.synthetic import make_synthetic
 
     root = args.out / "data" / "MURA-v1.1"
     made = root / "synthetic.json"
@@ -172,7 +172,7 @@ def main(argv=None):
     _train(args, root, run_dir, state, state_path)
     _evaluate(args, root, run_dir, eval_dir, state, state_path)
     metrics = json.loads((eval_dir / "metrics.json").read_text())
-    from bonenet.mura import read_mura
+    from bonenet.data.mura import read_mura
 
     counts = read_mura(root).images.groupby("split").size().to_dict() if not str(root).endswith(".csv") else {}
     result = {

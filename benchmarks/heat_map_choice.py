@@ -38,7 +38,7 @@ def fractured_images(bench, root, split, part):
     """The fold's fractured images of `part` that have fracture boxes, and {name: boxes}."""
     import pandas as pd
 
-    from bonenet.datalist import fracatlas_boxes, read_dataset
+    from bonenet.data.datalist import fracatlas_boxes, read_dataset
 
     index = read_dataset(Path(bench) / "fracatlas.csv")
     table = pd.read_csv(Path(root) / "dataset.csv").set_index("image_id")
@@ -56,9 +56,9 @@ def candidates(layers):
 def score(net, part, paths, boxes, layers, n_boot):
     """{candidate name: pointing game} over `paths`: every candidate's map of an image from one pass each through
     the trunk's layers and the heads' (`BoneNet.cams`)."""
-    from bonenet.gradcam import keep_foreground
-    from bonenet.localisation import image_pointing, pointing_game
-    from bonenet.reading import read_gray
+    from bonenet.data.read import read_gray
+    from bonenet.inference.gradcam import keep_foreground
+    from bonenet.scoring.localisation import image_pointing, pointing_game
 
     rows = {name: [] for name, *_ in candidates(layers)}
     for path in paths:
@@ -88,7 +88,7 @@ def main(argv=None):
     from bonenet import runtime
 
     runtime.start()
-    from bonenet.inference import BoneNet
+    from bonenet.inference.predictor import BoneNet
 
     net = BoneNet.load(Path(args.bench) / "run")
     paths, boxes = fractured_images(args.bench, args.fracatlas, args.split, args.part)

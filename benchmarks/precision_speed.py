@@ -50,7 +50,7 @@ def measure(precision, size, images, work):
     import numpy as np
     import tensorflow as tf
 
-    from bonenet.models import build_part_model, compile_model, split_model, trunk_batch_size
+    from bonenet.models.efficientnet import build_part_model, compile_model, split_model, trunk_batch_size
 
     keras.utils.set_random_seed(0)
     with runtime.precision_scope(precision):

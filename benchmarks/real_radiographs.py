@@ -14,11 +14,11 @@ BoneNet's own steps, in order: `fracatlas-datalist` (hand → XR_HAND, shoulder 
 fractured or hardware; each image its own study and patient, since FracAtlas publishes no patient
 identifiers), `train-all` on the parts present (the router and the two parts), `evaluate` on the held-out
 share, and Grad-CAM. The hold-out is the datalist's own: with no split column, a patient-grouped fifth of the
-studies, stratified by part and label, drawn with the fixed seed 0 (`bonenet.datalist`), the same on every
+studies, stratified by part and label, drawn with the fixed seed 0 (`bonenet.data.datalist`), the same on every
 run and machine.
 
 It reports per part the study AUROC and kappa, each with its 95% cluster-bootstrap interval, the expected
-calibration error before and after each part model's temperature (`bonenet.calibration`), the router's
+calibration error before and after each part model's temperature (`bonenet.scoring.calibration`), the router's
 study accuracy, and a **pointing game** for the heat maps: among the held-out fractured images that the
 pipeline calls abnormal (at the thresholds `predict` uses), the share whose Grad-CAM maximum falls inside an
 annotated fracture box, beside the share a uniformly random point would hit (the mean share of those
@@ -76,11 +76,11 @@ def parse_args(argv=None):
 
 
 def pointing_game(net, paths, boxes, part, n_boot):
-    """The pointing game of `part`'s heat maps (`bonenet.localisation`) over held-out fractured images with
+    """The pointing game of `part`'s heat maps (`bonenet.scoring.localisation`) over held-out fractured images with
     boxes, whatever the pipeline decided for them, and how many of them it called abnormal."""
-    from bonenet.localisation import image_pointing
-    from bonenet.localisation import pointing_game as game_of
-    from bonenet.reading import read_gray
+    from bonenet.data.read import read_gray
+    from bonenet.scoring.localisation import image_pointing
+    from bonenet.scoring.localisation import pointing_game as game_of
 
     rows, called = [], 0
     for path in paths:
@@ -95,8 +95,9 @@ def pointing_game(net, paths, boxes, part, n_boot):
 def heat_maps(net, index, root, run_dir, n_boot):
     """Each part's pointing game on the held-out fractured images with boxes, recorded in the run's manifest
     (so its captions say what was measured): {part: game}."""
-    from bonenet.datalist import fracatlas_boxes
-    from bonenet.localisation import record_pointing_game
+    from bonenet.data.datalist import fracatlas_boxes
+    from bonenet.run.manifest import record_section
+    from bonenet.scoring.localisation import pointing_record
 
     table = pd.read_csv(Path(root) / "dataset.csv").set_index("image_id")
     boxes = fracatlas_boxes(root)
@@ -107,18 +108,18 @@ def heat_maps(net, index, root, run_dir, n_boot):
         fractured = [p for p in mine if table.loc[Path(p).name, "fractured"] == 1 and Path(p).name in boxes]
         if fractured:
             games[part] = pointing_game(net, fractured, boxes, part, n_boot)
-            record_pointing_game(run_dir, part, games[part], "FracAtlas hold-out")
+            record_section(run_dir, "localisation", part, pointing_record(games[part], "FracAtlas hold-out"))
     return games
 
 
 def run(args):
     """The benchmark's steps; returns the result dict."""
     from bonenet.configs import TrainConfig
-    from bonenet.datalist import fracatlas_datalist, read_dataset
-    from bonenet.evaluate import evaluate_run
-    from bonenet.inference import BoneNet
-    from bonenet.pretrain import shipped_backbone
-    from bonenet.train import train_all
+    from bonenet.data.datalist import fracatlas_datalist, read_dataset
+    from bonenet.evaluation.evaluate import evaluate_run
+    from bonenet.inference.predictor import BoneNet
+    from bonenet.models.backbones import shipped_backbone
+    from bonenet.training.train import train_all
 
     out, root = Path(args.out), Path(args.fracatlas)
     weights = str(shipped_backbone()[0]) if args.weights == "shipped" else args.weights
@@ -132,7 +133,7 @@ def run(args):
                          trainable_layers=args.trainable_layers, learning_rate=args.learning_rate, seed=args.seed,
                          ensemble=args.ensemble, cache_dir=args.cache_dir)
     if getattr(args, "trained", False):  # a variant that rescores a run trained for another row
-        from bonenet.store import read_manifest
+        from bonenet.run.manifest import read_manifest
 
         entries = read_manifest(out / "run")["models"]
     else:
@@ -212,7 +213,7 @@ def _one(args, reuse=False):
     (a row killed before it finished starts again from nothing; a rescoring row, `trained`, keeps the run)."""
     import shutil
 
-    from bonenet.outputs import json_safe, write_text_whole
+    from bonenet.files import json_safe, write_text_whole
 
     trained = getattr(args, "trained", False)
     done = Path(args.out, f"real_radiographs{'' if args.tta == 'none' else '-' + args.tta}.json")
@@ -264,8 +265,8 @@ def variants(args):
 def heat_maps_only(args):
     """The pointing game of every row's run under `--out` (`<row>/run/`), with this code's heat map, recorded in
     each run and written to `<row>/pointing_game.json`: {row: {part: game}}."""
-    from bonenet.datalist import read_dataset
-    from bonenet.inference import BoneNet
+    from bonenet.data.datalist import read_dataset
+    from bonenet.inference.predictor import BoneNet
 
     rows = {}
     for manifest in sorted(Path(args.out).glob("*/run/manifest.json")):

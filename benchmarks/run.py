@@ -44,14 +44,15 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from bonenet.data import make_dataset
-from bonenet.features import compute_features
-from bonenet.models import build_part_model, build_router, compile_model, set_xla, split_model, trunk_cut
-from bonenet.mura import read_mura
+from bonenet.data.mura import read_mura
+from bonenet.data.pipeline import make_dataset
+from bonenet.data.synthetic import make_synthetic
+from bonenet.models.efficientnet import build_part_model, build_router, compile_model, set_xla, split_model, trunk_cut
 from bonenet.parts import PARTS
 from bonenet.preprocessing.recipes import get_recipe
-from bonenet.store import model_filename, record_model, save_model_atomic
-from bonenet.synthetic import make_synthetic
+from bonenet.run.manifest import model_filename, record_model
+from bonenet.run.store import save_model_atomic
+from bonenet.training.features import compute_features
 
 PAPER_MB = 207.2  # Patel et al.: eight EfficientNetB0 models
 MURA_TRAIN_IMAGES = 36_808

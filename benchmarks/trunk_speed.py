@@ -2,7 +2,7 @@
 
     python benchmarks/trunk_speed.py [--image-size 224] [--images 160] [--rounds 2] [--out trunk_speed.json]
 
-Filling the cache (`bonenet.features.compute_features`: read, prepare, two augmented views, three trunk
+Filling the cache (`bonenet.training.features.compute_features`: read, prepare, two augmented views, three trunk
 passes per image) is the largest stage of `train-all` on a CPU. Each variant runs in its own process,
 because TensorFlow fixes its thread pools at start-up; the variants take turns, `--rounds` times, and each
 keeps its fastest round, so a machine that slows down during the run slows every variant alike.
@@ -11,7 +11,7 @@ Variants (the trunk's batch is images per call; each call holds one view of them
 - previous: what `train-all` did before, the training batch size (32) per call, TensorFlow's thread pools.
 - views_in_one_call: 32 images, their three views in one call of 96.
 - batch_16, batch_8, batch_4: fewer images per call (`compute_features` now takes
-  `bonenet.models.trunk_batch_size`, reported as `default_batch`).
+  `bonenet.models.efficientnet.trunk_batch_size`, reported as `default_batch`).
 - threads_2_1 / threads_1_1: the default batch with 2 (1) intra-op threads for oneDNN and 1 inter-op
   thread, leaving the rest of the machine to the input pipeline.
 
@@ -60,11 +60,11 @@ def measure(variant, data, size, images, work):
     import keras
     import numpy as np
 
-    from bonenet.features import _views_dataset, compute_features
-    from bonenet.models import build_part_model, split_model, trunk_batch_size
-    from bonenet.mura import read_mura
+    from bonenet.data.mura import read_mura
+    from bonenet.models.efficientnet import build_part_model, split_model, trunk_batch_size
     from bonenet.preprocessing.augment import AugmentConfig
     from bonenet.preprocessing.recipes import DEFAULT_RECIPE, get_recipe
+    from bonenet.training.features import _views_dataset, compute_features
 
     keras.utils.set_random_seed(0)
     trunk, _ = split_model(build_part_model("XR_WRIST", image_size=size, weights=None)[0])
@@ -128,8 +128,8 @@ def main(argv=None):
 
     import numpy as np
 
+    from bonenet.data.synthetic import make_synthetic
     from bonenet.runtime import cpu_info
-    from bonenet.synthetic import make_synthetic
 
     work = Path(tempfile.mkdtemp(prefix="bonenet-trunk-speed-"))
     data = make_synthetic(work / "data", studies_per_part=max(2, args.images // 14 + 1), seed=0, progress=False)

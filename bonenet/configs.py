@@ -31,7 +31,7 @@ MODES = ("cached", "full")
 TTA_CHOICES = ("none", "flip")
 TTA_HELP = ("test-time augmentation: none, or flip (every probability the mean over the image and its mirror, at "
             "twice the trunk's time)")
-# The one heat map every output draws (`bonenet.gradcam.heat_maps`): its layer, its method, and whether it is kept
+# The one heat map every output draws (`bonenet.inference.gradcam.heat_maps`): its layer, its method, and whether it is kept
 # to the radiograph's foreground. Chosen by the pointing game on the FracAtlas training fold's 303 fractured hand
 # images (`benchmarks/heat_map_choice.py`, figures in BENCHMARKS.md): of 24 candidates, Grad-CAM at block4c_add
 # (6×6 at 96 px, 14×14 at 224) kept to the foreground hit most often; the last convolution alone, the default
@@ -83,7 +83,7 @@ def check_config(config):
 
 @dataclass(frozen=True)
 class PretrainConfig:
-    """How the backbone is pretrained (`bonenet.pretrain`). The defaults made the shipped file."""
+    """How the backbone is pretrained (`bonenet.training.pretrain`). The defaults made the shipped file."""
 
     studies_per_part: int = setting(240, "synthetic train studies per part; valid, the hold-out, gets a quarter",
                                     Range(1))

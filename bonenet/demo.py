@@ -2,7 +2,7 @@
 
 Offline and on a CPU. ImageNet weights cannot be downloaded here, so the demo's frozen trunk is
 the backbone the package ships: EfficientNetB0 pretrained on synthetic radiographs from another
-seed (`bonenet.pretrain`), never ImageNet; the manifest records that origin. Synthetic
+seed (`bonenet.training.pretrain`), never ImageNet; the manifest records that origin. Synthetic
 radiographs show that the machinery works end to end. They are not clinical evidence.
 """
 
@@ -13,9 +13,9 @@ import math
 import time
 from pathlib import Path
 
-from bonenet.baselines import STANFORD_KAPPA
 from bonenet.configs import QUICK_PLAN, DemoPlan, TrainConfig
-from bonenet.outputs import write_text_whole
+from bonenet.evaluation.baselines import STANFORD_KAPPA
+from bonenet.files import write_text_whole
 from bonenet.parts import PARTS, short_name
 
 log = logging.getLogger(__name__)
@@ -53,7 +53,7 @@ def train_config(plan, backbone):
 
 def _predict_sample(net, index, out):
     """Predicts one valid study per part, with heat maps; writes predictions.json."""
-    from bonenet.inference import predict_paths
+    from bonenet.inference.predictor import predict_paths
 
     valid = index.images[index.images["split"] == "valid"]
     sample = [str(Path(path).parent) for path in valid.groupby("part").head(1)["path"]]  # study folders
@@ -90,13 +90,13 @@ def run_demo(out="demo_output", quick=False, **overrides):
     Returns:
         The summary dict written to `out/demo_summary.json` (`closing_text` puts it in words).
     """
-    from bonenet.evaluate import evaluate_run
-    from bonenet.inference import BoneNet
-    from bonenet.mura import format_summary, read_mura, summarize
-    from bonenet.pretrain import shipped_backbone
-    from bonenet.report import run_reports
-    from bonenet.synthetic import synthetic_dataset
-    from bonenet.train import train_all
+    from bonenet.data.mura import format_summary, read_mura, summarize
+    from bonenet.data.synthetic import synthetic_dataset
+    from bonenet.evaluation.evaluate import evaluate_run
+    from bonenet.evaluation.report import run_reports
+    from bonenet.inference.predictor import BoneNet
+    from bonenet.models.backbones import shipped_backbone
+    from bonenet.training.train import train_all
 
     plan = dataclasses.replace(QUICK_PLAN if quick else DemoPlan(), **overrides)
     out, start = Path(out), time.time()

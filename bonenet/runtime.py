@@ -105,7 +105,7 @@ def start(precision="auto"):
     the Keras dtype policy that training builds its models under (`auto_precision`, applied by
     `precision_scope`): "auto" is mixed float16 on a GPU and float32 on a CPU; "mixed_bfloat16" runs on
     any CPU. The global policy is left as it is, and
-    saved models never carry it (`bonenet.store.save_model_atomic`): they compute in float32 wherever
+    saved models never carry it (`bonenet.run.store.save_model_atomic`): they compute in float32 wherever
     they are loaded.
 
     Args:

@@ -28,7 +28,7 @@ def check_image(image, name="image", channels=(None,)):
     if not isinstance(image, np.ndarray):
         raise ValueError(f"{name} must be a NumPy array, got {type(image).__name__}")
     if image.dtype != np.uint8:
-        raise ValueError(f"{name} must be uint8 (0-255), got {image.dtype}; load it with bonenet.imageio.load_gray")
+        raise ValueError(f"{name} must be uint8 (0-255), got {image.dtype}; load it with bonenet.data.decode.load_gray")
     shape_ok = (image.ndim == 2 and None in channels) or (image.ndim == 3 and image.shape[2] in channels)
     if not shape_ok:
         wanted = " or ".join("H×W" if c is None else f"H×W×{c}" for c in channels)

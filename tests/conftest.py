@@ -1,5 +1,6 @@
 """Shared fixtures: one tiny synthetic MURA tree per test session."""
 
+import json
 import os
 
 # Keep TensorFlow quiet and on the CPU threads we have; set before anything imports it.
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from bonenet.synthetic import make_synthetic
+from bonenet.data.synthetic import make_synthetic
 
 
 @pytest.fixture(scope="session")
@@ -27,7 +28,7 @@ def synthetic_root(tmp_path_factory):
 @pytest.fixture(scope="session")
 def index(synthetic_root):
     """The checked index of the session's synthetic tree."""
-    from bonenet.mura import read_mura
+    from bonenet.data.mura import read_mura
 
     return read_mura(synthetic_root)
 
@@ -35,7 +36,7 @@ def index(synthetic_root):
 @pytest.fixture(scope="session")
 def run(index, tmp_path_factory):
     """One run folder with a router and a wrist model, each trained for one epoch at 64 px."""
-    from bonenet.train import TrainConfig, train_model
+    from bonenet.training.train import TrainConfig, train_model
 
     config = TrainConfig(epochs=1, batch_size=16, image_size=64, weights="none", seed=0)
     run_dir = tmp_path_factory.mktemp("run")
@@ -48,7 +49,7 @@ def run(index, tmp_path_factory):
 def ensemble_run(run, index, tmp_path_factory):
     """The session run, copied, with its wrist model trained again as a 3-member ensemble (cached mode, on the
     run's trunk and feature cache)."""
-    from bonenet.train import TrainConfig, train_model
+    from bonenet.training.train import TrainConfig, train_model
 
     run_dir = tmp_path_factory.mktemp("ensemble") / "run"
     shutil.copytree(run[0], run_dir, ignore=shutil.ignore_patterns("checkpoints"))
@@ -60,7 +61,7 @@ def ensemble_run(run, index, tmp_path_factory):
 @pytest.fixture(scope="session")
 def ensemble_net(ensemble_run):
     """The ensemble run loaded as a `BoneNet`."""
-    from bonenet.inference import BoneNet
+    from bonenet.inference.predictor import BoneNet
 
     return BoneNet.load(ensemble_run[0])
 
@@ -68,7 +69,7 @@ def ensemble_net(ensemble_run):
 @pytest.fixture(scope="session")
 def net(run):
     """The session run (router and wrist) loaded as a `BoneNet`."""
-    from bonenet.inference import BoneNet
+    from bonenet.inference.predictor import BoneNet
 
     return BoneNet.load(run[0])
 
@@ -88,23 +89,24 @@ def full_run(run, tmp_path_factory):
     """
     import keras
 
-    from bonenet import store
     from bonenet.parts import PARTS
+    from bonenet.run import manifest as run_manifest
+    from bonenet.run import store
 
     run_dir = tmp_path_factory.mktemp("full_run")
     shutil.copytree(run[0], run_dir, dirs_exist_ok=True, ignore=shutil.ignore_patterns("checkpoints"))
-    manifest = store.read_manifest(run_dir)
-    shared = {k: manifest[k] for k in store.SHARED_KEYS}
+    manifest = run_manifest.read_manifest(run_dir)
+    shared = {k: manifest[k] for k in run_manifest.SHARED_KEYS}
     wrist = store.load_model(run_dir / "heads" / "wrist.keras")
     for part in PARTS:
         if part != "XR_WRIST":
             # The wrist head's layers under the part's own name: loading checks that a head is its part's.
             stand_in = keras.Model(wrist.input, wrist.output, name=f"part_{part.lower()}_head")
-            store.save_model_atomic(stand_in, run_dir / store.model_filename(part))
+            store.save_model_atomic(stand_in, run_dir / run_manifest.model_filename(part))
             entry = manifest["models"]["XR_WRIST"]
-            store.record_model(run_dir, part, shared, {**entry, "file": store.model_filename(part),
+            run_manifest.record_model(run_dir, part, shared, {**entry, "file": run_manifest.model_filename(part),
                                                        "members": [{**entry["members"][0],
-                                                                    "file": store.model_filename(part)}],
+                                                                    "file": run_manifest.model_filename(part)}],
                                                        "tuning": {"threshold": 0.4, "studies": 3}})
     return run_dir
 
@@ -273,6 +275,21 @@ def epoch_logged(log):
     return lambda: log.is_file() and len(log.read_text().strip().splitlines()) >= 2
 
 
+@pytest.fixture
+def copy(run, tmp_path):
+    """A copy of the session's run, to edit or damage."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(run[0], run_dir, ignore=shutil.ignore_patterns("checkpoints"))
+    return run_dir
+
+
+def edit_manifest(run_dir, change):
+    """Rewrites a run's manifest.json with `change(manifest)` applied, as a hand edit would."""
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    change(manifest)
+    (run_dir / "manifest.json").write_text(json.dumps(manifest))
+
+
 def run_cli(args, capsys):
     """Runs the CLI in this process: (exit status, its standard error lines)."""
     import run_pipeline
@@ -349,7 +366,7 @@ def make_toy_fracatlas(folder, per_stratum=10, legs=6, seed=0):
     import numpy as np
     import pandas as pd
 
-    from bonenet.synthetic import draw_radiograph
+    from bonenet.data.synthetic import draw_radiograph
 
     rng = np.random.default_rng(seed)
     (folder / "images").mkdir(parents=True)

@@ -3,6 +3,9 @@ no module state, and tests that mirror the tree both ways."""
 
 import ast
 import re
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -18,7 +21,7 @@ MAX_MODULE_LINES = 500
 # Process-wide facts, not data: TensorFlow's devices and threads are set up once per process, and a
 # run lock this process already holds must not wait for itself; a cached feature file verified by content
 # need not be hashed again while its stamp holds.
-MODULE_STATE_ALLOWED = {("runtime.py", "_STATE"), ("store.py", "_HELD"), ("features.py", "_VERIFIED")}
+MODULE_STATE_ALLOWED = {("runtime.py", "_STATE"), ("manifest.py", "_HELD"), ("features.py", "_VERIFIED")}
 # Test files at the top of tests/ that check the tree as a whole, not one module.
 WHOLE_TREE_TESTS = {"test_codebase.py"}
 MUTATORS = {"append", "extend", "insert", "update", "setdefault", "pop", "popitem", "clear", "add", "discard",
@@ -132,7 +135,7 @@ def test_tests_are_named_by_what_they_check_not_by_ticket():
 
 # Declared, but needed at run time rather than imported (each says why in setup.cfg).
 RUN_TIME_ONLY = {"tensorboard", "ipykernel", "python-multipart", "tf2onnx", "onnx", "onnxruntime", "ai-edge-litert",
-                 "pytest-timeout", "pytest-xdist", "ruff", "httpx2"}
+                 "pytest-timeout", "pytest-xdist", "ruff", "import-linter", "httpx2"}
 FIRST_PARTY = {"bonenet", "run_pipeline"}
 
 
@@ -187,3 +190,46 @@ def test_setup_cfg_declares_what_the_code_imports_and_nothing_else():
     unused = everything - library - tests - RUN_TIME_ONLY
     assert unused == set(), "declared but imported nowhere (drop it, or say in setup.cfg why it is needed at run time)"
     assert RUN_TIME_ONLY <= everything  # the list of run-time needs names only declared ones
+
+
+def _lint_imports(root):
+    """Runs import-linter on the package under `root` with the contract in setup.cfg: (exit status, output)."""
+    tool = Path(sys.executable).with_name("lint-imports")
+    proc = subprocess.run([str(tool), "--config", str(REPO / "setup.cfg"), "--no-cache"], cwd=root, timeout=300,
+                          env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(root)}, capture_output=True, text=True)
+    return proc.returncode, proc.stdout + proc.stderr
+
+
+def test_the_stages_are_layered_and_a_lazy_back_edge_breaks_the_contract(tmp_path):
+    """.ci/run runs `lint-imports`; an import of a higher stage from a lower one, even inside a function, fails."""
+    shutil.copytree(REPO / "bonenet", tmp_path / "bonenet", ignore=shutil.ignore_patterns("__pycache__", "assets"))
+    code, out = _lint_imports(tmp_path)
+    assert code == 0 and "1 kept, 0 broken" in out, out
+    read = tmp_path / "bonenet" / "data" / "read.py"
+    read.write_text(read.read_text() + "\n\ndef _back_edge():\n    from bonenet.serving import serve\n\n    return serve\n")
+    code, out = _lint_imports(tmp_path)
+    assert code == 1 and "bonenet.data.read -> bonenet.serving.serve" in out, out
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "preprocessing").glob("*.py")), ids=_name)
+def test_preprocessing_imports_no_stage_of_the_package(path):
+    """preprocessing/ installs as bonenet.preprocessing, outside the tree import-linter walks: image code, below
+    every stage."""
+    for node in ast.walk(_tree(path)):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "bonenet":
+            assert node.module.startswith("bonenet.preprocessing"), f"{node.module} (line {node.lineno})"
+        elif isinstance(node, ast.Import):
+            assert not any(a.name.split(".")[0] == "bonenet" for a in node.names), f"line {node.lineno}"
+
+
+def test_the_public_surface_resolves_and_importing_bonenet_loads_no_tensorflow():
+    code = ("import sys, bonenet; assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules; "
+            "names = [n for n in bonenet.__all__ if n != '__version__']; "
+            "assert all(getattr(bonenet, n) is not None for n in names), names; "
+            "assert bonenet.BoneNet.__module__ == 'bonenet.inference.predictor'; print(len(names))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and proc.stdout.strip() == "6", proc.stderr[-2000:]
+    with pytest.raises(AttributeError, match="has no attribute 'store'"):
+        import bonenet
+
+        bonenet.store  # noqa: B018 -- the stages are imported by their own names, never through the top

@@ -118,7 +118,7 @@ def test_json_files_never_hold_a_bare_nan(tmp_path, capsys):
 ])
 def test_an_unexpected_error_is_one_line_saying_what_failed_where_and_on_what(exc, shown, tmp_path, capsys,
                                                                                monkeypatch):
-    from bonenet import report
+    from bonenet.evaluation import report
 
     def fails(*args, **kwargs):
         raise exc
@@ -127,12 +127,12 @@ def test_an_unexpected_error_is_one_line_saying_what_failed_where_and_on_what(ex
     code, err = run_cli(["report", "--eval-dir", tmp_path / "eval", "--out", tmp_path / "pages"], capsys)
     assert code in (1, 2) and len(err) == 1, err
     assert err[0] == (f"bonenet report: error: report of evaluation {tmp_path / 'eval'} failed in "
-                      f"bonenet.report.run_reports (line {err[0].split('(line ')[1].split(')')[0]}): {shown} "
+                      f"bonenet.evaluation.report.run_reports (line {err[0].split('(line ')[1].split(')')[0]}): {shown} "
                       "(unexpected: BONENET_DEBUG=1 shows the traceback)")
 
 
 def test_bonenet_debug_shows_an_unexpected_errors_traceback(tmp_path, monkeypatch):
-    from bonenet import report
+    from bonenet.evaluation import report
 
     monkeypatch.setattr(report, "load_evaluation", lambda *a: (_ for _ in ()).throw(NotImplementedError("x")))
     monkeypatch.setenv("BONENET_DEBUG", "1")

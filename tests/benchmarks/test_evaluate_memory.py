@@ -27,7 +27,7 @@ def test_the_untrained_run_loads_as_a_bonenet_with_every_part(tmp_path):
     sys.path.insert(0, str(REPO / "benchmarks"))
     import evaluate_memory
 
-    from bonenet.inference import BoneNet
+    from bonenet.inference.predictor import BoneNet
     from bonenet.parts import PARTS
 
     evaluate_memory.build_untrained_run(tmp_path, 32)

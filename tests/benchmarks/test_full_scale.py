@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from bonenet.synthetic import mura_plan
+from bonenet.data.synthetic import mura_plan
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -13,11 +13,11 @@ import pytest
 from fastapi.testclient import TestClient
 
 from bonenet import runtime
-from bonenet.ensemble import ensemble_head
-from bonenet.export import export_run
-from bonenet.inference import BoneNet
-from bonenet.reading import read_gray
-from bonenet.serve import create_app
+from bonenet.data.read import read_gray
+from bonenet.inference.predictor import BoneNet
+from bonenet.models.ensemble import ensemble_head
+from bonenet.serving.export import export_run
+from bonenet.serving.serve import create_app
 
 TOLERANCE = 1e-5
 

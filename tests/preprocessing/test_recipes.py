@@ -3,7 +3,7 @@ import json
 import numpy as np
 import pytest
 
-from bonenet.imageio import load_gray
+from bonenet.data.decode import load_gray
 from bonenet.preprocessing.recipes import DEFAULT_RECIPE, RECIPES, Recipe, get_recipe
 
 

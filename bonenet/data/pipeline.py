@@ -1,0 +1,203 @@
+"""tf.data input pipelines: the one adapter between the read path (`bonenet.data.read`) and TensorFlow.
+
+Decoding and the recipe run once per image and are cached; augmentation runs after the cache,
+so every epoch sees fresh, seeded variations of the same prepared input. An image that only a
+full decode shows to be unusable is dropped and recorded in the command's `SkipLog`, never
+replaced by a blank image that keeps its label; its reason is cached with it, so a pipeline that
+reads a finished cache records the same skips as the one that wrote it.
+"""
+
+import contextlib
+import hashlib
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+
+from bonenet.data.read import try_prepared
+from bonenet.parts import PART_INDEX
+from bonenet.preprocessing.augment import AugmentConfig, augment
+
+AUTOTUNE = tf.data.AUTOTUNE
+MAX_SEED = 0x7FFFFFFFFFFFFFFF  # NumPy seeds are non-negative; tf.data's random stream is signed
+
+
+@contextlib.contextmanager
+def length_found_at_the_end():
+    """Keras warns each time a dataset whose length it did not know runs out; ours do not know it
+    (unreadable files are filtered out while reading), so for them that end is expected."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Your input ran out of data")
+        yield
+
+
+def seeded_augment(image, config, seed, *key):
+    """`augment` with a generator of its own for (`seed`, *`key`): the one seeding rule of every
+    augmentation, so the same element gets the same draw whatever the batch or thread order."""
+    return augment(image, np.random.default_rng([int(seed) & MAX_SEED, *(int(k) & MAX_SEED for k in key)]), config)
+
+
+def prepared_views(path, index, recipe, size, views=0, augment_config=None, seed=0):
+    """`try_prepared` of one image plus `views` augmented copies, each seeded by (`seed`, view, `index`).
+
+    Returns:
+        (uint8 (1 + views)×size×size×3, b"") for an image that was read, or (blank stack, the reason).
+    """
+    image, skip = try_prepared(path, recipe, size)
+    if skip is not None:
+        return np.zeros((1 + views, size, size, 3), np.uint8), skip.reason.encode()
+    stack = [image] + [seeded_augment(image, augment_config, seed, v, index) for v in range(1, views + 1)]
+    return np.stack(stack), b""
+
+
+def map_prepare(recipe, size, views=None, augment_config=None, seed=0):
+    """The one tf.data map that reads and prepares images (`bonenet.data.read.try_prepared`), in NumPy.
+
+    With `views` None it maps `path -> (uint8 S×S×3 image, reason)`; with a number of views (0 or
+    more) it maps `(path, index) -> (uint8 (1 + views)×S×S×3 stack, reason)`, the image then its
+    pre-drawn augmented views (`prepared_views`). `reason` is empty for an image that was read, else
+    why it could not be (its pixels are blank and must never be used).
+    """
+    stride = 1 + (views or 0)
+
+    def fn(path, index=0):
+        x, reason = tf.numpy_function(
+            lambda p, i: prepared_views(p.decode(), i, recipe, size, stride - 1, augment_config, seed),
+            [path, index], [tf.uint8, tf.string], stateful=False)
+        x.set_shape((stride, size, size, 3))
+        reason.set_shape(())
+        return (x[0] if views is None else x), reason
+
+    return fn
+
+
+def keep_readable(skips=None):
+    """A tf.data filter over `(path, image, reason, ...)` keeping the images that were read,
+    and recording each one that was not in `skips` (a `SkipLog`), when given."""
+
+    def fn(path, image, reason, *rest):
+        ok = tf.equal(reason, "")
+        if skips is None:
+            return ok
+        return tf.cond(ok, lambda: ok, lambda: tf.numpy_function(skips.note, [path, reason], tf.bool,
+                                                                 stateful=True))
+
+    return fn
+
+
+def map_augment(config=AugmentConfig(), seed=0):
+    """Returns a tf.data map function `(image, draw) -> augmented image`, seeded by (`seed`, draw)
+    (`seeded_augment`), `draw` coming from a seeded `Dataset.random` stream that changes each epoch."""
+
+    def fn(image, draw):
+        out = tf.numpy_function(lambda im, d: seeded_augment(im, config, seed, d), [image, draw], tf.uint8,
+                                stateful=False)
+        out.set_shape(image.shape)
+        return out
+
+    return fn
+
+
+def labelled_slices(items, labels, noun):
+    """`Dataset.from_tensor_slices((items, labels))`, refusing mismatched or empty inputs.
+
+    `labels` are class indices (n,), or rows of float targets (n×k) for multi-label training.
+    """
+    labels = np.asarray(labels)
+    labels = labels.astype(np.float32) if labels.ndim == 2 else labels.astype(np.int32)
+    if len(items) != len(labels):
+        raise ValueError(f"{len(items)} {noun} but {len(labels)} labels")
+    if len(items) == 0:
+        raise ValueError(f"no {noun} to build a dataset from")
+    return tf.data.Dataset.from_tensor_slices((items, labels))
+
+
+def file_stamps(paths):
+    """A sha256 over each file's path, size and modification time, in order: the one rule by which a
+    cache knows its images, so an image edited in place never hits an old cache."""
+    h = hashlib.sha256()
+    for p in paths:
+        try:
+            st = os.stat(p)
+            stamp = f"{st.st_size}:{st.st_mtime_ns}"
+        except OSError:
+            stamp = "missing"
+        h.update(f"{p}\0{stamp}\0".encode())
+    return h.hexdigest()
+
+
+def cache_key(paths, recipe, size):
+    """A short hash of the image files (`file_stamps`), recipe and size; a cache under another key is never reused."""
+    h = hashlib.sha256(b"path, image, reason, label\0" + recipe.to_json().encode())  # the cached element
+    h.update(str(size).encode())
+    h.update(file_stamps(paths).encode())
+    return h.hexdigest()[:16]
+
+
+def make_dataset(paths, labels, num_classes, recipe, size, batch_size, training=False, seed=0,
+                 augment_config=None, cache_dir=None, cache=True, skips=None):
+    """Builds a batched dataset of (float32 0-255 images, one-hot labels), or of (images, float targets) when
+    `labels` are rows of targets (n×k, for multi-label pretraining; `num_classes` is then unused).
+
+    Args:
+        paths: image file paths.
+        labels: integer class per image.
+        num_classes: length of the one-hot labels.
+        recipe: the `Recipe`.
+        size: input side.
+        batch_size: global batch size.
+        training: shuffle each epoch and augment (with `augment_config`). Defaults to False.
+        seed: seeds shuffling and augmentation. Defaults to 0.
+        augment_config: an `AugmentConfig`; None means no augmentation. Defaults to None.
+        cache_dir: cache prepared images on disk here (keyed by data, recipe and size); None
+            caches in memory. Defaults to None.
+        cache: False decodes and prepares every image again each epoch (for comparison only).
+            Defaults to True.
+        skips: a `SkipLog` recording the images that could not be read. Defaults to None.
+    """
+    paths = [str(p) for p in paths]
+    ds = labelled_slices(paths, labels, "paths")
+    prepare = map_prepare(recipe, size)
+    ds = ds.map(lambda p, y: (p, *prepare(p), y), num_parallel_calls=AUTOTUNE, deterministic=True)
+    if cache and cache_dir is not None:
+        Path(cache_dir).mkdir(parents=True, exist_ok=True)
+        ds = ds.cache(str(Path(cache_dir) / f"images-{cache_key(paths, recipe, size)}"))
+    elif cache:
+        ds = ds.cache()
+    ds = ds.filter(keep_readable(skips)).map(lambda p, x, reason, y: (x, y))
+    if training:
+        ds = ds.shuffle(min(len(paths), 4096), seed=seed, reshuffle_each_iteration=True)
+        if augment_config is not None:
+            seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
+            aug = map_augment(augment_config, seed)
+            ds = tf.data.Dataset.zip((ds, seeds)).map(
+                lambda xy, s: (aug(xy[0], s), xy[1]), num_parallel_calls=AUTOTUNE
+            )
+    ds = ds.batch(batch_size)
+    if np.ndim(labels) == 2:  # float targets, as they are
+        ds = ds.map(lambda x, y: (tf.cast(x, tf.float32), y), num_parallel_calls=AUTOTUNE)
+    else:
+        ds = ds.map(lambda x, y: (tf.cast(x, tf.float32), tf.one_hot(y, num_classes)), num_parallel_calls=AUTOTUNE)
+    return ds.prefetch(AUTOTUNE)
+
+
+def router_examples(images):
+    """(paths, labels) for the router: every image, labelled with its part index."""
+    return images["path"].tolist(), images["part"].map(PART_INDEX).to_numpy()
+
+
+def part_examples(images, part):
+    """(paths, labels) for one part's model: that part's images, labelled with their study's label."""
+    rows = images[images["part"] == part]
+    return rows["path"].tolist(), rows["label"].to_numpy()
+
+
+def class_weights(labels, num_classes):
+    """Balanced class weights n / (k × n_c) from training counts; absent classes get weight 0."""
+    counts = np.bincount(np.asarray(labels, int), minlength=num_classes).astype(float)
+    present = counts > 0
+    weights = np.zeros(num_classes)
+    weights[present] = counts.sum() / (present.sum() * counts[present])
+    return {i: float(w) for i, w in enumerate(weights)}

@@ -1,0 +1,133 @@
+"""Real radiographs to pretrain a backbone on: a FracAtlas reader and datalists, with the benchmark's held-out
+images refused by their content.
+
+A source becomes a table of image paths and binary targets (`PretrainSource`). FracAtlas gives nine per image:
+its region flags (hand, leg, hip, shoulder), its view flags (frontal, lateral, oblique), fractured and
+hardware. A datalist gives its part (one column per part present) and abnormal. A backbone trained on them
+learns what radiographs of bones look like, and where fractures and implants are.
+
+Held-out discipline: `benchmarks/real_radiographs.py` scores the FracAtlas datalist's seeded, patient-grouped
+valid fifth (`bonenet.data.datalist`). A backbone that saw those images would measure memory, not transfer. So
+`benchmark_holdout` names them by the sha256 of their bytes, the FracAtlas reader leaves them out, and
+`check_no_holdout` refuses any pretraining image with the same bytes, whatever its name or folder.
+"""
+
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from bonenet.data.datalist import fracatlas_datalist, is_datalist, read_dataset
+from bonenet.data.mura import MuraError
+from bonenet.digests import file_sha256
+
+FRACATLAS_TARGETS = ("hand", "leg", "hip", "shoulder", "frontal", "lateral", "oblique", "fractured", "hardware")
+FRACATLAS_LICENCE = "CC BY 4.0, https://creativecommons.org/licenses/by/4.0/"
+FRACATLAS_CITATION = ("Abedeen et al., FracAtlas: a dataset for fracture classification, localization and "
+                      "segmentation of musculoskeletal radiographs, Scientific Data 10, 521 (2023), "
+                      "doi:10.1038/s41597-023-02432-4")
+
+
+@dataclass(frozen=True)
+class PretrainSource:
+    """One source of real radiographs: its images and binary targets, and what its provenance must say."""
+
+    name: str
+    root: str
+    licence: str
+    citation: str
+    table: pd.DataFrame = field(repr=False)  # `path` plus one float column per target (NaN: not known)
+    excluded: int = 0  # images left out because the FracAtlas benchmark holds them out
+
+    def as_dict(self):
+        """What the provenance JSON records of the source."""
+        return {"name": self.name, "root": self.root, "licence": self.licence, "citation": self.citation,
+                "images": len(self.table), "excluded_benchmark_holdout": self.excluded,
+                "targets": [c for c in self.table.columns if c != "path"]}
+
+
+def is_fracatlas(path):
+    """Whether `path` is a FracAtlas folder (its `dataset.csv` beside `images/`)."""
+    path = Path(path)
+    return (path / "dataset.csv").is_file() and (path / "images").is_dir()
+
+
+def benchmark_holdout(fracatlas_root):
+    """{sha256: path} of the images the FracAtlas benchmark holds out: the valid split of `fracatlas-datalist`."""
+    with tempfile.TemporaryDirectory(prefix="bonenet-holdout-") as tmp:
+        csv = Path(tmp) / "fracatlas.csv"
+        fracatlas_datalist(fracatlas_root, csv)
+        paths = [Path(p).resolve() for p in read_dataset(csv, splits=("valid",)).images["path"]]
+        return {file_sha256(p): str(p) for p in paths}
+
+
+def fracatlas_source(root, held_out):
+    """Every FracAtlas image but those in `held_out` ({sha256: path}), with its nine targets."""
+    root = Path(root).expanduser().resolve()
+    table = pd.read_csv(root / "dataset.csv")
+    missing = [c for c in ("image_id", *FRACATLAS_TARGETS) if c not in table.columns]
+    if missing:
+        raise MuraError(f"{root / 'dataset.csv'}: no column {', '.join(missing)} (a FracAtlas dataset.csv has "
+                        f"image_id, {', '.join(FRACATLAS_TARGETS)})")
+    table = table.assign(path=[str(root / "images" / name) for name in table["image_id"]])
+    keep = np.asarray([file_sha256(p) not in held_out for p in table["path"]])
+    out = table.loc[keep, ["path", *FRACATLAS_TARGETS]].astype({c: np.float32 for c in FRACATLAS_TARGETS})
+    return PretrainSource("FracAtlas", str(root), FRACATLAS_LICENCE, FRACATLAS_CITATION, out.reset_index(drop=True),
+                          int((~keep).sum()))
+
+
+def datalist_source(csv, licence):
+    """A datalist's images (both splits), with one target per part present and `abnormal`."""
+    index = read_dataset(csv)
+    images = index.images
+    parts = sorted(images["part"].unique())
+    table = pd.DataFrame({"path": images["path"].to_numpy(),
+                          **{part: (images["part"] == part).to_numpy(np.float32) for part in parts},
+                          "abnormal": images["label"].to_numpy(np.float32)})
+    return PretrainSource(Path(csv).name, str(Path(csv).resolve()), licence, "", table)
+
+
+def check_no_holdout(sources, held_out):
+    """Refuses any pretraining image whose bytes are a benchmark held-out image's, naming both files."""
+    for source in sources:
+        for path in source.table["path"]:
+            digest = file_sha256(path)
+            if digest in held_out:
+                raise ValueError(f"{path}: this image is held out by the FracAtlas benchmark (the same bytes as "
+                                 f"{held_out[digest]}); a backbone pretrained on it would measure memory, not "
+                                 "transfer: remove it from the pretraining data")
+
+
+def read_sources(specs, licence="stated by the user"):
+    """The pretraining sources named on the command line (FracAtlas folders or datalist CSVs), checked.
+
+    Every FracAtlas folder named contributes its benchmark's held-out images; no source may hold one.
+
+    Args:
+        specs: paths, each a FracAtlas folder or a datalist CSV.
+        licence: the licence recorded for datalists (FracAtlas carries its own).
+
+    Returns:
+        [`PretrainSource`], in the order given.
+    """
+    held_out = {}
+    for spec in specs:
+        if is_fracatlas(spec):
+            held_out.update(benchmark_holdout(spec))
+    sources = []
+    for spec in specs:
+        if is_fracatlas(spec):
+            sources.append(fracatlas_source(spec, held_out))
+        elif is_datalist(spec):
+            sources.append(datalist_source(spec, licence))
+        else:
+            raise ValueError(f"{spec}: neither a FracAtlas folder (dataset.csv and images/) nor a datalist CSV")
+    check_no_holdout(sources, held_out)
+    return sources
+
+
+def targets_table(sources):
+    """One table of every source's images: `path` and the union of their targets (NaN where a source lacks one)."""
+    return pd.concat([s.table for s in sources], ignore_index=True)

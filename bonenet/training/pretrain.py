@@ -1,0 +1,337 @@
+"""Backbone pretraining: on synthetic radiographs (how the demo's shipped backbone is made), or on open real
+radiographs (how the shipped radiograph backbone is made, `pretrain_on_real`).
+
+The last-20-layer recipe needs a trunk whose frozen layers already compute useful features; a
+randomly initialised trunk gives features that no head can use. A real user gets them from
+ImageNet. Offline, BoneNet brings its own: EfficientNetB0 trained end to end (all layers,
+BatchNorm learning) on a joint part × normal/abnormal task over a synthetic dataset whose seed is
+disjoint from the demo's, so the demo never evaluates on data the backbone saw.
+
+`pretrain-backbone` with the defaults of `PretrainConfig` made the file the package ships
+(`bonenet.models.backbones.SHIPPED_BACKBONE`); its provenance JSON beside it records the command, seed, data digest,
+steps, hold-out accuracy and sha256. It is never a default for real training.
+
+On real radiographs (`--real FRACATLAS_DIR` or a datalist), EfficientNetB0 learns every binary target the
+sources give (FracAtlas: region, view, fractured, hardware; `bonenet.data.sources`) at once, one sigmoid
+each, starting from `--init` (the synthetic backbone by default); the FracAtlas benchmark's held-out images
+are refused by construction.
+"""
+
+import datetime
+import json
+import math
+import os
+import platform
+import shlex
+import sys
+import tempfile
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import h5py
+import keras
+import numpy as np
+
+from bonenet import runtime
+from bonenet.configs import PretrainConfig
+from bonenet.data import pipeline as bdata
+from bonenet.data.mura import fingerprint_of, read_mura
+from bonenet.data.synthetic import GENERATOR_VERSION, synthetic_dataset
+from bonenet.digests import file_sha256, files_digest, folder_digest
+from bonenet.files import file_written_whole, json_safe, temp_prefix, write_text_whole
+from bonenet.models.backbones import ORIGIN, RADIOGRAPH_ORIGIN, SHIPPED_BACKBONE, provenance_path, shipped_backbone
+from bonenet.models.efficientnet import build_base
+from bonenet.parts import PART_INDEX, PARTS
+from bonenet.preprocessing.augment import AugmentConfig
+from bonenet.preprocessing.recipes import get_recipe
+from bonenet.progress import keras_verbosity
+
+
+def joint_labels(images):
+    """One label per image: 2 × part index + study label (14 classes)."""
+    return images["part"].map(PART_INDEX).to_numpy() * 2 + images["label"].to_numpy()
+
+
+def build_pretrain_model(image_size, seed=0, outputs=2 * len(PARTS), activation="softmax", init=None):
+    """EfficientNetB0 (every layer training) + pooling + a dense output layer.
+
+    Args:
+        outputs: output units: 14 (part × normal/abnormal, softmax) on synthetic data, one sigmoid per
+            target on real radiographs. Defaults to 14.
+        activation: "softmax" or "sigmoid". Defaults to "softmax".
+        init: a backbone `.weights.h5` to start from; None starts from random weights. Defaults to None.
+
+    Returns:
+        (model, base), built under the process's training precision (`bonenet.runtime.start`).
+    """
+    keras.utils.set_random_seed(seed)
+    with runtime.precision_scope(runtime.start()["precision"]):
+        base = build_base(image_size, weights=None)
+        if init is not None:
+            base.load_weights(str(init))
+        x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(base.output)
+        x = keras.layers.Dropout(0.2, name="head_dropout")(x)
+        name = "joint" if activation == "softmax" else "targets"
+        out = keras.layers.Dense(outputs, activation=activation, dtype="float32", name=name)(x)
+        return keras.Model(base.input, out, name="pretrain"), base
+
+
+def save_float16_weights(model, path):
+    """Saves `model`'s weights as a Keras `.weights.h5` whose float arrays are stored as float16.
+
+    Keras casts on load, so the file loads into a float32 model with `load_weights`; it is half
+    the size of a float32 file. Written under a temporary name and renamed, so a killed save
+    leaves any earlier file intact.
+    """
+    path = Path(path)
+    with file_written_whole(path, ".weights.h5") as half, \
+            tempfile.TemporaryDirectory(prefix=temp_prefix(path), dir=path.parent) as scratch:
+        full = Path(scratch) / "full.weights.h5"
+        model.save_weights(str(full))
+        with h5py.File(full, "r") as src, h5py.File(half, "w", track_order=True) as dst:
+            dst.attrs.update(src.attrs)
+
+            def copy(name, obj):
+                if isinstance(obj, h5py.Group):
+                    dst.require_group(name).attrs.update(obj.attrs)
+                else:
+                    value = obj[()]
+                    if np.issubdtype(np.asarray(value).dtype, np.floating):
+                        value = np.asarray(value, np.float16)
+                    dst.create_dataset(name, data=value, track_times=False)
+
+            src.visititems(copy)
+    return path
+
+
+def holdout_accuracy(model, images, config):
+    """Joint, part and normal/abnormal accuracy of the pretraining model on held-out images."""
+    labels = joint_labels(images)
+    ds = bdata.make_dataset(images["path"].tolist(), labels, 2 * len(PARTS), get_recipe(config.recipe),
+                            config.image_size, config.batch_size)
+    with bdata.length_found_at_the_end():
+        pred = np.argmax(model.predict(ds, verbose=0), axis=1)
+    return {
+        "joint": float(np.mean(pred == labels)),
+        "part": float(np.mean(pred // 2 == labels // 2)),
+        "abnormal": float(np.mean(pred % 2 == labels % 2)),
+        "images": len(labels),
+    }
+
+
+def _schedule(config, steps_per_epoch):
+    total = config.epochs * steps_per_epoch
+    warmup = min(config.warmup_epochs * steps_per_epoch, total - 1)
+    return keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=config.learning_rate / 100, warmup_target=config.learning_rate, warmup_steps=warmup,
+        decay_steps=total - warmup,
+    )
+
+
+def pretrain_backbone(out, config=PretrainConfig(), data_dir=None, resume=False, verbose=None, command=None):
+    """Makes the synthetic dataset, trains EfficientNetB0 on it end to end, saves the base's weights.
+
+    The synthetic train split trains; its valid split is the hold-out whose accuracy is recorded,
+    measured with the float16 weights as written.
+
+    Args:
+        out: the `.weights.h5` file to write; `<stem>.json` beside it records the provenance.
+        config: a `PretrainConfig`. Defaults to `PretrainConfig()`.
+        data_dir: where the synthetic dataset goes. Defaults to `<out stem>-data` beside `out`.
+        resume: continue a killed run from its last completed epoch. Defaults to False.
+        verbose: Keras verbosity. Defaults to a progress bar on a terminal, one line per epoch otherwise.
+        command: the command line to record. Defaults to `bonenet` and this process's arguments.
+
+    Returns:
+        The provenance dict (also written beside `out`).
+    """
+    out = _weights_out(out)
+    stem = out.name.removesuffix(".weights.h5")
+    data_dir = Path(data_dir) if data_dir else out.parent / f"{stem}-data"
+    backup = out.parent / f"{stem}-backup"
+    if not resume and backup.exists():
+        raise ValueError(f"{backup}: an interrupted pretraining is there; pass --resume to continue it, or delete it")
+    verbose = keras_verbosity("auto" if verbose is None else verbose)
+    start = time.time()
+    root = synthetic_dataset(data_dir, config.studies_per_part, config.seed)
+    index = read_mura(root)
+    train = index.images[index.images.split == "train"]
+    holdout = index.images[index.images.split == "valid"]
+    model, base, steps = _fit(train, config, backup, verbose)
+    save_float16_weights(base, out)
+    # Score what ships: the float16 weights, reloaded, under the trained head.
+    base.load_weights(out)
+    provenance = {
+        "origin": f"EfficientNetB0 pretrained end to end by bonenet pretrain-backbone on {ORIGIN}",
+        "command": command or shlex.join(["bonenet", *sys.argv[1:]]),
+        "config": asdict(config),
+        "generator_version": GENERATOR_VERSION,
+        "dataset_fingerprint": fingerprint_of(index),
+        "data_sha256": folder_digest(root),
+        "train_images": len(train),
+        "holdout_images": len(holdout),
+        "steps": steps,
+        "schedule": f"Adam, linear warm-up {config.warmup_epochs} epochs to {config.learning_rate}, then cosine "
+                    "decay to 0; label smoothing 0.05; balanced class weights; AugmentConfig() augmentation",
+        "holdout_accuracy": holdout_accuracy(model, holdout, config),
+        "storage": "float16",
+        "sha256": file_sha256(out),
+        "seconds": round(time.time() - start),
+        **_machine(),
+    }
+    write_text_whole(provenance_path(out), json.dumps(provenance, indent=2) + "\n")
+    if backup.exists():
+        import shutil
+
+        shutil.rmtree(backup)
+    return provenance
+
+
+def _fit(train, config, backup, verbose):
+    """Trains the pretraining model on the train images (resumable from `backup`); returns
+    (model, its EfficientNetB0 base, steps taken)."""
+    labels = joint_labels(train)
+    ds = bdata.make_dataset(train["path"].tolist(), labels, 2 * len(PARTS), get_recipe(config.recipe),
+                            config.image_size, config.batch_size, training=True, seed=config.seed,
+                            augment_config=AugmentConfig())
+    steps_per_epoch = math.ceil(len(train) / config.batch_size)
+    model, base = build_pretrain_model(config.image_size, config.seed)
+    model.compile(keras.optimizers.Adam(_schedule(config, steps_per_epoch)),
+                  keras.losses.CategoricalCrossentropy(label_smoothing=0.05), metrics=["accuracy"], jit_compile=False)
+    with bdata.length_found_at_the_end():
+        model.fit(ds, epochs=config.epochs, verbose=verbose, shuffle=False,
+                  class_weight=bdata.class_weights(labels, 2 * len(PARTS)),
+                  callbacks=[keras.callbacks.BackupAndRestore(str(backup))])
+    return model, base, steps_per_epoch * config.epochs
+
+
+def _machine():
+    """Where and with what the backbone was made."""
+    return {"machine": f"{platform.machine()} {os.cpu_count()} CPU(s), {platform.system()}",
+            "date": datetime.date.today().isoformat(),
+            "versions": {"keras": keras.__version__, "tensorflow": _tf_version(), "python": platform.python_version()}}
+
+
+def _tf_version():
+    import tensorflow as tf
+
+    return tf.__version__
+
+
+# Real radiographs -------------------------------------------------------------------------------------------
+MONITOR_FRACTION = 0.1  # a seeded share of the pretraining images, held back to score the targets
+
+
+def masked_binary_crossentropy(y_true, y_pred):
+    """Binary cross-entropy over the targets a row has: a target below 0 (a source lacking it) counts for nothing."""
+    known = keras.ops.cast(y_true >= 0, "float32")
+    truth = keras.ops.clip(y_true, 0.0, 1.0)
+    p = keras.ops.clip(y_pred, 1e-7, 1 - 1e-7)
+    loss = -(truth * keras.ops.log(p) + (1 - truth) * keras.ops.log(1 - p)) * known
+    return keras.ops.sum(loss, axis=-1) / keras.ops.maximum(keras.ops.sum(known, axis=-1), 1.0)
+
+
+def target_aurocs(model, table, targets, config):
+    """Per target: the pretraining model's AUROC on held-back images (NaN where they hold one class)."""
+    from sklearn.metrics import roc_auc_score
+
+    ds = bdata.make_dataset(table["path"].tolist(), np.zeros((len(table), len(targets)), np.float32), None,
+                            get_recipe(config.recipe), config.image_size, config.batch_size)
+    with bdata.length_found_at_the_end():
+        pred = model.predict(ds, verbose=0)
+    out = {}
+    for i, target in enumerate(targets):
+        truth = table[target].to_numpy()
+        known = ~np.isnan(truth)
+        both = len(np.unique(truth[known])) == 2
+        out[target] = float(roc_auc_score(truth[known], pred[known, i])) if both else float("nan")
+    return out
+
+
+def _split_monitor(table, seed):
+    """(train rows, monitoring rows): a seeded `MONITOR_FRACTION` of the images is held back."""
+    order = np.random.default_rng(seed).permutation(len(table))
+    cut = max(1, int(round(MONITOR_FRACTION * len(table))))
+    return table.iloc[np.sort(order[cut:])], table.iloc[np.sort(order[:cut])]
+
+
+def _init_weights(init):
+    """The backbone file pretraining starts from: `synthetic` (the shipped one), `none`, or a path."""
+    if init in (None, "none"):
+        return None, "random initialisation"
+    if init == "synthetic":
+        path, provenance = shipped_backbone()
+        return path, f"the shipped synthetic backbone ({SHIPPED_BACKBONE.name}, sha256 {provenance['sha256'][:12]}…)"
+    path = Path(init).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: backbone to start from does not exist (expected synthetic, none or a file)")
+    return path, f"{path.name} (sha256 {file_sha256(path)[:12]}…)"
+
+
+def pretrain_on_real(out, specs, config=PretrainConfig(), init="synthetic", resume=False, verbose=None, command=None):
+    """Trains EfficientNetB0 on open real radiographs, every target at once, and saves the base's weights.
+
+    Args:
+        out: the `.weights.h5` file to write; `<stem>.json` beside it records the provenance.
+        specs: the sources: FracAtlas folders or datalist CSVs (`bonenet.data.sources.read_sources`).
+        config: a `PretrainConfig` (its synthetic-data fields are unused). Defaults to `PretrainConfig()`.
+        init: what to start from: "synthetic" (the shipped synthetic backbone), "none" or a weights file.
+        resume: continue a killed run from its last completed epoch. Defaults to False.
+
+    Returns:
+        The provenance dict (also written beside `out`).
+    """
+    from bonenet.data.sources import read_sources, targets_table
+
+    out, start = _weights_out(out), time.time()
+    backup = out.parent / f"{out.name.removesuffix('.weights.h5')}-backup"
+    if not resume and backup.exists():
+        raise ValueError(f"{backup}: an interrupted pretraining is there; pass --resume to continue it, or delete it")
+    sources = read_sources(specs)
+    table = targets_table(sources)
+    targets = [c for c in table.columns if c != "path"]
+    train, monitor = _split_monitor(table, config.seed)
+    init_path, init_text = _init_weights(init)
+    model, base = build_pretrain_model(config.image_size, config.seed, len(targets), "sigmoid", init_path)
+    y = np.nan_to_num(train[targets].to_numpy(np.float32), nan=-1.0)  # -1: not known, masked out of the loss
+    ds = bdata.make_dataset(train["path"].tolist(), y, None, get_recipe(config.recipe), config.image_size,
+                            config.batch_size, training=True, seed=config.seed, augment_config=AugmentConfig())
+    steps_per_epoch = math.ceil(len(train) / config.batch_size)
+    model.compile(keras.optimizers.Adam(_schedule(config, steps_per_epoch)), masked_binary_crossentropy,
+                  jit_compile=False)
+    with bdata.length_found_at_the_end():
+        model.fit(ds, epochs=config.epochs, verbose=keras_verbosity("auto" if verbose is None else verbose),
+                  shuffle=False, callbacks=[keras.callbacks.BackupAndRestore(str(backup))])
+    save_float16_weights(base, out)
+    base.load_weights(out)  # score what ships: the float16 weights, reloaded, under the trained head
+    described = ", ".join(f"{s.name}, {s.licence.split(',')[0]}" for s in sources)
+    provenance = {
+        "origin": f"EfficientNetB0 pretrained by bonenet pretrain-backbone on {len(table):,} {RADIOGRAPH_ORIGIN} "
+                  f"({described})",
+        # The caveat every output of a run on this backbone carries (`bonenet.run.provenance`).
+        "summary": f"pretrained on {len(table):,} open real radiographs ({described}), not ImageNet",
+        "command": command or shlex.join(["bonenet", *sys.argv[1:]]),
+        "config": asdict(config), "init": init_text, "objective": f"every binary target at once, one sigmoid "
+        f"each (masked binary cross-entropy): {', '.join(targets)}",
+        "sources": [s.as_dict() for s in sources], "images": len(table), "train_images": len(train),
+        "monitor_images": len(monitor), "data_sha256": files_digest(table["path"]),
+        "steps": steps_per_epoch * config.epochs,
+        "schedule": f"Adam, linear warm-up {config.warmup_epochs} epochs to {config.learning_rate}, then cosine "
+                    "decay to 0; AugmentConfig() augmentation",
+        "monitor_auroc": target_aurocs(model, monitor, targets, config), "storage": "float16",
+        "sha256": file_sha256(out), "seconds": round(time.time() - start), **_machine(),
+    }
+    write_text_whole(provenance_path(out), json.dumps(json_safe(provenance), indent=2) + "\n")
+    if backup.exists():
+        import shutil
+
+        shutil.rmtree(backup)
+    return provenance
+
+
+def _weights_out(out):
+    out = Path(out)
+    if not out.name.endswith(".weights.h5"):
+        raise ValueError(f"{out}: backbone weights file must end in .weights.h5")
+    return out

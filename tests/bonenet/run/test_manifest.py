@@ -1,0 +1,72 @@
+"""A run's manifest (`bonenet.run.manifest`): its format, the numbers a run acts on, models that must agree with
+it (a hand-edited run recipe is refused, naming the file), and sections recorded after training."""
+
+import json
+
+import pytest
+from conftest import edit_manifest as _edit
+from conftest import run_cli
+
+from bonenet.inference.predictor import BoneNet
+from bonenet.run import store
+from bonenet.run.manifest import ManifestError, read_manifest, record_section, run_lock
+
+
+def test_models_record_their_recipe_and_trunk(run):
+    manifest = read_manifest(run[0])
+    for entry in manifest["models"].values():
+        assert entry["recipe"] == manifest["recipe"] and entry["trunk_sha256"] == manifest["trunk"]["sha256_weights"]
+
+
+@pytest.mark.corpus("S3")
+def test_a_run_recipe_edited_away_from_the_models_is_refused(copy):
+    from bonenet.preprocessing.recipes import get_recipe
+
+    _edit(copy, lambda m: m.update(recipe=get_recipe("sharpen").to_dict()))
+    with pytest.raises(ManifestError, match=r"router\.keras: trained with recipe 'equalize' but the manifest"):
+        BoneNet.load(copy)
+
+
+def test_manifest_of_another_format_version_is_refused(tmp_path):
+    (tmp_path / "manifest.json").write_text(json.dumps({"format": "bonenet-run", "format_version": 99}))
+    with pytest.raises(ManifestError, match="format version 99"):
+        store.load_run_models(tmp_path)
+    with pytest.raises(ManifestError, match="no manifest"):
+        read_manifest(tmp_path / "empty")
+
+
+def _set_temperature(value):
+    def change(manifest):
+        manifest["models"]["XR_WRIST"]["calibration"] = {"method": "temperature", "temperature": value}
+    return change
+
+
+@pytest.mark.corpus("V1")
+@pytest.mark.parametrize("value", [0, -1, float("nan"), 1e9, "1.5", True])
+def test_a_tampered_temperature_is_refused_naming_the_manifest_and_the_field(copy, value, capsys):
+    _edit(copy, _set_temperature(value))
+    with pytest.raises(ManifestError) as info:
+        read_manifest(copy)
+    message = str(info.value)
+    assert message.startswith(f"{copy / 'manifest.json'}: models.XR_WRIST.calibration.temperature must be null or")
+    assert "\n" not in message
+    for command in (["predict", str(copy), "--models-dir", str(copy)], ["serve", "--models-dir", str(copy)]):
+        code, err = run_cli(command, capsys)  # neither scores nor serves: one line, no traceback
+        assert code == 2 and len(err) == 1 and "calibration.temperature must be" in err[0], err
+
+
+@pytest.mark.corpus("V1")
+@pytest.mark.parametrize("field, value", [("threshold", 1.5), ("threshold", float("nan")), ("threshold", "0.4")])
+def test_a_tampered_threshold_is_refused(copy, field, value):
+    _edit(copy, lambda m: m["models"]["XR_WRIST"].update(tuning={field: value, "studies": 30}))
+    with pytest.raises(ManifestError, match="models.XR_WRIST.tuning.threshold must be null or a number within"):
+        read_manifest(copy)
+
+
+def test_a_section_recorded_after_training_joins_the_manifest_and_keeps_the_rest(copy):
+    before = read_manifest(copy)
+    with run_lock(copy):  # re-entered by this process: the lock does not wait for itself
+        record_section(copy, "localisation", "XR_WRIST", {"hit": 0.5})
+    after = read_manifest(copy)
+    assert after["localisation"] == {"XR_WRIST": {"hit": 0.5}}
+    assert {k: v for k, v in after.items() if k != "localisation"} == before
