@@ -22,7 +22,7 @@ SYNTHETIC_VALID_RATIO = 0.25
 PREDICT_BATCH = 32  # images read, prepared and scored at a time by predict, serve and evaluate
 THRESHOLD_MODES = ("tuned", "default")
 # EfficientNetB0 without its top has 236 layers; fine-tuning the last 234 leaves its input scaling
-# and normalisation as the frozen trunk (tests/bonenet/test_models.py pins that).
+# and normalisation as the frozen trunk (tests/bonenet/models/test_efficientnet.py pins that).
 MAX_TRAINABLE_LAYERS = 234
 STRATEGIES = ("auto", "default", "mirrored", "multiworker")
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")

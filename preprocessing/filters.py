@@ -139,7 +139,7 @@ def roi_box(image, threshold_fraction=0.3, dust_fraction=0.0005, margin=2):
     from the palm count. Every connected region larger than dust widens the box, wherever it lies
     and however small it is against the largest: a rule that drops small regions to leave out
     burnt-in labels cut a real thumb, and a label inside the box costs only a little zoom. When in
-    doubt the box keeps more film. The README states the criterion by which the box is judged and
+    doubt the box keeps more film. docs/real-radiographs.md states the criterion by which the box is judged and
     its figure over real radiographs (`benchmarks/roi_check.py`).
 
     Args:

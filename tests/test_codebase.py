@@ -233,3 +233,14 @@ def test_the_public_surface_resolves_and_importing_bonenet_loads_no_tensorflow()
         import bonenet
 
         bonenet.store  # noqa: B018 -- the stages are imported by their own names, never through the top
+
+
+def test_setup_cfg_installs_every_subpackage():
+    """A subpackage missing from `packages` works in the editable checkout and is absent from the wheel."""
+    import configparser
+
+    cfg = configparser.ConfigParser()
+    cfg.read(REPO / "setup.cfg")
+    listed = set(cfg["options"]["packages"].split())
+    found = {".".join(p.parent.relative_to(REPO).parts) for p in (REPO / "bonenet").rglob("__init__.py")}
+    assert found | {"bonenet.preprocessing", "bonenet.notebooks"} == listed

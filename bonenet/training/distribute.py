@@ -24,7 +24,7 @@ def get_strategy(name="auto"):
 
     `auto` mirrors across GPUs when more than one is visible. `mirrored` mirrors across every GPU,
     or across the logical CPUs where there is no GPU (how tests run it on a CPU). `multiworker`
-    reads the cluster from the TF_CONFIG environment variable (see README). A strategy is made
+    reads the cluster from the TF_CONFIG environment variable (see docs/gpus.md). A strategy is made
     once and reused by every model the process trains (`train-all` trains eight): a second
     instance would start its collective operations over and clash with the first's.
     """
@@ -37,7 +37,7 @@ def get_strategy(name="auto"):
 def _make_strategy(name):
     if name == "multiworker":
         if "TF_CONFIG" not in os.environ:
-            raise ValueError("strategy 'multiworker' needs the TF_CONFIG environment variable (see README)")
+            raise ValueError("strategy 'multiworker' needs the TF_CONFIG environment variable (see docs/gpus.md)")
         return _MultiWorkerStrategy()
     gpus = [d.name for d in tf.config.list_logical_devices("GPU")]
     if name == "mirrored":

@@ -37,7 +37,7 @@ FEATURES_VERSION = 4  # 4: meta.json carries the features' sha256
 log = logging.getLogger(__name__)
 # Trunk outputs are stored in float16: 9,408 values (7×7×192 at 224 px) take 18.8 KB per image
 # and view, 2.1 GB for MURA with two views. The error this adds at the head's output is measured
-# in tests/bonenet/test_features.py and stated in the README.
+# in tests/bonenet/training/test_features.py and stated in docs/trunk-and-heads.md.
 STORAGE_DTYPE = np.float16
 # A computation records how far it got every this many images; killed, the next one resumes there.
 CHECKPOINT_IMAGES = 2048

@@ -1,6 +1,6 @@
 """Report pages (`bonenet.evaluation.report`): the tables, links, galleries and warnings the notebooks show.
 
-The rendered pages themselves are read in headless Chromium in tests/bonenet/test_evaluate.py.
+The rendered pages themselves are read in headless Chromium in tests/bonenet/evaluation/test_evaluate.py.
 """
 
 import json

@@ -1,6 +1,6 @@
 """Slow: with the shipped backbone, every part learns its findings, and Grad-CAM looks at them.
 
-Run with `python -m pytest -m slow tests/bonenet/test_train_learning.py` (the demo's plan: about 8
+Run with `python -m pytest -m slow tests/bonenet/training/test_train_learning.py` (the demo's plan: about 8
 minutes on 2 CPU cores).
 """
 
