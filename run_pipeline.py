@@ -11,6 +11,7 @@ import logging
 import os
 import shlex
 import sys
+import threading
 import traceback
 import warnings
 from pathlib import Path
@@ -608,6 +609,8 @@ def main(argv=None):
     if args.command in TF_COMMANDS:
         from bonenet import runtime
 
+        if threading.current_thread() is threading.main_thread():
+            runtime.catch_interrupts()
         try:
             runtime.start(getattr(args, "precision", "auto"))
         except ValueError as exc:

@@ -119,11 +119,11 @@ def start(precision="auto"):
     """
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    if _STATE:
+    if "precision" in _STATE:
         if precision not in ("auto", _STATE["precision"]):
             raise ValueError(f"this process already computes in {_STATE['precision']}; precision {precision!r} "
                              "must be chosen before the first model (one per process)")
-        return dict(_STATE)
+        return {k: _STATE[k] for k in ("gpus", "precision", "xla")}
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     with _held_back_stderr():
         import tensorflow as tf
@@ -135,7 +135,7 @@ def start(precision="auto"):
     if precision == "auto":
         precision = auto_precision(len(gpus))
     _STATE.update({"gpus": len(gpus), "precision": precision, "xla": bool(gpus)})
-    return dict(_STATE)
+    return {k: _STATE[k] for k in ("gpus", "precision", "xla")}
 
 
 @contextmanager
@@ -165,3 +165,27 @@ def in_float32(build):
             return build(*args, **kwargs)
 
     return wrapper
+
+
+def catch_interrupts():
+    """Ctrl-C raises KeyboardInterrupt as usual and is also remembered for `raise_if_interrupted`.
+
+    Python drops an exception raised while a finalizer or weakref callback runs (it reports it as
+    unraisable), and TensorFlow and Keras run many: a Ctrl-C landing in one was lost, and training went on.
+    Call from the main thread, once per command.
+    """
+    import signal
+
+    def interrupted(signum, frame):
+        _STATE["interrupted"] = True
+        raise KeyboardInterrupt
+
+    _STATE["interrupted"] = False
+    signal.signal(signal.SIGINT, interrupted)
+
+
+def raise_if_interrupted():
+    """Raises KeyboardInterrupt if Ctrl-C arrived since `catch_interrupts`: long loops call it at each step,
+    so an interrupt Python dropped still stops them there."""
+    if _STATE.get("interrupted"):
+        raise KeyboardInterrupt

@@ -290,6 +290,24 @@ def edit_manifest(run_dir, change):
     (run_dir / "manifest.json").write_text(json.dumps(manifest))
 
 
+def run_exported(fmt, artifact, x):
+    """Runs an exported artifact (savedmodel, onnx or litert) on prepared images `x`: its outputs by name."""
+    if fmt == "savedmodel":
+        import tensorflow as tf
+
+        loaded = tf.saved_model.load(str(artifact))
+        return {k: v.numpy() for k, v in loaded.serve(x).items()}
+    if fmt == "onnx":
+        import onnxruntime
+
+        session = onnxruntime.InferenceSession(str(artifact), providers=["CPUExecutionProvider"])
+        assert [i.name for i in session.get_inputs()] == ["image"]  # nothing else to feed
+        return dict(zip([o.name for o in session.get_outputs()], session.run(None, {"image": x}), strict=True))
+    from ai_edge_litert.interpreter import Interpreter
+
+    return Interpreter(str(artifact)).get_signature_runner()(image=x)
+
+
 def run_cli(args, capsys):
     """Runs the CLI in this process: (exit status, its standard error lines)."""
     import run_pipeline

@@ -306,6 +306,7 @@ def _fit(job, built, train_ds, val_ds, config, resume, verbose, member=0):
         keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.3, patience=max(1, config.patience // 2),
                                           min_lr=1e-7),
         keras.callbacks.CSVLogger(str(log_path), append=resume),
+        keras.callbacks.LambdaCallback(on_train_batch_end=lambda batch, logs: runtime.raise_if_interrupted()),
         keras.callbacks.TensorBoard(str(work / "tensorboard"), write_graph=False),
     ]
     ex = job.examples

@@ -56,3 +56,18 @@ def test_cpu_flags_are_read_from_cpuinfo(tmp_path):
 def test_auto_precision_is_mixed_float16_on_a_gpu_and_float32_on_any_cpu(gpus, expected):
     # float32 on a CPU with native bfloat16 too: mixed bfloat16 was measured slower there (BENCHMARKS.md).
     assert runtime.auto_precision(gpus) == expected
+
+
+def test_a_ctrl_c_that_python_dropped_is_raised_at_the_next_step():
+    import signal
+
+    previous = signal.getsignal(signal.SIGINT)
+    try:
+        runtime.catch_interrupts()
+        runtime.raise_if_interrupted()  # nothing arrived yet
+        with pytest.raises(KeyboardInterrupt):
+            signal.raise_signal(signal.SIGINT)
+        with pytest.raises(KeyboardInterrupt):  # as if the first had landed in a finalizer and been dropped
+            runtime.raise_if_interrupted()
+    finally:
+        signal.signal(signal.SIGINT, previous)

@@ -107,12 +107,12 @@ def test_the_export_under_a_mixed_policy_is_float32_and_matches_bonenet(fmt, ens
                                                                        bfloat16):
     if fmt == "onnx":
         pytest.importorskip("onnxruntime", reason='onnxruntime is not installed: pip install "bonenet[export]"')
-    from test_export import _run_artifact
+    from conftest import run_exported
 
     net = BoneNet.load(ensemble_run[0], tta="flip")
     artifact, _ = export_run(ensemble_run[0], fmt, tmp_path / "out", net=net, tta="flip")
     x = np.stack([net.prepare(p) for p in reference["paths"]]).astype(np.float32)
-    out = _run_artifact(fmt, artifact, x)
+    out = run_exported(fmt, artifact, x)
     assert out["router_probs"].dtype == out["p_abnormal"].dtype == np.float32
     assert np.abs(out["router_probs"] - reference["router"]).max() <= TOLERANCE
     assert np.abs(out["p_abnormal"][:, 0] - reference["wrist"]).max() <= TOLERANCE

@@ -5,6 +5,7 @@ import shutil
 
 import numpy as np
 import pytest
+from conftest import run_exported
 
 from bonenet.inference.predictor import BoneNet
 from bonenet.serving.export import EXPORT_JSON, FORMATS, export_run
@@ -43,23 +44,6 @@ def prepared(calibrated_run, index):
     return net, x, expected
 
 
-def _run_artifact(fmt, artifact, x):
-    if fmt == "savedmodel":
-        import tensorflow as tf
-
-        loaded = tf.saved_model.load(str(artifact))
-        return {k: v.numpy() for k, v in loaded.serve(x).items()}
-    if fmt == "onnx":
-        import onnxruntime
-
-        session = onnxruntime.InferenceSession(str(artifact), providers=["CPUExecutionProvider"])
-        assert [i.name for i in session.get_inputs()] == ["image"]  # nothing else to feed
-        return dict(zip([o.name for o in session.get_outputs()], session.run(None, {"image": x}), strict=True))
-    from ai_edge_litert.interpreter import Interpreter
-
-    return Interpreter(str(artifact)).get_signature_runner()(image=x)
-
-
 def _close(fmt, out, expected):
     for name, want in expected.items():
         assert out[name].shape == want.shape
@@ -73,7 +57,7 @@ def test_the_exported_artifact_gives_bonenets_calibrated_numbers(fmt, calibrated
     net, x, expected = prepared
     artifact, facts = export_run(calibrated_run, fmt, tmp_path / "out", net=net)
     assert artifact == tmp_path / "out" / FORMATS[fmt][1] and artifact.is_file()
-    _close(fmt, _run_artifact(fmt, artifact, x), expected)
+    _close(fmt, run_exported(fmt, artifact, x), expected)
     assert json.loads((tmp_path / "out" / EXPORT_JSON).read_text()) == json.loads(json.dumps(facts))
 
 
@@ -93,7 +77,7 @@ def test_export_on_the_command_line_writes_a_savedmodel_and_the_json_a_runtime_n
     assert code == 0, err
     assert out == (f"wrote {tmp_path / 'sm' / 'savedmodel'} and {tmp_path / 'sm' / EXPORT_JSON}: input [64, 64, 3] "
                    "prepared images; outputs router_probs and p_abnormal for wrist; calibrated: router, XR_WRIST\n")
-    _close("savedmodel", _run_artifact("savedmodel", tmp_path / "sm" / "savedmodel", x), expected)
+    _close("savedmodel", run_exported("savedmodel", tmp_path / "sm" / "savedmodel", x), expected)
     facts = json.loads((tmp_path / "sm" / EXPORT_JSON).read_text())
     assert facts["input"]["shape"] == [None, 64, 64, 3] and facts["image_size"] == 64
     assert facts["recipe"] == net.manifest["recipe"] and facts["backbone"] == net.manifest["weights"]
