@@ -116,9 +116,7 @@ def _cmd_make_synthetic(args):
     from bonenet.data.synthetic import make_synthetic
 
     config = SyntheticConfig(**_config_values(args, SyntheticConfig))
-    root = make_synthetic(args.out, studies_per_part=config.studies_per_part, seed=config.seed,
-                          valid_studies_per_part=config.valid_studies_per_part, overwrite=args.overwrite,
-                          mura_scale=config.mura_scale)
+    root = make_synthetic(args.out, config, overwrite=args.overwrite)
     _say(f"wrote {root}")
 
 
@@ -216,8 +214,7 @@ def _cmd_evaluate(args):
     config = EvaluateConfig(**_config_values(args, EvaluateConfig))
     if config.tta != "none":
         _note(args, f"test-time augmentation {config.tta}: the trunk runs twice per image (about twice the time)")
-    metrics = evaluate_run(args.data_root, args.models_dir, args.out, split=config.split, n_boot=config.bootstrap,
-                           seed=config.seed, gallery=config.gallery, tta=config.tta)
+    metrics = evaluate_run(args.data_root, args.models_dir, args.out, config)
     _print_skips(args, metrics["source"]["skipped"])
     for message in metrics["source"]["messages"]:
         _note(args, message)
@@ -244,7 +241,7 @@ def _cmd_serve(args):
 
 def _predict_line(r):
     """One console line per `predict` result entry."""
-    from bonenet.inference.predictor import mixed_parts_text
+    from bonenet.inference.inputs import mixed_parts_text
 
     if "error" in r:  # the error names the file itself; say the path once
         return f"{r['path']}: ERROR {r['error'].removeprefix(r['path'] + ': ')}"
@@ -268,14 +265,17 @@ def _predict_line(r):
 
 def _cmd_predict(args):
     from bonenet.configs import PredictConfig
-    from bonenet.inference.predictor import BoneNet, predict_paths
+    from bonenet.inference.inputs import predict_paths
+    from bonenet.inference.notes import tta_note
+    from bonenet.inference.predictor import BoneNet
+    from bonenet.run.provenance import backbone_warning
 
     config = PredictConfig(**_config_values(args, PredictConfig))
     net = BoneNet.load(args.models_dir, threshold=config.threshold, tta=config.tta)
-    if net.backbone_warning():
-        _note(args, f"warning: {net.backbone_warning()}")
-    if net.tta_note():
-        _note(args, net.tta_note())
+    if backbone_warning(net.manifest["weights"]):
+        _note(args, f"warning: {backbone_warning(net.manifest['weights'])}")
+    if tta_note(net.tta):
+        _note(args, tta_note(net.tta))
     if len(net.parts) < len(PARTS):
         _note(args, f"this run covers {', '.join(net.parts)} only; every image is routed to one of them")
     results = predict_paths(net, args.paths, cam_dir=args.cam_dir, per_image=config.per_image)
@@ -285,7 +285,7 @@ def _cmd_predict(args):
         _write_json(args.json, results)
     if args.csv:
         from bonenet.files import file_written_whole
-        from bonenet.inference.predictor import results_table
+        from bonenet.inference.inputs import results_table
 
         with file_written_whole(args.csv) as tmp:
             results_table(results).to_csv(tmp, index=False)

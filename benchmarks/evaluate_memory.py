@@ -18,6 +18,7 @@ from pathlib import Path
 from run import emit  # benchmarks/run.py, beside this script
 
 from bonenet import runtime
+from bonenet.configs import EvaluateConfig
 
 
 def _status_kb(key):
@@ -35,7 +36,7 @@ def build_untrained_run(run_dir, image_size):
     from bonenet.parts import PARTS
     from bonenet.run.manifest import model_filename, record_model
     from bonenet.run.store import save_model_atomic
-    from bonenet.training.train import shared_settings
+    from bonenet.training.job import shared_settings
 
     config = TrainConfig(image_size=image_size, weights="none")
     for number, key in enumerate(["router", *PARTS]):
@@ -60,19 +61,20 @@ def main(argv=None):
     p.add_argument("--out", help="also write the JSON here")
     args = p.parse_args(argv)
     runtime.start()
+    from bonenet.configs import SyntheticConfig
     from bonenet.data.mura import read_mura
     from bonenet.data.synthetic import make_synthetic
     from bonenet.evaluation.evaluate import evaluate_run
 
     work = Path(tempfile.mkdtemp(prefix="bonenet-evalmem-"))
-    root = make_synthetic(work / "data", studies_per_part=2, valid_studies_per_part=args.valid_studies_per_part,
-                          seed=5, progress=False)
+    config = SyntheticConfig(studies_per_part=2, valid_studies_per_part=args.valid_studies_per_part, seed=5)
+    root = make_synthetic(work / "data", config, progress=False)
     images = int((read_mura(root).images["split"] == "valid").sum())
     build_untrained_run(work / "run", args.image_size)
     Path("/proc/self/clear_refs").write_text("5")  # reset the peak (VmHWM) to the current RSS
     before = _status_kb("VmRSS")
     start = time.perf_counter()
-    evaluate_run(root, work / "run", work / "eval", n_boot=200, plots=False)
+    evaluate_run(root, work / "run", work / "eval", EvaluateConfig(bootstrap=200, plots=False))
     seconds = time.perf_counter() - start
     peak = _status_kb("VmHWM")
     result = {

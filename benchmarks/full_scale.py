@@ -59,6 +59,7 @@ def dataset(args, state):
     """The data root: `--data-root`, or MURA-sized synthetic data made once under WORK."""
     if args.data_root:
         return Path(args.data_root)
+    from bonenet.configs import SyntheticConfig
     from bonenet.data.synthetic import make_synthetic
 
     root = args.out / "data" / "MURA-v1.1"
@@ -68,7 +69,7 @@ def dataset(args, state):
         return root
     say(f"dataset: drawing MURA's counts × {args.scale:g} into {root} (made once; not part of the timing)")
     start = time.perf_counter()
-    make_synthetic(args.out / "data", mura_scale=args.scale, overwrite=True, progress=False)
+    make_synthetic(args.out / "data", SyntheticConfig(mura_scale=args.scale), overwrite=True, progress=False)
     state["dataset_seconds"] = round(time.perf_counter() - start, 1)
     return root
 

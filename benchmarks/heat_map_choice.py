@@ -58,12 +58,13 @@ def score(net, part, paths, boxes, layers, n_boot):
     the trunk's layers and the heads' (`BoneNet.cams`)."""
     from bonenet.data.read import read_gray
     from bonenet.inference.gradcam import keep_foreground
+    from bonenet.inference.heatmap import part_cams
     from bonenet.scoring.localisation import image_pointing, pointing_game
 
     rows = {name: [] for name, *_ in candidates(layers)}
     for path in paths:
         gray = read_gray(path)
-        for (layer, method), cam in net.cams(part, gray, layers, METHODS).items():
+        for (layer, method), cam in part_cams(net, part, gray, layers, METHODS).items():
             for fg in (False, True):
                 rows[f"{method} {layer}{' fg' if fg else ''}"].append(
                     image_pointing(keep_foreground(cam, gray) if fg else cam, boxes[Path(path).name]))

@@ -79,6 +79,7 @@ def pointing_game(net, paths, boxes, part, n_boot):
     """The pointing game of `part`'s heat maps (`bonenet.scoring.localisation`) over held-out fractured images with
     boxes, whatever the pipeline decided for them, and how many of them it called abnormal."""
     from bonenet.data.read import read_gray
+    from bonenet.inference.heatmap import part_cam
     from bonenet.scoring.localisation import image_pointing
     from bonenet.scoring.localisation import pointing_game as game_of
 
@@ -87,7 +88,7 @@ def pointing_game(net, paths, boxes, part, n_boot):
         gray = read_gray(path)
         _, study = net.score(net.encode(net.prepare(gray)[None]))
         called += bool(study["abnormal"])
-        cam, _ = net.cam(part, gray)
+        cam, _ = part_cam(net, part, gray)
         rows.append(image_pointing(cam, boxes[Path(path).name]))
     return {**game_of(rows, n_boot), "called_abnormal": called}
 
@@ -114,7 +115,7 @@ def heat_maps(net, index, root, run_dir, n_boot):
 
 def run(args):
     """The benchmark's steps; returns the result dict."""
-    from bonenet.configs import TrainConfig
+    from bonenet.configs import EvaluateConfig, TrainConfig
     from bonenet.data.datalist import fracatlas_datalist, read_dataset
     from bonenet.evaluation.evaluate import evaluate_run
     from bonenet.inference.predictor import BoneNet
@@ -142,8 +143,8 @@ def run(args):
             raise SystemExit(f"could not train {', '.join(failures)}: {failures}")
     seconds["train_all"] = round(time.time() - start, 1)
     net = BoneNet.load(out / "run", tta=args.tta)
-    metrics = evaluate_run(datalist, out / "run", out / _eval_folder(args), n_boot=args.bootstrap, net=net, gallery=0,
-                           tta=args.tta)
+    metrics = evaluate_run(datalist, out / "run", out / _eval_folder(args),
+                           EvaluateConfig(bootstrap=args.bootstrap, gallery=0, tta=args.tta), net=net)
     seconds["evaluate"] = round(time.time() - start - seconds["train_all"], 1)
     pointing = heat_maps(net, index, root, out / "run", args.bootstrap)
     seconds["pointing_game"] = round(time.time() - start - seconds["train_all"] - seconds["evaluate"], 1)

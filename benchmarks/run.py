@@ -44,8 +44,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from bonenet.configs import SyntheticConfig
 from bonenet.data.mura import read_mura
-from bonenet.data.pipeline import make_dataset
+from bonenet.data.pipeline import Feed, Preparation, make_dataset
 from bonenet.data.synthetic import make_synthetic
 from bonenet.models.efficientnet import build_part_model, build_router, compile_model, set_xla, split_model, trunk_cut
 from bonenet.parts import PARTS
@@ -148,8 +149,9 @@ def measure_training(paths, labels, size, bs, work, head_epochs):
     """Input pipeline (decode + recipe every time vs the cached epoch), and training the same trainable
     layers as a full model on images vs a head on cached trunk outputs."""
     n = len(paths)
-    uncached = make_dataset(paths, labels, 2, get_recipe("equalize"), size, bs, cache=False)
-    cached = make_dataset(paths, labels, 2, get_recipe("equalize"), size, bs)
+    prep = Preparation(get_recipe("equalize"), size)
+    uncached = make_dataset(paths, labels, 2, prep, Feed(bs, cache=None))
+    cached = make_dataset(paths, labels, 2, prep, Feed(bs))
     input_uncached = epoch_rate(uncached, n)
     epoch_rate(cached, n)  # fills the cache
     input_cached = epoch_rate(cached, n)
@@ -160,7 +162,7 @@ def measure_training(paths, labels, size, bs, work, head_epochs):
     set_xla(trunk)  # as train_model sets it
     trunk.predict_on_batch(np.zeros((bs, size, size, 3), np.float32))  # trace once, as any run does
     start = time.perf_counter()
-    features = compute_features(trunk, paths, get_recipe("equalize"), size, work / "cache", batch_size=bs, verbose=0)
+    features = compute_features(trunk, paths, prep, work / "cache", batch_size=bs, verbose=0)
     extract = n / (time.perf_counter() - start)
     compile_model(head, jit_compile=False)
     usable = features.usable(range(n))
@@ -248,7 +250,8 @@ def main(argv=None):
     size, bs = args.image_size, args.batch_size
     keras.utils.set_random_seed(0)
     work = Path(tempfile.mkdtemp(prefix="bonenet-bench-"))
-    root = make_synthetic(work / "data", studies_per_part=max(2, args.images // 14), seed=0, progress=False)
+    config = SyntheticConfig(studies_per_part=max(2, args.images // 14), seed=0)
+    root = make_synthetic(work / "data", config, progress=False)
     paths = read_mura(root).images["path"].tolist()[: args.images]
     n = len(paths)
     labels = np.arange(n) % 2

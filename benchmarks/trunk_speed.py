@@ -61,6 +61,7 @@ def measure(variant, data, size, images, work):
     import numpy as np
 
     from bonenet.data.mura import read_mura
+    from bonenet.data.pipeline import Preparation
     from bonenet.models.efficientnet import build_part_model, split_model, trunk_batch_size
     from bonenet.preprocessing.augment import AugmentConfig
     from bonenet.preprocessing.recipes import DEFAULT_RECIPE, get_recipe
@@ -72,7 +73,8 @@ def measure(variant, data, size, images, work):
     recipe, augment = get_recipe(DEFAULT_RECIPE), AugmentConfig()
     batch = spec["batch"] or trunk_batch_size(size)
     encode = tf.function(lambda x: trunk(x, training=False), reduce_retracing=True)
-    views = np.concatenate([x.numpy() for x, _ in _views_dataset(paths, recipe, size, VIEWS, augment, 0, 32)])
+    prep = Preparation(recipe, size, VIEWS, augment)
+    views = np.concatenate([x.numpy() for x, _ in _views_dataset(paths, prep, 32)])
     views = views.astype(np.float32)
 
     def trunk_calls():
@@ -92,8 +94,7 @@ def measure(variant, data, size, images, work):
 
     def fill(n):
         began = time.perf_counter()
-        cache = compute_features(trunk, paths[:n], recipe, size, tempfile.mkdtemp(dir=work), views=VIEWS,
-                                 augment_config=augment, batch_size=batch, verbose=0)
+        cache = compute_features(trunk, paths[:n], prep, tempfile.mkdtemp(dir=work), batch_size=batch, verbose=0)
         return time.perf_counter() - began, cache
 
     # Each call traces the trunk and starts its pipeline again: a small fill costs the same fixed
@@ -105,6 +106,14 @@ def measure(variant, data, size, images, work):
     np.save(Path(work) / f"{variant}.npy", np.asarray(cache.array, np.float32))
     return {"batch": batch, "default_batch": trunk_batch_size(size), "images_per_s": end_to_end,
             "trunk_images_per_s": trunk_rate, "waiting_for_input_s": cache.seconds["waiting_for_input"]}
+
+
+def _synthetic(work, images):
+    """A synthetic dataset of at least `images` images under `work` (made once per benchmark run)."""
+    from bonenet.configs import SyntheticConfig
+    from bonenet.data.synthetic import make_synthetic
+
+    return make_synthetic(work / "data", SyntheticConfig(max(2, images // 14 + 1), seed=0), progress=False)
 
 
 def main(argv=None):
@@ -128,11 +137,10 @@ def main(argv=None):
 
     import numpy as np
 
-    from bonenet.data.synthetic import make_synthetic
     from bonenet.runtime import cpu_info
 
     work = Path(tempfile.mkdtemp(prefix="bonenet-trunk-speed-"))
-    data = make_synthetic(work / "data", studies_per_part=max(2, args.images // 14 + 1), seed=0, progress=False)
+    data = _synthetic(work, args.images)
     best = {}
     for round_ in range(args.rounds):
         for variant in variants:

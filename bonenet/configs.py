@@ -205,6 +205,10 @@ class EvaluateConfig:
     gallery: int = setting(3, "heat maps per part and kind (true positive, false negative, false positive) for the "
                               "report's gallery; 0 for none", Range(0))
     tta: str = setting("none", TTA_HELP, choices=TTA_CHOICES)
+    plots: bool = setting(True, "draw the figures (ROC, calibration and confusion PNGs)")
+
+    def __post_init__(self):
+        check_config(self)
 
 
 @dataclass(frozen=True)

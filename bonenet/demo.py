@@ -13,7 +13,7 @@ import math
 import time
 from pathlib import Path
 
-from bonenet.configs import QUICK_PLAN, DemoPlan, TrainConfig
+from bonenet.configs import QUICK_PLAN, DemoPlan, EvaluateConfig, TrainConfig
 from bonenet.evaluation.baselines import STANFORD_KAPPA
 from bonenet.files import write_text_whole
 from bonenet.parts import PARTS, short_name
@@ -53,7 +53,7 @@ def train_config(plan, backbone):
 
 def _predict_sample(net, index, out):
     """Predicts one valid study per part, with heat maps; writes predictions.json."""
-    from bonenet.inference.predictor import predict_paths
+    from bonenet.inference.inputs import predict_paths
 
     valid = index.images[index.images["split"] == "valid"]
     sample = [str(Path(path).parent) for path in valid.groupby("part").head(1)["path"]]  # study folders
@@ -61,10 +61,11 @@ def _predict_sample(net, index, out):
     write_text_whole(out / "predictions.json", json.dumps(predictions, indent=2))
 
 
-def _summary(plan, start, backbone, provenance, metrics, failures, reports):
-    router = metrics["router"]
+def _summary(plan, shipped, metrics, failures, reports):
+    """The demo's summary, but for its seconds: the plan, the backbone (`shipped`: file and provenance),
+    the router's and the parts' figures, and what was left out."""
+    router, (backbone, provenance) = metrics["router"], shipped
     return {
-        "seconds": round(time.time() - start, 1),
         "plan": dataclasses.asdict(plan),
         "backbone": {"file": backbone.name, "sha256": provenance["sha256"], "origin": provenance["origin"]},
         "router_study_accuracy": router["study_accuracy"],
@@ -116,7 +117,8 @@ def run_demo(out="demo_output", quick=False, **overrides):
     _stage("3/5 evaluate on the synthetic valid split", start)
     net = BoneNet.load(run_dir)  # once, for evaluate and predict
     # The smoke run renders no part pages, so it draws no heat-map galleries for them either.
-    metrics = evaluate_run(data_root, run_dir, out / "eval", seed=plan.seed, net=net, gallery=0 if quick else 3)
+    metrics = evaluate_run(data_root, run_dir, out / "eval", EvaluateConfig(seed=plan.seed, gallery=0 if quick else 3),
+                           net=net)
 
     _stage("4/5 report: notebooks to HTML", start)
     # The smoke run renders the overview only; the per-part pages cost a notebook kernel each.
@@ -124,7 +126,8 @@ def run_demo(out="demo_output", quick=False, **overrides):
 
     _stage("5/5 predict one valid study per part, with Grad-CAM overlays", start)
     _predict_sample(net, index, out)
-    summary = _summary(plan, start, backbone, provenance, metrics, failures, reports)
+    summary = {"seconds": round(time.time() - start, 1),
+               **_summary(plan, (backbone, provenance), metrics, failures, reports)}
     write_text_whole(out / "demo_summary.json", json.dumps(summary, indent=2))
     return summary
 

@@ -183,12 +183,10 @@ def get_recipe(name_or_path=DEFAULT_RECIPE):
     if path.suffix == ".json" or path.exists():
         if not path.is_file():
             raise ValueError(f"{path}: recipe file does not exist")
-        try:
-            data = json.loads(path.read_text())
+        try:  # JSONDecodeError and UnicodeDecodeError are ValueErrors too: the first clause that matches answers
+            return Recipe.from_dict(json.loads(path.read_text()))
         except json.JSONDecodeError as exc:
             raise ValueError(f"{path}: not valid JSON ({exc})") from exc
-        try:
-            return Recipe.from_dict(data)
         except ValueError as exc:
             raise ValueError(f"{path}: {exc}") from exc
     raise ValueError(f"unknown recipe {key!r}; expected one of {', '.join(RECIPES)} or a .json file")

@@ -16,13 +16,15 @@ from pathlib import Path
 
 import pytest
 
+from bonenet.configs import SyntheticConfig
 from bonenet.data.synthetic import make_synthetic
 
 
 @pytest.fixture(scope="session")
 def synthetic_root(tmp_path_factory):
     """A read-only synthetic MURA-v1.1 folder with 8 train studies per part."""
-    return make_synthetic(tmp_path_factory.mktemp("synthetic"), studies_per_part=8, seed=3, progress=False)
+    config = SyntheticConfig(studies_per_part=8, seed=3)
+    return make_synthetic(tmp_path_factory.mktemp("synthetic"), config, progress=False)
 
 
 @pytest.fixture(scope="session")

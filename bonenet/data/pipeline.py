@@ -11,6 +11,7 @@ import contextlib
 import hashlib
 import os
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,32 @@ from bonenet.preprocessing.augment import AugmentConfig, augment
 
 AUTOTUNE = tf.data.AUTOTUNE
 MAX_SEED = 0x7FFFFFFFFFFFFFFF  # NumPy seeds are non-negative; tf.data's random stream is signed
+
+
+@dataclass(frozen=True)
+class Preparation:
+    """How each image becomes a model's input: the recipe, the input side, and the seeded augmentation.
+
+    `views` augmented copies are drawn once per image for a cache (`prepared_views`); a live training dataset
+    augments afresh every epoch with `augment` instead. None of augmentation: `augment` None.
+    """
+
+    recipe: object  # a `Recipe`
+    size: int
+    views: int = 0
+    augment: AugmentConfig = None
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Feed:
+    """How a dataset serves its images: the batch size, whether it trains (shuffled each epoch by the
+    preparation's seed, and augmented), and where prepared images are cached: "memory", a folder (keyed by
+    the data, recipe and size), or None to read and prepare every image again each epoch (for comparison)."""
+
+    batch_size: int
+    training: bool = False
+    cache: object = "memory"
 
 
 @contextlib.contextmanager
@@ -39,36 +66,36 @@ def seeded_augment(image, config, seed, *key):
     return augment(image, np.random.default_rng([int(seed) & MAX_SEED, *(int(k) & MAX_SEED for k in key)]), config)
 
 
-def prepared_views(path, index, recipe, size, views=0, augment_config=None, seed=0):
-    """`try_prepared` of one image plus `views` augmented copies, each seeded by (`seed`, view, `index`).
+def prepared_views(path, index, prep):
+    """`try_prepared` of one image plus `prep.views` augmented copies, each seeded by (`prep.seed`, view, `index`).
 
     Returns:
         (uint8 (1 + views)×size×size×3, b"") for an image that was read, or (blank stack, the reason).
     """
-    image, skip = try_prepared(path, recipe, size)
+    image, skip = try_prepared(path, prep.recipe, prep.size)
     if skip is not None:
-        return np.zeros((1 + views, size, size, 3), np.uint8), skip.reason.encode()
-    stack = [image] + [seeded_augment(image, augment_config, seed, v, index) for v in range(1, views + 1)]
-    return np.stack(stack), b""
+        return np.zeros((1 + prep.views, prep.size, prep.size, 3), np.uint8), skip.reason.encode()
+    augmented = [seeded_augment(image, prep.augment, prep.seed, v, index) for v in range(1, prep.views + 1)]
+    return np.stack([image, *augmented]), b""
 
 
-def map_prepare(recipe, size, views=None, augment_config=None, seed=0):
+def map_prepare(prep, stacked=False):
     """The one tf.data map that reads and prepares images (`bonenet.data.read.try_prepared`), in NumPy.
 
-    With `views` None it maps `path -> (uint8 S×S×3 image, reason)`; with a number of views (0 or
-    more) it maps `(path, index) -> (uint8 (1 + views)×S×S×3 stack, reason)`, the image then its
-    pre-drawn augmented views (`prepared_views`). `reason` is empty for an image that was read, else
-    why it could not be (its pixels are blank and must never be used).
+    It maps `path -> (uint8 S×S×3 image, reason)`; `stacked`, it maps `(path, index) -> (uint8
+    (1 + views)×S×S×3 stack, reason)`, the image then its pre-drawn augmented views (`prepared_views`).
+    `reason` is empty for an image that was read, else why it could not be (its pixels are blank and must
+    never be used).
     """
-    stride = 1 + (views or 0)
+    stride = 1 + prep.views if stacked else 1
+    single = prep if stacked else Preparation(prep.recipe, prep.size)
 
     def fn(path, index=0):
-        x, reason = tf.numpy_function(
-            lambda p, i: prepared_views(p.decode(), i, recipe, size, stride - 1, augment_config, seed),
-            [path, index], [tf.uint8, tf.string], stateful=False)
-        x.set_shape((stride, size, size, 3))
+        x, reason = tf.numpy_function(lambda p, i: prepared_views(p.decode(), i, single),
+                                      [path, index], [tf.uint8, tf.string], stateful=False)
+        x.set_shape((stride, prep.size, prep.size, 3))
         reason.set_shape(())
-        return (x[0] if views is None else x), reason
+        return (x if stacked else x[0]), reason
 
     return fn
 
@@ -136,8 +163,7 @@ def cache_key(paths, recipe, size):
     return h.hexdigest()[:16]
 
 
-def make_dataset(paths, labels, num_classes, recipe, size, batch_size, training=False, seed=0,
-                 augment_config=None, cache_dir=None, cache=True, skips=None):
+def make_dataset(paths, labels, num_classes, prep, feed, skips=None):
     """Builds a batched dataset of (float32 0-255 images, one-hot labels), or of (images, float targets) when
     `labels` are rows of targets (n×k, for multi-label pretraining; `num_classes` is then unused).
 
@@ -145,37 +171,29 @@ def make_dataset(paths, labels, num_classes, recipe, size, batch_size, training=
         paths: image file paths.
         labels: integer class per image.
         num_classes: length of the one-hot labels.
-        recipe: the `Recipe`.
-        size: input side.
-        batch_size: global batch size.
-        training: shuffle each epoch and augment (with `augment_config`). Defaults to False.
-        seed: seeds shuffling and augmentation. Defaults to 0.
-        augment_config: an `AugmentConfig`; None means no augmentation. Defaults to None.
-        cache_dir: cache prepared images on disk here (keyed by data, recipe and size); None
-            caches in memory. Defaults to None.
-        cache: False decodes and prepares every image again each epoch (for comparison only).
-            Defaults to True.
+        prep: a `Preparation` (recipe, size; when training, the seed and augmentation).
+        feed: a `Feed` (batch size, training, cache).
         skips: a `SkipLog` recording the images that could not be read. Defaults to None.
     """
     paths = [str(p) for p in paths]
     ds = labelled_slices(paths, labels, "paths")
-    prepare = map_prepare(recipe, size)
+    prepare = map_prepare(prep)
     ds = ds.map(lambda p, y: (p, *prepare(p), y), num_parallel_calls=AUTOTUNE, deterministic=True)
-    if cache and cache_dir is not None:
-        Path(cache_dir).mkdir(parents=True, exist_ok=True)
-        ds = ds.cache(str(Path(cache_dir) / f"images-{cache_key(paths, recipe, size)}"))
-    elif cache:
+    if feed.cache == "memory":
         ds = ds.cache()
+    elif feed.cache is not None:
+        Path(feed.cache).mkdir(parents=True, exist_ok=True)
+        ds = ds.cache(str(Path(feed.cache) / f"images-{cache_key(paths, prep.recipe, prep.size)}"))
     ds = ds.filter(keep_readable(skips)).map(lambda p, x, reason, y: (x, y))
-    if training:
-        ds = ds.shuffle(min(len(paths), 4096), seed=seed, reshuffle_each_iteration=True)
-        if augment_config is not None:
-            seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
-            aug = map_augment(augment_config, seed)
+    if feed.training:
+        ds = ds.shuffle(min(len(paths), 4096), seed=prep.seed, reshuffle_each_iteration=True)
+        if prep.augment is not None:
+            seeds = tf.data.Dataset.random(seed=prep.seed, rerandomize_each_iteration=True)
+            aug = map_augment(prep.augment, prep.seed)
             ds = tf.data.Dataset.zip((ds, seeds)).map(
                 lambda xy, s: (aug(xy[0], s), xy[1]), num_parallel_calls=AUTOTUNE
             )
-    ds = ds.batch(batch_size)
+    ds = ds.batch(feed.batch_size)
     if np.ndim(labels) == 2:  # float targets, as they are
         ds = ds.map(lambda x, y: (tf.cast(x, tf.float32), y), num_parallel_calls=AUTOTUNE)
     else:

@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from bonenet.configs import SYNTHETIC_VALID_RATIO
+from bonenet.configs import SYNTHETIC_VALID_RATIO, SyntheticConfig
 from bonenet.files import folder_written_whole
 from bonenet.parts import PARTS
 from bonenet.progress import Progress
@@ -265,8 +265,7 @@ def mura_plan(scale=1.0):
     return plan
 
 
-def make_synthetic(out, studies_per_part=40, seed=0, valid_studies_per_part=None, overwrite=False, progress=True,
-                   mura_scale=None):
+def make_synthetic(out, config=SyntheticConfig(), overwrite=False, progress=True):
     """Writes a synthetic dataset in the exact MURA-v1.1 layout, with its four headerless CSVs.
 
     The dataset is written into a temporary folder beside the target and renamed when complete, so
@@ -275,19 +274,18 @@ def make_synthetic(out, studies_per_part=40, seed=0, valid_studies_per_part=None
 
     Args:
         out: folder to create `MURA-v1.1/` in.
-        studies_per_part: train studies per part. Defaults to 40.
-        seed: makes the output byte-identical for a given value. Defaults to 0.
-        valid_studies_per_part: valid studies per part. Defaults to a quarter of
-            `studies_per_part` (at least 4).
+        config: a `SyntheticConfig`: train studies per part; valid studies per part (by default a quarter of
+            the train studies, at least 4); the seed (the same seed, the same bytes); or `mura_scale`, MURA's
+            own per-part study, label and image counts times this scale (`mura_plan`; 1 is MURA's 36,808 train
+            and 3,197 valid images) instead of the studies per part.
         overwrite: replace an existing `out/MURA-v1.1`; otherwise one is refused. Defaults to False.
         progress: show a progress bar. Defaults to True.
-        mura_scale: draw MURA's own per-part study, label and image counts times this scale
-            (`mura_plan`; 1 is MURA's 36,808 train and 3,197 valid images) instead of
-            `studies_per_part`. Defaults to None.
 
     Returns:
         The path of the written `MURA-v1.1` folder.
     """
+    studies_per_part, seed = config.studies_per_part, config.seed
+    valid_studies_per_part, mura_scale = config.valid_studies_per_part, config.mura_scale
     if studies_per_part < 2:
         raise ValueError(f"studies_per_part must be at least 2, got {studies_per_part}")
     if valid_studies_per_part is None:
@@ -368,4 +366,5 @@ def synthetic_dataset(out, studies_per_part=40, seed=0, valid_studies_per_part=N
             return root
     except (OSError, ValueError):
         pass
-    return make_synthetic(out, studies_per_part, seed, valid_studies_per_part, overwrite=True, progress=progress)
+    config = SyntheticConfig(studies_per_part, valid_studies_per_part, seed)
+    return make_synthetic(out, config, overwrite=True, progress=progress)

@@ -12,6 +12,7 @@ import json
 import logging
 import re
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -20,18 +21,21 @@ import pandas as pd
 import tensorflow as tf
 from sklearn.metrics import confusion_matrix
 
-from bonenet.configs import DEFAULT_THRESHOLD, N_BOOT, PREDICT_BATCH
+from bonenet.configs import DEFAULT_THRESHOLD, PREDICT_BATCH, EvaluateConfig
 from bonenet.data.datalist import read_dataset
 from bonenet.data.mura import fingerprint_of, is_synthetic
-from bonenet.data.pipeline import AUTOTUNE, map_prepare
+from bonenet.data.pipeline import AUTOTUNE, Preparation, map_prepare
 from bonenet.data.read import Skip, SkipLog, read_gray, skip_table
 from bonenet.evaluation import baselines
 from bonenet.files import folder_written_whole, json_safe
+from bonenet.inference.heatmap import heat_map
+from bonenet.inference.notes import calibration_note
 from bonenet.inference.predictor import BoneNet
 from bonenet.parts import PARTS, short_name
 from bonenet.progress import Progress
 from bonenet.run.model_card import run_card, write_card
 from bonenet.scoring.calibration import N_BINS, ece, ece_ci
+from bonenet.scoring.localisation import heat_map_note
 from bonenet.scoring.metrics import AUROC_UNDEFINED, KAPPA_UNDEFINED, per_group
 from bonenet.scoring.study import IMAGE_PREDICTION_COLUMNS, STUDY_PREDICTION_COLUMNS, aggregate_studies, route
 
@@ -44,7 +48,7 @@ def stream_prepared(paths, recipe, size, batch_size=PREDICT_BATCH):
 
     At most a few batches are in memory at once, so memory does not grow with the split.
     """
-    prepare = map_prepare(recipe, size)
+    prepare = map_prepare(Preparation(recipe, size))
     ds = tf.data.Dataset.from_tensor_slices([str(p) for p in paths]).map(prepare, num_parallel_calls=AUTOTUNE)
     for x, reasons in ds.batch(batch_size).prefetch(2):
         yield x.numpy(), [r.decode() for r in reasons.numpy()]
@@ -131,14 +135,14 @@ def write_gallery(net, studies, image_rows, out_dir, per_kind=3):
                 name = "/".join(str(study.study).split("/")[-2:])  # patient/study
                 header = [f"{kind.upper()} {name}: study p(abnormal) {study.score:.2f} (mean of {len(views)} "
                           f"views), truth {'abnormal' if study.label else 'normal'}"]
-                image, _, _ = net.heat_map(study.part_pred, gray, result, header)
+                image, _, _ = heat_map(net, study.part_pred, gray, result, header)
                 file = folder / f"{short_name(part)}_{kind}_{rank}.png"
                 if not cv2.imwrite(str(file), image):
                     raise OSError(f"{file}: could not write the heat map")
                 rows.append({"part": part, "part_pred": study.part_pred, "kind": kind, "rank": rank,
                              "study": study.study, "path": view["path"],
                              "study_score": study.score, "image_score": float(view["score"]),
-                             "heat_map_note": net.heat_map_note(study.part_pred),
+                             "heat_map_note": heat_map_note(net.manifest, study.part_pred),
                              "threshold": study.threshold, "file": f"gallery/{file.name}"})
         bar.update()
     bar.close()
@@ -213,7 +217,7 @@ def _calibration_metrics(studies, net, n_boot, seed):
             entry[f"ece_{when}_ci95"] = ece_ci(mine["label"], mine[column], groups, n_boot=n_boot, seed=seed)
         if part != "overall":
             entry.update(calibrated=net.temperature(part) is not None, temperature=net.temperature(part),
-                         calibration=net.calibration_note(part))
+                         calibration=calibration_note(net.manifest, part))
         out[part] = entry
     return out
 
@@ -248,22 +252,34 @@ def _router_metrics(studies, image_rows):
     }
 
 
-def _source(index, net, models_dir, split, studies, parts_scored, skips, messages):
-    """Where the figures come from: data, run, recipe, backbone, what was left out and why."""
+def _source(index, net, models_dir, split, studies):
+    """Where the figures come from: data, run, recipe, backbone (the caller adds what was left out and why)."""
     return {
         "evaluated": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "data_root": str(index.root), "split": split, "dataset_fingerprint": fingerprint_of(index),
         "synthetic": is_synthetic(index),
         "models_dir": str(Path(models_dir).resolve()), "models": {k: v["file"] for k, v in net.manifest["models"].items()},
         "recipe": net.manifest["recipe"]["name"], "image_size": net.image_size, "weights": net.manifest["weights"],
-        "skipped": [s.as_dict() for s in skips], "parts_scored": parts_scored, "messages": messages,
         "tta": net.tta, "members": {key: len(heads) for key, heads in net.members.items()},
         "bootstrap": "cluster bootstrap over patients" if "patient" in studies else "over studies",
     }
 
 
-def _write_outputs(out_dir, metrics, studies, studies_tuned, image_rows, skips, net, plots, gallery, card):
+@dataclass(frozen=True)
+class _Scored:
+    """What an evaluation found: its metrics, the study tables at the default and the tuned thresholds, the
+    image rows, and every file left out."""
+
+    metrics: dict
+    studies: pd.DataFrame
+    studies_tuned: pd.DataFrame
+    image_rows: pd.DataFrame
+    skips: list
+
+
+def _write_outputs(out_dir, scored, net, config, card):
     """Writes the evaluation folder whole or not at all (`bonenet.files`)."""
+    metrics, studies, image_rows, skips = scored.metrics, scored.studies, scored.image_rows, scored.skips
     with folder_written_whole(out_dir, "metrics.json", force=None) as out:
         # score_uncalibrated: the study's score before its part model's temperature (`bonenet.scoring.calibration`).
         studies[[*STUDY_PREDICTION_COLUMNS, "score_uncalibrated"]].to_csv(out / "study_predictions.csv", index=False)
@@ -271,31 +287,30 @@ def _write_outputs(out_dir, metrics, studies, studies_tuned, image_rows, skips, 
         (out / "metrics.json").write_text(json.dumps(json_safe(metrics), indent=2))
         # Every file left out, by the reader (headers, labels) or the read path (full decode), with why.
         skip_table(skips).to_csv(out / "skipped.csv", index=False)
-        if plots:
+        if config.plots:
             from bonenet.evaluation import plots as bplots
 
             bplots.write_evaluation_plots(metrics, studies, out)
-        if gallery:
-            write_gallery(net, studies_tuned, image_rows, out, gallery)
+        if config.gallery:
+            write_gallery(net, scored.studies_tuned, image_rows, out, config.gallery)
         write_card(card, out)  # beside the figures, for the report's pages
 
 
-def evaluate_run(data_root, models_dir, out_dir, split="valid", n_boot=N_BOOT, seed=0, plots=True, net=None,
-                 gallery=3, tta="none"):
+def evaluate_run(data_root, models_dir, out_dir, config=EvaluateConfig(), net=None):
     """Evaluates a run on a split and writes metrics.json, the prediction CSVs, skipped.csv and the plots.
 
-    The output folder is written whole or not at all (`bonenet.files`). `net` is the run already
+    The output folder is written whole or not at all (`bonenet.files`). `config` (an `EvaluateConfig`)
+    says which split, the bootstrap's resamples and seed, the gallery's heat maps per part and kind
+    (`write_gallery`), the test-time augmentation and whether to draw the plots. `net` is the run already
     loaded as a `BoneNet` with the default threshold mode, to save loading it again. Defaults to None.
-    `gallery` heat maps per part and kind (`write_gallery`); 0 for none. Defaults to 3.
 
     Returns:
         The metrics dict written to `out_dir/metrics.json`; `source.skipped` lists every file left
         out (path, reason, stage) and `source.messages` what else the figures lack.
     """
-    if split not in ("train", "valid"):
-        raise ValueError(f"split must be train or valid, got {split!r}")
+    split, n_boot, seed = config.split, config.bootstrap, config.seed
     index = read_dataset(data_root, splits=(split,))
-    net = (net or BoneNet.load(models_dir)).with_tta(tta)
+    net = (net or BoneNet.load(models_dir)).with_tta(config.tta)
     images, messages = _split_to_score(index, net, split, models_dir)
     table, unread = predict_split(net, images)
     skips = list(SkipLog([*index.skips, *unread]))
@@ -322,9 +337,10 @@ def evaluate_run(data_root, models_dir, out_dir, split="valid", n_boot=N_BOOT, s
         "tuned_on_holdout": {p: t for p, (t, _) in tuned.items() if p not in untuned},
         "tuning": {p: source for p, (_, source) in tuned.items()},
     }
-    metrics["source"] = _source(index, net, models_dir, split, studies, parts_scored, skips, messages)
+    metrics["source"] = {**_source(index, net, models_dir, split, studies), "skipped": [s.as_dict() for s in skips],
+                         "parts_scored": parts_scored, "messages": messages}
     card = run_card(models_dir, metrics)  # one card, one timestamp, in both places
-    _write_outputs(out_dir, metrics, studies, studies_tuned, image_rows, skips, net, plots, gallery, card)
+    _write_outputs(out_dir, _Scored(metrics, studies, studies_tuned, image_rows, skips), net, config, card)
     try:
         write_card(card, models_dir)
     except OSError as exc:  # a read-only run folder, say: the evaluation's copy stands

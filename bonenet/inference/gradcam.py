@@ -91,12 +91,14 @@ def heat_maps(trunk, heads, images, layers=(LAST_CONV,), methods=("gradcam",), c
     for in_trunk in (True, False):
         group = tuple(n for n in layers if _has(trunk, n) == in_trunk)
         if group:
-            maps.update(_one_pass(trunk, heads, x, group, in_trunk, methods, class_index))
+            activations, grads = _gradients(trunk, heads, x, group, in_trunk, class_index)
+            maps.update(_combined(group, activations, grads, methods, tuple(x.shape[1:3])))
     return maps
 
 
-def _one_pass(trunk, heads, x, layers, in_trunk, methods, class_index):
-    """`heat_maps` for layers all in the trunk, or all in every head."""
+def _gradients(trunk, heads, x, layers, in_trunk, class_index):
+    """The activations of `layers` (all in the trunk, or all in every head) and the gradients of the members'
+    mean log-odds of `class_index` with respect to them, per layer, one tensor per member."""
     with tf.GradientTape() as tape:
         if in_trunk:
             *shared, features = _run(_lower(trunk, layers), x)
@@ -108,8 +110,11 @@ def _one_pass(trunk, heads, x, layers, in_trunk, methods, class_index):
             activations = [[out[i] for out in outputs] for i in range(len(layers))]  # per layer, one per member
             pooled = [out[-1] for out in outputs]
         target = _log_odds(pooled, heads, class_index)
-    grads = tape.gradient(target, activations)
-    size = tuple(x.shape[1:3])
+    return activations, tape.gradient(target, activations)
+
+
+def _combined(layers, activations, grads, methods, size):
+    """{(layer, method): N×`size` maps}: each method's weighting of the activations, summed over members."""
     maps = {}
     for layer, acts, gs in zip(layers, activations, grads, strict=True):
         for method in methods:

@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import socket
+from dataclasses import dataclass
 from pathlib import Path
 
 import keras
@@ -167,9 +168,18 @@ def freeze_last(base, trainable_layers=DEFAULT_TRAINABLE_LAYERS, train_batchnorm
     return names
 
 
-def build_classifier(num_classes, name, image_size=IMAGE_SIZE, weights=None, trainable_layers=DEFAULT_TRAINABLE_LAYERS,
-                     dropout=0.2, train_batchnorm=False):
-    """Builds base + pooling + dropout + softmax, with the freezing policy applied.
+@dataclass(frozen=True)
+class Tuning:
+    """What of a classifier fine-tunes and how its head regularises: the last `trainable_layers` base layers
+    (the BatchNorm layers among them stay frozen unless `train_batchnorm`), and dropout before the softmax."""
+
+    trainable_layers: int = DEFAULT_TRAINABLE_LAYERS
+    train_batchnorm: bool = False
+    dropout: float = 0.2
+
+
+def build_classifier(num_classes, name, image_size=IMAGE_SIZE, weights=None, tuning=Tuning()):
+    """Builds base + pooling + dropout + softmax, with the freezing policy (`Tuning`) applied.
 
     The softmax layer is float32 even under mixed precision, so probabilities stay exact.
 
@@ -179,9 +189,9 @@ def build_classifier(num_classes, name, image_size=IMAGE_SIZE, weights=None, tra
     if num_classes < 2:
         raise ValueError(f"num_classes must be at least 2, got {num_classes}")
     base = build_base(image_size, weights)
-    trainable = freeze_last(base, trainable_layers, train_batchnorm)
+    trainable = freeze_last(base, tuning.trainable_layers, tuning.train_batchnorm)
     x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(base.output)
-    x = keras.layers.Dropout(dropout, name="head_dropout")(x)
+    x = keras.layers.Dropout(tuning.dropout, name="head_dropout")(x)
     outputs = keras.layers.Dense(num_classes, activation="softmax", dtype="float32", name="predictions")(x)
     return keras.Model(base.input, outputs, name=name), trainable
 

@@ -190,7 +190,7 @@ def ece(labels, scores, n_bins=N_BINS):
     return float(np.abs(positives - score_sum).sum() / len(labels))
 
 
-def ece_ci(labels, scores, groups=None, n_bins=N_BINS, n_boot=N_BOOT, seed=0, level=0.95):
+def ece_ci(labels, scores, groups=None, n_boot=N_BOOT, seed=0, level=0.95):
     """Percentile bootstrap interval of `ece`, resampling whole clusters (patients) (`bonenet.scoring.metrics.bootstrap_interval`).
 
     Returns:
@@ -198,6 +198,7 @@ def ece_ci(labels, scores, groups=None, n_bins=N_BINS, n_boot=N_BOOT, seed=0, le
     """
     labels, scores = np.asarray(labels, float), np.asarray(scores, float)
     cluster, k = cluster_ids(len(labels), groups)
+    n_bins = N_BINS
     bins = np.searchsorted(np.linspace(0.0, 1.0, n_bins + 1)[1:-1], scores)
     cell = cluster * n_bins + bins
     # Per cluster and bin: score sum, positives, count; a resample's are the sums over the clusters it drew.

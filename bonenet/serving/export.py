@@ -26,6 +26,7 @@ from keras import ops
 
 from bonenet import __version__
 from bonenet.files import check_replaceable, folder_written_whole
+from bonenet.inference.notes import calibration_note
 from bonenet.run.model_card import NOT_FOR_CLINICAL_USE
 from bonenet.runtime import in_float32
 from bonenet.scoring.calibration import EPS
@@ -151,7 +152,7 @@ def export_facts(net, fmt, artifact):
         "members": {key: len(heads) for key, heads in net.members.items()},
         "study_rule": STUDY_RULE,
         "thresholds": {part: {"threshold": t, "source": source} for part, (t, source) in net.thresholds.items()},
-        "calibration": {key: {"applied_in_graph": net.temperature(key) is not None, "note": net.calibration_note(key),
+        "calibration": {key: {"applied_in_graph": net.temperature(key) is not None, "note": calibration_note(net.manifest, key),
                               **(models[key].get("calibration") or {})} for key in ["router", *net.parts]},
         "backbone": net.manifest.get("weights", {}),
         "notice": NOT_FOR_CLINICAL_USE,

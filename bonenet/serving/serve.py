@@ -36,7 +36,9 @@ from bonenet import __version__
 from bonenet.configs import ServeConfig
 from bonenet.data.decode import ImageReadError, image_format, max_pixels
 from bonenet.data.read import read_gray, skip_from_error
-from bonenet.inference.predictor import error_entry, predict_images
+from bonenet.inference.inputs import error_entry, predict_images
+from bonenet.inference.notes import calibration_note, tta_note
+from bonenet.run import provenance
 from bonenet.run.model_card import CARD_FILE, NOT_FOR_CLINICAL_USE
 
 STATIC = Path(__file__).resolve().parent / "static"
@@ -83,11 +85,11 @@ def health(net, limits):
         "router_labels": net.labels,
         "image_size": net.image_size,
         "recipe": manifest["recipe"],
-        "backbone": {"kind": weights.get("kind"), "origin": net.backbone_origin},
-        "backbone_warning": net.backbone_warning(),
+        "backbone": {"kind": weights.get("kind"), "origin": provenance.backbone_origin(weights)},
+        "backbone_warning": provenance.backbone_warning(weights),
         "threshold_mode": net.threshold_mode,
         "thresholds": {part: {"threshold": t, "source": source} for part, (t, source) in net.thresholds.items()},
-        "calibration": {key: net.calibration_note(key) for key in ["router", *net.parts]},
+        "calibration": {key: calibration_note(manifest, key) for key in ["router", *net.parts]},
         "model_card": "/model-card",
         "limits": limits,
         "notice": NOT_FOR_CLINICAL_USE,
@@ -323,9 +325,9 @@ def startup_line(net, host, port, run_dir):
     manifest = net.manifest
     line = (f"BoneNet serving http://{host}:{port}/ - run {run_dir} ({len(net.parts)} part models, "
             f"{net.image_size} px, recipe {manifest['recipe']['name']}, format {manifest.get('format_version')}, "
-            f"thresholds {net.threshold_mode}); backbone: {net.backbone_origin}. {NOT_FOR_CLINICAL_USE}")
-    if net.tta_note():
-        line += f"\n{net.tta_note()}"
+            f"thresholds {net.threshold_mode}); backbone: {provenance.backbone_origin(manifest.get('weights'))}. {NOT_FOR_CLINICAL_USE}")
+    if tta_note(net.tta):
+        line += f"\n{tta_note(net.tta)}"
     if host not in LOOPBACK:
         line += (f"\nbound to {host} by your choice: other machines can reach this server, with no TLS (put it "
                  "behind a reverse proxy that has it)")

@@ -43,21 +43,21 @@ STORAGE_DTYPE = np.float16
 CHECKPOINT_IMAGES = 2048
 
 
-def features_key(paths, recipe, size, trunk, views=0, augment_config=None, seed=0):
+def features_key(paths, prep, trunk):
     """The cache key: changes whenever the files, recipe, size, trunk weights, its compute precision or the
     views change."""
     h = hashlib.sha256(json.dumps({
         "version": FEATURES_VERSION,
-        "recipe": recipe.to_json(),
-        "size": int(size),
+        "recipe": prep.recipe.to_json(),
+        "size": int(prep.size),
         "trunk": weights_digest(trunk),
         "output": str(tuple(trunk.output.shape)),
         # A trunk trained under mixed bfloat16 computes other features than the same weights in float32.
         "compute": sorted({layer.dtype_policy.name for layer in trunk.layers}),
         "dtype": np.dtype(STORAGE_DTYPE).name,
-        "views": int(views),
-        "augment": repr(augment_config) if views else None,
-        "seed": int(seed) if views else None,
+        "views": int(prep.views),
+        "augment": repr(prep.augment) if prep.views else None,
+        "seed": int(prep.seed) if prep.views else None,
     }, sort_keys=True).encode())
     h.update(file_stamps(paths).encode())
     return h.hexdigest()[:20]
@@ -165,16 +165,17 @@ class FeatureCache:
         return ds.batch(batch_size).map(load, num_parallel_calls=AUTOTUNE).prefetch(AUTOTUNE)
 
 
-def _views_dataset(paths, recipe, size, views, augment_config, seed, batch_size, first=0):
+def _views_dataset(paths, prep, batch_size, first=0):
     """Batches of (uint8 N×views+1×S×S×3 prepared images and views, read-failure reasons), in order,
     from image `first` on (its index seeds its views, so a resumed computation draws the same)."""
-    prepare = map_prepare(recipe, size, views, augment_config, seed)
+    prepare = map_prepare(prep, stacked=True)
     ds = tf.data.Dataset.from_tensor_slices((paths[first:], np.arange(first, len(paths))))
     return ds.map(prepare, num_parallel_calls=AUTOTUNE, deterministic=True).batch(batch_size).prefetch(AUTOTUNE)
 
 
-def _write_features(trunk, ds, array, n, stride, bar, progress, tmp):
-    """Runs the trunk over `ds`, filling `array` (rows `view × n + image`) from image `progress["done"]` on.
+def _write_features(trunk, ds, array, bar, progress, tmp):
+    """Runs the trunk over `ds`, filling `array` (views × images × the trunk's output) from image
+    `progress["done"]` on.
 
     `progress` ({"done": images written, "unread": {path index: reason}, "seconds": {"waiting_for_input":
     seconds the trunk waited for read and prepared batches, "trunk": seconds in the trunk and writing its
@@ -200,13 +201,13 @@ def _write_features(trunk, ds, array, n, stride, bar, progress, tmp):
         seconds["waiting_for_input"] += began - waited
         x, reasons = x.numpy().astype(np.float32), reasons.numpy()
         unread.update({str(start + i): r.decode() for i, r in enumerate(reasons) if r})
-        for v in range(stride):
-            array[v * n + start: v * n + start + len(x)] = np.asarray(encode(tf.constant(x[:, v])))
+        for v in range(len(array)):
+            array[v, start: start + len(x)] = np.asarray(encode(tf.constant(x[:, v])))
         start += len(x)
         progress["done"] = start
         seconds["trunk"] += time.perf_counter() - began
         bar.update(len(x))
-        if start - recorded >= CHECKPOINT_IMAGES and start < n:
+        if start - recorded >= CHECKPOINT_IMAGES and start < array.shape[1]:
             _record_progress(tmp, array, progress)
             recorded = start
     bar.close()
@@ -253,9 +254,8 @@ def _start_or_resume(folder, shape, what):
     return tmp, {"done": 0, "unread": {}, "seconds": {}}, array
 
 
-def compute_features(trunk, paths, recipe, size, cache_dir, views=0, augment_config=None, seed=0, batch_size=None,
-                     verbose=1):
-    """Runs the trunk once over every image (and `views` augmented copies) and caches the outputs.
+def compute_features(trunk, paths, prep, cache_dir, batch_size=None, verbose=1):
+    """Runs the trunk once over every image (and `prep.views` augmented copies) and caches the outputs.
 
     Returns the existing cache when one with the same key is complete. Images that cannot be read
     are recorded in the cache with their reasons (`FeatureCache.skips`).
@@ -263,12 +263,9 @@ def compute_features(trunk, paths, recipe, size, cache_dir, views=0, augment_con
     Args:
         trunk: the frozen trunk (`bonenet.models.efficientnet.split_model`).
         paths: image files.
-        recipe: the `Recipe` the images are prepared with.
-        size: input side.
+        prep: the `bonenet.data.pipeline.Preparation`: recipe, size, and the augmented views per image, drawn
+            once with its `augment` and `seed` (0 views: the unaugmented image only).
         cache_dir: parent folder of cache folders.
-        views: augmented views per image, drawn once (0: the unaugmented image only). Defaults to 0.
-        augment_config: an `AugmentConfig`, needed when `views` > 0.
-        seed: seeds the augmented views. Defaults to 0.
         batch_size: images per trunk call (each call holds one view of them). Defaults to
             `bonenet.models.efficientnet.trunk_batch_size(size)`, the fastest on this machine.
         verbose: show progress (`bonenet.progress`). Defaults to 1.
@@ -279,10 +276,11 @@ def compute_features(trunk, paths, recipe, size, cache_dir, views=0, augment_con
     paths = [str(p) for p in paths]
     if not paths:
         raise ValueError("no images to compute features for")
-    batch_size = batch_size or trunk_batch_size(size)
-    if views and augment_config is None:
-        raise ValueError("augmented views need an augment_config")
-    folder = Path(cache_dir) / f"features-{features_key(paths, recipe, size, trunk, views, augment_config, seed)}"
+    batch_size = batch_size or trunk_batch_size(prep.size)
+    views = prep.views
+    if views and prep.augment is None:
+        raise ValueError("augmented views need an augmentation (`Preparation.augment`)")
+    folder = Path(cache_dir) / f"features-{features_key(paths, prep, trunk)}"
     finished = _finished(folder)
     if finished is not None:
         return finished
@@ -294,12 +292,12 @@ def compute_features(trunk, paths, recipe, size, cache_dir, views=0, augment_con
     try:
         bar = Progress(n, f"trunk features of {n:,} train images × {stride} view(s) (the unaugmented image and "
                           f"{views} augmented), once, into {folder}{resumed}", enabled=bool(verbose))
-        ds = _views_dataset(paths, recipe, size, views, augment_config, seed, batch_size, first=progress["done"])
-        _write_features(trunk, ds, array, n, stride, bar, progress, tmp)
+        ds = _views_dataset(paths, prep, batch_size, first=progress["done"])
+        _write_features(trunk, ds, array.reshape(stride, n, *shape[1:]), bar, progress, tmp)
         array.flush()
         unread = {paths[int(i)]: reason for i, reason in sorted(progress["unread"].items(), key=lambda x: int(x[0]))}
-        meta = {"paths": paths, "views": views, "size": int(size), "recipe": recipe.to_dict(),
-                "output": trunk.output.name, "dtype": np.dtype(STORAGE_DTYPE).name, "seed": int(seed),
+        meta = {"paths": paths, "views": views, "size": int(prep.size), "recipe": prep.recipe.to_dict(),
+                "output": trunk.output.name, "dtype": np.dtype(STORAGE_DTYPE).name, "seed": int(prep.seed),
                 "unread": unread, "seconds": {k: round(v, 2) for k, v in progress["seconds"].items()}}
         (tmp / "progress.json").unlink(missing_ok=True)
         (tmp / "meta.json").write_text(json.dumps({**meta, "sha256": file_sha256(tmp / "features.npy")}))

@@ -48,6 +48,11 @@ from bonenet.preprocessing.recipes import get_recipe
 from bonenet.progress import keras_verbosity
 
 
+def _preparation(config, augment=None):
+    """The images' `Preparation` under a `PretrainConfig`: its recipe and size, seeded by its seed."""
+    return bdata.Preparation(get_recipe(config.recipe), config.image_size, augment=augment, seed=config.seed)
+
+
 def joint_labels(images):
     """One label per image: 2 × part index + study label (14 classes)."""
     return images["part"].map(PART_INDEX).to_numpy() * 2 + images["label"].to_numpy()
@@ -108,8 +113,8 @@ def save_float16_weights(model, path):
 def holdout_accuracy(model, images, config):
     """Joint, part and normal/abnormal accuracy of the pretraining model on held-out images."""
     labels = joint_labels(images)
-    ds = bdata.make_dataset(images["path"].tolist(), labels, 2 * len(PARTS), get_recipe(config.recipe),
-                            config.image_size, config.batch_size)
+    ds = bdata.make_dataset(images["path"].tolist(), labels, 2 * len(PARTS), _preparation(config),
+                            bdata.Feed(config.batch_size))
     with bdata.length_found_at_the_end():
         pred = np.argmax(model.predict(ds, verbose=0), axis=1)
     return {
@@ -192,9 +197,8 @@ def _fit(train, config, backup, verbose):
     """Trains the pretraining model on the train images (resumable from `backup`); returns
     (model, its EfficientNetB0 base, steps taken)."""
     labels = joint_labels(train)
-    ds = bdata.make_dataset(train["path"].tolist(), labels, 2 * len(PARTS), get_recipe(config.recipe),
-                            config.image_size, config.batch_size, training=True, seed=config.seed,
-                            augment_config=AugmentConfig())
+    ds = bdata.make_dataset(train["path"].tolist(), labels, 2 * len(PARTS), _preparation(config, AugmentConfig()),
+                            bdata.Feed(config.batch_size, training=True))
     steps_per_epoch = math.ceil(len(train) / config.batch_size)
     model, base = build_pretrain_model(config.image_size, config.seed)
     model.compile(keras.optimizers.Adam(_schedule(config, steps_per_epoch)),
@@ -237,7 +241,7 @@ def target_aurocs(model, table, targets, config):
     from sklearn.metrics import roc_auc_score
 
     ds = bdata.make_dataset(table["path"].tolist(), np.zeros((len(table), len(targets)), np.float32), None,
-                            get_recipe(config.recipe), config.image_size, config.batch_size)
+                            _preparation(config), bdata.Feed(config.batch_size))
     with bdata.length_found_at_the_end():
         pred = model.predict(ds, verbose=0)
     out = {}
@@ -269,7 +273,7 @@ def _init_weights(init):
     return path, f"{path.name} (sha256 {file_sha256(path)[:12]}…)"
 
 
-def pretrain_on_real(out, specs, config=PretrainConfig(), init="synthetic", resume=False, verbose=None, command=None):
+def pretrain_on_real(out, specs, config=PretrainConfig(), init="synthetic", resume=False, command=None):
     """Trains EfficientNetB0 on open real radiographs, every target at once, and saves the base's weights.
 
     Args:
@@ -295,13 +299,13 @@ def pretrain_on_real(out, specs, config=PretrainConfig(), init="synthetic", resu
     init_path, init_text = _init_weights(init)
     model, base = build_pretrain_model(config.image_size, config.seed, len(targets), "sigmoid", init_path)
     y = np.nan_to_num(train[targets].to_numpy(np.float32), nan=-1.0)  # -1: not known, masked out of the loss
-    ds = bdata.make_dataset(train["path"].tolist(), y, None, get_recipe(config.recipe), config.image_size,
-                            config.batch_size, training=True, seed=config.seed, augment_config=AugmentConfig())
+    ds = bdata.make_dataset(train["path"].tolist(), y, None, _preparation(config, AugmentConfig()),
+                            bdata.Feed(config.batch_size, training=True))
     steps_per_epoch = math.ceil(len(train) / config.batch_size)
     model.compile(keras.optimizers.Adam(_schedule(config, steps_per_epoch)), masked_binary_crossentropy,
                   jit_compile=False)
     with bdata.length_found_at_the_end():
-        model.fit(ds, epochs=config.epochs, verbose=keras_verbosity("auto" if verbose is None else verbose),
+        model.fit(ds, epochs=config.epochs, verbose=keras_verbosity("auto"),
                   shuffle=False, callbacks=[keras.callbacks.BackupAndRestore(str(backup))])
     save_float16_weights(base, out)
     base.load_weights(out)  # score what ships: the float16 weights, reloaded, under the trained head

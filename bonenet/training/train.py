@@ -21,29 +21,27 @@ from pathlib import Path
 
 import keras
 import numpy as np
-import pandas as pd
 
 from bonenet import runtime
 from bonenet.configs import TrainConfig
 from bonenet.data import pipeline as bdata
-from bonenet.data.mura import fingerprint_of, holdout_split, is_synthetic
+from bonenet.data.mura import fingerprint_of, is_synthetic
 from bonenet.data.read import Skip, SkipLog
 from bonenet.digests import weights_digest
 from bonenet.files import check_free_space
 from bonenet.models.efficientnet import (
+    Tuning,
     build_part_model,
     build_router,
     compile_model,
     copy_weights,
     join_model,
-    resolve_weights,
     set_xla,
     split_model,
     trunk_cut,
 )
 from bonenet.parts import PARTS
 from bonenet.preprocessing.augment import AugmentConfig
-from bonenet.preprocessing.recipes import get_recipe
 from bonenet.progress import keras_verbosity
 from bonenet.run.manifest import (
     ManifestError,
@@ -58,81 +56,13 @@ from bonenet.run.manifest import (
 from bonenet.run.model_card import write_model_card
 from bonenet.run.store import load_model, save_model_atomic, save_trunk_once, shared_trunk
 from bonenet.training.checkpoints import best_val_loss, checkpoint_dir, resume_point
-from bonenet.training.distribute import get_strategy, is_chief, shardable, worker_scratch
+from bonenet.training.distribute import get_strategy, shardable
 from bonenet.training.features import compute_features
 from bonenet.training.holdout import decide_on_holdout, holdout_figures, holdout_outputs, summary_line
+from bonenet.training.job import prepare_job, shared_settings
 from bonenet.training.members import Member, combined_probs, epochs_run, member_entry, member_seed
 
 log = logging.getLogger(__name__)
-
-
-def _examples(target, images):
-    if target == "router":
-        paths, labels = bdata.router_examples(images)
-        return paths, labels, len(PARTS)
-    paths, labels = bdata.part_examples(images, target)
-    return paths, labels, 2
-
-
-def shared_settings(config, weights_origin, trainable, recipe=None):
-    """The settings every model in a run must share, as recorded in the manifest."""
-    settings = {
-        "image_size": int(config.image_size),
-        "recipe": (recipe or get_recipe(config.recipe)).to_dict(),
-        "weights": weights_origin,
-        "trainable_layers": {"count": int(config.trainable_layers), "trainable": trainable},
-    }
-    if trainable is None:  # not known before the model is built: the count alone is compared
-        settings["trainable_layers"] = {"count": int(config.trainable_layers)}
-    return settings
-
-
-@dataclass(frozen=True)
-class _Examples:
-    """What one model learns from: its key, classes, and the fit and hold-out images with labels."""
-
-    key: str
-    num_classes: int
-    train_paths: list
-    train_labels: np.ndarray
-    val_paths: list
-    val_labels: np.ndarray
-    val_images: pd.DataFrame
-
-
-@dataclass(frozen=True)
-class _Place:
-    """Where a model is written and what it starts from: the run, its manifest, the backbone, the recipe."""
-
-    run_dir: Path
-    existing: dict
-    weights: object
-    origin: dict
-    recipe: object
-    scratch: Path = None  # a non-chief worker's private folder; None for the process that writes the run
-
-    @property
-    def home(self):
-        """Where this process writes: the run folder, or a non-chief worker's scratch folder."""
-        return self.scratch or self.run_dir
-
-
-@dataclass(frozen=True)
-class _Job:
-    """One model's training: its examples and its place."""
-
-    examples: _Examples
-    place: _Place
-
-    @property
-    def key(self):
-        """The model's key ("router" or XR_PART)."""
-        return self.examples.key
-
-    @property
-    def home(self):
-        """Where this process writes (`_Place.home`)."""
-        return self.place.home
 
 
 @dataclass(frozen=True)
@@ -154,22 +84,23 @@ def _cache_folder(place, config):
     return Path(config.cache_dir) if config.cache_dir else place.run_dir / "cache"
 
 
-def _cached_datasets(job, built, index, config, verbose, skips, seed):
+def _cached_datasets(job, built, seed):
     """Train and hold-out datasets of cached trunk outputs, plus the hold-out paths they serve.
 
     One cache covers every train-split image, so the router and all seven parts share it; the
-    images it could not read are recorded in `skips` when they are this model's.
+    images it could not read are recorded in the job's `skips` when they are this model's.
     """
+    index, config = job.index, job.config
     everything = index.images.loc[index.images.split == "train", "path"].tolist()
     augment = AugmentConfig(max_rotation=config.max_rotation) if config.augment and config.views else None
-    cache = compute_features(built.trunk, everything, job.place.recipe, config.image_size,
-                             _cache_folder(job.place, config), views=config.views if augment else 0,
-                             augment_config=augment, seed=config.seed, verbose=verbose)
+    prep = bdata.Preparation(job.place.recipe, config.image_size, config.views if augment else 0, augment,
+                             config.seed)
+    cache = compute_features(built.trunk, everything, prep, _cache_folder(job.place, config), verbose=job.verbose)
     ex = job.examples
     mine = {*ex.train_paths, *ex.val_paths}
     for skip in cache.skips:
         if skip.path in mine:
-            skips.add(skip)
+            job.skips.add(skip)
     position = {p: i for i, p in enumerate(cache.paths)}
 
     def rows(paths, labels):
@@ -184,54 +115,27 @@ def _cached_datasets(job, built, index, config, verbose, skips, seed):
             cache.dataset(val_images, val_y, **batch))
 
 
-def _full_datasets(job, config, skips, seed):
-    """Train and hold-out datasets of live images; their unreadable images are recorded in `skips`."""
-    ex = job.examples
+def _full_datasets(job, seed):
+    """Train and hold-out datasets of live images; their unreadable images are recorded in the job's `skips`."""
+    ex, config = job.examples, job.config
     augment = AugmentConfig(max_rotation=config.max_rotation) if config.augment else None
-    common = dict(recipe=job.place.recipe, size=config.image_size, batch_size=config.batch_size,
-                  cache_dir=config.cache_dir, skips=skips)
-    train_ds = bdata.make_dataset(ex.train_paths, ex.train_labels, ex.num_classes, training=True,
-                                  seed=seed, augment_config=augment, **common)
-    val_ds = bdata.make_dataset(ex.val_paths, ex.val_labels, ex.num_classes, **common)
+    prep = bdata.Preparation(job.place.recipe, config.image_size, augment=augment, seed=seed)
+    cache = config.cache_dir or "memory"
+    train_ds = bdata.make_dataset(ex.train_paths, ex.train_labels, ex.num_classes, prep,
+                                  bdata.Feed(config.batch_size, training=True, cache=cache), job.skips)
+    val_ds = bdata.make_dataset(ex.val_paths, ex.val_labels, ex.num_classes, prep,
+                                bdata.Feed(config.batch_size, cache=cache), job.skips)
     return train_ds, val_ds
 
 
-def _prepare(target, index, models_dir, config):
-    """Checks the run folder and the data, and splits train into fit and hold-out (by patient)."""
-    key = model_key(target)
-    run_dir = Path(models_dir)
-    recipe = get_recipe(config.recipe)  # resolved once, here, and passed down
-    weights, origin = resolve_weights(config.weights)  # fail fast, before any data work
-    existing = read_manifest(run_dir, required=False)
-    if existing is not None:
-        # Refuse a folder made with another size, recipe or backbone before spending any time.
-        check_shared(existing, shared_settings(config, origin, None, recipe), run_dir)
-    try:
-        split = holdout_split(index.studies, config.holdout_fraction, config.seed)
-    except ValueError as exc:  # too few patients or studies: say whose
-        raise ValueError(f"{index.root}: {exc}") from exc
-    held = set(split.loc[split.holdout, "study"])
-    train_images = index.images[(index.images.split == "train") & ~index.images.study.isin(held)]
-    val_images = index.images[index.images.study.isin(held)]
-    train_paths, train_labels, num_classes = _examples(key, train_images)
-    val_paths, val_labels, _ = _examples(key, val_images)
-    present = np.unique(train_labels)
-    if len(present) < num_classes and key != "router" or len(train_paths) == 0:
-        raise ValueError(f"{key}: training data has classes {present.tolist()}, needs all {num_classes}")
-    if len(val_paths) == 0:
-        raise ValueError(f"{key}: the hold-out has no images; add more train studies")
-    scratch = None if is_chief(config.strategy) else worker_scratch()
-    examples = _Examples(key, num_classes, train_paths, train_labels, val_paths, val_labels, val_images)
-    return _Job(examples, _Place(run_dir, existing, weights, origin, recipe, scratch))
-
-
-def _build(job, config, seed, first=None):
+def _build(job, seed, first=None):
     """Builds the classifier in the strategy's scope, split at the trunk cut, on the run's trunk (or on
     `first`'s, the model's first member, which is the run's trunk to be).
 
     Returns:
         (`_Built`, the strategy).
     """
+    config = job.config
     gpu = runtime.start(config.precision)["gpus"] > 0
     strategy = get_strategy(config.strategy)
     place = job.place
@@ -245,8 +149,8 @@ def _build(job, config, seed, first=None):
     keras.utils.set_random_seed(seed)
     # The training precision applies to this build only: what is saved and loaded computes in float32.
     with strategy.scope(), runtime.precision_scope(runtime.start(config.precision)["precision"]):
-        kwargs = dict(image_size=config.image_size, weights=place.weights, trainable_layers=config.trainable_layers,
-                      train_batchnorm=config.train_batchnorm, dropout=config.dropout)
+        tuning = Tuning(config.trainable_layers, config.train_batchnorm, config.dropout)
+        kwargs = dict(image_size=config.image_size, weights=place.weights, tuning=tuning)
         model, trainable = (build_router(**kwargs) if job.key == "router"
                             else build_part_model(job.key, **kwargs))
         trunk, head = split_model(model, config.trainable_layers)
@@ -271,22 +175,23 @@ def _check_free_space(job, built):
     check_free_space(job.home, nbytes, f"training {job.key} (model files and checkpoints)")
 
 
-def _datasets(job, built, index, config, verbose, skips, seed):
+def _datasets(job, built, seed):
     """(train, hold-out) datasets for the mode, the train one shuffled by `seed`, sharded by element across
-    workers; the images they cannot read are recorded in `skips`."""
-    if config.mode == "cached":
-        train_ds, val_ds = _cached_datasets(job, built, index, config, verbose, skips, seed)
+    workers; the images they cannot read are recorded in the job's `skips`."""
+    if job.config.mode == "cached":
+        train_ds, val_ds = _cached_datasets(job, built, seed)
     else:
-        train_ds, val_ds = _full_datasets(job, config, skips, seed)
+        train_ds, val_ds = _full_datasets(job, seed)
     return shardable(train_ds), shardable(val_ds)
 
 
-def _fit(job, built, train_ds, val_ds, config, resume, verbose, member=0):
+def _fit(job, built, datasets, member=0):
     """Fits with resumable backups, best-by-hold-out-loss weights, early stopping and logs.
 
     A fit that had finished when its command was killed (a member of an ensemble before the next, or a model
     during its save) is not fitted again on `resume`: its best weights are read back.
     """
+    config, resume = job.config, job.resume
     work = checkpoint_dir(job.home, job.key, member)
     backup, log_path, best_path = work / "backup", work / "log.csv", work / "best.weights.h5"
     finished = work / "finished"
@@ -311,7 +216,8 @@ def _fit(job, built, train_ds, val_ds, config, resume, verbose, member=0):
     ]
     ex = job.examples
     with bdata.length_found_at_the_end():
-        built.fitted.fit(train_ds, validation_data=val_ds, epochs=config.epochs, verbose=verbose, shuffle=False,
+        built.fitted.fit(datasets[0], validation_data=datasets[1], epochs=config.epochs, verbose=job.verbose,
+                         shuffle=False,
                          class_weight=bdata.class_weights(ex.train_labels, ex.num_classes), callbacks=callbacks)
     if best_path.is_file():
         built.fitted.load_weights(str(best_path))
@@ -319,9 +225,9 @@ def _fit(job, built, train_ds, val_ds, config, resume, verbose, member=0):
     return log_path
 
 
-def _model_entry(job, built, index, scores, tuning, log_path, config, skips, seconds):
+def _model_entry(job, built, scores, tuning, log_path, seconds):
     """The model's manifest entry: its file, labels, recipe, trunk, tuning, config, data and hold-out figures."""
-    ex = job.examples
+    ex, config, index = job.examples, job.config, job.index
     return {
         "file": model_filename(job.key),
         "input": "trunk",
@@ -335,7 +241,7 @@ def _model_entry(job, built, index, scores, tuning, log_path, config, skips, sec
                     "train_images": len(ex.train_paths),
                     "holdout_images": len(ex.val_paths),
                     "holdout_studies": int(ex.val_images[ex.val_images.path.isin(ex.val_paths)].study.nunique()),
-                    "unread": [s.as_dict() for s in skips if s.path in set(ex.train_paths) | set(ex.val_paths)]},
+                    "unread": [s.as_dict() for s in job.skips if s.path in set(ex.train_paths) | set(ex.val_paths)]},
         "holdout": {k: float(v) for k, v in scores.items()},
         "epochs_run": epochs_run(log_path),
         "seconds": seconds,
@@ -343,19 +249,19 @@ def _model_entry(job, built, index, scores, tuning, log_path, config, skips, sec
     }
 
 
-def _finalize(job, index, members, config, skips):
+def _finalize(job, members):
     """Combines the members' hold-out softmax (their mean), calibrates the model and tunes a part's threshold on
     it, saves every member's head (and the run's first trunk), and records the model."""
-    first = members[0].built
+    first, config = members[0].built, job.config
     probs = combined_probs(members)
     scores = holdout_figures(probs, members[0].onehot)
     # The hold-out dataset served every hold-out image but those recorded as unreadable.
-    kept = [p for p in job.examples.val_paths if p not in skips]
+    kept = [p for p in job.examples.val_paths if p not in job.skips]
     calibration, tuning = decide_on_holdout(job.key, probs, kept, job.examples)
     for number, member in enumerate(members):  # unlisted until the manifest names them
         save_model_atomic(member.built.head, job.home / model_filename(job.key, number))
     seconds = {stage: round(sum(m.seconds.get(stage, 0) for m in members), 2) for stage in members[0].seconds}
-    entry = _model_entry(job, first, index, scores, tuning, members[0].log_path, config, skips, seconds)
+    entry = _model_entry(job, first, scores, tuning, members[0].log_path, seconds)
     entry["calibration"] = calibration
     entry["members"] = [member_entry(job.key, number, member, job.home) for number, member in enumerate(members)]
     # One lock around the trunk check, the trunk's save and the manifest's update: a training
@@ -374,7 +280,7 @@ def _finalize(job, index, members, config, skips):
     return entry
 
 
-def train_model(target, index, models_dir, config=TrainConfig(), resume=False, verbose="auto", skips=None):
+def train_model(target, index, models_dir, config=TrainConfig(), resume=False, verbose="auto"):
     """Trains the router (`target="router"`) or one part's model and records it in the run.
 
     The story: prepare (checks and a patient-grouped hold-out), build (on the run's trunk when it
@@ -388,37 +294,33 @@ def train_model(target, index, models_dir, config=TrainConfig(), resume=False, v
         config: a `TrainConfig`.
         resume: continue a killed run from its last completed epoch. Defaults to False.
         verbose: Keras verbosity; "auto" shows progress bars on a terminal only. Defaults to "auto".
-        skips: a `SkipLog` to record the images that could not be read in; a new one by default.
 
     Returns:
         (the model's manifest entry, whose `dataset.unread` lists the images of its data that could
         not be read, the trained full Keras model).
     """
-    skips = SkipLog() if skips is None else skips
-    verbose = keras_verbosity(verbose)
-    job = _prepare(target, index, models_dir, config)
+    job = prepare_job(target, index, models_dir, config, resume, keras_verbosity(verbose))
     members = []
     for number in range(config.ensemble):
         if config.ensemble > 1:
             log.info(f"{job.key} member {number + 1}/{config.ensemble}")
-        members.append(_fit_member(job, index, config, number, members[0].built if members else None, resume,
-                                   verbose, skips))
-    return _finalize(job, index, members, config, skips), members[0].built.model
+        members.append(_fit_member(job, number, members[0].built if members else None))
+    return _finalize(job, members), members[0].built.model
 
 
-def _fit_member(job, index, config, number, first, resume, verbose, skips):
+def _fit_member(job, number, first):
     """Builds, fits and scores on the hold-out one member of the model (`first`: member 0's `_Built`)."""
     clock = _Stopwatch()
-    seed = member_seed(config.seed, number)
-    built, strategy = _build(job, config, seed, first)
+    seed = member_seed(job.config.seed, number)
+    built, strategy = _build(job, seed, first)
     _check_free_space(job, built)
     clock.lap("build")
     with strategy.scope():
-        train_ds, val_ds = _datasets(job, built, index, config, verbose, skips, seed)
+        datasets = _datasets(job, built, seed)
     clock.lap("data")  # the trunk-feature cache, when this model is the first to need it
-    log_path = _fit(job, built, train_ds, val_ds, config, resume, verbose, number)
+    log_path = _fit(job, built, datasets, number)
     clock.lap("fit")
-    probs, onehot = holdout_outputs(built.fitted, val_ds)  # the one pass over the hold-out
+    probs, onehot = holdout_outputs(built.fitted, datasets[1])  # the one pass over the hold-out
     return Member(built, seed, probs, onehot, log_path, clock.laps)
 
 
@@ -464,7 +366,7 @@ def train_all(index, models_dir, config=TrainConfig(), resume=False, verbose="au
     Returns:
         ({key: manifest entry}, {key: error message}).
     """
-    entries, failures, skips = {}, {}, SkipLog()
+    entries, failures = {}, {}
     done = (read_manifest(models_dir, required=False) or {}).get("models", {}) if resume else {}
     in_data = set(index.images.loc[index.images["split"] == "train", "part"])
     for part in parts:
@@ -480,7 +382,7 @@ def train_all(index, models_dir, config=TrainConfig(), resume=False, verbose="au
             continue
         try:
             entries[key], _ = train_model(key, index, models_dir, config, resume=resume,
-                                          verbose=keras_verbosity(verbose), skips=skips)
+                                          verbose=keras_verbosity(verbose))
         except ValueError as exc:
             failures[key] = str(exc)
             log.warning(f"could not train {target}: {exc}")

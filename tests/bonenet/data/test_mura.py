@@ -9,6 +9,7 @@ import pytest
 from conftest import as_nobody, run_cli
 
 import run_pipeline
+from bonenet.configs import SyntheticConfig
 from bonenet.data.mura import MuraError, holdout_split, read_mura, resolve_data_root, summarize
 from bonenet.data.synthetic import make_synthetic
 
@@ -133,7 +134,7 @@ def test_summary_counts_patients_and_classes(synthetic_root):
 
 
 def test_holdout_is_patient_grouped_stratified_and_seeded(tmp_path):
-    root = make_synthetic(tmp_path, studies_per_part=20, seed=5, progress=False)
+    root = make_synthetic(tmp_path, SyntheticConfig(studies_per_part=20, seed=5), progress=False)
     studies = read_mura(root).studies
     split = holdout_split(studies, fraction=0.2, seed=1)
     held, kept = split[split.holdout], split[~split.holdout]

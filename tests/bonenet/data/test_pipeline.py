@@ -15,14 +15,14 @@ def wrist_images(index):
     return index.images[(index.images.part == "XR_WRIST") & (index.images.split == "train")].head(6)
 
 
-def _wrist_dataset(images, recipe, size, **kwargs):
+def _wrist_dataset(images, prep, feed):
     paths, labels = data.part_examples(images, "XR_WRIST")
-    return data.make_dataset(paths, labels, 2, recipe, size, **kwargs)
+    return data.make_dataset(paths, labels, 2, prep, feed)
 
 
 @pytest.mark.parametrize("recipe", ["equalize", "full"])
 def test_tf_data_adapter_gives_the_numpy_path_array(wrist_images, recipe):
-    ds = _wrist_dataset(wrist_images, get_recipe(recipe), 48, batch_size=6)
+    ds = _wrist_dataset(wrist_images, data.Preparation(get_recipe(recipe), 48), data.Feed(6))
     x, y = next(iter(ds))
     expected = np.stack([get_recipe(recipe).apply(load_gray(p), 48) for p in wrist_images.path])
     np.testing.assert_array_equal(x.numpy(), expected.astype(np.float32))
@@ -31,14 +31,14 @@ def test_tf_data_adapter_gives_the_numpy_path_array(wrist_images, recipe):
 
 def test_training_pipeline_augments_with_a_seed_and_changes_per_epoch(wrist_images):
     def epoch_batches(seed):
-        ds = _wrist_dataset(wrist_images, EQUALIZE, 48, batch_size=6, training=True,
-                             seed=seed, augment_config=AugmentConfig())
+        ds = _wrist_dataset(wrist_images, data.Preparation(EQUALIZE, 48, augment=AugmentConfig(), seed=seed),
+                            data.Feed(6, training=True))
         return [next(iter(ds))[0].numpy() for _ in range(2)]
 
     a, b = epoch_batches(1), epoch_batches(1)
     np.testing.assert_array_equal(a[0], b[0])  # same seed, same first epoch
     assert not np.array_equal(a[0], a[1])  # a new epoch draws new augmentations
-    plain = next(iter(_wrist_dataset(wrist_images, EQUALIZE, 48, batch_size=6)))[0].numpy()
+    plain = next(iter(_wrist_dataset(wrist_images, data.Preparation(EQUALIZE, 48), data.Feed(6))))[0].numpy()
     assert not np.array_equal(np.sort(a[0].ravel()), np.sort(plain.ravel()))
 
 
@@ -48,10 +48,11 @@ def test_an_image_that_fails_to_decode_is_skipped_and_recorded_not_blanked(wrist
     good = open(wrist_images.path.iloc[0], "rb").read()
     bad.write_bytes(good[:40] + bytes(len(good) - 60) + good[-20:])  # intact ends, broken body
     paths = [*wrist_images.path.iloc[:3], str(bad)]
-    cache_dir = tmp_path / "cache" if cache == "disk" else None
+    cache_dir = tmp_path / "cache" if cache == "disk" else "memory"
     for _ in range(2):  # on disk, the second pipeline reads the first one's finished cache
         skips = SkipLog()
-        ds = data.make_dataset(paths, [0, 1, 0, 1], 2, EQUALIZE, 32, batch_size=8, cache_dir=cache_dir, skips=skips)
+        ds = data.make_dataset(paths, [0, 1, 0, 1], 2, data.Preparation(EQUALIZE, 32), data.Feed(8, cache=cache_dir),
+                               skips)
         x, y = next(iter(ds))
         assert x.shape[0] == 3 and y.numpy().argmax(axis=1).tolist() == [0, 1, 0]
         assert [(s.path, s.stage) for s in skips] == [(str(bad), "read")]
@@ -69,7 +70,7 @@ def test_disk_cache_is_keyed_by_data_recipe_and_size(wrist_images, tmp_path):
     assert key != data.cache_key(wrist_images.path, get_recipe("full"), 48)
     assert key != data.cache_key(wrist_images.path, EQUALIZE, 64)
     assert key != data.cache_key(wrist_images.path.iloc[:-1], EQUALIZE, 48)
-    ds = _wrist_dataset(wrist_images, EQUALIZE, 48, batch_size=6, cache_dir=tmp_path)
+    ds = _wrist_dataset(wrist_images, data.Preparation(EQUALIZE, 48), data.Feed(6, cache=tmp_path))
     first = next(iter(ds))[0].numpy()
     assert any(p.name.startswith(f"images-{key}") for p in tmp_path.iterdir())
     np.testing.assert_array_equal(next(iter(ds))[0].numpy(), first)
@@ -87,10 +88,10 @@ def test_an_image_edited_in_place_misses_both_caches(wrist_images, tmp_path):
     for src, dst in zip(wrist_images.path, paths, strict=False):
         shutil.copy(src, dst)
     trunk, _ = split_model(build_part_model("XR_WRIST", image_size=32, weights=None)[0])
-    before = data.cache_key(paths, EQUALIZE, 48), features_key(paths, EQUALIZE, 48, trunk)
+    before = data.cache_key(paths, EQUALIZE, 48), features_key(paths, data.Preparation(EQUALIZE, 48), trunk)
     st = os.stat(paths[1])
     os.utime(paths[1], ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))  # edited: a new modification time
-    after = data.cache_key(paths, EQUALIZE, 48), features_key(paths, EQUALIZE, 48, trunk)
+    after = data.cache_key(paths, EQUALIZE, 48), features_key(paths, data.Preparation(EQUALIZE, 48), trunk)
     assert before[0] != after[0] and before[1] != after[1]
     stamp, first = data.file_stamps(paths), os.stat(paths[0])
     os.utime(paths[0], ns=(first.st_atime_ns + 5_000_000_000, first.st_mtime_ns))  # read again: only atime moves
@@ -101,9 +102,10 @@ def test_an_image_edited_in_place_misses_both_caches(wrist_images, tmp_path):
 def test_views_are_seeded_per_image_and_view_whatever_the_order(wrist_images):
     config = AugmentConfig()
     path = wrist_images.path.iloc[0]
-    a, reason = data.prepared_views(path, 7, EQUALIZE, 48, views=2, augment_config=config, seed=3)
-    b, _ = data.prepared_views(path, 7, EQUALIZE, 48, views=2, augment_config=config, seed=3)
-    c, _ = data.prepared_views(path, 8, EQUALIZE, 48, views=2, augment_config=config, seed=3)
+    prep = data.Preparation(EQUALIZE, 48, views=2, augment=config, seed=3)
+    a, reason = data.prepared_views(path, 7, prep)
+    b, _ = data.prepared_views(path, 7, prep)
+    c, _ = data.prepared_views(path, 8, prep)
     assert reason == b"" and a.shape == (3, 48, 48, 3)
     np.testing.assert_array_equal(a, b)
     np.testing.assert_array_equal(a[0], EQUALIZE.apply(load_gray(path), 48))  # view 0 is the image itself

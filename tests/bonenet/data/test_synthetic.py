@@ -7,19 +7,20 @@ import pytest
 from conftest import kill_while_writing, run_cli, snapshot
 
 import run_pipeline
+from bonenet.configs import SyntheticConfig
 from bonenet.data.mura import read_mura
 from bonenet.data.synthetic import MURA_IMAGES, MURA_STUDIES, draw_radiograph, make_synthetic, mura_plan
 from bonenet.parts import PARTS
 
 
 def test_same_seed_gives_byte_identical_output(tmp_path):
-    a = make_synthetic(tmp_path / "a", studies_per_part=2, seed=7, progress=False)
-    b = make_synthetic(tmp_path / "b", studies_per_part=2, seed=7, progress=False)
+    a = make_synthetic(tmp_path / "a", SyntheticConfig(studies_per_part=2, seed=7), progress=False)
+    b = make_synthetic(tmp_path / "b", SyntheticConfig(studies_per_part=2, seed=7), progress=False)
     files_a = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
     assert files_a == sorted(p.relative_to(b) for p in b.rglob("*") if p.is_file())
     for rel in files_a:
         assert (a / rel).read_bytes() == (b / rel).read_bytes(), rel
-    c = make_synthetic(tmp_path / "c", studies_per_part=2, seed=8, progress=False)
+    c = make_synthetic(tmp_path / "c", SyntheticConfig(studies_per_part=2, seed=8), progress=False)
     assert (a / "train_labeled_studies.csv").read_bytes() != (c / "train_labeled_studies.csv").read_bytes() or (
         (a / "train/XR_ELBOW/patient00001/study1_negative/image1.png").read_bytes()
         != (c / "train/XR_ELBOW/patient00001/study1_negative/image1.png").read_bytes()
@@ -36,7 +37,7 @@ def test_layout_csvs_and_image_formats(synthetic_root):
 
 
 def test_abnormal_rate_near_mura(tmp_path):
-    root = make_synthetic(tmp_path, studies_per_part=16, seed=0, progress=False)
+    root = make_synthetic(tmp_path, SyntheticConfig(studies_per_part=16, seed=0), progress=False)
     labels = [int(line[-1]) for line in (root / "train_labeled_studies.csv").read_text().splitlines()]
     assert 0.3 < np.mean(labels) < 0.5
 
@@ -54,7 +55,8 @@ def test_cli_writes_the_dataset_the_library_makes_with_the_counts_asked_for(tmp_
     args = ["--studies-per-part", "2", "--valid-studies-per-part", "1", "--seed", "1"]
     assert run_pipeline.main(["make-synthetic", "--out", str(tmp_path / "cli"), *args]) == 0
     assert capsys.readouterr().out.strip() == f"wrote {tmp_path / 'cli' / 'MURA-v1.1'}"
-    library = make_synthetic(tmp_path / "lib", studies_per_part=2, valid_studies_per_part=1, seed=1, progress=False)
+    config = SyntheticConfig(studies_per_part=2, valid_studies_per_part=1, seed=1)
+    library = make_synthetic(tmp_path / "lib", config, progress=False)
     files = sorted(p.relative_to(library) for p in library.rglob("*") if p.is_file())
     assert files == sorted(p.relative_to(tmp_path / "cli" / "MURA-v1.1")
                            for p in (tmp_path / "cli" / "MURA-v1.1").rglob("*") if p.is_file())
@@ -69,11 +71,11 @@ def test_make_synthetic_refuses_an_existing_dataset_and_a_killed_run_leaves_the_
 
     from bonenet.data import synthetic
 
-    root = make_synthetic(tmp_path, studies_per_part=2, seed=0, progress=False)
+    root = make_synthetic(tmp_path, SyntheticConfig(studies_per_part=2, seed=0), progress=False)
     before = {p: p.read_bytes() for p in root.rglob("*") if p.is_file()}
     assert json.loads((root / "synthetic.json").read_text())["seed"] == 0
     with pytest.raises(ValueError, match="already exists; pass --overwrite"):
-        make_synthetic(tmp_path, studies_per_part=2, seed=1, progress=False)
+        make_synthetic(tmp_path, SyntheticConfig(studies_per_part=2, seed=1), progress=False)
     calls = []
 
     def killed(path, image):
@@ -84,7 +86,7 @@ def test_make_synthetic_refuses_an_existing_dataset_and_a_killed_run_leaves_the_
 
     monkeypatch.setattr(synthetic.cv2, "imwrite", killed)
     with pytest.raises(KeyboardInterrupt):
-        make_synthetic(tmp_path, studies_per_part=2, seed=1, overwrite=True, progress=False)
+        make_synthetic(tmp_path, SyntheticConfig(studies_per_part=2, seed=1), overwrite=True, progress=False)
     assert {p: p.read_bytes() for p in root.rglob("*") if p.is_file()} == before  # seed 0, whole
     assert [p.name for p in tmp_path.iterdir()] == ["MURA-v1.1"]
 
@@ -116,7 +118,7 @@ def test_the_mura_plan_has_muras_own_counts_and_keeps_a_hold_out_possible_when_s
 
 
 def test_make_synthetic_draws_the_planned_counts(tmp_path):
-    root = make_synthetic(tmp_path, mura_scale=0.0001, progress=False)
+    root = make_synthetic(tmp_path, SyntheticConfig(mura_scale=0.0001), progress=False)
     index = read_mura(root)
     plan = mura_plan(0.0001)
     for (split, part), rows in index.images.groupby(["split", "part"]):

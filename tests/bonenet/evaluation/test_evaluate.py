@@ -11,6 +11,7 @@ from conftest import kill_while_writing, run_cli, snapshot
 from sklearn.metrics import cohen_kappa_score
 
 import run_pipeline
+from bonenet.configs import EvaluateConfig
 from bonenet.evaluation.evaluate import evaluate_run
 from bonenet.parts import PARTS
 from bonenet.scoring.metrics import METRIC_KEYS
@@ -84,7 +85,7 @@ def test_every_part_is_scored_routed_oracle_and_tuned(evaluation):
 
 
 def test_missing_part_models_are_reported_and_the_rest_scored(run, synthetic_root, tmp_path):
-    metrics = evaluate_run(synthetic_root, run[0], tmp_path, n_boot=50, plots=False)
+    metrics = evaluate_run(synthetic_root, run[0], tmp_path, EvaluateConfig(bootstrap=50, plots=False))
     messages = " ".join(metrics["source"]["messages"])
     assert "no model in the run for XR_ELBOW" in messages
     assert metrics["source"]["parts_scored"] == ["XR_WRIST"]  # the only part with a model; the rest are named above
@@ -100,7 +101,7 @@ def test_a_split_lacking_a_part_is_named(full_run, synthetic_root, tmp_path):
     for name in ("valid_image_paths.csv", "valid_labeled_studies.csv"):
         csv = root / name
         csv.write_text("".join(line for line in csv.read_text().splitlines(True) if "XR_HUMERUS" not in line))
-    metrics = evaluate_run(root, full_run, tmp_path / "out", n_boot=50, plots=False)
+    metrics = evaluate_run(root, full_run, tmp_path / "out", EvaluateConfig(bootstrap=50, plots=False))
     assert "XR_HUMERUS" not in metrics["study"]
     assert any("no studies of XR_HUMERUS" in m for m in metrics["source"]["messages"])
 
@@ -189,7 +190,7 @@ def test_a_part_whose_tuning_failed_is_named_in_evaluates_output(full_run, synth
     manifest = json.loads((run_dir / "manifest.json").read_text())
     manifest["models"]["XR_HAND"]["tuning"] = {"threshold": None, "reason": "the hold-out has 2 studies of one class"}
     (run_dir / "manifest.json").write_text(json.dumps(manifest))
-    metrics = evaluate_run(synthetic_root, run_dir, tmp_path / "out", n_boot=20, plots=False)
+    metrics = evaluate_run(synthetic_root, run_dir, tmp_path / "out", EvaluateConfig(bootstrap=20, plots=False))
     assert "XR_HAND" not in metrics["thresholds"]["tuned_on_holdout"]
     assert "tuning was not possible" in metrics["thresholds"]["tuning"]["XR_HAND"]
     assert any(m.startswith("XR_HAND: default 0.5: tuning was not possible (the hold-out has 2 studies")
@@ -201,7 +202,7 @@ def test_a_part_whose_tuning_failed_is_named_in_evaluates_output(full_run, synth
 def test_an_evaluation_killed_mid_write_leaves_the_previous_one_whole(full_run, synthetic_root, tmp_path,
                                                                       monkeypatch):
     out = tmp_path / "eval"
-    evaluate_run(synthetic_root, full_run, out, n_boot=20, plots=False)
+    evaluate_run(synthetic_root, full_run, out, EvaluateConfig(bootstrap=20, plots=False))
     before = {p.relative_to(out): p.read_bytes() for p in out.rglob('*') if p.is_file()}
 
     def killed(*args, **kwargs):
@@ -209,7 +210,7 @@ def test_an_evaluation_killed_mid_write_leaves_the_previous_one_whole(full_run, 
 
     monkeypatch.setattr(json, "dumps", killed)
     with pytest.raises(KeyboardInterrupt):
-        evaluate_run(synthetic_root, full_run, out, n_boot=20, plots=False, seed=1)
+        evaluate_run(synthetic_root, full_run, out, EvaluateConfig(bootstrap=20, plots=False, seed=1))
     assert {p.relative_to(out): p.read_bytes() for p in out.rglob('*') if p.is_file()} == before
     assert [p.name for p in tmp_path.iterdir()] == ["eval"]
 
@@ -285,7 +286,8 @@ def test_predict_serve_and_the_gallery_draw_the_same_heat_map_for_the_same_image
     from fastapi.testclient import TestClient
 
     from bonenet.data.read import read_gray
-    from bonenet.inference.predictor import BoneNet, predict_paths
+    from bonenet.inference.inputs import predict_paths
+    from bonenet.inference.predictor import BoneNet
     from bonenet.serving.serve import create_app
 
     net = BoneNet.load(full_run)

@@ -7,9 +7,12 @@ import pandas as pd
 import pytest
 
 import run_pipeline
+from bonenet.configs import EvaluateConfig
 from bonenet.data.decode import load_gray
 from bonenet.data.read import group_inputs
-from bonenet.inference.predictor import BoneNet, predict_paths
+from bonenet.inference.inputs import predict_paths
+from bonenet.inference.notes import calibration_note, tta_note
+from bonenet.inference.predictor import BoneNet
 from bonenet.scoring.calibration import apply_temperature
 
 
@@ -137,7 +140,7 @@ def test_predicts_console_line_gives_the_part_the_score_whether_it_is_calibrated
     assert line == (f"{wrist_study[0]}: {r['part']} (router confidence {r['part_confidence']:.2f}) "
                     f"p(abnormal)={r['p_abnormal']:.3f} ({calibrated}) -> {'abnormal' if r['abnormal'] else 'normal'} "
                     f"at threshold {r['threshold']:.3f} ({r['threshold_source']})")
-    assert r["calibration"] == BoneNet.load(run[0]).calibration_note("XR_WRIST")
+    assert r["calibration"] == calibration_note(BoneNet.load(run[0]).manifest, "XR_WRIST")
 
 
 def test_an_ensemble_scores_the_mean_of_its_members(ensemble_net, index):
@@ -168,8 +171,8 @@ def test_tta_scores_are_the_mean_of_the_separately_scored_views(net, index):
     expected = (net.abnormal_probs("XR_WRIST", one, calibrated=False)
                 + net.abnormal_probs("XR_WRIST", other, calibrated=False)) / 2
     np.testing.assert_allclose(flipped.abnormal_probs("XR_WRIST", features, calibrated=False), expected, atol=1e-6)
-    assert flipped.predict_image(paths[0])["tta"] == "flip" and "twice" in flipped.tta_note()
-    assert net.tta_note() is None
+    assert flipped.predict_image(paths[0])["tta"] == "flip" and "twice" in tta_note(flipped.tta)
+    assert tta_note(net.tta) is None
 
 
 def test_predict_evaluate_and_serve_agree_on_an_ensemble_with_tta(ensemble_run, ensemble_net, synthetic_root,
@@ -181,7 +184,8 @@ def test_predict_evaluate_and_serve_agree_on_an_ensemble_with_tta(ensemble_run, 
 
     run_dir, _ = ensemble_run
     net = ensemble_net.with_tta("flip")
-    evaluate_run(synthetic_root, run_dir, tmp_path / "eval", n_boot=0, plots=False, gallery=0, net=net, tta="flip")
+    evaluate_run(synthetic_root, run_dir, tmp_path / "eval",
+                 EvaluateConfig(bootstrap=0, plots=False, gallery=0, tta="flip"), net=net)
     table = pd.read_csv(tmp_path / "eval" / "image_predictions.csv")
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert metrics["source"]["tta"] == "flip" and metrics["source"]["members"]["XR_WRIST"] == 3

@@ -7,6 +7,7 @@ import pytest
 
 from bonenet.models import efficientnet as models
 from bonenet.models.efficientnet import (
+    Tuning,
     WeightsUnavailableError,
     build_base,
     build_part_model,
@@ -64,7 +65,7 @@ def test_a_training_step_moves_trainable_weights_but_not_batchnorm_statistics(ro
 
 
 def test_part_model_has_two_classes_and_zero_trainable_layers_leaves_only_the_head():
-    model, trainable = build_part_model("XR_WRIST", image_size=SIZE, trainable_layers=0)
+    model, trainable = build_part_model("XR_WRIST", image_size=SIZE, tuning=Tuning(trainable_layers=0))
     assert model.output_shape == (None, 2) and trainable == []
     assert {w.path.split("/")[0] for w in model.trainable_weights} == {"predictions"}
 

@@ -2,6 +2,7 @@
 
 import json
 
+from bonenet.configs import EvaluateConfig
 from bonenet.parts import PARTS
 from bonenet.run.manifest import read_manifest
 from bonenet.run.model_card import CARD_FILE, CARD_JSON, card_facts, render_card
@@ -60,7 +61,7 @@ def test_evaluate_builds_one_card_and_writes_it_twice(full_run, synthetic_root, 
     run = shutil.copytree(full_run, tmp_path / "run")
     built = []
     monkeypatch.setattr(evaluate, "run_card", lambda *a: built.append(model_card.run_card(*a)) or built[-1])
-    evaluate.evaluate_run(synthetic_root, run, tmp_path / "eval", n_boot=20, plots=False, gallery=0)
+    evaluate.evaluate_run(synthetic_root, run, tmp_path / "eval", EvaluateConfig(bootstrap=20, plots=False, gallery=0))
     assert len(built) == 1  # one card, one timestamp
     for folder in (run, tmp_path / "eval"):
         assert json.loads((folder / CARD_JSON).read_text()) == built[0]

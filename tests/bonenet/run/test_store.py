@@ -9,6 +9,7 @@ import pytest
 from conftest import edit_manifest as _edit
 from conftest import run_cli
 
+from bonenet.inference.notes import calibration_note
 from bonenet.inference.predictor import BoneNet
 from bonenet.run import store
 from bonenet.run.manifest import ManifestError
@@ -160,7 +161,7 @@ def test_a_head_swapped_for_another_models_is_refused_naming_the_file(full_run, 
 def test_a_calibration_without_fitted_on_still_says_what_it_is(copy):
     _edit(copy, lambda m: m["models"]["XR_WRIST"].update(calibration={"method": "temperature", "temperature": 1.7}))
     net = BoneNet.load(copy)
-    assert net.calibration_note("XR_WRIST") == "temperature 1.7, fitted on the training hold-out"
+    assert calibration_note(net.manifest, "XR_WRIST") == "temperature 1.7, fitted on the training hold-out"
 
 
 def test_a_nan_score_is_never_decided(net):

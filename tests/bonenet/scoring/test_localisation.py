@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 
+from bonenet.inference.heatmap import heat_map
 from bonenet.run.manifest import record_section
 from bonenet.scoring import localisation
 
@@ -65,5 +66,5 @@ def test_captions_claim_localisation_only_where_it_was_measured_above_chance(net
     measured = BoneNet(manifest, net.members, net.trunk)
     gray = np.full((80, 80), 90, np.uint8)
     result = {"part_confidence": 0.9, "p_abnormal": 0.7, "threshold": 0.5, "abnormal": True}
-    assert note in measured.heat_map(net.parts[0], gray, result)[2]
-    assert localisation.NOT_VALIDATED in net.heat_map(net.parts[0], gray, result)[2]
+    assert note in heat_map(measured, net.parts[0], gray, result)[2]
+    assert localisation.NOT_VALIDATED in heat_map(net, net.parts[0], gray, result)[2]

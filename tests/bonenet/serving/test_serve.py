@@ -12,7 +12,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 from bonenet.configs import ServeConfig
-from bonenet.inference.predictor import BoneNet, predict_paths
+from bonenet.inference.inputs import predict_paths
+from bonenet.inference.notes import calibration_note
+from bonenet.inference.predictor import BoneNet
 from bonenet.serving.serve import create_app, startup_line
 
 
@@ -111,7 +113,7 @@ def test_health_describes_the_run(client, net):
     assert health["recipe"]["name"] == net.manifest["recipe"]["name"] and health["format_version"] == 3
     assert health["backbone"]["kind"] == "none" and "not ImageNet-pretrained" in health["backbone_warning"]
     assert health["limits"] == {"max_file_mb": 20, "max_files": 32, "max_pixels": 100_000_000, "body_timeout_s": 30}
-    assert health["calibration"] == {key: net.calibration_note(key) for key in ["router", *net.parts]}
+    assert health["calibration"] == {key: calibration_note(net.manifest, key) for key in ["router", *net.parts]}
     assert health["model_card"] == "/model-card"
     card = client.get(health["model_card"])
     assert card.status_code == 200 and card.headers["content-type"].startswith("text/markdown")

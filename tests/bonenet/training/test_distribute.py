@@ -334,9 +334,9 @@ def test_a_non_chief_worker_writes_nothing_into_the_run_folder(index, tmp_path, 
     """The non-chief's branch of train_model, run in one process: checkpoints, logs, cache and saves
     go to the process's private folder (removed at exit, see above), and the manifest is left to the chief."""
     from bonenet.configs import TrainConfig
-    from bonenet.training import distribute, train
+    from bonenet.training import distribute, job, train
 
-    monkeypatch.setattr(train, "is_chief", lambda name: False)
+    monkeypatch.setattr(job, "is_chief", lambda name: False)
     distribute.worker_scratch.cache_clear()
     run = tmp_path / "run"
     scratch = []

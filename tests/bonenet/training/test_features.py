@@ -4,13 +4,14 @@ import os
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 from conftest import run_cli
 
-from bonenet.data.pipeline import make_dataset
+from bonenet.data.pipeline import Feed, Preparation, make_dataset
 from bonenet.data.read import read_prepared
 from bonenet.models.efficientnet import build_part_model, split_model
 from bonenet.preprocessing.augment import AugmentConfig
@@ -20,6 +21,8 @@ from bonenet.training import features as bfeatures
 EQUALIZE = get_recipe("equalize")
 
 SIZE = 64
+PLAIN = Preparation(EQUALIZE, SIZE)
+VIEWS = Preparation(EQUALIZE, SIZE, 2, AugmentConfig(), seed=1)  # the module's cache
 
 
 @pytest.fixture(scope="module")
@@ -36,13 +39,12 @@ def paths(index):
 @pytest.fixture(scope="module")
 def cache(wrist_model, paths, tmp_path_factory):
     trunk, _ = split_model(wrist_model)
-    return bfeatures.compute_features(trunk, paths, EQUALIZE, SIZE, tmp_path_factory.mktemp("features"),
-                                      views=2, augment_config=AugmentConfig(), seed=1, batch_size=5, verbose=0)
+    return bfeatures.compute_features(trunk, paths, VIEWS, tmp_path_factory.mktemp("features"), batch_size=5, verbose=0)
 
 
 # The head's p(abnormal) on float16-stored trunk outputs against float32 ones: on the shipped
 # backbone the largest difference measured was 4.2e-6 at 96 px and 2.3e-6 at 224 px (35 synthetic
-# images, 5 per part; see README). Random weights here; the test allows 1e-4.
+# images, 5 per part; see BENCHMARKS.md). Random weights here; the test allows 1e-4.
 FLOAT16_TOLERANCE = 1e-4
 
 
@@ -79,32 +81,31 @@ def test_an_epoch_serves_each_image_once_as_one_of_its_augmented_views(cache, pa
 
 def test_a_complete_cache_is_reused_and_any_change_gives_a_new_key(wrist_model, paths, cache, tmp_path):
     trunk, _ = split_model(wrist_model)
-    again = bfeatures.compute_features(trunk, paths, EQUALIZE, SIZE, cache.folder.parent, views=2,
-                                       augment_config=AugmentConfig(), seed=1, verbose=0)
+    again = bfeatures.compute_features(trunk, paths, VIEWS, cache.folder.parent, verbose=0)
     assert again.folder == cache.folder
-    key = bfeatures.features_key(paths, EQUALIZE, SIZE, trunk, 2, AugmentConfig(), 1)
+    key = bfeatures.features_key(paths, VIEWS, trunk)
     assert cache.folder.name == f"features-{key}"
     other_trunk, _ = split_model(build_part_model("XR_WRIST", image_size=SIZE)[0])  # other random weights
     variants = [
-        bfeatures.features_key(paths[:-1], EQUALIZE, SIZE, trunk, 2, AugmentConfig(), 1),
-        bfeatures.features_key(paths, get_recipe("full"), SIZE, trunk, 2, AugmentConfig(), 1),
-        bfeatures.features_key(paths, EQUALIZE, SIZE, other_trunk, 2, AugmentConfig(), 1),
-        bfeatures.features_key(paths, EQUALIZE, SIZE, trunk, 1, AugmentConfig(), 1),
-        bfeatures.features_key(paths, EQUALIZE, SIZE, trunk, 2, AugmentConfig(max_rotation=5), 1),
+        bfeatures.features_key(paths[:-1], VIEWS, trunk),
+        bfeatures.features_key(paths, replace(VIEWS, recipe=get_recipe("full")), trunk),
+        bfeatures.features_key(paths, VIEWS, other_trunk),
+        bfeatures.features_key(paths, replace(VIEWS, views=1), trunk),
+        bfeatures.features_key(paths, replace(VIEWS, augment=AugmentConfig(max_rotation=5)), trunk),
     ]
     assert len({key, *variants}) == 6
     # A file rewritten in place (same path) changes the key too.
     copies = [shutil.copy(p, tmp_path / f"{i}.png") for i, p in enumerate(paths[:2])]
-    before = bfeatures.features_key(copies, EQUALIZE, SIZE, trunk)
+    before = bfeatures.features_key(copies, PLAIN, trunk)
     shutil.copy(paths[5], copies[0])
-    assert bfeatures.features_key(copies, EQUALIZE, SIZE, trunk) != before
+    assert bfeatures.features_key(copies, PLAIN, trunk) != before
 
 
 def test_unreadable_images_are_flagged_and_never_served(wrist_model, paths, tmp_path):
     trunk, _ = split_model(wrist_model)
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 100)
-    cache = bfeatures.compute_features(trunk, [paths[0], str(broken), paths[1]], EQUALIZE, SIZE, tmp_path,
+    cache = bfeatures.compute_features(trunk, [paths[0], str(broken), paths[1]], PLAIN, tmp_path,
                                        verbose=0)
     assert cache.usable([0, 1, 2]).tolist() == [0, 2]
     # The reason is the cache's, so a process that reads the finished cache records the same skip.
@@ -128,14 +129,14 @@ def test_a_killed_computation_leaves_no_cache_behind(wrist_model, paths, tmp_pat
 
     monkeypatch.setattr(Progress, "update", crash)
     with pytest.raises(KeyboardInterrupt):
-        bfeatures.compute_features(trunk, paths, EQUALIZE, SIZE, tmp_path, batch_size=4, verbose=0)
+        bfeatures.compute_features(trunk, paths, PLAIN, tmp_path, batch_size=4, verbose=0)
     assert len(calls) == 2 and list(tmp_path.iterdir()) == []
 
 
 def test_cached_images_dataset_matches_an_uncached_one(paths):
     labels = np.zeros(len(paths), int)
-    cached = np.concatenate([x for x, _ in make_dataset(paths, labels, 2, EQUALIZE, SIZE, 4)])
-    fresh = np.concatenate([x for x, _ in make_dataset(paths, labels, 2, EQUALIZE, SIZE, 4, cache=False)])
+    cached = np.concatenate([x for x, _ in make_dataset(paths, labels, 2, PLAIN, Feed(4))])
+    fresh = np.concatenate([x for x, _ in make_dataset(paths, labels, 2, PLAIN, Feed(4, cache=None))])
     np.testing.assert_array_equal(cached, fresh)
 
 
@@ -159,8 +160,7 @@ def test_a_feature_cache_that_cannot_fit_is_refused_before_it_is_written(run, sy
 def test_the_trunks_batch_size_does_not_change_the_cache(wrist_model, paths, cache, tmp_path):
     # compute_features picks the batch for speed (`trunk_batch_size`); images must come out the same.
     trunk, _ = split_model(wrist_model)
-    one_at_a_time = bfeatures.compute_features(trunk, paths, EQUALIZE, SIZE, tmp_path, views=2,
-                                               augment_config=AugmentConfig(), seed=1, batch_size=1, verbose=0)
+    one_at_a_time = bfeatures.compute_features(trunk, paths, VIEWS, tmp_path, batch_size=1, verbose=0)
     # float32 rounding can move a value across a float16 rounding boundary: one float16 step at most.
     np.testing.assert_allclose(np.asarray(one_at_a_time.array, np.float32), np.asarray(cache.array, np.float32),
                                rtol=2 ** -10, atol=1e-6)
@@ -173,6 +173,7 @@ import json, os, signal, sys
 import keras
 from bonenet.training import features as F
 from bonenet.models.efficientnet import build_part_model, split_model
+from bonenet.data.pipeline import Preparation
 from bonenet.preprocessing.augment import AugmentConfig
 from bonenet.preprocessing.recipes import get_recipe
 args = json.loads(sys.argv[1])
@@ -184,8 +185,8 @@ def record_then_die(*a):
     record(*a)
     os.kill(os.getpid(), signal.SIGKILL)
 F._record_progress = record_then_die
-F.compute_features(trunk, args["paths"], get_recipe("equalize"), args["size"], args["cache_dir"], views=2,
-                   augment_config=AugmentConfig(), seed=1, batch_size=5, verbose=0)
+prep = Preparation(get_recipe("equalize"), args["size"], 2, AugmentConfig(), 1)
+F.compute_features(trunk, args["paths"], prep, args["cache_dir"], batch_size=5, verbose=0)
 """
 
 
@@ -207,8 +208,7 @@ def test_a_killed_computation_resumes_from_its_last_checkpoint(wrist_model, path
         return views_dataset(*a, first=first, **kw)
 
     monkeypatch.setattr(bfeatures, "_views_dataset", record_start)
-    resumed = bfeatures.compute_features(trunk, paths, EQUALIZE, SIZE, cache_dir, views=2,
-                                         augment_config=AugmentConfig(), seed=1, batch_size=5, verbose=0)
+    resumed = bfeatures.compute_features(trunk, paths, VIEWS, cache_dir, batch_size=5, verbose=0)
     assert starts == [5]  # only the images after the checkpoint went through the trunk
     assert [p.name for p in cache_dir.iterdir()] == [resumed.folder.name] and resumed.folder.name == cache.folder.name
     np.testing.assert_allclose(np.asarray(resumed.array, np.float32), np.asarray(cache.array, np.float32),
@@ -221,7 +221,7 @@ def test_a_same_size_rewrite_is_caught_fresh_or_after_a_verification(wrist_model
     """A file is trusted on its stamp only once it is older than the clock's tick could hide (racy git's rule):
     a rewrite within the same tick, or one of a file verified before, is read again and refused."""
     trunk, _ = split_model(wrist_model)
-    cache = bfeatures.compute_features(trunk, paths[:6], EQUALIZE, SIZE, tmp_path, verbose=0)
+    cache = bfeatures.compute_features(trunk, paths[:6], PLAIN, tmp_path, verbose=0)
     file = cache.folder / "features.npy"
     st = os.stat(file)
     if settled:  # written long ago, and verified once in this process: its stamp is remembered
@@ -242,7 +242,7 @@ def test_a_same_size_rewrite_is_caught_fresh_or_after_a_verification(wrist_model
 @pytest.mark.corpus("V5")
 def test_a_damaged_cache_is_never_used_but_computed_again(wrist_model, paths, tmp_path, caplog):
     trunk, _ = split_model(wrist_model)
-    make = lambda: bfeatures.compute_features(trunk, paths[:6], EQUALIZE, SIZE, tmp_path, verbose=0)  # noqa: E731
+    make = lambda: bfeatures.compute_features(trunk, paths[:6], PLAIN, tmp_path, verbose=0)  # noqa: E731
     first = make()
     expected = first.gather(np.arange(6))
     file = first.folder / "features.npy"

@@ -7,6 +7,7 @@ import run_pipeline
 from bonenet.digests import file_sha256
 from bonenet.models.backbones import provenance_path
 from bonenet.models.efficientnet import resolve_weights
+from bonenet.run.provenance import caveat
 
 
 @pytest.mark.slow  # a router and a part trained on the radiograph backbone from the command line: about a minute
@@ -18,7 +19,7 @@ def test_train_all_takes_weights_radiograph(synthetic_root, tmp_path, capsys):
     assert manifest["weights"]["kind"] == "radiograph"
     from bonenet.inference.predictor import BoneNet
 
-    assert BoneNet.load(run).caveat.startswith("CAVEAT: backbone pretrained on 3,738 open real radiographs")
+    assert caveat(BoneNet.load(run).manifest).startswith("CAVEAT: backbone pretrained on 3,738 open real radiographs")
 
 
 @pytest.mark.slow  # a whole pretraining at a toy size: about 40 s

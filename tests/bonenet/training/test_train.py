@@ -14,8 +14,8 @@ import pytest
 from conftest import _tmpfs, epoch_logged, kill_cli_when, run_cli
 
 import run_pipeline
-from bonenet.configs import TrainConfig
-from bonenet.data.pipeline import make_dataset, router_examples
+from bonenet.configs import EvaluateConfig, TrainConfig
+from bonenet.data.pipeline import Feed, Preparation, make_dataset, router_examples
 from bonenet.inference.predictor import BoneNet
 from bonenet.preprocessing.recipes import get_recipe
 from bonenet.run import store
@@ -55,7 +55,7 @@ def test_reloaded_trunk_and_heads_predict_like_the_trained_models(run, index):
     run_dir, trained = run
     _, trunk, heads = store.load_run_models(run_dir)
     images = index.images[index.images.part == "XR_WRIST"].head(8)
-    batch = next(iter(make_dataset(*router_examples(images), 7, get_recipe("equalize"), 64, 8)))[0]
+    batch = next(iter(make_dataset(*router_examples(images), 7, Preparation(get_recipe("equalize"), 64), Feed(8))))[0]
     features = trunk.predict(batch, verbose=0)
     for key, model in trained.items():
         np.testing.assert_allclose(heads[key][0].predict(features, verbose=0), model.predict(batch, verbose=0),
@@ -172,7 +172,7 @@ def test_full_mode_fits_on_live_augmented_images_into_the_same_layout(run, index
     assert (run_dir / "trunk.keras").read_bytes() == trunk_before  # the run's trunk is shared, not rewritten
     _, trunk, heads = store.load_run_models(run_dir, ["elbow"])
     images = index.images[index.images.part == "XR_ELBOW"].head(4)
-    batch = next(iter(make_dataset(*router_examples(images), 7, get_recipe("equalize"), 64, 4)))[0]
+    batch = next(iter(make_dataset(*router_examples(images), 7, Preparation(get_recipe("equalize"), 64), Feed(4))))[0]
     np.testing.assert_allclose(heads["XR_ELBOW"][0].predict(trunk.predict(batch, verbose=0), verbose=0),
                                model.predict(batch, verbose=0), atol=1e-5)
 
@@ -258,7 +258,8 @@ def test_a_rerun_into_the_same_folder_repeats_the_first_run_exactly(index, tmp_p
     for attempt in range(2):
         entries, failures = train_all(index, tmp_path / "run", config, verbose=0, parts=["XR_WRIST"])
         assert not failures and set(entries) == {"router", "XR_WRIST"}
-        evaluate_run(index.root, tmp_path / "run", tmp_path / f"eval{attempt}", n_boot=10, plots=False, gallery=0)
+        evaluate_run(index.root, tmp_path / "run", tmp_path / f"eval{attempt}",
+                     EvaluateConfig(bootstrap=10, plots=False, gallery=0))
         outputs.append((tmp_path / f"eval{attempt}" / "study_predictions.csv").read_bytes())
         if attempt == 0:
             assert len(list((tmp_path / "run" / "cache").glob("features-*"))) == 1
@@ -308,9 +309,9 @@ def test_two_trainings_with_different_seeds_into_one_empty_folder_leave_one_trun
     late = TrainConfig(epochs=1, batch_size=16, image_size=64, weights="none", seed=1)
     build = train._build
 
-    def other_training_finishes_meanwhile(job, config, seed, first=None):
+    def other_training_finishes_meanwhile(job, seed, first=None):
         # The late training builds while the folder is still empty, so it builds its own trunk…
-        built = build(job, config, seed, first)
+        built = build(job, seed, first)
         assert built[0].run_trunk is None
         monkeypatch.setattr(train, "_build", build)
         # …and the first finishes meanwhile, writing its trunk with seed 0.

@@ -8,11 +8,12 @@ import cv2
 import numpy as np
 import pytest
 
-from bonenet.configs import DemoPlan
+from bonenet.configs import DemoPlan, EvaluateConfig
 from bonenet.data.mura import read_mura
 from bonenet.data.synthetic import draw_radiograph, synthetic_dataset
 from bonenet.demo import train_config
 from bonenet.evaluation.evaluate import evaluate_run
+from bonenet.inference.heatmap import part_cam
 from bonenet.inference.predictor import BoneNet
 from bonenet.models.backbones import shipped_backbone
 from bonenet.parts import PARTS
@@ -30,7 +31,7 @@ def demo(tmp_path_factory):
     backbone, _ = shipped_backbone()
     _, failures = train_all(read_mura(root), tmp / "run", train_config(plan, backbone), verbose=0)
     assert not failures
-    return tmp / "run", evaluate_run(root, tmp / "run", tmp / "eval", n_boot=200, plots=False)
+    return tmp / "run", evaluate_run(root, tmp / "run", tmp / "eval", EvaluateConfig(bootstrap=200, plots=False))
 
 
 def test_the_router_and_every_part_learn(demo):
@@ -59,7 +60,7 @@ def test_grad_cam_is_brighter_at_planted_findings_than_at_random_places(demo):
         # Same seed, same pose: the finding is exactly where the two drawings differ.
         mask = cv2.dilate((np.abs(abnormal.astype(int) - normal.astype(int)) > 25).astype(np.uint8),
                           np.ones((15, 15), np.uint8)).astype(bool)
-        cam, _ = net.cam("XR_HUMERUS", abnormal)
+        cam, _ = part_cam(net, "XR_HUMERUS", abnormal)
         assert cam.max() > 0  # the map of a planted finding is never blank
         at_finding.append((cam < cam[mask].max()).mean())
         shifts = rng.integers(0, mask.shape, size=(20, 2))

@@ -321,7 +321,7 @@ def test_predict_streams_a_big_folder_so_its_memory_does_not_grow_with_it(full_r
 
 @pytest.mark.corpus("R10")
 def test_a_heat_map_killed_mid_write_leaves_the_earlier_one_whole(tmp_path, monkeypatch):
-    from bonenet.inference.predictor import cam_file_writer
+    from bonenet.inference.inputs import cam_file_writer
 
     write = cam_file_writer(tmp_path / "cams")
     first = write("/data/p1/study1/image1.png", np.full((40, 60, 3), 50, np.uint8))["cam"]
