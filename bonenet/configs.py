@@ -1,7 +1,7 @@
 """Configuration dataclasses: the one place where defaults, help, ranges and choices live.
 
 Every field is a `setting`: its default, one line of help, and the range or choices it accepts.
-The command line builds each subcommand's flags from these fields (`run_pipeline.add_config_flags`),
+The command line builds each subcommand's flags from these fields (`bonenet.flags.add_config_flags`),
 so nothing is written twice. This module imports nothing heavy, so `--help` stays fast.
 """
 

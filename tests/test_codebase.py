@@ -17,7 +17,7 @@ LIBRARY = [p for pkg in PACKAGES for p in sorted((REPO / pkg).rglob("*.py"))]  #
 BENCHMARKS = [p for folder in SCRIPTS for p in sorted((REPO / folder).rglob("*.py"))]
 SOURCES = LIBRARY + BENCHMARKS + [REPO / "run_pipeline.py"]
 MAX_FUNCTION_LINES = 60
-MAX_MODULE_LINES = 500
+MAX_MODULE_LINES = 400
 # Process-wide facts, not data: TensorFlow's devices and threads are set up once per process, and a
 # run lock this process already holds must not wait for itself; a cached feature file verified by content
 # need not be hashed again while its stamp holds.
@@ -44,14 +44,15 @@ def test_no_function_is_longer_than_60_lines(path):
     assert not long, long
 
 
-@pytest.mark.parametrize("path", LIBRARY, ids=_name)
-def test_no_library_module_is_longer_than_500_lines(path):
+@pytest.mark.parametrize("path", [*LIBRARY, REPO / "run_pipeline.py"], ids=_name)
+def test_no_module_is_longer_than_400_lines(path):
     assert len(path.read_text().splitlines()) <= MAX_MODULE_LINES
 
 
-@pytest.mark.parametrize("path", LIBRARY, ids=_name)
+@pytest.mark.parametrize("path", [p for p in LIBRARY if p.name != "console.py"], ids=_name)
 def test_the_library_logs_and_never_prints(path):
-    """Only the command line (run_pipeline.py) and the benchmark scripts write to the console themselves."""
+    """Only the console's handler (bonenet/console.py, behind the `bonenet` logger) and the benchmark scripts write
+    to the console themselves."""
     calls = [node.lineno for node in ast.walk(_tree(path))
              if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "print"]
     assert not calls, f"print( at lines {calls}"

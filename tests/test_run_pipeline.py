@@ -98,18 +98,6 @@ def test_preprocess_on_a_folder_names_it(tmp_path, capsys):
     assert code == 2 and err == [f"bonenet preprocess: error: {tmp_path}: is a folder, not an image"]
 
 
-@pytest.mark.corpus("V1")
-def test_json_files_never_hold_a_bare_nan(tmp_path, capsys):
-    import json
-
-    import run_pipeline
-
-    out = tmp_path / "p.json"
-    run_pipeline._write_json(out, [{"p_abnormal": float("nan"), "ci": [float("inf"), 0.5]}])
-    assert "NaN" not in out.read_text() and "Infinity" not in out.read_text()
-    assert json.loads(out.read_text()) == [{"p_abnormal": None, "ci": [None, 0.5]}]
-
-
 @pytest.mark.parametrize("exc, shown", [
     (NotImplementedError(), "NotImplementedError (no message)"),
     (TypeError("expected number as argument to bfloat16 constructor\nmore"),

@@ -42,8 +42,8 @@ class PretrainSource:
     excluded: int = 0  # images left out because the FracAtlas benchmark holds them out
 
     def as_dict(self):
-        """What the provenance JSON records of the source."""
-        return {"name": self.name, "root": self.root, "licence": self.licence, "citation": self.citation,
+        """What the provenance JSON records of the source: its folder or file by name, never the machine's path."""
+        return {"name": self.name, "root": Path(self.root).name, "licence": self.licence, "citation": self.citation,
                 "images": len(self.table), "excluded_benchmark_holdout": self.excluded,
                 "targets": [c for c in self.table.columns if c != "path"]}
 

@@ -18,17 +18,16 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pandas as pd
-import tensorflow as tf
 from sklearn.metrics import confusion_matrix
 
-from bonenet.configs import DEFAULT_THRESHOLD, PREDICT_BATCH, EvaluateConfig
+from bonenet.configs import DEFAULT_THRESHOLD, EvaluateConfig
 from bonenet.data.datalist import read_dataset
 from bonenet.data.mura import fingerprint_of, is_synthetic
-from bonenet.data.pipeline import AUTOTUNE, Preparation, map_prepare
-from bonenet.data.read import Skip, SkipLog, read_gray, skip_table
+from bonenet.data.read import SkipLog, read_gray, skip_table
 from bonenet.evaluation import baselines
 from bonenet.files import folder_written_whole, json_safe
 from bonenet.inference.heatmap import heat_map
+from bonenet.inference.inputs import prepared_batches
 from bonenet.inference.notes import calibration_note
 from bonenet.inference.predictor import BoneNet
 from bonenet.parts import PARTS, short_name
@@ -40,18 +39,6 @@ from bonenet.scoring.metrics import AUROC_UNDEFINED, KAPPA_UNDEFINED, per_group
 from bonenet.scoring.study import IMAGE_PREDICTION_COLUMNS, STUDY_PREDICTION_COLUMNS, aggregate_studies, route
 
 log = logging.getLogger(__name__)
-
-
-def stream_prepared(paths, recipe, size, batch_size=PREDICT_BATCH):
-    """Yields (uint8 batch of prepared images, read-failure reasons, "" where read) in order,
-    reading and preparing in parallel (`bonenet.data.pipeline.map_prepare`).
-
-    At most a few batches are in memory at once, so memory does not grow with the split.
-    """
-    prepare = map_prepare(Preparation(recipe, size))
-    ds = tf.data.Dataset.from_tensor_slices([str(p) for p in paths]).map(prepare, num_parallel_calls=AUTOTUNE)
-    for x, reasons in ds.batch(batch_size).prefetch(2):
-        yield x.numpy(), [r.decode() for r in reasons.numpy()]
 
 
 def predict_split(net, images, progress=True):
@@ -67,22 +54,18 @@ def predict_split(net, images, progress=True):
     rows, skips = [], []
     paths = images["path"].tolist()
     bar = Progress(len(paths), "evaluate: trunk, router and part models over the split", enabled=progress)
-    start = 0
-    for x, reasons in stream_prepared(paths, net.recipe, net.image_size):
-        batch = images.iloc[start:start + len(reasons)]
-        ok = np.asarray([not r for r in reasons])
-        skips.extend(Skip(path, r) for path, r in zip(batch["path"], reasons, strict=True) if r)
-        if ok.any():
-            features = net.encode(x[ok])
-            scored = batch[ok].copy()
+    for batch in prepared_batches(net, [(path, path) for path in paths]):
+        skips.extend(batch.skips.values())
+        if batch.kept:
+            features = net.encode(batch.prepared)
+            scored = images.iloc[batch.kept].copy()
             probs = net.router_probs(features)
             scores = net.image_scores(features, net.parts)
             for i, part in enumerate(net.labels):
                 scored[f"p_{part}"] = probs[:, i]
                 scored[f"u_{part}"], scored[f"s_{part}"] = scores.get(part, (np.nan, np.nan))
             rows.append(scored)
-        start += len(reasons)
-        bar.update(len(reasons))
+        bar.update(len(batch.kept) + len(batch.skips))
     bar.close()
     table = pd.concat(rows, ignore_index=True) if rows else images.iloc[:0].copy()
     return table.rename(columns={"part": "part_true"}), skips

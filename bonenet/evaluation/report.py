@@ -197,7 +197,7 @@ def threshold_sweep(studies, part, tuned=None, default=DEFAULT_THRESHOLD, steps=
 
 def calibration_table(metrics, part):
     """ECE [95% CI] of a part's study scores before and after calibration, and the temperature; None when
-    the evaluation predates calibration."""
+    the evaluation has no calibration figures for it."""
     entry = metrics.get("calibration", {}).get(parse_part(part) if part != "overall" else part)
     if entry is None:
         return None

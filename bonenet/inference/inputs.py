@@ -1,6 +1,8 @@
 """From inputs to results: image files, study folders, uploads and arrays grouped into studies, read, prepared
 and encoded a batch at a time, scored by `BoneNet.score`, and drawn as heat maps (`predict`, `serve`)."""
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -9,9 +11,59 @@ import numpy as np
 
 from bonenet.configs import PREDICT_BATCH
 from bonenet.data.decode import ImageReadError
-from bonenet.data.read import group_inputs, read_gray, skip_from_error
+from bonenet.data.read import Skip, group_inputs, read_gray, skip_from_error
 from bonenet.inference.heatmap import heat_map
 from bonenet.scoring.localisation import heat_map_note
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One batch of `prepared_batches`: the indices of the images read and their prepared inputs (uint8
+    N×S×S×3), {index: `Skip`} of those that could not be, and {index: (original gray, prepared input)} of those
+    kept for heat maps."""
+
+    kept: list
+    prepared: np.ndarray
+    skips: dict
+    inputs: dict
+
+
+def _read_and_prepare(net, name, source):
+    """(gray, prepared) of one input, or the `Skip` that says why it could not be read."""
+    try:
+        gray = read_gray(source, name)
+        return gray, net.prepare(gray, name)
+    except ImageReadError as exc:
+        return skip_from_error(exc, name)
+
+
+def prepared_batches(net, images, keep=0):
+    """The one read → prepare path of `predict`, `serve` and `evaluate`: yields a `Batch` per PREDICT_BATCH
+    images, in input order, reading and preparing each batch's images on a pool of threads (the decoders and
+    OpenCV release the GIL).
+
+    Args:
+        net: a loaded `BoneNet` (its recipe and input size).
+        images: [(name, source)], a source being a path, an upload's bytes or a uint8 H×W array, read when its
+            batch comes (`bonenet.data.read.read_gray`, then `BoneNet.prepare`).
+        keep: how many images, from the first, to keep as read and prepared for their heat maps; the others
+            are dropped once encoded, so memory does not grow with a folder of thousands. Defaults to 0.
+    """
+    kept_so_far = 0
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        for start in range(0, len(images), PREDICT_BATCH):
+            chunk = images[start:start + PREDICT_BATCH]
+            outcomes = pool.map(lambda item: _read_and_prepare(net, *item), chunk)
+            kept, prepared, skips, inputs = [], [], {}, {}
+            for i, outcome in enumerate(outcomes, start):
+                if isinstance(outcome, Skip):
+                    skips[i] = outcome
+                    continue
+                kept.append(i)
+                prepared.append(outcome[1])
+                if kept_so_far < keep:
+                    inputs[i], kept_so_far = outcome, kept_so_far + 1
+            yield Batch(kept, np.stack(prepared) if prepared else None, skips, inputs)
 
 
 @dataclass(frozen=True)
@@ -27,34 +79,19 @@ class Encoded:
 
 
 def encode_images(net, images, keep=0):
-    """Reads, prepares and encodes images PREDICT_BATCH at a time: the trunk's outputs and the router's softmax.
-
-    Beyond the small outputs, only the first `keep` images are kept as read and prepared, for their heat maps;
-    so memory does not grow with a folder of thousands of images beyond its trunk outputs.
-
-    Args:
-        images: [(name, source)], a source being a path, an upload's bytes or a uint8 H×W array,
-            read when its batch comes (`bonenet.data.read.read_gray`, then `BoneNet.prepare`).
-        keep: how many images to keep as read and prepared. Defaults to 0.
+    """The trunk's outputs and the router's softmax of images, read and prepared by `prepared_batches` (which
+    see for `images` and `keep`); only these small arrays are kept for every image.
 
     Returns:
         An `Encoded`.
     """
     kept, features, probs, skips, inputs = [], [], [], {}, {}
-    for start in range(0, len(images), PREDICT_BATCH):
-        prepared = []
-        for i, (name, source) in enumerate(images[start:start + PREDICT_BATCH], start):
-            try:
-                gray = read_gray(source, name)
-                prepared.append(net.prepare(gray, name))
-            except ImageReadError as exc:
-                skips[i] = skip_from_error(exc, name)
-                continue
-            kept.append(i)
-            if len(inputs) < keep:
-                inputs[i] = gray, prepared[-1]
-        if prepared:
-            encoded = net.encode(np.stack(prepared))
+    for batch in prepared_batches(net, images, keep):
+        kept += batch.kept
+        skips.update(batch.skips)
+        inputs.update(batch.inputs)
+        if batch.kept:
+            encoded = net.encode(batch.prepared)
             features.append(encoded)
             probs.append(net.router_probs(encoded))
     if not kept:
@@ -185,4 +222,4 @@ def predict_paths(net, paths, cam_dir=None, per_image=False):
     return results
 
 
-__all__ = ["Encoded", "cam_file_writer", "encode_images", "error_entry", "predict_images", "predict_paths", "results_table"]
+__all__ = ["Batch", "Encoded", "prepared_batches", "cam_file_writer", "encode_images", "error_entry", "predict_images", "predict_paths", "results_table"]

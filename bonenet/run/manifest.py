@@ -50,9 +50,8 @@ def model_filename(key, member=0):
 
 
 def member_entries(entry):
-    """A model entry's members, `[{"file", …}]`: its ensemble's, or the one head of a run written before
-    ensembles (its `file`)."""
-    return entry.get("members") or [{"file": entry["file"]}]
+    """A model entry's members, `[{"file", …}]`: one for a model trained alone, K for an ensemble."""
+    return entry["members"]
 
 
 def write_json_atomic(payload, path):
@@ -93,8 +92,10 @@ def _number(value, lo, hi):
 
 def check_numbers(manifest, path):
     """Refuses a manifest whose numbers a run would act on are missing or out of range, in one line naming
-    the file and the field: each model's file and labels, its temperature (null, or within the range
-    calibration can produce) and its tuned threshold (null, or within [0, 1]), and the input size.
+    the file and the field: each model's file, labels, members, recipe and calibration record, its temperature
+    (null, or within the range calibration can produce) and its tuned threshold (null, or within [0, 1]), and
+    the input size. A field that every released run has, missing, was written by a development version before
+    it existed: the run is refused with that reason, never read by a guess.
 
     A hand-edited or damaged manifest would otherwise decide silently: a temperature of 0 or NaN pushes every
     probability to 0, 1 or NaN, and a NaN p(abnormal) reads as "normal".
@@ -113,6 +114,14 @@ def check_numbers(manifest, path):
             refuse(f"{where}.file", (entry or {}).get("file") if isinstance(entry, dict) else entry, "a file name")
         if not isinstance(entry.get("labels"), list) or not entry["labels"]:
             refuse(f"{where}.labels", entry.get("labels"), "the list of the model's classes")
+        for field, accepted in (("members", list), ("recipe", dict), ("calibration", dict)):
+            if field not in entry:
+                raise ManifestError(f"{path}: {where}.{field} is missing: the run was written by a development "
+                                    "version of BoneNet before it recorded that; retrain into a new --models-dir")
+            if not isinstance(entry[field], accepted) or not entry[field]:
+                refuse(f"{where}.{field}", entry[field], f"the model's {field} record")
+        if not all(isinstance(m, dict) and isinstance(m.get("file"), str) for m in entry["members"]):
+            refuse(f"{where}.members", entry["members"], "a list of the members' files")
         temperature = (entry.get("calibration") or {}).get("temperature")
         if temperature is not None and not _number(temperature, *T_BOUNDS):
             refuse(f"{where}.calibration.temperature", temperature, f"null or a number within [{T_BOUNDS[0]}, "
@@ -206,14 +215,9 @@ def check_consistent(manifest, run_dir, trunk=None):
         where = run_dir / entry.get("file", key)
         config = entry.get("config", {})
         run_recipe = manifest["recipe"]
-        if "recipe" in entry:  # the whole recipe the model was trained with
-            same = {k: entry["recipe"].get(k) for k in ("name", "roi", "channels")} == \
-                {k: run_recipe.get(k) for k in ("name", "roi", "channels")}
-            name = entry["recipe"].get("name")
-        else:  # entries written before models recorded their recipe: the name in their config
-            name = Path(str(config.get("recipe", run_recipe.get("name")))).stem
-            same = name == run_recipe.get("name")
-        if not same:
+        name = entry["recipe"].get("name")
+        if {k: entry["recipe"].get(k) for k in ("name", "roi", "channels")} != \
+                {k: run_recipe.get(k) for k in ("name", "roi", "channels")}:
             raise ManifestError(f"{where}: trained with recipe {name!r} but the manifest's run recipe is "
                                 f"{run_recipe.get('name')!r}; the manifest was edited or mixed from two runs")
         if "image_size" in config and int(config["image_size"]) != int(manifest["image_size"]):

@@ -144,9 +144,9 @@ def render_card(facts):
              "## Per model (training hold-out)", "",
              "| model | threshold | calibration | hold-out accuracy | hold-out AUC |", "|---|---|---|---|---|"]
     for key, m in facts["models"].items():
-        cal = m.get("calibration") or {}
+        cal = m["calibration"]
         cal_text = (f"temperature {cal['temperature']:.3g}" if cal.get("temperature") is not None
-                    else f"none ({cal.get('reason', 'the run predates calibration')})")
+                    else f"none ({cal['reason']})")
         threshold = f"{m['threshold']:.3f} ({m['threshold_source']})" if "threshold" in m else "—"
         holdout = m.get("holdout") or {}
         lines.append(f"| {key} | {threshold} | {cal_text} | {_f(holdout.get('accuracy'))} | {_f(holdout.get('auc'))} |")

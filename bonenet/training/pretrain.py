@@ -48,6 +48,12 @@ from bonenet.preprocessing.recipes import get_recipe
 from bonenet.progress import keras_verbosity
 
 
+def portable_command(command):
+    """`command` with each absolute path given by its file or folder name, so that a provenance file records
+    what was run and never the layout of the machine it ran on (relative paths are kept as typed)."""
+    return shlex.join(Path(arg).name if Path(arg).is_absolute() else arg for arg in shlex.split(command))
+
+
 def _preparation(config, augment=None):
     """The images' `Preparation` under a `PretrainConfig`: its recipe and size, seeded by its seed."""
     return bdata.Preparation(get_recipe(config.recipe), config.image_size, augment=augment, seed=config.seed)
@@ -169,7 +175,7 @@ def pretrain_backbone(out, config=PretrainConfig(), data_dir=None, resume=False,
     base.load_weights(out)
     provenance = {
         "origin": f"EfficientNetB0 pretrained end to end by bonenet pretrain-backbone on {ORIGIN}",
-        "command": command or shlex.join(["bonenet", *sys.argv[1:]]),
+        "command": portable_command(command or shlex.join(["bonenet", *sys.argv[1:]])),
         "config": asdict(config),
         "generator_version": GENERATOR_VERSION,
         "dataset_fingerprint": fingerprint_of(index),
@@ -315,7 +321,7 @@ def pretrain_on_real(out, specs, config=PretrainConfig(), init="synthetic", resu
                   f"({described})",
         # The caveat every output of a run on this backbone carries (`bonenet.run.provenance`).
         "summary": f"pretrained on {len(table):,} open real radiographs ({described}), not ImageNet",
-        "command": command or shlex.join(["bonenet", *sys.argv[1:]]),
+        "command": portable_command(command or shlex.join(["bonenet", *sys.argv[1:]])),
         "config": asdict(config), "init": init_text, "objective": f"every binary target at once, one sigmoid "
         f"each (masked binary cross-entropy): {', '.join(targets)}",
         "sources": [s.as_dict() for s in sources], "images": len(table), "train_images": len(train),

@@ -337,3 +337,21 @@ def test_a_heat_map_killed_mid_write_leaves_the_earlier_one_whole(tmp_path, monk
         write("/data/p1/study1/image1.png", np.full((40, 60, 3), 200, np.uint8))
     assert Path(first).read_bytes() == before  # the earlier heat map, whole
     assert [p.name for p in (tmp_path / "cams").iterdir()] == [Path(first).name]  # no half-written temporary
+
+
+def test_the_one_read_and_prepare_path_keeps_order_names_failures_and_keeps_only_what_it_is_asked(net, wrist_study,
+                                                                                                  monkeypatch):
+    from bonenet.inference import inputs
+
+    monkeypatch.setattr(inputs, "PREDICT_BATCH", 2)  # three batches from five inputs
+    good = [(path, path) for path in wrist_study[:2]]
+    images = [good[0], ("upload.png", b"not an image"), good[1], ("blank", np.zeros((8, 8), np.uint8)), good[0]]
+    batches = list(inputs.prepared_batches(net, images, keep=2))
+    assert [b.kept for b in batches] == [[0], [2], [4]]
+    assert sorted(i for b in batches for i in b.skips) == [1, 3]
+    assert batches[0].skips[1].path == "upload.png" and batches[0].skips[1].stage == "read"
+    assert [i for b in batches for i in b.inputs] == [0, 2]  # the first two read, no more
+    gray, prepared = batches[0].inputs[0]
+    np.testing.assert_array_equal(prepared, net.prepare(wrist_study[0]))
+    np.testing.assert_array_equal(batches[0].prepared[0], batches[2].prepared[0])  # the same file, the same input
+    np.testing.assert_array_equal(gray, load_gray(wrist_study[0]))

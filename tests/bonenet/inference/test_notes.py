@@ -9,12 +9,11 @@ def _manifest(calibration):
 
 
 def test_the_calibration_note_says_whether_and_why_not():
-    assert calibration_note(_manifest(None), "XR_WRIST") == "not calibrated: the run predates calibration"
     assert calibration_note(_manifest({"temperature": None, "reason": "too few hold-out studies"}), "XR_WRIST") == (
         "not calibrated: too few hold-out studies")
     assert calibration_note(_manifest({"temperature": 1.734}), "XR_WRIST") == (
         "temperature 1.73, fitted on the training hold-out")
-    assert calibration_note(_manifest(None), "XR_HAND") == "not calibrated: the run predates calibration"
+    assert calibration_note(_manifest({"temperature": 1.0}), "XR_HAND") == "not calibrated: the run has no such model"
 
 
 def test_the_tta_note_is_said_only_when_tta_is_on():

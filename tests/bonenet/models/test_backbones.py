@@ -30,6 +30,7 @@ def test_the_shipped_radiograph_backbone_is_pinned_with_its_sources_and_licence(
     assert provenance["train_images"] + provenance["monitor_images"] == 3738
     assert provenance["summary"] == "pretrained on 3,738 open real radiographs (FracAtlas, CC BY 4.0), not ImageNet"
     assert "--real ../shared/data/fracatlas" in provenance["command"] and "--init synthetic" in provenance["command"]
+    assert source["root"] == "fracatlas"
     assert provenance["config"]["image_size"] == 96 and provenance["config"]["seed"] == 1
     assert provenance["steps"] == 2120 and provenance["storage"] == "float16"
     assert provenance["init"].startswith("the shipped synthetic backbone")
@@ -76,3 +77,22 @@ def test_a_damaged_shipped_backbone_is_refused(tmp_path, monkeypatch):
     monkeypatch.setattr(backbones, "SHIPPED_BACKBONE", copy)
     with pytest.raises(ValueError, match="differs from its provenance"):
         backbones.shipped_backbone()
+
+
+def test_the_shipped_provenance_files_record_no_machine_paths():
+    import json
+
+    from bonenet.models.backbones import ASSETS
+
+    def strings(value):
+        if isinstance(value, dict):
+            return [s for v in value.values() for s in strings(v)]
+        if isinstance(value, list):
+            return [s for v in value for s in strings(v)]
+        return [value] if isinstance(value, str) else []
+
+    files = sorted(ASSETS.glob("*.json"))
+    assert len(files) >= 2
+    for path in files:
+        text = strings(json.loads(path.read_text()))
+        assert not [s for s in text if s.startswith("/") or " /" in s], path.name

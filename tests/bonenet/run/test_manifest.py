@@ -27,6 +27,16 @@ def test_a_run_recipe_edited_away_from_the_models_is_refused(copy):
         BoneNet.load(copy)
 
 
+@pytest.mark.parametrize("field", ["members", "recipe", "calibration"])
+def test_a_run_from_before_a_model_field_existed_is_refused_by_name_never_guessed(copy, field, capsys):
+    _edit(copy, lambda m: m["models"]["XR_WRIST"].pop(field))
+    with pytest.raises(ManifestError, match=rf"manifest\.json: models\.XR_WRIST\.{field} is missing: the run was "
+                                            "written by a development version"):
+        read_manifest(copy)
+    code, err = run_cli(["predict", str(copy), "--models-dir", str(copy)], capsys)
+    assert code == 2 and len(err) == 1 and f"models.XR_WRIST.{field} is missing" in err[0], err
+
+
 def test_manifest_of_another_format_version_is_refused(tmp_path):
     (tmp_path / "manifest.json").write_text(json.dumps({"format": "bonenet-run", "format_version": 99}))
     with pytest.raises(ManifestError, match="format version 99"):

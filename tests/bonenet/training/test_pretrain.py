@@ -64,6 +64,7 @@ def test_pretraining_on_real_radiographs_at_a_toy_size_records_its_sources_and_l
     assert set(provenance["monitor_auroc"]) == {"hand", "leg", "hip", "shoulder", "frontal", "lateral", "oblique",
                                                 "fractured", "hardware"}
     assert "--real" in provenance["command"] and provenance["init"] == "random initialisation"
+    assert source["root"] == toy_fracatlas.name and str(tmp_path) not in provenance_path(out).read_text()
     assert "NOT ImageNet" in provenance["origin"] and provenance["summary"].endswith("not ImageNet")
     assert "AUROC on" in capsys.readouterr().out
     _, origin = resolve_weights(str(out))
@@ -93,3 +94,11 @@ def test_pretraining_on_real_radiographs_resumes_after_a_kill(toy_fracatlas, tmp
     shown = resumed.stdout + resumed.stderr
     assert f"Epoch {epoch + 1}/3" in shown and "Epoch 1/3" not in shown  # it went on from the killed epoch
     assert out.is_file() and not backup.exists() and json.loads(provenance_path(out).read_text())["steps"] > 0
+
+
+def test_a_provenance_command_names_absolute_paths_by_their_name_only():
+    from bonenet.training.pretrain import portable_command
+
+    command = "bonenet pretrain-backbone --out /home/me/runs/b.weights.h5 --real ../data/fracatlas '/mnt/x y/list.csv'"
+    assert portable_command(command) == ("bonenet pretrain-backbone --out b.weights.h5 --real ../data/fracatlas "
+                                         "list.csv")

@@ -274,9 +274,9 @@ def test_trainable_layers_all_fine_tunes_the_whole_network_in_full_mode_and_eval
               "--epochs", "1", "--batch-size", "16", "--trainable-layers", "all", "--train-batchnorm"]
     assert run_pipeline.main(["train-router", *common]) == 0
     assert run_pipeline.main(["train-part", "--part", "wrist", *common]) == 0
-    out = capsys.readouterr().out
-    assert "deep fine-tuning (--trainable-layers all) is what learns" not in out  # said only for the last-20 default
-    assert "--trainable-layers all: the whole network fine-tunes in full mode" in out
+    err = capsys.readouterr().err
+    assert "deep fine-tuning (--trainable-layers all) is what learns" not in err  # said only for the last-20 default
+    assert "--trainable-layers all: the whole network fine-tunes in full mode" in err
     manifest = read_manifest(run)
     assert manifest["trainable_layers"]["count"] == 234 and manifest["trunk"]["output"].startswith("normalization")
     trainable = manifest["trainable_layers"]["trainable"]
@@ -298,7 +298,7 @@ def test_the_last_20_default_on_a_backbone_not_imagenet_pretrained_says_deep_fin
                               tmp_path / "run", "--weights", "none", "--image-size", "32", "--epochs", "1",
                               "--trainable-layers", "20", "--batch-size", "16"])
     assert code == 0
-    notes = [line for line in capsys.readouterr().out.splitlines() if "deep fine-tuning" in line]
+    notes = [line for line in capsys.readouterr().err.splitlines() if "deep fine-tuning" in line]
     assert len(notes) == 1 and "not ImageNet-pretrained (random initialisation)" in notes[0]
 
 
