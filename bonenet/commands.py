@@ -252,6 +252,8 @@ def cmd_pretrain_backbone(args):
 
     config = PretrainConfig(**config_values(args, PretrainConfig))
     command = shlex.join(["bonenet", *args.argv])
+    if config.leave_out and not args.real:
+        raise CommandError("--leave-out chooses FracAtlas regions to leave out of --real pretraining; add --real")
     if args.real:
         provenance = pretrain_on_real(args.out, args.real, config, init=args.init, resume=args.resume, command=command)
         figures = ", ".join(f"{t} {a:.3f}" for t, a in provenance["monitor_auroc"].items() if a == a)

@@ -11,6 +11,7 @@ from bonenet.preprocessing.filters import MIN_SIDE
 from bonenet.preprocessing.recipes import DEFAULT_RECIPE
 
 IMAGE_SIZE = 224  # EfficientNetB0's native input side
+FRACATLAS_REGIONS = ("hand", "leg", "hip", "shoulder")  # FracAtlas's region flags, in its dataset.csv
 DEFAULT_THRESHOLD = 0.5  # a study is abnormal at or above it, as the MURA protocol decides
 DEFAULT_TRAINABLE_LAYERS = 20  # the design's "last 20 layers fine-tuned"
 N_BOOT = 1000  # bootstrap resamples behind every confidence interval
@@ -95,9 +96,21 @@ class PretrainConfig:
                                    Range(0, open_lo=True))
     warmup_epochs: int = setting(2, "linear warm-up epochs before the cosine decay to zero", Range(0))
     recipe: str = setting(DEFAULT_RECIPE, "preprocessing recipe name or JSON file")
+    leave_out: str = setting("", "with --real: FracAtlas regions whose films are left out, comma-separated (hand, "
+                                 "leg, hip, shoulder); the transfer yardstick pretrains without hand, then scores "
+                                 "hand models, so what it measures was never trained")
 
     def __post_init__(self):
         check_config(self)
+        unknown = set(self.regions_left_out) - set(FRACATLAS_REGIONS)
+        if unknown:
+            raise ValueError(f"leave_out: unknown region(s) {', '.join(sorted(unknown))}; expected some of "
+                             f"{', '.join(FRACATLAS_REGIONS)}")
+
+    @property
+    def regions_left_out(self):
+        """`leave_out` as a tuple of region names."""
+        return tuple(r.strip().lower() for r in self.leave_out.split(",") if r.strip())
 
 
 @dataclass(frozen=True)

@@ -19,11 +19,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from bonenet.configs import FRACATLAS_REGIONS
 from bonenet.data.datalist import fracatlas_datalist, is_datalist, read_dataset
 from bonenet.data.mura import MuraError
 from bonenet.digests import file_sha256
 
-FRACATLAS_TARGETS = ("hand", "leg", "hip", "shoulder", "frontal", "lateral", "oblique", "fractured", "hardware")
+FRACATLAS_TARGETS = (*FRACATLAS_REGIONS, "frontal", "lateral", "oblique", "fractured", "hardware")
 FRACATLAS_LICENCE = "CC BY 4.0, https://creativecommons.org/licenses/by/4.0/"
 FRACATLAS_CITATION = ("Abedeen et al., FracAtlas: a dataset for fracture classification, localization and "
                       "segmentation of musculoskeletal radiographs, Scientific Data 10, 521 (2023), "
@@ -40,11 +41,14 @@ class PretrainSource:
     citation: str
     table: pd.DataFrame = field(repr=False)  # `path` plus one float column per target (NaN: not known)
     excluded: int = 0  # images left out because the FracAtlas benchmark holds them out
+    left_out: tuple = ()  # (regions, images) left out so that a benchmark on them measures transfer
+    left_out_images: int = 0
 
     def as_dict(self):
         """What the provenance JSON records of the source: its folder or file by name, never the machine's path."""
         return {"name": self.name, "root": Path(self.root).name, "licence": self.licence, "citation": self.citation,
                 "images": len(self.table), "excluded_benchmark_holdout": self.excluded,
+                "left_out_regions": list(self.left_out), "left_out_images": self.left_out_images,
                 "targets": [c for c in self.table.columns if c != "path"]}
 
 
@@ -63,8 +67,9 @@ def benchmark_holdout(fracatlas_root):
         return {file_sha256(p): str(p) for p in paths}
 
 
-def fracatlas_source(root, held_out):
-    """Every FracAtlas image but those in `held_out` ({sha256: path}), with its nine targets."""
+def fracatlas_source(root, held_out, leave_out=()):
+    """Every FracAtlas image but those in `held_out` ({sha256: path}) and those of the regions in `leave_out`
+    (every film flagged with one of them, whichever else it shows), with its nine targets."""
     root = Path(root).expanduser().resolve()
     table = pd.read_csv(root / "dataset.csv")
     missing = [c for c in ("image_id", *FRACATLAS_TARGETS) if c not in table.columns]
@@ -73,9 +78,10 @@ def fracatlas_source(root, held_out):
                         f"image_id, {', '.join(FRACATLAS_TARGETS)})")
     table = table.assign(path=[str(root / "images" / name) for name in table["image_id"]])
     keep = np.asarray([file_sha256(p) not in held_out for p in table["path"]])
-    out = table.loc[keep, ["path", *FRACATLAS_TARGETS]].astype({c: np.float32 for c in FRACATLAS_TARGETS})
+    region = table[list(leave_out)].to_numpy().sum(axis=1) > 0 if leave_out else np.zeros(len(table), bool)
+    out = table.loc[keep & ~region, ["path", *FRACATLAS_TARGETS]].astype({c: np.float32 for c in FRACATLAS_TARGETS})
     return PretrainSource("FracAtlas", str(root), FRACATLAS_LICENCE, FRACATLAS_CITATION, out.reset_index(drop=True),
-                          int((~keep).sum()))
+                          int((~keep).sum()), tuple(leave_out), int((keep & region).sum()))
 
 
 def datalist_source(csv, licence):
@@ -100,7 +106,7 @@ def check_no_holdout(sources, held_out):
                                  "transfer: remove it from the pretraining data")
 
 
-def read_sources(specs, licence="stated by the user"):
+def read_sources(specs, licence="stated by the user", leave_out=()):
     """The pretraining sources named on the command line (FracAtlas folders or datalist CSVs), checked.
 
     Every FracAtlas folder named contributes its benchmark's held-out images; no source may hold one.
@@ -108,6 +114,9 @@ def read_sources(specs, licence="stated by the user"):
     Args:
         specs: paths, each a FracAtlas folder or a datalist CSV.
         licence: the licence recorded for datalists (FracAtlas carries its own).
+        leave_out: FracAtlas regions (`FRACATLAS_REGIONS`) whose films are left out of every FracAtlas source:
+            the transfer yardstick pretrains without hands, so that a hand benchmark scores what was never
+            trained. Defaults to none.
 
     Returns:
         [`PretrainSource`], in the order given.
@@ -119,7 +128,7 @@ def read_sources(specs, licence="stated by the user"):
     sources = []
     for spec in specs:
         if is_fracatlas(spec):
-            sources.append(fracatlas_source(spec, held_out))
+            sources.append(fracatlas_source(spec, held_out, leave_out))
         elif is_datalist(spec):
             sources.append(datalist_source(spec, licence))
         else:

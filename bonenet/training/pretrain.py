@@ -298,9 +298,10 @@ def pretrain_on_real(out, specs, config=PretrainConfig(), init="synthetic", resu
     backup = out.parent / f"{out.name.removesuffix('.weights.h5')}-backup"
     if not resume and backup.exists():
         raise ValueError(f"{backup}: an interrupted pretraining is there; pass --resume to continue it, or delete it")
-    sources = read_sources(specs)
+    sources = read_sources(specs, leave_out=config.regions_left_out)
     table = targets_table(sources)
-    targets = [c for c in table.columns if c != "path"]
+    # A region left out is a constant 0 here: a target that teaches nothing and has no AUROC.
+    targets = [c for c in table.columns if c != "path" and c not in config.regions_left_out]
     train, monitor = _split_monitor(table, config.seed)
     init_path, init_text = _init_weights(init)
     model, base = build_pretrain_model(config.image_size, config.seed, len(targets), "sigmoid", init_path)
@@ -315,7 +316,8 @@ def pretrain_on_real(out, specs, config=PretrainConfig(), init="synthetic", resu
                   shuffle=False, callbacks=[keras.callbacks.BackupAndRestore(str(backup))])
     save_float16_weights(base, out)
     base.load_weights(out)  # score what ships: the float16 weights, reloaded, under the trained head
-    described = ", ".join(f"{s.name}, {s.licence.split(',')[0]}" for s in sources)
+    without = f" without {', '.join(config.regions_left_out)} films" if config.regions_left_out else ""
+    described = ", ".join(f"{s.name}{without}, {s.licence.split(',')[0]}" for s in sources)
     provenance = {
         "origin": f"EfficientNetB0 pretrained by bonenet pretrain-backbone on {len(table):,} {RADIOGRAPH_ORIGIN} "
                   f"({described})",

@@ -30,6 +30,27 @@ def test_fracatlas_gives_nine_targets_and_leaves_out_exactly_the_benchmarks_held
     assert facts["images"] == len(every) - len(valid) and facts["excluded_benchmark_holdout"] == len(valid)
 
 
+def test_a_region_left_out_leaves_none_of_its_films_and_says_how_many(toy_fracatlas, tmp_path):
+    (whole,) = sources.read_sources([toy_fracatlas])
+    (source,) = sources.read_sources([toy_fracatlas], leave_out=("hand",))
+    dataset = pd.read_csv(toy_fracatlas / "dataset.csv").set_index("image_id")
+    names = [p.split("/")[-1] for p in source.table["path"]]
+    assert names and not dataset.loc[names, "hand"].any()  # no hand film, train or held out
+    hands = int(whole.table["hand"].sum())
+    assert hands > 0 and len(source.table) == len(whole.table) - hands and source.left_out_images == hands
+    facts = source.as_dict()
+    assert facts["left_out_regions"] == ["hand"] and facts["left_out_images"] == hands
+    assert facts["root"] == toy_fracatlas.name
+
+
+def test_only_fracatlas_regions_can_be_left_out():
+    from bonenet.configs import PretrainConfig
+
+    assert PretrainConfig(leave_out="Hand, leg").regions_left_out == ("hand", "leg")
+    with pytest.raises(ValueError, match="leave_out: unknown region\\(s\\) knee"):
+        PretrainConfig(leave_out="knee")
+
+
 def test_a_held_out_image_under_another_name_is_refused(toy_fracatlas, tmp_path):
     held = sorted(_benchmark_valid(toy_fracatlas, tmp_path))[0]
     copy = tmp_path / "renamed.jpg"

@@ -231,10 +231,10 @@ import json, os
 os.environ["TF_CONFIG"] = json.dumps({{"cluster": {{"worker": ["a:1", "b:1"]}}, "task": {{"type": "worker", "index": 1}}}})
 from bonenet.configs import TrainConfig
 from bonenet.data.mura import read_mura
-from bonenet.training.train import _prepare
+from bonenet.training.job import prepare_job
 index = read_mura({root!r})
 config = TrainConfig(strategy="multiworker", weights="none")
-jobs = [_prepare(target, index, {run!r}, config) for target in ("router", "wrist", "elbow")]
+jobs = [prepare_job(target, index, {run!r}, config) for target in ("router", "wrist", "elbow")]
 print("HOMES", len({{str(job.home) for job in jobs}}), "IN_RUN", any(str(job.home).startswith({run!r}) for job in jobs))
 print("HOME", jobs[0].home, os.path.isdir(jobs[0].home))
 """

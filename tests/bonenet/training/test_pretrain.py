@@ -102,3 +102,9 @@ def test_a_provenance_command_names_absolute_paths_by_their_name_only():
     command = "bonenet pretrain-backbone --out /home/me/runs/b.weights.h5 --real ../data/fracatlas '/mnt/x y/list.csv'"
     assert portable_command(command) == ("bonenet pretrain-backbone --out b.weights.h5 --real ../data/fracatlas "
                                          "list.csv")
+
+
+def test_leave_out_without_real_radiographs_is_one_line(tmp_path, capsys):
+    code = run_pipeline.main(["pretrain-backbone", "--out", str(tmp_path / "b.weights.h5"), "--leave-out", "hand"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "--leave-out chooses FracAtlas regions" in err[0], err

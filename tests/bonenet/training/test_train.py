@@ -439,7 +439,7 @@ def test_ctrl_c_during_training_is_one_line_and_the_run_resumes(synthetic_root, 
 def test_each_model_is_calibrated_on_its_hold_out_or_says_why_not(run, index):
     from bonenet.scoring.calibration import fit_temperature
     from bonenet.training.holdout import calibrate_on_holdout
-    from bonenet.training.train import _prepare
+    from bonenet.training.job import prepare_job
 
     manifest = read_manifest(run[0])
     router = manifest["models"]["router"]
@@ -454,7 +454,7 @@ def test_each_model_is_calibrated_on_its_hold_out_or_says_why_not(run, index):
     wrist = manifest["models"]["XR_WRIST"]["calibration"]  # the session's wrist hold-out: 2 studies of one class
     assert wrist["temperature"] is None and "a temperature needs two classes and at least 10" in wrist["reason"]
     # A part model is fitted on its hold-out studies' mean p(abnormal), the number the study rule decides on.
-    job = _prepare("wrist", index, run[0], TrainConfig(image_size=64, weights="none", holdout_fraction=0.5))
+    job = prepare_job("wrist", index, run[0], TrainConfig(image_size=64, weights="none", holdout_fraction=0.5))
     ex = job.examples
     probs = np.random.default_rng(0).random((len(ex.val_paths), 2))
     fitted = calibrate_on_holdout(probs, ex.val_paths, ex)
