@@ -50,7 +50,9 @@ def build_untrained_run(run_dir, image_size):
         save_model_atomic(head, run_dir / model_filename(key))
         shared = shared_settings(config, {"kind": "none", "description": "random initialisation"}, trainable)
         entry = {"file": model_filename(key), "input": "trunk", "threshold": 0.5,
-                 "labels": list(PARTS) if key == "router" else ["normal", "abnormal"]}
+                 "labels": list(PARTS) if key == "router" else ["normal", "abnormal"],
+                 "members": [{"file": model_filename(key)}], "recipe": shared["recipe"],
+                 "calibration": {"temperature": None, "reason": "an untrained benchmark run"}}
         record_model(run_dir, key, shared, entry, trunk=trunk_entry)
 
 

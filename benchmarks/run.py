@@ -130,8 +130,10 @@ def storage(size, work):
             trunk_saved = True
         save_model_atomic(head, run / model_filename(key))
         labels = list(PARTS) if key == "router" else ["normal", "abnormal"]
-        record_model(run, key, {"image_size": size}, {"file": model_filename(key), "input": "trunk", "labels": labels},
-                     trunk={"file": "trunk.keras", "output": trunk_cut(model)[1]})
+        entry = {"file": model_filename(key), "input": "trunk", "labels": labels,
+                 "members": [{"file": model_filename(key)}], "recipe": get_recipe("equalize").to_dict(),
+                 "calibration": {"temperature": None, "reason": "an untrained benchmark run"}}
+        record_model(run, key, {"image_size": size}, entry, trunk={"file": "trunk.keras", "output": trunk_cut(model)[1]})
     return folder_bytes(full_default), folder_bytes(full_weights), folder_bytes(run)
 
 

@@ -319,6 +319,12 @@ def run_cli(args, capsys):
     return code, captured.err.strip().splitlines()
 
 
+def problems(err):
+    """The standard error lines that are not a command's remark: its errors, and any stray line (a traceback's
+    included); a training's notes on the backbone ("bonenet train-…: the backbone is not …") are remarks."""
+    return [line for line in err if ": error: " in line or not line.startswith("bonenet ")]
+
+
 def as_nobody(args, home):
     """Runs the CLI as user `nobody`, for whom mode 000 means unreadable (root reads everything)."""
     if os.geteuid() != 0 or not shutil.which("setpriv"):

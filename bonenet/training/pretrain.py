@@ -316,8 +316,7 @@ def pretrain_on_real(out, specs, config=PretrainConfig(), init="synthetic", resu
                   shuffle=False, callbacks=[keras.callbacks.BackupAndRestore(str(backup))])
     save_float16_weights(base, out)
     base.load_weights(out)  # score what ships: the float16 weights, reloaded, under the trained head
-    without = f" without {', '.join(config.regions_left_out)} films" if config.regions_left_out else ""
-    described = ", ".join(f"{s.name}{without}, {s.licence.split(',')[0]}" for s in sources)
+    described = _described(sources, config.regions_left_out)
     provenance = {
         "origin": f"EfficientNetB0 pretrained by bonenet pretrain-backbone on {len(table):,} {RADIOGRAPH_ORIGIN} "
                   f"({described})",
@@ -340,6 +339,12 @@ def pretrain_on_real(out, specs, config=PretrainConfig(), init="synthetic", resu
 
         shutil.rmtree(backup)
     return provenance
+
+
+def _described(sources, left_out):
+    """The sources in a few words, for the backbone's origin and caveat: "FracAtlas without hand films, CC BY 4.0"."""
+    without = f" without {', '.join(left_out)} films" if left_out else ""
+    return ", ".join(f"{s.name}{without}, {s.licence.split(',')[0]}" for s in sources)
 
 
 def _weights_out(out):

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import as_nobody, run_cli
+from conftest import as_nobody, problems, run_cli
 
 import run_pipeline
 from bonenet.configs import SyntheticConfig
@@ -200,6 +200,7 @@ def test_too_few_studies_say_how_many_each_part_and_label_needs(tmp_path, capsys
     assert run_cli(["make-synthetic", "--out", tmp_path, "--studies-per-part", 4], capsys)[0] == 0
     code, err = run_cli(["train-router", "--data-root", tmp_path / "MURA-v1.1", "--models-dir", tmp_path / "run",
                       "--image-size", 64, "--weights", "none"], capsys)
+    err = problems(err)
     assert code == 2 and len(err) == 1
     assert "each part needs at least 5 normal and 5 abnormal train studies" in err[0]
     assert "--studies-per-part 20 or more" in err[0] and "n_splits" not in err[0]

@@ -345,7 +345,7 @@ def test_the_one_read_and_prepare_path_keeps_order_names_failures_and_keeps_only
 
     monkeypatch.setattr(inputs, "PREDICT_BATCH", 2)  # three batches from five inputs
     good = [(path, path) for path in wrist_study[:2]]
-    images = [good[0], ("upload.png", b"not an image"), good[1], ("blank", np.zeros((8, 8), np.uint8)), good[0]]
+    images = [good[0], ("upload.png", b"not an image"), good[1], ("empty.dcm", b""), good[0]]
     batches = list(inputs.prepared_batches(net, images, keep=2))
     assert [b.kept for b in batches] == [[0], [2], [4]]
     assert sorted(i for b in batches for i in b.skips) == [1, 3]

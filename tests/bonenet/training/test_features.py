@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import run_cli
+from conftest import problems, run_cli
 
 from bonenet.data.pipeline import Feed, Preparation, make_dataset
 from bonenet.data.read import read_prepared
@@ -153,6 +153,7 @@ def test_a_feature_cache_that_cannot_fit_is_refused_before_it_is_written(run, sy
     code, err = run_cli(["train-part", "--part", "wrist", "--data-root", synthetic_root, "--models-dir", tmp_path / "r",
                       "--image-size", 64, "--weights", "none", "--epochs", 1, "--cache-dir", small_disk / "cache"],
                      capsys)
+    err = problems(err)
     assert code == 2 and len(err) == 1 and f"{small_disk / 'cache'}: 0.0 MB free, the feature cache of" in err[0]
     assert [p.name for p in small_disk.iterdir()] == ["fill"] or not any((small_disk / "cache").iterdir())
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import _tmpfs, epoch_logged, kill_cli_when, run_cli
+from conftest import _tmpfs, epoch_logged, kill_cli_when, problems, run_cli
 
 import run_pipeline
 from bonenet.configs import EvaluateConfig, TrainConfig
@@ -377,6 +377,7 @@ def test_training_into_a_nearly_full_disk_is_refused_before_it_starts_and_keeps_
         code, err = run_cli(["train-part", "--part", "wrist", "--data-root", synthetic_root, "--models-dir", run_dir,
                           "--image-size", 64, "--weights", "none", "--epochs", 1, "--cache-dir", tmp_path / "cache"],
                          capsys)
+        err = problems(err)
         assert code == 2 and len(err) == 1 and err[0].startswith(f"bonenet train-part: error: {run_dir}: 2.")
         assert "MB free, training XR_WRIST (model files and checkpoints) needs about" in err[0]
         assert (run_dir / "heads" / "wrist.keras").read_bytes() == head
