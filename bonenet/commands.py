@@ -72,7 +72,7 @@ def cmd_preprocess(args):
     say(f"wrote {save_figure(fig, args.out)}")
 
 
-def _training_notes(args, config, origin):
+def _training_notes(config, origin):
     """What a user should know before a training starts: a backbone last-20 cannot learn much
     from, and what `--trainable-layers all` changes."""
     from bonenet.configs import TrainConfig
@@ -102,7 +102,7 @@ def cmd_train(args):
 
     config = TrainConfig(**config_values(args, TrainConfig))
     _, origin = resolve_weights(config.weights)  # fail within seconds, before reading the data
-    _training_notes(args, config, origin)
+    _training_notes(config, origin)
     index = read_dataset(args.data_root)
     if not index.skipped.empty:
         note(f"{len(index.skipped)} file(s) skipped while reading the data; run data-summary to list them")
@@ -213,7 +213,7 @@ def cmd_predict(args):
             results_table(results).to_csv(tmp, index=False)
         say(f"wrote {args.csv}")
     if args.dicom_out:
-        _write_dicom_srs(args, net, results)
+        _write_dicom_srs(args, results)
     failed = sum("error" in r for r in results)
     if failed:
         note(f"{failed} input(s) could not be read")
@@ -221,7 +221,7 @@ def cmd_predict(args):
     return None
 
 
-def _write_dicom_srs(args, net, results):
+def _write_dicom_srs(args, results):
     try:
         from bonenet.serving.dicom_sr import closing_line, write_study_srs
     except ImportError as exc:

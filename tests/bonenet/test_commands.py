@@ -19,12 +19,12 @@ def test_json_files_never_hold_a_bare_nan(tmp_path, capsys):
 
 def test_training_notes_are_remarks_on_stderr_said_only_where_they_apply(capsys):
     console.setup_console("train-all", 0)
-    commands._training_notes(None, TrainConfig(weights="none"), {"kind": "none", "description": "random"})
+    commands._training_notes(TrainConfig(weights="none"), {"kind": "none", "description": "random"})
     out, err = capsys.readouterr()
     assert out == "" and err.startswith("bonenet train-all: the backbone is not ImageNet-pretrained (random)")
-    commands._training_notes(None, TrainConfig(weights="none"), {"kind": "imagenet"})
+    commands._training_notes(TrainConfig(weights="none"), {"kind": "imagenet"})
     assert capsys.readouterr() == ("", "")
     deep = TrainConfig(weights="none", trainable_layers=MAX_TRAINABLE_LAYERS, ensemble=3)
-    commands._training_notes(None, deep, {"kind": "none"})
+    commands._training_notes(deep, {"kind": "none"})
     err = capsys.readouterr().err
     assert "--trainable-layers all: the whole network" in err and "--ensemble 3" in err and "K " not in err
