@@ -68,7 +68,7 @@ def _data_commands(sub, common):
 
 
 def _training_commands(sub, common):
-    from bonenet.configs import PretrainConfig, TrainConfig
+    from bonenet.configs import LocatorConfig, PretrainConfig, TrainConfig
 
     training = argparse.ArgumentParser(add_help=False, parents=[common])
     training.add_argument("--data-root", required=True, help=DATA_ROOT_HELP)
@@ -99,9 +99,20 @@ def _training_commands(sub, common):
     p.add_argument("--resume", action="store_true", help="continue a killed pretraining from its last epoch")
     p.set_defaults(func=commands.cmd_pretrain_backbone)
 
+    p = sub.add_parser("train-locator", parents=[common],
+                       help="train the fracture locator on FracAtlas' outlined fractures (how the shipped one was "
+                            "made) and score it on the benchmark's held-out films")
+    p.add_argument("--fracatlas", required=True, help="FracAtlas folder (dataset.csv, images/, "
+                                                      "fracture_annotations_coco.json)")
+    p.add_argument("--out", required=True, help="locator .weights.h5 file to write; <name>.json beside it records "
+                                                "its provenance, threshold and held-out figures")
+    add_config_flags(p, LocatorConfig)
+    p.add_argument("--resume", action="store_true", help="continue a killed training from its cache and last epoch")
+    p.set_defaults(func=commands.cmd_train_locator)
+
 
 def _reading_commands(sub, common):
-    from bonenet.configs import TTA_CHOICES, TTA_HELP, EvaluateConfig, PredictConfig, ServeConfig
+    from bonenet.configs import EvaluateConfig, ExportConfig, PredictConfig, ServeConfig
 
     p = sub.add_parser("evaluate", parents=[common],
                        help="score a run per image and per study, per part, against the baselines")
@@ -123,7 +134,7 @@ def _reading_commands(sub, common):
                        help="part, p(abnormal) and decision for images, study folders or directories")
     p.add_argument("paths", nargs="+", help="PNG, JPEG or DICOM files, study folders or folders of studies")
     p.add_argument("--models-dir", required=True, help="a run folder with manifest.json")
-    p.add_argument("--cam-dir", help="write a Grad-CAM overlay PNG per image here")
+    p.add_argument("--cam-dir", help="write a heat map PNG per image here (--explain says which)")
     p.add_argument("--json", help="write the results as JSON here")
     p.add_argument("--csv", help="write the results as CSV here, one row per image, study or error")
     p.add_argument("--dicom-out", help="write a DICOM Structured Report per study read from DICOM files here "
@@ -139,7 +150,7 @@ def _reading_commands(sub, common):
     p.add_argument("--out", required=True, help="folder for the artifact and bonenet_export.json; an earlier export "
                                                 "there is replaced whole, a folder of other files refused")
     p.add_argument("--force", action="store_true", help="replace --out even when it holds files BoneNet did not write")
-    p.add_argument("--tta", default="none", choices=TTA_CHOICES, help=TTA_HELP + "; in the graph")
+    add_config_flags(p, ExportConfig)
     p.set_defaults(func=commands.cmd_export)
 
     p = sub.add_parser("serve", parents=[common],
@@ -175,11 +186,11 @@ def build_parser():
 
 OUTPUTS = {"make-synthetic": ["out"], "fracatlas-datalist": ["out"], "data-summary": ["json"], "preprocess": ["out"], "train-router": ["models_dir"],
            "train-part": ["models_dir"], "train-all": ["models_dir"], "evaluate": ["out"], "report": ["out"],
-           "predict": ["json", "csv", "cam_dir", "dicom_out"], "pretrain-backbone": ["out"], "demo": ["out"],
+           "predict": ["json", "csv", "cam_dir", "dicom_out"], "pretrain-backbone": ["out"], "train-locator": ["out"], "demo": ["out"],
            "export": ["out"]}
 
 # Subcommands that run TensorFlow: it is started once, quietly, before any of them imports it.
-TF_COMMANDS = {"train-router", "train-part", "train-all", "evaluate", "predict", "pretrain-backbone", "demo", "serve",
+TF_COMMANDS = {"train-router", "train-part", "train-all", "evaluate", "predict", "pretrain-backbone", "train-locator", "demo", "serve",
                "export"}
 
 

@@ -38,7 +38,8 @@ def fractured_images(bench, root, split, part):
     """The fold's fractured images of `part` that have fracture boxes, and {name: boxes}."""
     import pandas as pd
 
-    from bonenet.data.datalist import fracatlas_boxes, read_dataset
+    from bonenet.data.datalist import read_dataset
+    from bonenet.data.fractures import fracatlas_boxes
 
     index = read_dataset(Path(bench) / "fracatlas.csv")
     table = pd.read_csv(Path(root) / "dataset.csv").set_index("image_id")

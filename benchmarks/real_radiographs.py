@@ -96,7 +96,7 @@ def pointing_game(net, paths, boxes, part, n_boot):
 def heat_maps(net, index, root, run_dir, n_boot):
     """Each part's pointing game on the held-out fractured images with boxes, recorded in the run's manifest
     (so its captions say what was measured): {part: game}."""
-    from bonenet.data.datalist import fracatlas_boxes
+    from bonenet.data.fractures import fracatlas_boxes
     from bonenet.run.manifest import record_section
     from bonenet.scoring.localisation import pointing_record
 
@@ -175,13 +175,17 @@ def run(args):
 
 
 def _ci(pair):
-    """A 95% interval as "[lo, hi]", or "—" when there is none."""
-    return "—" if pair is None or pair[0] is None else f"[{pair[0]:.2f}, {pair[1]:.2f}]"
+    """A 95% interval as every output prints it (`bonenet.scoring.metrics.interval_text`)."""
+    from bonenet.scoring.metrics import interval_text
+
+    return interval_text(pair)
 
 
 def _f(x):
-    """A figure to three places, or "—" when there is none."""
-    return "—" if x is None else f"{x:.3f}"
+    """A figure as every output prints it (`bonenet.scoring.metrics.figure_text`)."""
+    from bonenet.scoring.metrics import figure_text
+
+    return figure_text(x)
 
 
 def table(result):
@@ -233,16 +237,23 @@ def compare(args):
 
     rows = {}
     for weights in args.compare.split(","):
+        name = row_name(weights)
         for mode in args.modes.split(","):
             deep = mode == "all"
-            row = argparse.Namespace(**{**vars(args), "weights": weights, "out": str(Path(args.out) / f"{weights}-{mode}"),
+            row = argparse.Namespace(**{**vars(args), "weights": weights, "out": str(Path(args.out) / f"{name}-{mode}"),
                                         "trainable_layers": MAX_TRAINABLE_LAYERS if deep else int(mode),
                                         "image_size": args.deep_image_size if deep else args.image_size,
                                         "epochs": args.deep_epochs if deep else args.epochs,
                                         "learning_rate": args.deep_learning_rate if deep else args.learning_rate})
             print(f"{weights}, trainable layers {mode}: {row.out}", file=sys.stderr, flush=True)
-            rows[f"{weights}-{mode}"] = _one(row, reuse=True)
+            rows[f"{name}-{mode}"] = _one(row, reuse=True)
     return rows
+
+
+def row_name(weights):
+    """A backbone's row name and folder under `--out`: its name (shipped, radiograph, none), or a weights file's
+    stem, so that a file given by its path never puts the row beside the file."""
+    return Path(weights).name.removesuffix(".weights.h5") if weights.endswith(".h5") else weights
 
 
 def variants(args):

@@ -23,8 +23,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bonenet.data.datalist import fracatlas_boxes
 from bonenet.data.decode import load_gray
+from bonenet.data.fractures import fracatlas_boxes
 from bonenet.preprocessing.filters import roi_box
 
 CUT_SHARE = 0.005

@@ -2,10 +2,11 @@
 
 The public surface, what a script or a notebook needs::
 
-    from bonenet import BoneNet, PARTS, read_dataset, train_all, evaluate_run
+    from bonenet import BoneNet, Locator, PARTS, read_dataset, train_all, evaluate_run
 
     net = BoneNet.load("saved_models/run")        # a trained run, checked against its manifest
     net.predict_study(["image1.png", "image2.png"])
+    Locator.load().maps([gray])                   # the shipped fracture locator's p(fracture) on a film
 
 Each name is imported on first use, so `import bonenet` stays cheap (no TensorFlow until a model is needed).
 The stages live in subpackages, each importing only those below it (setup.cfg's import-linter contract):
@@ -18,6 +19,7 @@ __version__ = "0.2.0"
 
 _PUBLIC = {
     "BoneNet": "bonenet.inference.predictor",
+    "Locator": "bonenet.models.locator",
     "PARTS": "bonenet.parts",
     "TrainConfig": "bonenet.configs",
     "read_dataset": "bonenet.data.datalist",

@@ -193,7 +193,7 @@ def cmd_predict(args):
     from bonenet.run.provenance import backbone_warning
 
     config = PredictConfig(**config_values(args, PredictConfig))
-    net = BoneNet.load(args.models_dir, threshold=config.threshold, tta=config.tta)
+    net = BoneNet.load(args.models_dir, threshold=config.threshold, tta=config.tta, explain=config.explain)
     if backbone_warning(net.manifest["weights"]):
         note(f"warning: {backbone_warning(net.manifest['weights'])}")
     if tta_note(net.tta):
@@ -234,16 +234,19 @@ def _write_dicom_srs(args, results):
 
 def cmd_export(args):
     """`export`: see `run_pipeline.py --help`."""
+    from bonenet.configs import ExportConfig
     from bonenet.serving.export import export_run
 
     try:
-        artifact, facts = export_run(args.models_dir, args.format, args.out, force=args.force, tta=args.tta)
+        artifact, facts = export_run(args.models_dir, args.format, args.out, force=args.force,
+                                     config=ExportConfig(**config_values(args, ExportConfig)))
     except ImportError as exc:
         raise CommandError(str(exc)) from exc
     calibrated = [k for k, c in facts["calibration"].items() if c["applied_in_graph"]]
     say(f"wrote {artifact} and {Path(args.out) / 'bonenet_export.json'}: input {facts['input']['shape'][1:]} "
          f"prepared images; outputs router_probs and p_abnormal for {', '.join(map(short_name, facts['outputs']['p_abnormal']['parts']))}"
-         f"; calibrated: {', '.join(calibrated) or 'none'}")
+         f"; calibrated: {', '.join(calibrated) or 'none'}; fracture locator: "
+         f"{facts['locator'].get('artifact') or 'not carried (--locator carries it)'}")
 
 
 def cmd_pretrain_backbone(args):
@@ -285,3 +288,24 @@ def _write_json(path, payload):
 
     # allow_nan=False: a NaN that slipped past json_safe fails here instead of writing a file no reader parses.
     say(f"wrote {write_text_whole(path, json.dumps(json_safe(payload), indent=2, allow_nan=False))}")
+
+
+def cmd_train_locator(args):
+    """`train-locator`: see `run_pipeline.py --help`."""
+    from bonenet.configs import LocatorConfig
+    from bonenet.scoring.metrics import figure_text, with_interval
+    from bonenet.training.locator import drawn_text, train_locator
+
+    config = LocatorConfig(**config_values(args, LocatorConfig))
+    provenance = train_locator(args.out, args.fracatlas, config, resume=args.resume,
+                               command=shlex.join(["bonenet", *args.argv]))
+    for group, figures in provenance["held_out"].items():
+        game, found = figures["pointing"], figures["detector"]
+        say(f"held-out {group}: pointing game {with_interval(game['hit'], game['hit_ci95'])} on {game['images']} "
+            f"fractured films (the image's centre {with_interval(game['centre'], game['centre_ci95'])}, a random "
+            f"point {figure_text(game['random'])}); sensitivity at 1 false box per image "
+            f"{with_interval(found['sensitivity_at_1fp'], found['sensitivity_at_1fp_ci95'])}; AP@50 "
+            f"{with_interval(found['ap50'], found['ap50_ci95'])}; {drawn_text(figures['drawn'])}")
+    say(f"wrote {args.out} ({provenance['seconds']} s; box threshold {provenance['threshold']:.2f}, candidate floor "
+        f"{provenance['candidate_floor']:.2f}); sha256 {provenance['sha256'][:12]}…")
+

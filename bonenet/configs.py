@@ -30,10 +30,13 @@ PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 MODES = ("cached", "full")
 # Test-time augmentation: the views of each prepared image whose probabilities are averaged.
 TTA_CHOICES = ("none", "flip")
+EXPLAIN_CHOICES = ("locator", "gradcam")
+EXPLAIN_HELP = ("what heat maps draw: locator (the fracture locator's map and boxes, learned from FracAtlas' outlined "
+                "fractures) or gradcam (Grad-CAM of the part model: where its decision looked)")
 TTA_HELP = ("test-time augmentation: none, or flip (every probability the mean over the image and its mirror, at "
             "twice the trunk's time)")
-# The one heat map every output draws (`bonenet.inference.gradcam.heat_maps`): its layer, its method, and whether it is kept
-# to the radiograph's foreground. Chosen by the pointing game on the FracAtlas training fold's 303 fractured hand
+# The Grad-CAM every output draws with `--explain gradcam` (`bonenet.inference.gradcam.heat_maps`): its layer, its
+# method, and whether it is kept to the radiograph's foreground. Chosen by the pointing game on the FracAtlas training fold's 303 fractured hand
 # images (`benchmarks/heat_map_choice.py`, figures in BENCHMARKS.md): of 24 candidates, Grad-CAM at block4c_add
 # (6×6 at 96 px, 14×14 at 224) kept to the foreground hit most often; the last convolution alone, the default
 # before, half as often.
@@ -111,6 +114,26 @@ class PretrainConfig:
     def regions_left_out(self):
         """`leave_out` as a tuple of region names."""
         return tuple(r.strip().lower() for r in self.leave_out.split(",") if r.strip())
+
+
+@dataclass(frozen=True)
+class LocatorConfig:
+    """How the fracture locator is trained (`bonenet.training.locator`). The defaults made the shipped file."""
+
+    image_size: int = setting(320, "input side in pixels: the whole film, letterboxed (fractures are small)",
+                              Range(64))
+    epochs: int = setting(8, "passes of the head over the cached taps of the train films and their mirrors",
+                          Range(1))
+    batch_size: int = setting(32, "batch size", Range(1))
+    learning_rate: float = setting(1e-3, "Adam learning rate of the head", Range(0, open_lo=True))
+    positive_weight: float = setting(20.0, "how much more a fracture cell weighs in the loss than a clear one",
+                                     Range(1))
+    seed: int = setting(0, "seed for the head's initialisation and shuffling")
+
+    def __post_init__(self):
+        check_config(self)
+        if self.image_size % 32:
+            raise ValueError(f"image_size must be a multiple of 32 (the trunk's stride), got {self.image_size}")
 
 
 @dataclass(frozen=True)
@@ -218,6 +241,7 @@ class EvaluateConfig:
     gallery: int = setting(3, "heat maps per part and kind (true positive, false negative, false positive) for the "
                               "report's gallery; 0 for none", Range(0))
     tta: str = setting("none", TTA_HELP, choices=TTA_CHOICES)
+    explain: str = setting("locator", EXPLAIN_HELP, choices=EXPLAIN_CHOICES)
     plots: bool = setting(True, "draw the figures (ROC, calibration and confusion PNGs)")
 
     def __post_init__(self):
@@ -233,6 +257,16 @@ class PredictConfig:
     per_image: bool = setting(False, "score every image on its own; by default the images directly in one folder "
                                      "are one study")
     tta: str = setting("none", TTA_HELP, choices=TTA_CHOICES)
+    explain: str = setting("locator", EXPLAIN_HELP, choices=EXPLAIN_CHOICES)
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    """What `export` puts in the artifact besides the run's models."""
+
+    tta: str = setting("none", TTA_HELP + "; in the graph", choices=TTA_CHOICES)
+    locator: bool = setting(False, "carry the fracture locator too, as a second artifact in the same format "
+                                   "(without it, bonenet_export.json says it is not carried)")
 
 
 @dataclass(frozen=True)
@@ -245,6 +279,7 @@ class ServeConfig:
                                       f"{DEFAULT_THRESHOLD}",
                              choices=THRESHOLD_MODES)
     tta: str = setting("none", TTA_HELP, choices=TTA_CHOICES)
+    explain: str = setting("locator", EXPLAIN_HELP, choices=EXPLAIN_CHOICES)
     max_file_mb: float = setting(20.0, "largest accepted file in MB", Range(0, open_lo=True))
     max_files: int = setting(32, "most files per request", Range(1))
     # A request whose body has not all arrived in this time gets 408: a client that sends headers

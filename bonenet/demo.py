@@ -9,7 +9,6 @@ radiographs show that the machinery works end to end. They are not clinical evid
 import dataclasses
 import json
 import logging
-import math
 import time
 from pathlib import Path
 
@@ -17,16 +16,13 @@ from bonenet.configs import QUICK_PLAN, DemoPlan, EvaluateConfig, TrainConfig
 from bonenet.evaluation.baselines import STANFORD_KAPPA
 from bonenet.files import write_text_whole
 from bonenet.parts import PARTS, short_name
+from bonenet.scoring.metrics import figure_text, interval_text
 
 log = logging.getLogger(__name__)
 
 
 def _stage(name, start):
     log.info(f"\n=== {name} (t+{time.time() - start:.0f}s) ===")
-
-
-def _fmt(value, spec=".3f"):
-    return "—" if value is None or not math.isfinite(value) else format(value, spec)
 
 
 def summary_table(metrics):
@@ -36,12 +32,10 @@ def summary_table(metrics):
         m = metrics["study"].get(part)
         if m is None:
             continue
-        lo, hi = m["kappa_ci95"]
-        ci = "—" if lo is None or not math.isfinite(lo) else f"[{lo:.2f}, {hi:.2f}]"
         name = "overall" if part == "overall" else short_name(part)
         stanford = STANFORD_KAPPA.get(part)
-        lines.append(f"{name:<9} {m['n']:>7} {_fmt(m['kappa']):>6} {ci:>16} {_fmt(m['auroc']):>6} "
-                     f"{_fmt(stanford):>9}")
+        lines.append(f"{name:<9} {m['n']:>7} {figure_text(m['kappa']):>6} {interval_text(m['kappa_ci95']):>16} "
+                     f"{figure_text(m['auroc']):>6} {figure_text(stanford):>9}")
     return "\n".join(lines)
 
 

@@ -1,10 +1,12 @@
 """sha256 digests, the one home for them: of a file, of a list of files, of a folder's data, of a model's weights.
 
 A digest names content: a trunk by its weight values, a backbone file by its bytes, pretraining data by its
-pixels. The feature cache's key (`bonenet.training.features.features_key`) is built from them.
+pixels. Every cache's key is one `cache_key`: what the cached data depends on, and its files' stamps.
 """
 
 import hashlib
+import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -44,3 +46,26 @@ def weights_digest(model):
         h.update(str(tuple(w.shape)).encode())
         h.update(np.ascontiguousarray(w.numpy()).tobytes())
     return h.hexdigest()
+
+
+def file_stamps(paths):
+    """A sha256 over each file's path, size and modification time, in order: the one rule by which a
+    cache knows its images, so an image edited in place never hits an old cache."""
+    h = hashlib.sha256()
+    for p in paths:
+        try:
+            st = os.stat(p)
+            stamp = f"{st.st_size}:{st.st_mtime_ns}"
+        except OSError:
+            stamp = "missing"
+        h.update(f"{p}\0{stamp}\0".encode())
+    return h.hexdigest()
+
+
+def cache_key(facts, paths, length=20):
+    """The one cache-key scheme: a short sha256 of `facts` (a JSON-able dict of everything the cached data
+    depends on besides its files) and the files' stamps (`file_stamps`). A cache under another key is never
+    reused."""
+    h = hashlib.sha256(json.dumps(facts, sort_keys=True).encode())
+    h.update(file_stamps(paths).encode())
+    return h.hexdigest()[:length]

@@ -16,6 +16,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 from bonenet.preprocessing import filters
@@ -126,6 +127,17 @@ class Recipe:
                 plane = OPS[params.pop("op")](plane, **params)
             planes.append(plane)
         return filters.pad_square(np.dstack(planes), int(size))
+
+
+def to_original(cam, layout, shape):
+    """Maps an S×S map on a model input back onto the original H×W image, by the input's `Recipe.layout`;
+    zero outside the crop."""
+    top, bottom, left, right = layout["box"]
+    (rh, rw), (oy, ox) = layout["resized"], layout["offset"]
+    inner = cam[oy : oy + rh, ox : ox + rw]
+    out = np.zeros(shape, np.float32)
+    out[top:bottom, left:right] = cv2.resize(inner, (right - left, bottom - top), interpolation=cv2.INTER_LINEAR)
+    return out
 
 
 def _freeze(step):

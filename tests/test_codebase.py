@@ -229,7 +229,7 @@ def test_the_public_surface_resolves_and_importing_bonenet_loads_no_tensorflow()
             "assert all(getattr(bonenet, n) is not None for n in names), names; "
             "assert bonenet.BoneNet.__module__ == 'bonenet.inference.predictor'; print(len(names))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0 and proc.stdout.strip() == "6", proc.stderr[-2000:]
+    assert proc.returncode == 0 and proc.stdout.strip() == "7", proc.stderr[-2000:]
     with pytest.raises(AttributeError, match="has no attribute 'store'"):
         import bonenet
 

@@ -52,11 +52,12 @@ def test_a_misspelt_part_or_recipe_fails_before_tensorflow_loads(args, names):
     (["evaluate", "--out", "z", "--bootstrap", "-5"], "at least 0"),
     (["pretrain-backbone", "--out", "b.weights.h5", "--epochs", "0"], "at least 1"),
     (["demo", "--image-size", "8"], "at least 32"),
+    (["train-locator", "--fracatlas", "x", "--out", "l.weights.h5", "--positive-weight", "0.5"], "at least 1"),
 ])
 def test_out_of_range_values_are_refused_while_parsing_with_the_range(args, accepted):
     if args[0] in ("train-all", "train-router", "train-part", "evaluate"):
         args = [*args, "--data-root", "x"]
-    if args[0] not in ("pretrain-backbone", "demo"):
+    if args[0] not in ("pretrain-backbone", "demo", "train-locator"):
         args = [*args, "--models-dir", "y"]
     proc = _cli(*args, without_tensorflow=True)  # refused before any data is read or TensorFlow loads
     assert proc.returncode == 2 and "Traceback" not in proc.stderr

@@ -192,18 +192,6 @@ def _assign_valid(rows, csv_path):
             for p, _, part, patient, study, label in rows]
 
 
-def fracatlas_boxes(fracatlas_root):
-    """{image file name: [COCO boxes (x, y, w, h)]} of FracAtlas' annotated fractures, in pixels of the images."""
-    import json
-
-    coco = json.loads((Path(fracatlas_root) / "fracture_annotations_coco.json").read_text())
-    names = {image["id"]: image["file_name"] for image in coco["images"]}
-    boxes = {}
-    for annotation in coco["annotations"]:
-        boxes.setdefault(names[annotation["image_id"]], []).append(annotation["bbox"])
-    return boxes
-
-
 def fracatlas_datalist(fracatlas_root, out_csv):
     """Writes a datalist of FracAtlas' hand and shoulder radiographs (CC BY 4.0).
 

@@ -8,8 +8,6 @@ reads a finished cache records the same skips as the one that wrote it.
 """
 
 import contextlib
-import hashlib
-import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +16,7 @@ import numpy as np
 import tensorflow as tf
 
 from bonenet.data.read import try_prepared
+from bonenet.digests import cache_key
 from bonenet.parts import PART_INDEX
 from bonenet.preprocessing.augment import AugmentConfig, augment
 
@@ -141,26 +140,9 @@ def labelled_slices(items, labels, noun):
     return tf.data.Dataset.from_tensor_slices((items, labels))
 
 
-def file_stamps(paths):
-    """A sha256 over each file's path, size and modification time, in order: the one rule by which a
-    cache knows its images, so an image edited in place never hits an old cache."""
-    h = hashlib.sha256()
-    for p in paths:
-        try:
-            st = os.stat(p)
-            stamp = f"{st.st_size}:{st.st_mtime_ns}"
-        except OSError:
-            stamp = "missing"
-        h.update(f"{p}\0{stamp}\0".encode())
-    return h.hexdigest()
-
-
-def cache_key(paths, recipe, size):
-    """A short hash of the image files (`file_stamps`), recipe and size; a cache under another key is never reused."""
-    h = hashlib.sha256(b"path, image, reason, label\0" + recipe.to_json().encode())  # the cached element
-    h.update(str(size).encode())
-    h.update(file_stamps(paths).encode())
-    return h.hexdigest()[:16]
+def images_key(paths, recipe, size):
+    """The key of a cache of prepared images (`bonenet.digests.cache_key` of the recipe, the size and the files)."""
+    return cache_key({"element": "path, image, reason, label", "recipe": recipe.to_json(), "size": int(size)}, paths, 16)
 
 
 def make_dataset(paths, labels, num_classes, prep, feed, skips=None):
@@ -183,7 +165,7 @@ def make_dataset(paths, labels, num_classes, prep, feed, skips=None):
         ds = ds.cache()
     elif feed.cache is not None:
         Path(feed.cache).mkdir(parents=True, exist_ok=True)
-        ds = ds.cache(str(Path(feed.cache) / f"images-{cache_key(paths, prep.recipe, prep.size)}"))
+        ds = ds.cache(str(Path(feed.cache) / f"images-{images_key(paths, prep.recipe, prep.size)}"))
     ds = ds.filter(keep_readable(skips)).map(lambda p, x, reason, y: (x, y))
     if feed.training:
         ds = ds.shuffle(min(len(paths), 4096), seed=prep.seed, reshuffle_each_iteration=True)

@@ -26,7 +26,7 @@ from bonenet.data.mura import fingerprint_of, is_synthetic
 from bonenet.data.read import SkipLog, read_gray, skip_table
 from bonenet.evaluation import baselines
 from bonenet.files import folder_written_whole, json_safe
-from bonenet.inference.heatmap import heat_map
+from bonenet.inference.heatmap import heat_map, map_note
 from bonenet.inference.inputs import prepared_batches
 from bonenet.inference.notes import calibration_note
 from bonenet.inference.predictor import BoneNet
@@ -34,7 +34,6 @@ from bonenet.parts import PARTS, short_name
 from bonenet.progress import Progress
 from bonenet.run.model_card import run_card, write_card
 from bonenet.scoring.calibration import N_BINS, ece, ece_ci
-from bonenet.scoring.localisation import heat_map_note
 from bonenet.scoring.metrics import AUROC_UNDEFINED, KAPPA_UNDEFINED, per_group
 from bonenet.scoring.study import IMAGE_PREDICTION_COLUMNS, STUDY_PREDICTION_COLUMNS, aggregate_studies, route
 
@@ -86,16 +85,17 @@ def _image_rows(table, studies, labels, thresholds):
 
 
 def write_gallery(net, studies, image_rows, out_dir, per_kind=3):
-    """Grad-CAM overlays of each part's most confident true positives, false negatives and false positives.
+    """Heat maps (`bonenet.inference.heatmap.heat_map`: the fracture locator's, or Grad-CAM with `explain
+    gradcam`) of each part's most confident true positives, false negatives and false positives.
 
     `studies` are decided as `predict` decides them (the run's tuned thresholds where it has them),
-    so that a study is never normal in the report and abnormal from `predict`. Per study, the view with the highest p(abnormal) is shown, drawn as `predict` draws it (a
-    faint map and no box when that view is below the threshold), with the study's own score and
+    so that a study is never normal in the report and abnormal from `predict`. Per study, the view with the highest p(abnormal) is shown, drawn as `predict` draws it, with the study's own score and
     truth on top. Written here because the report's kernels do not load models.
 
     Returns:
         The `gallery.csv` table: part, part_pred, kind, rank, study, path, study_score, image_score,
-        threshold (the routed part's, as `predict` decides), file.
+        heat_map_note, boxes (JSON [[x0, y0, x1, y1]] in the image's pixels), threshold (the routed part's, as
+        `predict` decides), file.
     """
     folder = Path(out_dir) / "gallery"
     folder.mkdir(parents=True, exist_ok=True)
@@ -118,19 +118,20 @@ def write_gallery(net, studies, image_rows, out_dir, per_kind=3):
                 name = "/".join(str(study.study).split("/")[-2:])  # patient/study
                 header = [f"{kind.upper()} {name}: study p(abnormal) {study.score:.2f} (mean of {len(views)} "
                           f"views), truth {'abnormal' if study.label else 'normal'}"]
-                image, _, _ = heat_map(net, study.part_pred, gray, result, header)
+                image, boxes, _ = heat_map(net, study.part_pred, gray, result, header)
                 file = folder / f"{short_name(part)}_{kind}_{rank}.png"
                 if not cv2.imwrite(str(file), image):
                     raise OSError(f"{file}: could not write the heat map")
                 rows.append({"part": part, "part_pred": study.part_pred, "kind": kind, "rank": rank,
                              "study": study.study, "path": view["path"],
                              "study_score": study.score, "image_score": float(view["score"]),
-                             "heat_map_note": heat_map_note(net.manifest, study.part_pred),
+                             "heat_map_note": map_note(net, study.part_pred),
+                             "boxes": json.dumps([b["box"] for b in boxes]),
                              "threshold": study.threshold, "file": f"gallery/{file.name}"})
         bar.update()
     bar.close()
     table = pd.DataFrame(rows, columns=["part", "part_pred", "kind", "rank", "study", "path", "study_score", "image_score",
-                                        "heat_map_note", "threshold", "file"])
+                                        "heat_map_note", "boxes", "threshold", "file"])
     table.to_csv(Path(out_dir) / "gallery.csv", index=False)
     return table
 
@@ -293,7 +294,7 @@ def evaluate_run(data_root, models_dir, out_dir, config=EvaluateConfig(), net=No
     """
     split, n_boot, seed = config.split, config.bootstrap, config.seed
     index = read_dataset(data_root, splits=(split,))
-    net = (net or BoneNet.load(models_dir)).with_tta(config.tta)
+    net = (net or BoneNet.load(models_dir)).with_tta(config.tta, config.explain)
     images, messages = _split_to_score(index, net, split, models_dir)
     table, unread = predict_split(net, images)
     skips = list(SkipLog([*index.skips, *unread]))

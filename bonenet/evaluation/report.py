@@ -24,6 +24,7 @@ from bonenet.parts import PARTS, parse_part, short_name
 from bonenet.progress import Progress
 from bonenet.run import provenance
 from bonenet.run.model_card import CARD_FILE
+from bonenet.scoring.metrics import MISSING, with_interval
 from bonenet.scoring.study import IMAGE_PREDICTION_COLUMNS, STUDY_PREDICTION_COLUMNS
 
 log = logging.getLogger(__name__)
@@ -67,7 +68,6 @@ def load_evaluation(eval_dir):
     return metrics, *tables
 
 
-MISSING = "—"
 GLOSSARY = {
     "studies": "scored studies of this part in the evaluated split",
     "kappa [95% CI]": "Cohen's kappa of the study decisions against the labels, with a 95% cluster-bootstrap "
@@ -95,11 +95,7 @@ GLOSSARY = {
 
 
 def _fmt_kappa(m):
-    if m is None or m.get("kappa") is None:
-        return MISSING
-    lo, hi = m["kappa_ci95"]
-    ci = "" if lo is None else f" [{lo:.3f}, {hi:.3f}]"
-    return f"{m['kappa']:.3f}{ci}"
+    return MISSING if m is None else with_interval(m.get("kappa"), m.get("kappa_ci95"))
 
 
 def styled(table):

@@ -1,6 +1,6 @@
 """Grad-CAM: where a part model looked when it called an image abnormal.
 
-`grad_cam` is a pure function of a model and an input batch; `to_original`, `cam_box` and
+`grad_cam` is a pure function of a model and an input batch; `cam_box` and
 `overlay` map the map back onto the radiograph and draw it.
 """
 
@@ -158,16 +158,6 @@ def keep_foreground(cam, gray):
     return kept / peak if peak > 0 else kept
 
 
-def to_original(cam, layout, shape):
-    """Maps an S×S heat map back onto the original H×W image using a recipe `layout`; zero outside the crop."""
-    top, bottom, left, right = layout["box"]
-    (rh, rw), (oy, ox) = layout["resized"], layout["offset"]
-    inner = cam[oy : oy + rh, ox : ox + rw]
-    out = np.zeros(shape, np.float32)
-    out[top:bottom, left:right] = cv2.resize(inner, (right - left, bottom - top), interpolation=cv2.INTER_LINEAR)
-    return out
-
-
 def cam_box(cam, level=BOX_LEVEL):
     """Bounding box [x0, y0, x1, y1] of the largest connected region above `level` × the map's maximum.
 
@@ -194,19 +184,19 @@ def _text_scale(lines, width, thickness):
     return min(1.0, 0.95 * (width - 12) / max(widest, 1))
 
 
-def overlay(gray, cam, abnormal, box=None, lines=()):
+def overlay(gray, cam, abnormal, boxes=(), lines=()):
     """Draws a Grad-CAM heat map over a radiograph, with a colour bar and a caption band.
 
     The heat's opacity follows the heat, so cold regions show the plain radiograph. An image
-    decided normal gets a faint overlay and no box, so that nobody reads it as a finding. The map
-    is scaled to its own maximum (Grad-CAM has no absolute unit), which the colour bar says. The
-    caption sits in a band above the image, where it covers no anatomy.
+    decided normal gets a faint overlay. The map runs from 0 to its scale's top (Grad-CAM's own
+    maximum, or a probability of 1), which the colour bar says. The caption sits in a band above the
+    image, where it covers no anatomy.
 
     Args:
         gray: the uint8 H×W radiograph.
         cam: float H×W map in [0, 1] on the radiograph.
         abnormal: the image's decision; None when unscored (drawn as normal).
-        box: [x0, y0, x1, y1] of the hottest region, drawn only for an abnormal image.
+        boxes: [x0, y0, x1, y1] boxes to draw (the caller decides which an image gets).
         lines: caption lines; the last is drawn in the decision's colour.
 
     Returns:
@@ -220,8 +210,7 @@ def overlay(gray, cam, abnormal, box=None, lines=()):
     weight = (HEAT_ALPHA[abnormal] * cam)[..., None]
     image = np.uint8(np.round(base * (1 - weight) + heat * weight))
     thick = max(1, round(min(h, w) / 150))
-    if abnormal and box is not None:
-        x0, y0, x1, y1 = box
+    for x0, y0, x1, y1 in boxes:
         # Inset so that a box reaching the film's edge stays a box, not a line along the border.
         x0, y0 = max(x0, thick), max(y0, thick)
         x1, y1 = min(x1 - 1, w - 1 - thick), min(y1 - 1, h - 1 - thick)
@@ -261,4 +250,4 @@ def caption(part, router_confidence, p_abnormal, threshold, abnormal, whose=""):
         return [first, "unscored: the run has no model for this part"]
     if abnormal:
         return [first, f"{whose}p(abnormal) {p_abnormal:.2f} >= threshold {threshold:.3f}: ABNORMAL"]
-    return [first, f"{whose}p(abnormal) {p_abnormal:.2f} < threshold {threshold:.3f}: NORMAL (faint map, no box)"]
+    return [first, f"{whose}p(abnormal) {p_abnormal:.2f} < threshold {threshold:.3f}: NORMAL"]

@@ -1,6 +1,7 @@
 """From inputs to results: image files, study folders, uploads and arrays grouped into studies, read, prepared
 and encoded a batch at a time, scored by `BoneNet.score`, and drawn as heat maps (`predict`, `serve`)."""
 
+import json
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -12,8 +13,7 @@ import numpy as np
 from bonenet.configs import PREDICT_BATCH
 from bonenet.data.decode import ImageReadError
 from bonenet.data.read import Skip, group_inputs, read_gray, skip_from_error
-from bonenet.inference.heatmap import heat_map
-from bonenet.scoring.localisation import heat_map_note
+from bonenet.inference.heatmap import heat_map, map_note
 
 
 @dataclass(frozen=True)
@@ -40,7 +40,7 @@ def _read_and_prepare(net, name, source):
 def prepared_batches(net, images, keep=0):
     """The one read → prepare path of `predict`, `serve` and `evaluate`: yields a `Batch` per PREDICT_BATCH
     images, in input order, reading and preparing each batch's images on a pool of threads (the decoders and
-    OpenCV release the GIL).
+    OpenCV release the GIL), one batch ahead of the caller.
 
     Args:
         net: a loaded `BoneNet` (its recipe and input size).
@@ -50,10 +50,17 @@ def prepared_batches(net, images, keep=0):
             are dropped once encoded, so memory does not grow with a folder of thousands. Defaults to 0.
     """
     kept_so_far = 0
+    starts = range(0, len(images), PREDICT_BATCH)
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-        for start in range(0, len(images), PREDICT_BATCH):
-            chunk = images[start:start + PREDICT_BATCH]
-            outcomes = pool.map(lambda item: _read_and_prepare(net, *item), chunk)
+        def submit(start):  # Executor.map submits at once: the batch is read while the caller works
+            return pool.map(lambda item: _read_and_prepare(net, *item), images[start:start + PREDICT_BATCH])
+
+        pending = submit(0) if len(images) else None
+        for start in starts:
+            outcomes = list(pending)
+            # One batch ahead: the next batch is read and prepared while this one is encoded and scored, so
+            # at most two batches are in memory.
+            pending = submit(start + PREDICT_BATCH) if start + PREDICT_BATCH < len(images) else None
             kept, prepared, skips, inputs = [], [], {}, {}
             for i, outcome in enumerate(outcomes, start):
                 if isinstance(outcome, Skip):
@@ -114,7 +121,8 @@ def predict_images(net, images, render_cam=None):
             to that image's entry (a file path, a data URL). Defaults to None.
 
     Returns:
-        (per-image entries `path` and `BoneNet.score`'s fields[, cam_box, cam_caption, render_cam's], and
+        (per-image entries `path` and `BoneNet.score`'s fields[, heat_map, boxes, cam_caption, heat_map_note,
+        render_cam's], and
         `path, error` for an image that could not be read, in input order; the study's result, with
         `mixed_parts` when the images' router votes disagree, or None when no image could be read).
     """
@@ -128,8 +136,9 @@ def predict_images(net, images, render_cam=None):
         entry = {"path": str(name), **result}
         if render_cam is not None and result["p_abnormal"] is not None:
             gray, prepared = encoded.inputs.get(i) or (read_gray(source, name), None)
-            image, box, lines = heat_map(net, study["part"], gray, result, prepared=prepared)
-            entry.update({"cam_box": box, "cam_caption": " | ".join(lines), "heat_map_note": heat_map_note(net.manifest, study["part"])})
+            image, boxes, lines = heat_map(net, study["part"], gray, result, prepared=prepared)
+            entry.update({"heat_map": net.explain, "boxes": boxes, "cam_caption": " | ".join(lines),
+                          "heat_map_note": map_note(net, study["part"])})
             entry.update(render_cam(name, image))
         by_index[i] = entry
     return [by_index[i] for i in sorted(by_index)], study
@@ -141,20 +150,22 @@ def error_entry(skip):
 
 
 CSV_COLUMNS = ["path", "study", "part", "part_confidence", "p_abnormal", "threshold", "abnormal", "threshold_source",
-               "calibrated", "calibration", "tta", "members", "image_part", "mixed_parts", "caveat", "cam", "error",
-               "skipped"]
+               "calibrated", "calibration", "tta", "members", "image_part", "mixed_parts", "caveat", "cam", "heat_map",
+               "boxes", "error", "skipped"]
 
 
 def results_table(results):
     """`predict_paths` results as a table for `predict --csv`: one row per image, study or error.
 
-    A study row's `path` is its folder; image rows carry their study's folder in `study`.
+    A study row's `path` is its folder; image rows carry their study's folder in `study`, and with heat maps
+    their boxes as JSON ([[x0, y0, x1, y1]], in the image's pixels).
     """
     import pandas as pd
 
     study_of = {image: r["study"] for r in results if "study" in r for image in r["images"]}
     rows = [{**r, "path": r.get("study", r.get("path")), "study": r.get("study", study_of.get(r.get("path"))),
-             "mixed_parts": mixed_parts_text(r.get("mixed_parts"))} for r in results]
+             "mixed_parts": mixed_parts_text(r.get("mixed_parts")),
+             "boxes": json.dumps([b["box"] for b in r["boxes"]]) if "boxes" in r else None} for r in results]
     return pd.DataFrame(rows).reindex(columns=CSV_COLUMNS)
 
 
@@ -200,7 +211,7 @@ def predict_paths(net, paths, cam_dir=None, per_image=False):
 
     Returns:
         A list of dicts as in `predict --json`: per image `path, part, part_confidence, p_abnormal,
-        threshold, threshold_source, abnormal[, cam, cam_box, cam_caption]`, per study `study,
+        threshold, threshold_source, abnormal[, cam, heat_map, boxes, cam_caption, heat_map_note]`, per study `study,
         images, ...`, `path, error` for failures, and `path, skipped` for what a folder holds besides
         images (not a failure).
     """

@@ -60,18 +60,30 @@ class BoneNet:
         set_xla(trunk, *self.models.values())
         self.pad_batches = use_xla()
 
-    @classmethod
-    def load(cls, models_dir, threshold="tuned", tta="none"):
-        """Loads the trunk and every model listed in `models_dir/manifest.json` (safe mode)."""
-        manifest, trunk, members = load_run_models(models_dir)
-        return cls(manifest, members, trunk, models_dir, threshold=threshold, tta=tta)
+    # What its heat maps draw (`bonenet.inference.heatmap`): "locator", the fracture locator's map (`locator`, a
+    # `bonenet.models.locator.Locator`; None: the shipped one), or "gradcam", the part model's explanation.
+    explain = "locator"
+    locator = None
 
-    def with_tta(self, tta):
-        """This run's models under another test-time augmentation (no reload)."""
-        if tta == self.tta:
+    @classmethod
+    def load(cls, models_dir, threshold="tuned", tta="none", explain="locator"):
+        """Loads the trunk and every model listed in `models_dir/manifest.json` (safe mode); its heat maps
+        draw `explain` ("locator" or "gradcam")."""
+        if explain not in ("locator", "gradcam"):
+            raise ValueError(f"explain must be locator or gradcam, got {explain!r}")
+        manifest, trunk, members = load_run_models(models_dir)
+        net = cls(manifest, members, trunk, models_dir, threshold=threshold, tta=tta)
+        net.explain = explain
+        return net
+
+    def with_tta(self, tta, explain=None):
+        """This run's models under another test-time augmentation, and drawing `explain`'s heat maps when
+        given (no reload; `self` when nothing changes)."""
+        explain = explain or self.explain
+        if tta == self.tta and explain == self.explain:
             return self
         other = BoneNet(self.manifest, self.members, self.trunk, self.run_dir, self.threshold_mode, tta)
-        other.pad_batches = self.pad_batches
+        other.pad_batches, other.explain, other.locator = self.pad_batches, explain, self.locator
         return other
 
     def untuned_parts(self):

@@ -33,20 +33,21 @@ def shipped_backbone():
         FileNotFoundError: the file or its provenance is missing.
         ValueError: the file's sha256 differs from its provenance's.
     """
-    return _checked_asset(SHIPPED_BACKBONE)
+    return checked_asset(SHIPPED_BACKBONE)
 
 
 def radiograph_backbone():
     """The shipped radiograph-pretrained backbone, checked against the sha256 in its provenance (`--weights
     radiograph`). Returns (weights path, provenance dict); raises as `shipped_backbone` does."""
-    return _checked_asset(RADIOGRAPH_BACKBONE)
+    return checked_asset(RADIOGRAPH_BACKBONE)
 
 
-def _checked_asset(path):
+def checked_asset(path):
+    """A shipped file and its provenance, checked: (path, provenance dict); raises as `shipped_backbone` does."""
     note = provenance_path(path)
     if not path.is_file() or not note.is_file():
-        raise FileNotFoundError(f"{path}: the shipped backbone or its provenance is missing; "
-                                "remake it with `bonenet pretrain-backbone --out FILE`")
+        raise FileNotFoundError(f"{path}: this shipped file or its provenance JSON is missing; reinstall "
+                                "BoneNet, or remake it with the command the provenance records")
     provenance = json.loads(note.read_text())
     digest = file_sha256(path)
     if digest != provenance.get("sha256"):

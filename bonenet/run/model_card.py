@@ -14,6 +14,7 @@ from bonenet import __version__
 from bonenet.files import json_safe, write_text_whole
 from bonenet.parts import PARTS, short_name
 from bonenet.run import provenance
+from bonenet.scoring.metrics import figure_text, with_interval
 from bonenet.scoring.study import part_thresholds
 
 CARD_FILE = "MODEL_CARD.md"
@@ -44,8 +45,10 @@ def _limits(manifest, facts):
         "A study's part comes from the router; a study sent to the wrong part is scored by the wrong model.",
         "Thresholds and temperatures were fitted on the training hold-out; they may not transfer to a population "
         "with another prevalence of abnormality.",
-        "MURA labels are per study (normal or abnormal), not per finding: the heat map shows where a model "
-        "looked, not a localised finding.",
+        "MURA labels are per study (normal or abnormal), not per finding. The heat map is the fracture locator's, "
+        "learned from FracAtlas' outlined fractures and measured on held-out FracAtlas films only (its caption "
+        "gives the hit rate): it marks likely fractures, not every abnormality MURA counts; with --explain "
+        "gradcam it shows where the part model looked, not a localised finding.",
     ]
     untrained = [short_name(p) for p in PARTS if p not in manifest["models"]]
     if untrained:
@@ -117,14 +120,6 @@ def card_facts(manifest, metrics=None, run_dir=None):
     return facts
 
 
-def _f(value, digits=3):
-    return "—" if value is None else f"{value:.{digits}f}"
-
-
-def _ci(pair):
-    return "" if not pair or pair[0] is None else f" [{pair[0]:.3f}, {pair[1]:.3f}]"
-
-
 def render_card(facts):
     """`MODEL_CARD.md` from `card_facts`."""
     data, model = facts["data"], facts["model"]
@@ -149,10 +144,10 @@ def render_card(facts):
                     else f"none ({cal['reason']})")
         threshold = f"{m['threshold']:.3f} ({m['threshold_source']})" if "threshold" in m else "—"
         holdout = m.get("holdout") or {}
-        lines.append(f"| {key} | {threshold} | {cal_text} | {_f(holdout.get('accuracy'))} | {_f(holdout.get('auc'))} |")
+        lines.append(f"| {key} | {threshold} | {cal_text} | {figure_text(holdout.get('accuracy'))} | {figure_text(holdout.get('auc'))} |")
         if len(m.get("members", [])) > 1:  # the ensemble's figures are the members' mean's; each member's beside
-            lines += [f"| {key} member {i} (seed {member['seed']}) | — | — | {_f(member['holdout'].get('accuracy'))} | "
-                      f"{_f(member['holdout'].get('auc'))} |" for i, member in enumerate(m["members"], 1)]
+            lines += [f"| {key} member {i} (seed {member['seed']}) | — | — | {figure_text(member['holdout'].get('accuracy'))} | "
+                      f"{figure_text(member['holdout'].get('auc'))} |" for i, member in enumerate(m["members"], 1)]
     evaluation = facts["evaluation"]
     lines += ["", "## Evaluated", ""]
     if evaluation is None:
@@ -163,8 +158,9 @@ def render_card(facts):
                   f"evaluated {evaluation['evaluated']}; study level, tuned thresholds, 95% cluster-bootstrap CIs.", "",
                   "| part | studies | kappa | AUROC | ECE before → after calibration |", "|---|---|---|---|---|"]
         for part, m in evaluation["parts"].items():
-            lines.append(f"| {part} | {m['n']} | {_f(m['kappa'])}{_ci(m['kappa_ci95'])} | {_f(m['auroc'])}"
-                         f"{_ci(m['auroc_ci95'])} | {_f(m['ece_before'])} → {_f(m['ece_after'])}{_ci(m['ece_after_ci95'])} |")
+            lines.append(f"| {part} | {m['n']} | {with_interval(m['kappa'], m['kappa_ci95'])} | "
+                         f"{with_interval(m['auroc'], m['auroc_ci95'])} | {figure_text(m['ece_before'])} → "
+                         f"{with_interval(m['ece_after'], m['ece_after_ci95'])} |")
     lines += ["", "## Known limits", "", *(f"- {text}" for text in facts["limits"]), ""]
     return "\n".join(lines)
 

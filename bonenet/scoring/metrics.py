@@ -219,3 +219,28 @@ def per_group(table, group_column, parts, n_boot=N_BOOT, seed=0):
             out[part] = binary_metrics(rows["label"], rows["score"], rows["threshold"].to_numpy(float), n_boot, seed,
                                        groups=rows["patient"].to_numpy() if "patient" in rows else None)
     return out
+
+
+MISSING = "—"
+
+
+def figure_text(value, digits=3):
+    """A figure as every output prints it: to `digits` places, or "—" when there is none (None or NaN)."""
+    if value is None or not np.isfinite(value):
+        return MISSING
+    return f"{value:.{digits}f}"
+
+
+def interval_text(pair, digits=2):
+    """A 95% interval as every output prints it, "[lo, hi]" to `digits` places (a bootstrap supports no
+    more), or "—" when there is none."""
+    if not pair or pair[0] is None or not np.isfinite(pair[0]):
+        return MISSING
+    return f"[{pair[0]:.{digits}f}, {pair[1]:.{digits}f}]"
+
+
+def with_interval(value, pair):
+    """"0.742 [0.68, 0.81]": a figure and its interval (`figure_text`, `interval_text`); the figure alone
+    when it has no interval."""
+    interval = interval_text(pair)
+    return figure_text(value) if interval == MISSING else f"{figure_text(value)} {interval}"

@@ -25,8 +25,10 @@ import numpy as np
 from keras import ops
 
 from bonenet import __version__
+from bonenet.configs import ExportConfig
 from bonenet.files import check_replaceable, folder_written_whole
 from bonenet.inference.notes import calibration_note
+from bonenet.models.locator import LOCATOR_RECIPE, STRIDE, Locator
 from bonenet.run.model_card import NOT_FOR_CLINICAL_USE
 from bonenet.runtime import in_float32
 from bonenet.scoring.calibration import EPS
@@ -34,6 +36,7 @@ from bonenet.scoring.calibration import EPS
 # format → (Keras' name for it, the artifact's name in the export folder)
 FORMATS = {"savedmodel": ("tf_saved_model", "savedmodel"), "onnx": ("onnx", "bonenet.onnx"),
            "litert": ("litert", "bonenet.tflite")}
+LOCATOR_ARTIFACTS = {"savedmodel": "locator_savedmodel", "onnx": "locator.onnx", "litert": "locator.tflite"}
 EXPORT_JSON = "bonenet_export.json"
 STUDY_RULE = {
     "part": "the column of the mean of router_probs over the study's images with the highest value, among "
@@ -105,6 +108,8 @@ def serving_model(net):
     ensemble's members each, reading it; every layer it adds computes in float32."""
     image = keras.Input((net.image_size, net.image_size, 3), name="image")
     features = net.trunk(image if net.tta == "none" else FlipViews()(image))
+    # A trunk saved with a one-element output list returns a list; the heads take the tensor itself.
+    features = features[0] if isinstance(features, (list, tuple)) else features
     router = keras.layers.Identity(name="router_probs")(_calibrated(net, "router", _output(net.models["router"],
                                                                                               features, net.tta)))
     columns = [AbnormalColumn(name=f"p_abnormal_{part.lower()}")(_calibrated(net, part, _output(net.models[part],
@@ -159,12 +164,14 @@ def export_facts(net, fmt, artifact):
     }
 
 
-def export_run(models_dir, fmt, out_dir, net=None, force=False, tta="none"):
+def export_run(models_dir, fmt, out_dir, net=None, force=False, config=ExportConfig()):
     """Exports the run in `models_dir` as `fmt` (savedmodel, onnx or litert) into `out_dir`, whole or not at all.
 
     Args:
         net: the run already loaded as a `BoneNet` (tuned thresholds). Defaults to None: loaded here.
-        tta: "flip" puts the test-time views in the graph (`FlipViews`, `ViewMean`). Defaults to "none".
+        config: an `ExportConfig`: `tta` "flip" puts the test-time views in the graph (`FlipViews`,
+            `ViewMean`); `locator` exports the run's fracture locator (`net.locator`, or the shipped one) beside
+            it, in the same format (`locator_facts`). Defaults to neither.
         force: replace `out_dir` even when it holds files BoneNet did not write. Defaults to False: an earlier
             export (with its `bonenet_export.json`) is replaced whole, anything else refused.
 
@@ -182,18 +189,44 @@ def export_run(models_dir, fmt, out_dir, net=None, force=False, tta="none"):
     if fmt == "onnx":
         _require("tf2onnx", "onnx")
     check_replaceable(out_dir, EXPORT_JSON, force)  # before the minutes an export takes
-    net = (net or BoneNet.load(models_dir)).with_tta(tta)
+    net = (net or BoneNet.load(models_dir)).with_tta(config.tta)
     keras_format, artifact = FORMATS[fmt]
     model = serving_model(net)
-    model(np.zeros((1, net.image_size, net.image_size, 3), np.float32))  # the ONNX export wants a model once called
-    facts = export_facts(net, fmt, artifact)
+    locator = (net.locator or Locator.load()) if config.locator else None
+    facts = {**export_facts(net, fmt, artifact), "locator": locator_facts(locator, fmt)}
     with folder_written_whole(out_dir, EXPORT_JSON, force) as tmp:
-        with _normalization_read_from_variables(net.trunk), warnings.catch_warnings():
-            # Keras' own tf2onnx shim probes `np.object`, which NumPy 2 answers with this warning.
-            warnings.filterwarnings("ignore", message="In the future `np.object`", category=FutureWarning)
-            model.export(str(tmp / artifact), format=keras_format, verbose=False)
+        _export_model(model, net.trunk, tmp / artifact, keras_format)
+        if locator is not None:
+            _export_model(locator.model, locator.model.get_layer("locator_trunk"), tmp / LOCATOR_ARTIFACTS[fmt],
+                          keras_format)
         (tmp / EXPORT_JSON).write_text(json.dumps(facts, indent=2))
     return Path(out_dir) / artifact, facts
+
+
+def _export_model(model, trunk, path, keras_format):
+    size = model.input.shape[1]
+    model(np.zeros((1, size, size, 3), np.float32))  # the ONNX export wants a model once called
+    with _normalization_read_from_variables(trunk), warnings.catch_warnings():
+        # Keras' own tf2onnx shim probes `np.object`, which NumPy 2 answers with this warning.
+        warnings.filterwarnings("ignore", message="In the future `np.object`", category=FutureWarning)
+        model.export(str(path), format=keras_format, verbose=False)
+
+
+def locator_facts(locator, fmt):
+    """What `bonenet_export.json` says of the fracture locator: that it is not carried, or how to use it."""
+    if locator is None:
+        return {"carried": False, "why": "not asked for: export with --locator to carry the fracture locator; "
+                                         "without it a runtime has the scores and no fracture map"}
+    held_out = (locator.provenance.get("held_out") or {}).get("all", {})
+    return {"carried": True, "artifact": LOCATOR_ARTIFACTS[fmt],
+            "input": {"name": "image", "shape": [None, locator.image_size, locator.image_size, 3], "dtype": "float32",
+                      "values": "0-255", "prepared": LOCATOR_RECIPE.to_dict()},
+            "output": {"shape": [None, locator.image_size // STRIDE, locator.image_size // STRIDE],
+                       "values": "logits of p(fracture), one per 8×8 input pixels"},
+            "threshold": locator.threshold, "boxes": "connected regions of sigmoid(logits), upsampled to the "
+                                                     "input and mapped to the film, at or above the threshold",
+            "sha256": locator.provenance.get("sha256"), "note": locator.note(),
+            "held_out": {k: held_out.get(k) for k in ("pointing", "detector")}}
 
 
 def _require(*modules):

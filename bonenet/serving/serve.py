@@ -344,7 +344,7 @@ def serve(models_dir, config=None):
     if config.token is None and os.environ.get("BONENET_TOKEN"):
         config = dataclasses.replace(config, token=os.environ["BONENET_TOKEN"])
     check_exposure(config)
-    net = BoneNet.load(models_dir, threshold=config.threshold, tta=config.tta)
+    net = BoneNet.load(models_dir, threshold=config.threshold, tta=config.tta, explain=config.explain)
     # Warm-up: the first request should not pay for tracing the models.
     net.predict_image(np.full((net.image_size, net.image_size), 128, np.uint8))
     app = create_app(net, config)

@@ -14,7 +14,6 @@ on this host takes over what a killed one left and resumes there (the views are 
 they come out the same), and deletes any other leftovers.
 """
 
-import hashlib
 import json
 import logging
 import os
@@ -26,9 +25,9 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from bonenet.data.pipeline import AUTOTUNE, file_stamps, labelled_slices, map_prepare
+from bonenet.data.pipeline import AUTOTUNE, labelled_slices, map_prepare
 from bonenet.data.read import Skip
-from bonenet.digests import file_sha256, weights_digest
+from bonenet.digests import cache_key, file_sha256, weights_digest
 from bonenet.files import check_free_space, dead_writers_temps, remove_dead_writers_temps, temp_prefix
 from bonenet.models.efficientnet import trunk_batch_size
 from bonenet.progress import Progress
@@ -44,9 +43,9 @@ CHECKPOINT_IMAGES = 2048
 
 
 def features_key(paths, prep, trunk):
-    """The cache key: changes whenever the files, recipe, size, trunk weights, its compute precision or the
-    views change."""
-    h = hashlib.sha256(json.dumps({
+    """The cache key (`bonenet.digests.cache_key`): changes whenever the files, recipe, size, trunk weights, its
+    compute precision or the views change."""
+    return cache_key({
         "version": FEATURES_VERSION,
         "recipe": prep.recipe.to_json(),
         "size": int(prep.size),
@@ -58,9 +57,7 @@ def features_key(paths, prep, trunk):
         "views": int(prep.views),
         "augment": repr(prep.augment) if prep.views else None,
         "seed": int(prep.seed) if prep.views else None,
-    }, sort_keys=True).encode())
-    h.update(file_stamps(paths).encode())
-    return h.hexdigest()[:20]
+    }, paths)
 
 
 class CacheDamaged(ValueError):

@@ -88,3 +88,8 @@ def test_variants_train_each_size_once_and_score_it_with_and_without_tta(tmp_pat
     assert metrics["source"]["tta"] == "flip" and metrics["source"]["members"]["XR_HAND"] == 2
     assert rows["32px-k2-none"]["members_holdout_auc"]["XR_HAND"] and len(list(tmp_path.glob("cache-32/*"))) == 1
     assert "| 32 | 2 | flip |" in capsys.readouterr().out
+
+
+def test_a_backbone_file_given_by_its_path_gets_its_row_under_out():
+    assert real_radiographs.row_name("/data/weights/nohand_96.weights.h5") == "nohand_96"
+    assert real_radiographs.row_name("radiograph") == "radiograph"

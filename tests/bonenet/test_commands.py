@@ -28,3 +28,21 @@ def test_training_notes_are_remarks_on_stderr_said_only_where_they_apply(capsys)
     commands._training_notes(deep, {"kind": "none"})
     err = capsys.readouterr().err
     assert "--trainable-layers all: the whole network" in err and "--ensemble 3" in err and "K " not in err
+
+
+def test_train_locator_on_the_command_line_says_what_it_measured_and_wrote(tmp_path, capsys):
+    from pathlib import Path
+
+    import run_pipeline
+
+    fixture = Path(__file__).parents[1] / "fixtures" / "fracatlas"
+    out = tmp_path / "loc.weights.h5"
+    code = run_pipeline.main(["train-locator", "--fracatlas", str(fixture), "--out", str(out), "--image-size", "64",
+                              "--epochs", "1"])
+    printed, err = capsys.readouterr()
+    assert code == 0, err
+    lines = printed.strip().splitlines()[-3:]  # after Keras' epoch line
+    assert lines[0].startswith("held-out all: pointing game ") and lines[1].startswith("held-out hand: ")
+    assert "the image's centre" in lines[0] and "AP@50" in lines[0] and "false boxes per film" in lines[0]
+    assert lines[2].startswith(f"wrote {out} (") and "box threshold" in lines[2] and out.is_file()
+    assert json.loads(out.with_name("loc.json").read_text())["command"].startswith("bonenet train-locator")

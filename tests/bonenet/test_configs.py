@@ -64,3 +64,11 @@ def test_deep_fine_tuning_trains_in_full_mode():
 def test_a_range_includes_and_excludes_its_ends_as_written(accepted, inside, outside):
     assert all(v in accepted for v in inside) and not any(v in accepted for v in outside)
     assert str(Range(0, 1, True, True)) == "within (0, 1)" and str(Range(1)) == "at least 1"
+
+
+def test_the_locators_input_side_must_suit_its_trunks_strides():
+    from bonenet.configs import LocatorConfig
+
+    assert LocatorConfig().image_size == 320
+    with pytest.raises(ValueError, match="image_size must be a multiple of 32"):
+        LocatorConfig(image_size=300)

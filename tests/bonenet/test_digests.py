@@ -48,3 +48,18 @@ def test_a_weights_digest_names_the_values_not_the_layer_names():
     assert weights_digest(one) == weights_digest(same) != weights_digest(other)
     one.layers[0].kernel.assign(one.layers[0].kernel.numpy() + np.float32(1e-3))
     assert weights_digest(one) != weights_digest(same)
+
+
+def test_one_cache_key_scheme_changes_with_the_facts_and_with_the_files(tmp_path):
+    import os
+
+    from bonenet.digests import cache_key
+
+    image = tmp_path / "a.png"
+    image.write_bytes(b"x")
+    key = cache_key({"size": 48}, [image])
+    assert len(key) == 20 and key == cache_key({"size": 48}, [image])
+    assert key != cache_key({"size": 64}, [image]) and len(cache_key({"size": 48}, [image], 16)) == 16
+    st = os.stat(image)
+    os.utime(image, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # rewritten in place
+    assert key != cache_key({"size": 48}, [image])

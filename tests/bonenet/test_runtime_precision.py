@@ -13,6 +13,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from bonenet import runtime
+from bonenet.configs import ExportConfig
 from bonenet.data.read import read_gray
 from bonenet.inference.heatmap import part_cam
 from bonenet.inference.predictor import BoneNet
@@ -111,7 +112,7 @@ def test_the_export_under_a_mixed_policy_is_float32_and_matches_bonenet(fmt, ens
     from conftest import run_exported
 
     net = BoneNet.load(ensemble_run[0], tta="flip")
-    artifact, _ = export_run(ensemble_run[0], fmt, tmp_path / "out", net=net, tta="flip")
+    artifact, _ = export_run(ensemble_run[0], fmt, tmp_path / "out", net=net, config=ExportConfig(tta="flip"))
     x = np.stack([net.prepare(p) for p in reference["paths"]]).astype(np.float32)
     out = run_exported(fmt, artifact, x)
     assert out["router_probs"].dtype == out["p_abnormal"].dtype == np.float32

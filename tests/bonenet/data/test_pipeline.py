@@ -4,6 +4,7 @@ import pytest
 from bonenet.data import pipeline as data
 from bonenet.data.decode import load_gray
 from bonenet.data.read import SkipLog
+from bonenet.digests import file_stamps
 from bonenet.preprocessing.augment import AugmentConfig
 from bonenet.preprocessing.recipes import get_recipe
 
@@ -66,10 +67,10 @@ def test_class_weights_balance_the_training_counts():
 
 
 def test_disk_cache_is_keyed_by_data_recipe_and_size(wrist_images, tmp_path):
-    key = data.cache_key(wrist_images.path, EQUALIZE, 48)
-    assert key != data.cache_key(wrist_images.path, get_recipe("full"), 48)
-    assert key != data.cache_key(wrist_images.path, EQUALIZE, 64)
-    assert key != data.cache_key(wrist_images.path.iloc[:-1], EQUALIZE, 48)
+    key = data.images_key(wrist_images.path, EQUALIZE, 48)
+    assert key != data.images_key(wrist_images.path, get_recipe("full"), 48)
+    assert key != data.images_key(wrist_images.path, EQUALIZE, 64)
+    assert key != data.images_key(wrist_images.path.iloc[:-1], EQUALIZE, 48)
     ds = _wrist_dataset(wrist_images, data.Preparation(EQUALIZE, 48), data.Feed(6, cache=tmp_path))
     first = next(iter(ds))[0].numpy()
     assert any(p.name.startswith(f"images-{key}") for p in tmp_path.iterdir())
@@ -88,15 +89,15 @@ def test_an_image_edited_in_place_misses_both_caches(wrist_images, tmp_path):
     for src, dst in zip(wrist_images.path, paths, strict=False):
         shutil.copy(src, dst)
     trunk, _ = split_model(build_part_model("XR_WRIST", image_size=32, weights=None)[0])
-    before = data.cache_key(paths, EQUALIZE, 48), features_key(paths, data.Preparation(EQUALIZE, 48), trunk)
+    before = data.images_key(paths, EQUALIZE, 48), features_key(paths, data.Preparation(EQUALIZE, 48), trunk)
     st = os.stat(paths[1])
     os.utime(paths[1], ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))  # edited: a new modification time
-    after = data.cache_key(paths, EQUALIZE, 48), features_key(paths, data.Preparation(EQUALIZE, 48), trunk)
+    after = data.images_key(paths, EQUALIZE, 48), features_key(paths, data.Preparation(EQUALIZE, 48), trunk)
     assert before[0] != after[0] and before[1] != after[1]
-    stamp, first = data.file_stamps(paths), os.stat(paths[0])
+    stamp, first = file_stamps(paths), os.stat(paths[0])
     os.utime(paths[0], ns=(first.st_atime_ns + 5_000_000_000, first.st_mtime_ns))  # read again: only atime moves
-    assert data.file_stamps(paths) == stamp  # and a read does not move it
-    assert data.file_stamps(paths[::-1]) != stamp  # the order of the images is part of it
+    assert file_stamps(paths) == stamp  # and a read does not move it
+    assert file_stamps(paths[::-1]) != stamp  # the order of the images is part of it
 
 
 def test_views_are_seeded_per_image_and_view_whatever_the_order(wrist_images):

@@ -279,7 +279,7 @@ def test_no_intervals_and_a_one_class_part_give_one_line_each_and_no_traceback(f
 
 def test_predict_serve_and_the_gallery_draw_the_same_heat_map_for_the_same_image(evaluation, full_run, tmp_path):
     """One heat map: the gallery's PNG, predict's --cam-dir PNG and serve's data URL hold the same overlay of one
-    image (below their caption bands, which differ by the gallery's header line)."""
+    image (below their caption bands, which differ by the gallery's header line), with the same boxes."""
     import base64
 
     import cv2
@@ -307,3 +307,7 @@ def test_predict_serve_and_the_gallery_draw_the_same_heat_map_for_the_same_image
     png = base64.b64decode(served["cam"].split(",", 1)[1])
     np.testing.assert_array_equal(cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR)[-height:], drawn)
     assert served["heat_map_note"] == predicted["heat_map_note"] == row.heat_map_note
+    # The same boxes, in the image's pixels: the locator's, the default heat map's.
+    assert served["heat_map"] == predicted["heat_map"] == "locator"
+    assert served["boxes"] == json.loads(json.dumps(predicted["boxes"]))
+    assert json.loads(row.boxes) == [b["box"] for b in predicted["boxes"]]

@@ -4,6 +4,7 @@ import numpy as np
 
 from bonenet.data.decode import load_gray
 from bonenet.inference import gradcam
+from bonenet.preprocessing.recipes import to_original
 
 
 def test_grad_cam_is_non_negative_image_sized_and_maps_back(net, wrist_study):
@@ -14,7 +15,7 @@ def test_grad_cam_is_non_negative_image_sized_and_maps_back(net, wrist_study):
     cam = max(cams, key=lambda m: m.max())
     assert cam.shape == (1, net.image_size, net.image_size) and cam.dtype == np.float32
     assert cam.min() >= 0 and cam.max() == 1  # scaled to its own maximum
-    full = gradcam.to_original(cam[0], net.recipe.layout(gray, net.image_size), gray.shape)
+    full = to_original(cam[0], net.recipe.layout(gray, net.image_size), gray.shape)
     assert full.shape == gray.shape and full.min() >= 0 and full.max() > 0
     x0, y0, x1, y1 = gradcam.cam_box(full)
     assert 0 <= x0 < x1 <= gray.shape[1] and 0 <= y0 < y1 <= gray.shape[0]
@@ -60,7 +61,7 @@ def test_overlay_and_caption_say_the_decision():
     cam[10:20, 10:30] = 1.0
     lines = gradcam.caption("wrist", 0.9, 0.7, 0.5, True)
     assert any("ABNORMAL" in line.upper() for line in lines) and any("0.70" in line for line in lines)
-    drawn = gradcam.overlay(gray, cam, True, [10, 10, 30, 20], lines)
+    drawn = gradcam.overlay(gray, cam, True, [[10, 10, 30, 20]], lines)
     plain = gradcam.overlay(gray, np.zeros_like(cam), False)
     # Beside the radiograph: a 4-pixel gap, the colour bar (12 px at this width) and its 40-pixel margin.
     assert plain.shape == (40, 60 + 4 + 12 + 40, 3) and drawn.shape[1] == plain.shape[1]

@@ -106,8 +106,8 @@ def test_what_a_folder_holds_besides_images_is_listed_as_skipped(full_run, radio
     assert pd.read_csv(tmp_path / "out.csv").skipped.notna().sum() == 5
 
 
-@pytest.mark.parametrize("threshold,abnormal", [(1.0 - 1e-9, False), (1e-6, True)])
-def test_a_normal_heat_map_has_no_box_and_says_normal(full_run, radiograph, tmp_path, threshold, abnormal):
+def _run_at_threshold(full_run, threshold, radiograph, tmp_path):
+    """A copy of the session's run whose part models decide at `threshold`, and an image to predict: (run, image)."""
     run_dir = tmp_path / "run"
     shutil.copytree(full_run, run_dir)
     manifest = json.loads((run_dir / "manifest.json").read_text())
@@ -117,32 +117,62 @@ def test_a_normal_heat_map_has_no_box_and_says_normal(full_run, radiograph, tmp_
     (run_dir / "manifest.json").write_text(json.dumps(manifest))
     image = tmp_path / "x.png"
     cv2.imwrite(str(image), radiograph)
-    code, (result,) = _predict([image, "--models-dir", run_dir, "--cam-dir", tmp_path / "cams"], tmp_path)
+    return run_dir, image
+
+
+@pytest.mark.parametrize("threshold,abnormal", [(1.0 - 1e-9, False), (1e-6, True)])
+def test_a_normal_gradcam_has_no_box_and_says_normal(full_run, radiograph, tmp_path, threshold, abnormal):
+    run_dir, image = _run_at_threshold(full_run, threshold, radiograph, tmp_path)
+    code, (result,) = _predict([image, "--models-dir", run_dir, "--cam-dir", tmp_path / "cams", "--explain", "gradcam"],
+                               tmp_path)
     assert code == 0 and result["abnormal"] is abnormal
     overlay = cv2.imread(result["cam"])
     box_pixels = int(np.all(overlay == gradcam.BOX_COLOUR, axis=-1).sum())
     verdict = "ABNORMAL" if abnormal else "NORMAL"
     assert f": {verdict}" in result["cam_caption"] and f"threshold {threshold:.2f}" in result["cam_caption"]
-    assert "router confidence" in result["cam_caption"]
+    assert "router confidence" in result["cam_caption"] and result["heat_map"] == "gradcam"
+    assert "Grad-CAM of the part model" in result["cam_caption"] and result["heat_map_note"].startswith("Grad-CAM: ")
     if abnormal:
         # An untrained test model may give no positive evidence (no box); when it has one, it is drawn.
-        assert (result["cam_box"] is not None) == (box_pixels > 0)
+        assert bool(result["boxes"]) == (box_pixels > 0)
     else:
-        assert result["cam_box"] is None and box_pixels == 0
+        assert result["boxes"] == [] and box_pixels == 0
         # and the heat is faint: no pixel strays far from the radiograph's grey
         h, w = radiograph.shape
         body = overlay[overlay.shape[0] - h:, :w].astype(int)
         assert np.abs(body - radiograph[..., None].astype(int)).max() <= 0.25 * 255 + 1
 
 
-def test_overlay_draws_the_box_only_for_an_abnormal_image_and_keeps_cold_film_plain(radiograph):
+@pytest.mark.parametrize("threshold,abnormal", [(1.0 - 1e-9, False), (1e-6, True)])
+def test_the_locators_boxes_are_drawn_whatever_the_decision_and_a_normal_call_says_so(full_run, radiograph, tmp_path,
+                                                                                      threshold, abnormal, monkeypatch):
+    """The locator's map and boxes, in the image's pixels, are what `fracture_map` gives, whether the image
+    was called normal or abnormal; a normal call with a box says so."""
+    from bonenet.inference import heatmap
+    from bonenet.scoring.detection import map_boxes
+
+    h, w = radiograph.shape
+    peak = np.zeros((h, w), np.float32)
+    peak[h // 3:h // 3 + 12, w // 2:w // 2 + 20] = 0.9  # a locator that finds one region
+    monkeypatch.setattr(heatmap, "fracture_map", lambda gray, locator=None: (peak, map_boxes(peak, 0.5)))
+    run_dir, image = _run_at_threshold(full_run, threshold, radiograph, tmp_path)
+    code, (result,) = _predict([image, "--models-dir", run_dir, "--cam-dir", tmp_path / "cams"], tmp_path)
+    assert code == 0 and result["abnormal"] is abnormal and result["heat_map"] == "locator"
+    assert result["boxes"] == [{"box": [w // 2, h // 3, w // 2 + 20, h // 3 + 12], "score": pytest.approx(0.9)}]
+    overlay = cv2.imread(result["cam"])
+    assert int(np.all(overlay == gradcam.BOX_COLOUR, axis=-1).sum()) > 0
+    assert ("although the image was called normal" in result["cam_caption"]) is not abnormal
+    assert "fracture locator" in result["heat_map_note"]
+
+
+def test_overlay_draws_the_boxes_it_is_given_and_keeps_cold_film_plain(radiograph):
     h, w = radiograph.shape
     cam = np.zeros((h, w), np.float32)
     cam[h // 4:h // 2, w // 4:w // 2] = 1.0
     box = gradcam.cam_box(cam)
     lines = gradcam.caption("hand", 0.97, 0.8, 0.5, True)
-    drawn = gradcam.overlay(radiograph, cam, True, box, lines)
-    faint = gradcam.overlay(radiograph, cam, False, box, gradcam.caption("hand", 0.97, 0.2, 0.5, False))
+    drawn = gradcam.overlay(radiograph, cam, True, [box], lines)
+    faint = gradcam.overlay(radiograph, cam, False, [], gradcam.caption("hand", 0.97, 0.2, 0.5, False))
     assert drawn.shape[0] > h and drawn.shape[1] > w
     boxed = lambda image: int(np.all(image == gradcam.BOX_COLOUR, axis=-1).sum())  # noqa: E731
     assert boxed(drawn) > 0 and boxed(faint) == 0
@@ -355,3 +385,21 @@ def test_the_one_read_and_prepare_path_keeps_order_names_failures_and_keeps_only
     np.testing.assert_array_equal(prepared, net.prepare(wrist_study[0]))
     np.testing.assert_array_equal(batches[0].prepared[0], batches[2].prepared[0])  # the same file, the same input
     np.testing.assert_array_equal(gray, load_gray(wrist_study[0]))
+
+
+def test_the_next_batch_is_read_while_the_caller_works_on_this_one_and_no_further(net, monkeypatch):
+    import time
+
+    from bonenet.inference import inputs
+
+    monkeypatch.setattr(inputs, "PREDICT_BATCH", 2)
+    read = []
+    monkeypatch.setattr(inputs, "_read_and_prepare", lambda _net, name, source: read.append(name) or (source, source))
+    images = [(f"i{k}", np.zeros((2, 2), np.uint8)) for k in range(7)]
+    batches = inputs.prepared_batches(net, images)
+    first = next(batches)
+    deadline = time.time() + 10
+    while len(read) < 4 and time.time() < deadline:  # the pool's threads run on their own
+        time.sleep(0.01)
+    assert first.kept == [0, 1] and sorted(read) == ["i0", "i1", "i2", "i3"]  # batch two, not three
+    assert [b.kept for b in batches] == [[2, 3], [4, 5], [6]] and len(read) == 7

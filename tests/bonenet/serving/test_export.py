@@ -76,7 +76,8 @@ def test_export_on_the_command_line_writes_a_savedmodel_and_the_json_a_runtime_n
     out, err = capsys.readouterr()
     assert code == 0, err
     assert out == (f"wrote {tmp_path / 'sm' / 'savedmodel'} and {tmp_path / 'sm' / EXPORT_JSON}: input [64, 64, 3] "
-                   "prepared images; outputs router_probs and p_abnormal for wrist; calibrated: router, XR_WRIST\n")
+                   "prepared images; outputs router_probs and p_abnormal for wrist; calibrated: router, XR_WRIST; "
+                   "fracture locator: not carried (--locator carries it)\n")
     _close("savedmodel", run_exported("savedmodel", tmp_path / "sm" / "savedmodel", x), expected)
     facts = json.loads((tmp_path / "sm" / EXPORT_JSON).read_text())
     assert facts["input"]["shape"] == [None, 64, 64, 3] and facts["image_size"] == 64
@@ -88,9 +89,34 @@ def test_export_on_the_command_line_writes_a_savedmodel_and_the_json_a_runtime_n
     assert facts["calibration"]["XR_WRIST"]["applied_in_graph"] is True
     assert set(facts["study_rule"]) == {"part", "score", "decision"} and "not for clinical use" in facts["notice"]
     assert facts["tta"] == {"views": "flip", "applied_in_graph": True} and facts["members"]["XR_WRIST"] == 3
+    assert facts["locator"]["carried"] is False and "--locator" in facts["locator"]["why"]
 
 
 def test_an_unknown_format_is_refused_before_any_work(run, tmp_path):
     with pytest.raises(ValueError, match="format must be one of savedmodel, onnx, litert"):
         export_run(run[0], "torchscript", tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_an_export_with_the_locator_carries_it_and_it_gives_the_locators_numbers(calibrated_run, prepared, index,
+                                                                               tmp_path):
+    import tensorflow as tf
+
+    from bonenet.configs import ExportConfig
+    from bonenet.models.locator import Locator, locator_input
+
+    net, _, _ = prepared
+    _, facts = export_run(calibrated_run, "savedmodel", tmp_path / "out", net=net, config=ExportConfig(locator=True))
+    carried = facts["locator"]
+    assert carried["carried"] is True and carried["artifact"] == "locator_savedmodel"
+    locator = Locator.load()
+    assert carried["threshold"] == locator.threshold and carried["sha256"] == locator.provenance["sha256"]
+    assert carried["input"]["shape"] == [None, locator.image_size, locator.image_size, 3]
+    from bonenet.data.decode import load_gray
+
+    x, _ = locator_input(load_gray(index.images["path"].iloc[0]), locator.image_size)
+    loaded = tf.saved_model.load(str(tmp_path / "out" / carried["artifact"]))  # kept: it owns the variables
+    exported = loaded.serve(x[None]).numpy()
+    assert exported.shape == (1, *carried["output"]["shape"][1:])
+    assert np.abs(exported - np.asarray(locator.model.predict_on_batch(x[None]))).max() <= 1e-4
+    assert json.loads((tmp_path / "out" / EXPORT_JSON).read_text())["locator"]["carried"] is True
