@@ -4,7 +4,7 @@
 
 The films are the FracAtlas benchmark's held-out fifth (`bonenet.data.sources.benchmark_holdout`, by their
 bytes), which neither the locator nor the radiograph backbone its trunk comes from was trained on. Over
-them, all together and the hands alone (`bonenet.training.locator.held_out_figures`):
+them, all together and the hands alone (`bonenet.training.fit_locator.held_out_figures`):
 
 - the **pointing game** on the fractured films with outlines: the share whose map peaks within 15 px of
   an annotated fracture box, beside a uniformly random point's rate and the image's centre's;
@@ -45,7 +45,7 @@ def parse_args(argv=None):
 def table(figures):
     """The figures as a few printed lines, one per group."""
     from bonenet.scoring.metrics import figure_text, with_interval
-    from bonenet.training.locator import drawn_text
+    from bonenet.training.fit_locator import drawn_text
 
     lines = []
     for group, f in figures.items():
@@ -96,7 +96,7 @@ def main(argv=None):
     from bonenet.data.fractures import read_annotations
     from bonenet.models.locator import Locator
     from bonenet.scoring.detection import map_boxes
-    from bonenet.training.locator import held_out_figures, locator_table
+    from bonenet.training.fit_locator import held_out_figures, locator_table
 
     locator = Locator.load(args.locator)
     table_ = locator_table(args.fracatlas)

@@ -294,7 +294,7 @@ def cmd_train_locator(args):
     """`train-locator`: see `run_pipeline.py --help`."""
     from bonenet.configs import LocatorConfig
     from bonenet.scoring.metrics import figure_text, with_interval
-    from bonenet.training.locator import drawn_text, train_locator
+    from bonenet.training.fit_locator import drawn_text, train_locator
 
     config = LocatorConfig(**config_values(args, LocatorConfig))
     provenance = train_locator(args.out, args.fracatlas, config, resume=args.resume,

@@ -118,7 +118,7 @@ class PretrainConfig:
 
 @dataclass(frozen=True)
 class LocatorConfig:
-    """How the fracture locator is trained (`bonenet.training.locator`). The defaults made the shipped file."""
+    """How the fracture locator is trained (`bonenet.training.fit_locator`). The defaults made the shipped file."""
 
     image_size: int = setting(320, "input side in pixels: the whole film, letterboxed (fractures are small)",
                               Range(64))

@@ -7,7 +7,7 @@ letterboxed to `LOCATOR_SIZE` pixels, since fractures are small and the part mod
 
 It is its own model, beside whichever run classifies: a run trained on MURA with ImageNet weights draws
 the same locator's map. The trunk's weights are the shipped radiograph backbone's, frozen; only the head
-learns (`bonenet.training.locator`), so the file holds the whole locator and loads without the backbone.
+learns (`bonenet.training.fit_locator`), so the file holds the whole locator and loads without the backbone.
 The shipped file and its provenance sit in `bonenet/models/assets/` (`fracture_locator_320.*`).
 """
 
@@ -21,6 +21,7 @@ import numpy as np
 from bonenet.models.backbones import ASSETS, checked_asset, provenance_path
 from bonenet.models.efficientnet import build_base
 from bonenet.preprocessing.recipes import Recipe, to_original
+from bonenet.runtime import in_float32
 
 LOCATOR_SIZE = 320
 STRIDE = 8
@@ -32,6 +33,7 @@ LOCATOR_RECIPE = Recipe("locator", roi=False, channels=([{"op": "clahe"}],) * 3,
 SHIPPED_LOCATOR = ASSETS / f"fracture_locator_{LOCATOR_SIZE}.weights.h5"
 
 
+@in_float32
 def build_trunk(image_size=LOCATOR_SIZE, weights=None):
     """EfficientNetB0 up to its last tap: image (S×S×3, 0-255) → the `TAPS` outputs, frozen."""
     base = build_base(image_size, weights)
@@ -40,6 +42,7 @@ def build_trunk(image_size=LOCATOR_SIZE, weights=None):
     return trunk
 
 
+@in_float32
 def build_head(shapes, seed=0):
     """The dense head on the taps' outputs (`shapes`: their H×W×C, the first at stride 8): logits G×G, float32.
 
@@ -61,9 +64,12 @@ def build_head(shapes, seed=0):
     return keras.Model(inputs, keras.layers.Reshape((grid, grid), name="grid")(x), name="locator_head")
 
 
+@in_float32
 def build_locator(image_size=LOCATOR_SIZE, trunk_weights=None, seed=0):
     """The whole locator: image (S×S×3, 0-255) → fracture logits (S/8 × S/8), with its trunk and head
-    reachable as layers `locator_trunk` and `locator_head`."""
+    reachable as layers `locator_trunk` and `locator_head`. Always float32, whatever policy the caller has
+    set: the head is small and the trunk runs once per film, so a mixed policy would buy little, and the
+    same weights give the same map on every CPU."""
     trunk = build_trunk(image_size, trunk_weights)
     head = build_head([tuple(t.shape[1:]) for t in trunk.outputs], seed)
     image = keras.Input((image_size, image_size, 3), name="image")

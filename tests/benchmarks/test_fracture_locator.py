@@ -7,7 +7,7 @@ import cv2
 
 from benchmarks import fracture_locator
 from bonenet.configs import LocatorConfig
-from bonenet.training.locator import train_locator
+from bonenet.training.fit_locator import train_locator
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "fracatlas"
 

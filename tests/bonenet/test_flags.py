@@ -17,7 +17,7 @@ def _parser(config_class):
 def test_each_field_is_one_flag_with_its_default_and_a_true_boolean_is_a_no_flag():
     args = _parser(EvaluateConfig).parse_args([])
     assert config_values(args, EvaluateConfig) == {"split": "valid", "bootstrap": 1000, "seed": 0, "gallery": 3,
-                                                  "tta": "none", "plots": True}
+                                                  "tta": "none", "explain": "locator", "plots": True}
     assert _parser(EvaluateConfig).parse_args(["--no-plots", "--bootstrap", "0"]).plots is False
     assert EvaluateConfig(**config_values(_parser(EvaluateConfig).parse_args(["--no-plots"]), EvaluateConfig)).plots is False
 

@@ -54,3 +54,15 @@ def test_the_shipped_locator_matches_its_provenance_and_says_what_it_measured():
     assert f"{100 * game['hit']:.0f}% of {game['images']} held-out FracAtlas films" in note
     assert (loc.ASSETS / "fracture_locator_320.NOTICE.md").is_file()
 
+
+
+def test_the_locator_computes_in_float32_under_a_mixed_policy():
+    from bonenet.runtime import precision_scope
+
+    gray = np.random.default_rng(1).integers(0, 255, (70, 90), dtype=np.uint8)
+    plain = loc.build_locator(64, seed=3)
+    with precision_scope("mixed_bfloat16"):
+        mixed = loc.build_locator(64, seed=3)
+    assert {layer.dtype_policy.name for layer in mixed.get_layer("locator_trunk").layers} == {"float32"}
+    mixed.set_weights(plain.get_weights())
+    np.testing.assert_array_equal(loc.Locator(mixed).maps([gray])[0], loc.Locator(plain).maps([gray])[0])

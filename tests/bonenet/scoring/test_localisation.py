@@ -63,8 +63,8 @@ def test_captions_claim_localisation_only_where_it_was_measured_above_chance(net
 
     from bonenet.inference.predictor import BoneNet
 
-    measured = BoneNet(manifest, net.members, net.trunk)
+    measured = BoneNet(manifest, net.members, net.trunk).with_tta("none", "gradcam")  # the note is Grad-CAM's
     gray = np.full((80, 80), 90, np.uint8)
     result = {"part_confidence": 0.9, "p_abnormal": 0.7, "threshold": 0.5, "abnormal": True}
     assert note in heat_map(measured, net.parts[0], gray, result)[2]
-    assert localisation.NOT_VALIDATED in heat_map(net, net.parts[0], gray, result)[2]
+    assert localisation.NOT_VALIDATED in heat_map(net.with_tta(net.tta, "gradcam"), net.parts[0], gray, result)[2]

@@ -1,4 +1,4 @@
-"""Training the fracture locator (`bonenet.training.locator`): a small one learns where a synthetic lesion is,
+"""Training the fracture locator (`bonenet.training.fit_locator`): a small one learns where a synthetic lesion is,
 and `train-locator` on the attributed FracAtlas fixture keeps the benchmark's held-out films out."""
 
 import json
@@ -15,7 +15,7 @@ from bonenet.digests import file_sha256
 from bonenet.models.backbones import SHIPPED_BACKBONE
 from bonenet.models.locator import Locator, build_trunk
 from bonenet.scoring.localisation import image_pointing
-from bonenet.training import locator as training
+from bonenet.training import fit_locator as training
 
 FIXTURE = Path(__file__).parents[2] / "fixtures" / "fracatlas"
 SIZE, LESION = 96, 6
