@@ -184,7 +184,7 @@ def _text_scale(lines, width, thickness):
     return min(1.0, 0.95 * (width - 12) / max(widest, 1))
 
 
-def overlay(gray, cam, abnormal, boxes=(), lines=()):
+def overlay(gray, cam, abnormal, boxes=(), lines=(), top="max"):
     """Draws a Grad-CAM heat map over a radiograph, with a colour bar and a caption band.
 
     The heat's opacity follows the heat, so cold regions show the plain radiograph. An image
@@ -198,6 +198,8 @@ def overlay(gray, cam, abnormal, boxes=(), lines=()):
         abnormal: the image's decision; None when unscored (drawn as normal).
         boxes: [x0, y0, x1, y1] boxes to draw (the caller decides which an image gets).
         lines: caption lines; the last is drawn in the decision's colour.
+        top: the colour bar's top label: "max" for a map scaled to its own maximum (Grad-CAM), "p=1" for a
+            probability. Defaults to "max".
 
     Returns:
         A BGR uint8 image: caption band above, radiograph, colour bar on the right.
@@ -221,7 +223,7 @@ def overlay(gray, cam, abnormal, boxes=(), lines=()):
     bar = cv2.applyColorMap(ramp, cv2.COLORMAP_JET)
     margin = np.zeros((h, max(40, w // 8), 3), np.uint8)
     scale = min(0.5, max(0.3, h / 900))
-    for text, y in (("max", int(14 * scale / 0.4)), ("0", h - 6)):
+    for text, y in ((top, int(14 * scale / 0.4)), ("0", h - 6)):
         cv2.putText(margin, text, (4, y), cv2.FONT_HERSHEY_SIMPLEX, scale, (230, 230, 230), 1, cv2.LINE_AA)
     body = np.hstack([image, np.zeros((h, 4, 3), np.uint8), bar, margin])
 

@@ -102,7 +102,8 @@ def heat_map(net, part, gray, result, header=(), prepared=None):
     lines = [*header, *([caveat] if caveat else []), *claim,
              *gradcam.caption(short_name(part), result["part_confidence"], result["p_abnormal"],
                               result["threshold"], abnormal, result.get("whose", ""))]
-    return gradcam.overlay(gray, cam, abnormal, [b["box"] for b in boxes], lines), boxes, lines
+    top = "max" if net.explain == "gradcam" else "p=1"  # Grad-CAM has no unit; the locator's map is a probability
+    return gradcam.overlay(gray, cam, abnormal, [b["box"] for b in boxes], lines, top), boxes, lines
 
 
 def _boxes_line(boxes, abnormal, threshold):
