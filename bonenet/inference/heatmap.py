@@ -31,6 +31,11 @@ def shipped_locator():
     return Locator.load()
 
 
+def locator_of(net):
+    """The locator `net` draws: its own (`BoneNet.locator`), or the shipped one."""
+    return net.locator or shipped_locator()
+
+
 def part_cams(net, part, gray, layers, methods, prepared=None):
     """Heat maps of `part`'s abnormal class for one image at each layer by each method, on its original
     H×W grayscale: {(layer, method): map} (the benchmark's candidates; `part_cam` draws the chosen one).
@@ -71,7 +76,7 @@ def map_note(net, part):
     Grad-CAM's note (`bonenet.scoring.localisation.heat_map_note`). Each entry's `heat_map_note`."""
     if net.explain == "gradcam":
         return f"Grad-CAM: {heat_map_note(net.manifest, part)}"
-    return (net.locator or shipped_locator()).note()
+    return locator_of(net).note()
 
 
 def heat_map(net, part, gray, result, header=(), prepared=None):
@@ -95,7 +100,7 @@ def heat_map(net, part, gray, result, header=(), prepared=None):
         boxes = [{"box": box, "score": None}] if abnormal and box is not None else []
         claim = [GRADCAM_LABEL, heat_map_note(net.manifest, part)]
     else:
-        locator = net.locator or shipped_locator()
+        locator = locator_of(net)
         cam, boxes = fracture_map(gray, locator)
         claim = [locator.note(), _boxes_line(boxes, abnormal, locator.threshold)]
     caveat = provenance.caveat(net.manifest)

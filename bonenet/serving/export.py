@@ -27,8 +27,9 @@ from keras import ops
 from bonenet import __version__
 from bonenet.configs import ExportConfig
 from bonenet.files import check_replaceable, folder_written_whole
+from bonenet.inference.heatmap import locator_of
 from bonenet.inference.notes import calibration_note
-from bonenet.models.locator import LOCATOR_RECIPE, STRIDE, Locator
+from bonenet.models.locator import LOCATOR_RECIPE, STRIDE
 from bonenet.run.model_card import NOT_FOR_CLINICAL_USE
 from bonenet.runtime import in_float32
 from bonenet.scoring.calibration import EPS
@@ -192,7 +193,7 @@ def export_run(models_dir, fmt, out_dir, net=None, force=False, config=ExportCon
     net = (net or BoneNet.load(models_dir)).with_tta(config.tta)
     keras_format, artifact = FORMATS[fmt]
     model = serving_model(net)
-    locator = (net.locator or Locator.load()) if config.locator else None
+    locator = locator_of(net) if config.locator else None
     facts = {**export_facts(net, fmt, artifact), "locator": locator_facts(locator, fmt)}
     with folder_written_whole(out_dir, EXPORT_JSON, force) as tmp:
         _export_model(model, net.trunk, tmp / artifact, keras_format)

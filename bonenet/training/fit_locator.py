@@ -37,7 +37,7 @@ from bonenet.models.locator import STRIDE, Locator, build_head, build_locator, b
 from bonenet.progress import Progress, keras_verbosity
 from bonenet.scoring.detection import detector_figures, froc_point, map_boxes, match
 from bonenet.scoring.localisation import image_pointing, pointing_game
-from bonenet.training.pretrain import _machine, portable_command, save_float16_weights
+from bonenet.training.pretrain import machine_facts, portable_command, save_float16_weights
 
 MONITOR_FRACTION = 0.1
 THRESHOLDS = np.round(np.arange(0.05, 0.96, 0.05), 2)
@@ -76,26 +76,27 @@ def grid_target(annotation, gray_shape, layout, image_size):
 
 def compute_taps(trunk, rows, annotations, image_size, mirror=True):
     """The frozen trunk's taps and the targets of `rows` (and of their mirror images): ([float16 arrays],
-    float32 targets), mirror images after the originals."""
-    jobs = [(path, name, flip) for flip in (False, True)[: 1 + mirror]
-            for path, name in zip(rows["path"], rows["name"], strict=True)]
-    taps, targets = None, np.zeros((len(jobs), image_size // STRIDE, image_size // STRIDE), np.float32)
-    with Progress(len(jobs), "train-locator: the trunk's taps") as progress:
-        for start in range(0, len(jobs), 32):
-            inputs = []
-            for k, (path, name, flip) in enumerate(jobs[start:start + 32], start):
-                gray = load_gray(path)
-                note = annotations.get(name)
-                if flip:
-                    gray, note = gray[:, ::-1].copy(), note and _mirrored(note, gray.shape[1])
-                x, layout = locator_input(gray, image_size)
-                inputs.append(x)
-                targets[k] = grid_target(note, gray.shape, layout, image_size)
+    float32 targets), mirror images after the originals. Each film is read once for both."""
+    n, views = len(rows), 1 + bool(mirror)
+    taps, targets = None, np.zeros((views * n, image_size // STRIDE, image_size // STRIDE), np.float32)
+    with Progress(views * n, "train-locator: the trunk's taps") as progress:
+        for start in range(0, n, 16):
+            chunk = rows.iloc[start:start + 16]
+            inputs, slots = [], []
+            for k, (path, name) in enumerate(zip(chunk["path"], chunk["name"], strict=True), start):
+                gray, note = load_gray(path), annotations.get(name)
+                for view in range(views):
+                    if view:
+                        gray, note = gray[:, ::-1].copy(), note and _mirrored(note, gray.shape[1])
+                    x, layout = locator_input(gray, image_size)
+                    inputs.append(x)
+                    slots.append(view * n + k)
+                    targets[view * n + k] = grid_target(note, gray.shape, layout, image_size)
             out = trunk.predict_on_batch(np.stack(inputs))
             if taps is None:
-                taps = [np.zeros((len(jobs), *o.shape[1:]), np.float16) for o in out]
+                taps = [np.zeros((views * n, *o.shape[1:]), np.float16) for o in out]
             for tap, o in zip(taps, out, strict=True):
-                tap[start:start + len(inputs)] = o
+                tap[slots] = o
             progress.update(len(inputs))
     return taps, targets
 
@@ -259,7 +260,7 @@ def train_locator(out, fracatlas, config=LocatorConfig(), resume=False, command=
         "candidate_floor": cuts["floor"], "candidate_floor_rule": "the candidates scored as a detector (FROC, AP): "
         f"most fractures found at 1 false box per film on the monitor fold ({cuts['sensitivity_at_1fp']:.3f})",
         "held_out": figures, "storage": "float16", "sha256": file_sha256(out),
-        "seconds": round(time.time() - start), **_machine(),
+        "seconds": round(time.time() - start), **machine_facts(),
     }
     write_text_whole(provenance_path(out), json.dumps(json_safe(provenance), indent=2) + "\n")
     shutil.rmtree(work, ignore_errors=True)

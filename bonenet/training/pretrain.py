@@ -189,7 +189,7 @@ def pretrain_backbone(out, config=PretrainConfig(), data_dir=None, resume=False,
         "storage": "float16",
         "sha256": file_sha256(out),
         "seconds": round(time.time() - start),
-        **_machine(),
+        **machine_facts(),
     }
     write_text_whole(provenance_path(out), json.dumps(provenance, indent=2) + "\n")
     if backup.exists():
@@ -216,8 +216,8 @@ def _fit(train, config, backup, verbose):
     return model, base, steps_per_epoch * config.epochs
 
 
-def _machine():
-    """Where and with what the backbone was made."""
+def machine_facts():
+    """Where and with what a shipped file was made: machine, date, versions (for its provenance)."""
     return {"machine": f"{platform.machine()} {os.cpu_count()} CPU(s), {platform.system()}",
             "date": datetime.date.today().isoformat(),
             "versions": {"keras": keras.__version__, "tensorflow": _tf_version(), "python": platform.python_version()}}
@@ -331,7 +331,7 @@ def pretrain_on_real(out, specs, config=PretrainConfig(), init="synthetic", resu
         "schedule": f"Adam, linear warm-up {config.warmup_epochs} epochs to {config.learning_rate}, then cosine "
                     "decay to 0; AugmentConfig() augmentation",
         "monitor_auroc": target_aurocs(model, monitor, targets, config), "storage": "float16",
-        "sha256": file_sha256(out), "seconds": round(time.time() - start), **_machine(),
+        "sha256": file_sha256(out), "seconds": round(time.time() - start), **machine_facts(),
     }
     write_text_whole(provenance_path(out), json.dumps(json_safe(provenance), indent=2) + "\n")
     if backup.exists():
