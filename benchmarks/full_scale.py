@@ -81,10 +81,12 @@ def train_flags(args):
 
 def stages(run_dir, state):
     """Seconds per stage, from the run's manifest and its feature cache; they add up to `total`."""
-    manifest = json.loads((run_dir / "manifest.json").read_text())
+    from bonenet.run.manifest import read_manifest
+
+    manifest = read_manifest(run_dir)
     caches = sorted((run_dir / "cache").glob("features-*/meta.json"))
     cache = json.loads(caches[-1].read_text()).get("seconds", {}) if caches else {}
-    heads = {key: entry.get("seconds", {}).get("fit", 0.0) for key, entry in manifest["models"].items()}
+    heads = {key: entry.seconds.get("fit", 0.0) for key, entry in manifest.models.items()}
     train_all = sum(state["train_walls"])
     decode, trunk = cache.get("waiting_for_input", 0.0), cache.get("trunk", 0.0)
     out = {"decode_and_prepare": decode, "trunk_forward": trunk, "heads": heads,

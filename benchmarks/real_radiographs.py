@@ -68,7 +68,12 @@ def parse_args(argv=None):
     p.add_argument("--heat-maps-only", action="store_true",
                    help="score only the heat maps (the pointing game) of every run already under --out, with this "
                         "code's heat map, into <row>/pointing_game.json")
-    p.add_argument("--modes", default="20,all", help="with --compare: which of 20 and all to run (default both)")
+    p.add_argument("--modes", default="20,all",
+                   help="with --compare: which of 20, all and adapt to run (default 20,all); adapt: the trunk "
+                        "adapted on every fit image first (--adapt-epochs), then the last 20, at --deep-image-size")
+    p.add_argument("--adapt-epochs", type=int, default=0, help="trunk adaptation epochs before training (default 0; "
+                                                               "8 in --compare's adapt mode when 0)")
+    p.add_argument("--adapt-learning-rate", type=float, default=3e-4, help="trunk adaptation peak rate")
     p.add_argument("--deep-image-size", type=int, default=128, help="with --compare: input side for all (default 128)")
     p.add_argument("--deep-epochs", type=int, default=6, help="with --compare: epochs for all (default 6)")
     p.add_argument("--deep-learning-rate", type=float, default=3e-4, help="with --compare: rate for all (default 3e-4)")
@@ -113,30 +118,38 @@ def heat_maps(net, index, root, run_dir, n_boot):
     return games
 
 
+def train_config(args):
+    """The row's `TrainConfig`: `--weights shipped` is the shipped synthetic backbone's file."""
+    from bonenet.configs import TrainConfig
+    from bonenet.models.backbones import shipped_backbone
+
+    weights = str(shipped_backbone()[0]) if args.weights == "shipped" else args.weights
+    return TrainConfig(epochs=args.epochs, batch_size=args.batch_size, image_size=args.image_size, weights=weights,
+                       trainable_layers=args.trainable_layers, learning_rate=args.learning_rate, seed=args.seed,
+                       ensemble=args.ensemble, cache_dir=args.cache_dir, adapt_epochs=args.adapt_epochs,
+                       adapt_learning_rate=args.adapt_learning_rate)
+
+
 def run(args):
     """The benchmark's steps; returns the result dict."""
-    from bonenet.configs import EvaluateConfig, TrainConfig
+    from bonenet.configs import EvaluateConfig
     from bonenet.data.datalist import fracatlas_datalist, read_dataset
     from bonenet.evaluation.evaluate import evaluate_run
     from bonenet.inference.predictor import BoneNet
-    from bonenet.models.backbones import shipped_backbone
     from bonenet.training.train import train_all
 
     out, root = Path(args.out), Path(args.fracatlas)
-    weights = str(shipped_backbone()[0]) if args.weights == "shipped" else args.weights
     seconds, start = {}, time.time()
     # Variant rows share one datalist, so that their images' paths, and with them the trunk-feature cache's key,
     # are the same.
     datalist = Path(getattr(args, "datalist", None) or out / "fracatlas.csv")
     fracatlas_datalist(root, datalist)
     index = read_dataset(datalist)
-    config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, image_size=args.image_size, weights=weights,
-                         trainable_layers=args.trainable_layers, learning_rate=args.learning_rate, seed=args.seed,
-                         ensemble=args.ensemble, cache_dir=args.cache_dir)
+    config = train_config(args)
     if getattr(args, "trained", False):  # a variant that rescores a run trained for another row
         from bonenet.run.manifest import read_manifest
 
-        entries = read_manifest(out / "run")["models"]
+        entries = read_manifest(out / "run").models
     else:
         entries, failures = train_all(index, out / "run", config)
         if failures:
@@ -157,10 +170,11 @@ def run(args):
         "config": {"weights": args.weights, "trainable_layers": "all" if config.deep else config.trainable_layers,
                    "mode": config.mode, "image_size": args.image_size, "epochs": args.epochs,
                    "learning_rate": args.learning_rate, "batch_size": args.batch_size, "seed": args.seed,
-                   "ensemble": args.ensemble, "tta": args.tta},
-        "members_holdout_auc": {key: [m["holdout"].get("auc") for m in entry.get("members", [])]
+                   "ensemble": args.ensemble, "tta": args.tta, "adapt_epochs": args.adapt_epochs,
+                   "adapt_learning_rate": args.adapt_learning_rate},
+        "members_holdout_auc": {key: [m["holdout"].get("auc") for m in entry.members]
                                 for key, entry in entries.items() if key != "router"},
-        "epochs_run": {key: entry["epochs_run"] for key, entry in entries.items()},
+        "epochs_run": {key: entry.epochs_run for key, entry in entries.items()},
         "parts": {part: {"n": metrics["study"][part]["n"],
                          "abnormal": metrics["study"][part]["tp"] + metrics["study"][part]["fn"],
                          **{k: metrics["study"][part][k] for k in ("auroc", "auroc_ci95", "kappa", "kappa_ci95")},
@@ -239,12 +253,13 @@ def compare(args):
     for weights in args.compare.split(","):
         name = row_name(weights)
         for mode in args.modes.split(","):
-            deep = mode == "all"
+            deep, adapt = mode == "all", mode == "adapt"
             row = argparse.Namespace(**{**vars(args), "weights": weights, "out": str(Path(args.out) / f"{name}-{mode}"),
-                                        "trainable_layers": MAX_TRAINABLE_LAYERS if deep else int(mode),
-                                        "image_size": args.deep_image_size if deep else args.image_size,
+                                        "trainable_layers": MAX_TRAINABLE_LAYERS if deep else 20 if adapt else int(mode),
+                                        "image_size": args.deep_image_size if deep or adapt else args.image_size,
                                         "epochs": args.deep_epochs if deep else args.epochs,
-                                        "learning_rate": args.deep_learning_rate if deep else args.learning_rate})
+                                        "learning_rate": args.deep_learning_rate if deep else args.learning_rate,
+                                        "adapt_epochs": (args.adapt_epochs or 8) if adapt else 0})
             print(f"{weights}, trainable layers {mode}: {row.out}", file=sys.stderr, flush=True)
             rows[f"{name}-{mode}"] = _one(row, reuse=True)
     return rows
@@ -314,7 +329,8 @@ def comparison_table(rows, part="XR_HAND"):
              "| seconds |", "|---|---|---|---|---|---|"]
     for result in rows.values():
         c, m = result["config"], result["parts"].get(part, {})
-        lines.append(f"| {c['weights']} | {c['trainable_layers']}, {c['image_size']}, {c['epochs']} | {_f(m.get('auroc'))} "
+        layers = f"adapt {c['adapt_epochs']} + {c['trainable_layers']}" if c.get("adapt_epochs") else c["trainable_layers"]
+        lines.append(f"| {c['weights']} | {layers}, {c['image_size']}, {c['epochs']} | {_f(m.get('auroc'))} "
                      f"{_ci(m.get('auroc_ci95'))} | {_f(m.get('kappa'))} {_ci(m.get('kappa_ci95'))} | "
                      f"{_f(result['router_study_accuracy'])} | {sum(result['seconds'].values()):.0f} |")
     return "\n".join(lines)

@@ -44,7 +44,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from bonenet.configs import SyntheticConfig
+from bonenet.configs import SyntheticConfig, TrainConfig
 from bonenet.data.mura import read_mura
 from bonenet.data.pipeline import Feed, Preparation, make_dataset
 from bonenet.data.synthetic import make_synthetic
@@ -54,6 +54,7 @@ from bonenet.preprocessing.recipes import get_recipe
 from bonenet.run.manifest import model_filename, record_model
 from bonenet.run.store import save_model_atomic
 from bonenet.training.features import compute_features
+from bonenet.training.job import shared_settings
 
 PAPER_MB = 207.2  # Patel et al.: eight EfficientNetB0 models
 MURA_TRAIN_IMAGES = 36_808
@@ -133,7 +134,8 @@ def storage(size, work):
         entry = {"file": model_filename(key), "input": "trunk", "labels": labels,
                  "members": [{"file": model_filename(key)}], "recipe": get_recipe("equalize").to_dict(),
                  "calibration": {"temperature": None, "reason": "an untrained benchmark run"}}
-        record_model(run, key, {"image_size": size}, entry, trunk={"file": "trunk.keras", "output": trunk_cut(model)[1]})
+        shared = shared_settings(TrainConfig(image_size=size, weights="none"), {"kind": "none"}, None)
+        record_model(run, key, shared, entry, trunk={"file": "trunk.keras", "output": trunk_cut(model)[1]})
     return folder_bytes(full_default), folder_bytes(full_weights), folder_bytes(run)
 
 

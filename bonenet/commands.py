@@ -73,15 +73,18 @@ def cmd_preprocess(args):
 
 
 def _training_notes(config, origin):
-    """What a user should know before a training starts: a backbone last-20 cannot learn much
-    from, and what `--trainable-layers all` changes."""
-    from bonenet.configs import TrainConfig
+    """What a user should know before a training starts: a frozen trunk that last-20 cannot learn much from,
+    what trunk adaptation and `--trainable-layers all` do."""
+    from bonenet.configs import DEFAULT_TRAINABLE_LAYERS, OFFLINE_FLAGS
 
-    if origin["kind"] not in ("imagenet", "radiograph") and config.trainable_layers == TrainConfig.trainable_layers:
+    if origin["kind"] != "imagenet" and not config.adapt_epochs and config.trainable_layers == DEFAULT_TRAINABLE_LAYERS:
         backbone = origin.get("description") or origin["kind"]
-        note(f"the backbone is not ImageNet-pretrained ({backbone}), and the last {config.trainable_layers} "
-             "layers alone learn little of real radiographs from it; deep fine-tuning (--trainable-layers all) is "
-             "what learns real findings from such a backbone")
+        note(f"the backbone is not ImageNet-pretrained ({backbone}), and on its frozen trunk the last "
+             f"{config.trainable_layers} layers learn little of real radiographs; adapt the trunk on this collection first ({OFFLINE_FLAGS}: the offline "
+             "recipe that measured best on the transfer yardstick, BENCHMARKS.md)")
+    if config.adapt_epochs:
+        note(f"--adapt-epochs {config.adapt_epochs}: the whole trunk first learns from every fit image of the "
+             "collection (abnormal and body part at once), then the router and the part heads train on it, frozen")
     if config.deep:
         note("--trainable-layers all: the whole network fine-tunes in full mode (no shared trunk, so no "
              "trunk-feature cache; prepared images are cached in memory, or in --cache-dir)")
@@ -117,10 +120,10 @@ def cmd_train(args):
     entry, _ = train_model(target, index, args.models_dir, config, resume=args.resume)
     _print_skips(unread_images([entry]))
     where = "saved" if is_chief(config.strategy) else "trained (the chief saves)"
-    members = entry["members"]
-    saved = (f"{Path(args.models_dir) / entry['file']}" if len(members) == 1 else
+    members = entry.members
+    saved = (f"{Path(args.models_dir) / entry.file}" if len(members) == 1 else
              f"{len(members)} members ({', '.join(m['file'] for m in members)}) in {args.models_dir}")
-    say(f"{where} {saved}; hold-out " + ", ".join(f"{k} {v:.4f}" for k, v in entry["holdout"].items()) +
+    say(f"{where} {saved}; hold-out " + ", ".join(f"{k} {v:.4f}" for k, v in entry.holdout.items()) +
          ("" if len(members) == 1 else " for their mean; each alone: " +
           "; ".join(", ".join(f"{k} {v:.4f}" for k, v in m["holdout"].items()) for m in members)))
 
@@ -194,8 +197,8 @@ def cmd_predict(args):
 
     config = PredictConfig(**config_values(args, PredictConfig))
     net = BoneNet.load(args.models_dir, threshold=config.threshold, tta=config.tta, explain=config.explain)
-    if backbone_warning(net.manifest["weights"]):
-        note(f"warning: {backbone_warning(net.manifest['weights'])}")
+    if backbone_warning(net.manifest.weights):
+        note(f"warning: {backbone_warning(net.manifest.weights)}")
     if tta_note(net.tta):
         note(tta_note(net.tta))
     if len(net.parts) < len(PARTS):

@@ -25,6 +25,8 @@ THRESHOLD_MODES = ("tuned", "default")
 # EfficientNetB0 without its top has 236 layers; fine-tuning the last 234 leaves its input scaling
 # and normalisation as the frozen trunk (tests/bonenet/models/test_efficientnet.py pins that).
 MAX_TRAINABLE_LAYERS = 234
+# Without ImageNet weights: the recipe that measured best on the transfer yardstick (BENCHMARKS.md).
+OFFLINE_FLAGS = "--weights radiograph --adapt-epochs 8 --image-size 128"
 STRATEGIES = ("auto", "default", "mirrored", "multiworker")
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 MODES = ("cached", "full")
@@ -149,14 +151,20 @@ class TrainConfig:
     batch_size: int = setting(32, "global batch size (split across replicas)", Range(1))
     image_size: int = setting(IMAGE_SIZE, "input side in pixels", Range(32))
     weights: str = setting("imagenet", "imagenet, radiograph (the shipped backbone pretrained on open real "
-                                       "radiographs: the offline choice), none, or a backbone .weights.h5 file")
+                                       "radiographs: the offline start, adapted with adapt-epochs 8 at 128 px), none, "
+                                       "or a backbone .weights.h5 file")
     trainable_layers: int = setting(
         DEFAULT_TRAINABLE_LAYERS, "last base layers to fine-tune, or all: the whole network, in full mode. 20 (last-20, the shared trunk "
-            "and its feature cache) suits an ImageNet backbone; all is what learns real findings from a backbone "
-            "that is not ImageNet-pretrained", Range(0, MAX_TRAINABLE_LAYERS))
+            "and its feature cache) suits an ImageNet backbone, or one adapted by adapt-epochs; all fine-tunes "
+            "eight whole networks, each on its part's images", Range(0, MAX_TRAINABLE_LAYERS))
     train_batchnorm: bool = setting(False, "let BatchNorm layers among the trainable ones adapt (deep fine-tuning); "
                                            "by default they stay frozen")
     learning_rate: float = setting(1e-4, "Adam learning rate", Range(0, open_lo=True))
+    adapt_epochs: int = setting(0, "adapt the whole trunk first, for this many epochs, on every fit image of the "
+                                   "collection (abnormal and body part at once); the router and the part heads "
+                                   "then train on it, frozen. 0: off", Range(0))
+    adapt_learning_rate: float = setting(3e-4, "peak Adam rate of the trunk adaptation (warm-up, cosine decay)",
+                                         Range(0, open_lo=True))
     seed: int = setting(0, "seed for split, shuffling, augmentation and initialisation")
     strategy: str = setting("auto", "tf.distribute strategy: auto (mirrored when >1 GPU), default, mirrored, "
                                     "multiworker", choices=STRATEGIES)

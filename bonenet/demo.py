@@ -118,7 +118,7 @@ def run_demo(out="demo_output", quick=False, **overrides):
     # The smoke run renders the overview only; the per-part pages cost a notebook kernel each.
     reports = run_reports(out / "eval", out / "reports", parts=[] if quick else None)
 
-    _stage("5/5 predict one valid study per part, with Grad-CAM overlays", start)
+    _stage("5/5 predict one valid study per part, with heat maps (the fracture locator)", start)
     _predict_sample(net, index, out)
     summary = {"seconds": round(time.time() - start, 1),
                **_summary(plan, (backbone, provenance), metrics, failures, reports)}
@@ -132,7 +132,7 @@ def closing_text(summary, out):
     lines = [f"\n=== done in {summary['seconds']:.0f}s ==="]
     for label, path in [("models", out / "saved_models" / "demo" / "manifest.json"),
                         ("metrics", out / "eval" / "metrics.json"), ("predictions", out / "predictions.json"),
-                        ("Grad-CAM overlays", out / "cams"), ("summary", out / "demo_summary.json")]:
+                        ("heat maps", out / "cams"), ("summary", out / "demo_summary.json")]:
         lines.append(f"  {label:<18} {path}")
     lines += ["\nSynthetic valid studies, routed pipeline (synthetic data: the machinery works; not clinical evidence).",
               "Stanford: DenseNet-169 ensemble on the real MURA test set, for scale only.",

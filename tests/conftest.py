@@ -98,14 +98,14 @@ def full_run(run, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("full_run")
     shutil.copytree(run[0], run_dir, dirs_exist_ok=True, ignore=shutil.ignore_patterns("checkpoints"))
     manifest = run_manifest.read_manifest(run_dir)
-    shared = {k: manifest[k] for k in run_manifest.SHARED_KEYS}
+    shared = {k: getattr(manifest, k) for k in run_manifest.SHARED_KEYS}
     wrist = store.load_model(run_dir / "heads" / "wrist.keras")
     for part in PARTS:
         if part != "XR_WRIST":
             # The wrist head's layers under the part's own name: loading checks that a head is its part's.
             stand_in = keras.Model(wrist.input, wrist.output, name=f"part_{part.lower()}_head")
             store.save_model_atomic(stand_in, run_dir / run_manifest.model_filename(part))
-            entry = manifest["models"]["XR_WRIST"]
+            entry = manifest.models["XR_WRIST"].to_json()
             run_manifest.record_model(run_dir, part, shared, {**entry, "file": run_manifest.model_filename(part),
                                                        "members": [{**entry["members"][0],
                                                                     "file": run_manifest.model_filename(part)}],

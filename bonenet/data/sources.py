@@ -7,7 +7,8 @@ hardware. A datalist gives its part (one column per part present) and abnormal. 
 learns what radiographs of bones look like, and where fractures and implants are.
 
 Held-out discipline: `benchmarks/real_radiographs.py` scores the FracAtlas datalist's seeded, patient-grouped
-valid fifth (`bonenet.data.datalist`). A backbone that saw those images would measure memory, not transfer. So
+valid fifth (`bonenet.data.datalist`). A backbone that saw those images would be scored on its own training
+images. So
 `benchmark_holdout` names them by the sha256 of their bytes, the FracAtlas reader leaves them out, and
 `check_no_holdout` refuses any pretraining image with the same bytes, whatever its name or folder.
 """
@@ -86,13 +87,17 @@ def fracatlas_source(root, held_out, leave_out=()):
 
 def datalist_source(csv, licence):
     """A datalist's images (both splits), with one target per part present and `abnormal`."""
-    index = read_dataset(csv)
-    images = index.images
-    parts = sorted(images["part"].unique())
-    table = pd.DataFrame({"path": images["path"].to_numpy(),
-                          **{part: (images["part"] == part).to_numpy(np.float32) for part in parts},
-                          "abnormal": images["label"].to_numpy(np.float32)})
+    table = images_targets(read_dataset(csv).images)
     return PretrainSource(Path(csv).name, str(Path(csv).resolve()), licence, "", table)
+
+
+def images_targets(images, parts=None):
+    """A dataset index's images as targets: `path`, one 0/1 column per part (`parts`, by default those present)
+    and `abnormal`."""
+    parts = sorted(images["part"].unique()) if parts is None else parts
+    return pd.DataFrame({"path": images["path"].to_numpy(),
+                         **{part: (images["part"] == part).to_numpy(np.float32) for part in parts},
+                         "abnormal": images["label"].to_numpy(np.float32)})
 
 
 def check_no_holdout(sources, held_out):
@@ -102,8 +107,8 @@ def check_no_holdout(sources, held_out):
             digest = file_sha256(path)
             if digest in held_out:
                 raise ValueError(f"{path}: this image is held out by the FracAtlas benchmark (the same bytes as "
-                                 f"{held_out[digest]}); a backbone pretrained on it would measure memory, not "
-                                 "transfer: remove it from the pretraining data")
+                                 f"{held_out[digest]}); the benchmark would score a backbone pretrained on it "
+                                 "on an image it has seen: remove it from the pretraining data")
 
 
 def read_sources(specs, licence="stated by the user", leave_out=()):

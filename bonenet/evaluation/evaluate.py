@@ -242,8 +242,8 @@ def _source(index, net, models_dir, split, studies):
         "evaluated": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "data_root": str(index.root), "split": split, "dataset_fingerprint": fingerprint_of(index),
         "synthetic": is_synthetic(index),
-        "models_dir": str(Path(models_dir).resolve()), "models": {k: v["file"] for k, v in net.manifest["models"].items()},
-        "recipe": net.manifest["recipe"]["name"], "image_size": net.image_size, "weights": net.manifest["weights"],
+        "models_dir": str(Path(models_dir).resolve()), "models": {k: v.file for k, v in net.manifest.models.items()},
+        "recipe": net.manifest.recipe["name"], "image_size": net.image_size, "weights": net.manifest.weights,
         "tta": net.tta, "members": {key: len(heads) for key, heads in net.members.items()},
         "bootstrap": "cluster bootstrap over patients" if "patient" in studies else "over studies",
     }

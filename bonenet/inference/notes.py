@@ -5,9 +5,9 @@ augmentation costs. What the backbone is, and the caveat of a run that never saw
 
 def calibration_note(manifest, key):
     """How model `key`'s probabilities are calibrated, in words, for every output that carries them."""
-    if key not in manifest["models"]:
+    if key not in manifest.models:
         return "not calibrated: the run has no such model"
-    calibration = manifest["models"][key]["calibration"]
+    calibration = manifest.models[key].calibration
     if calibration.get("temperature") is None:
         return f"not calibrated: {calibration['reason']}"
     return f"temperature {calibration['temperature']:.3g}, fitted on {calibration.get('fitted_on', 'the training hold-out')}"

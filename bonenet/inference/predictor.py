@@ -51,9 +51,9 @@ class BoneNet:
         self.trunk = trunk
         self.tta = tta
         self.run_dir = Path(run_dir) if run_dir else None
-        self.recipe = Recipe.from_dict(manifest["recipe"])
-        self.image_size = int(manifest["image_size"])
-        self.labels = list(manifest["models"]["router"]["labels"])
+        self.recipe = Recipe.from_dict(manifest.recipe)
+        self.image_size = manifest.image_size
+        self.labels = list(manifest.models["router"].labels)
         self.parts = [p for p in self.labels if p in self.models]
         self.threshold_mode = threshold
         self.thresholds = self.part_thresholds(threshold)
@@ -96,7 +96,7 @@ class BoneNet:
 
     def temperature(self, key):
         """The temperature fitted for model `key` on the training hold-out, or None (not calibrated)."""
-        return self.manifest["models"].get(key, {}).get("calibration", {}).get("temperature")
+        return self.manifest.models[key].temperature if key in self.manifest.models else None
 
     def prepare(self, image, name=None):
         """A path, an upload's bytes (named `name`) or a uint8 H×W array → the uint8 S×S×3 model input

@@ -4,7 +4,6 @@ Every model is `EfficientNetB0(include_top=False)` + global average pooling + dr
 dense layer: 7 classes for the router, 2 (normal, abnormal) for a part model.
 """
 
-import hashlib
 import json
 import os
 import socket
@@ -13,7 +12,8 @@ from pathlib import Path
 
 import keras
 
-from bonenet.configs import DEFAULT_TRAINABLE_LAYERS, IMAGE_SIZE
+from bonenet.configs import DEFAULT_TRAINABLE_LAYERS, IMAGE_SIZE, OFFLINE_FLAGS
+from bonenet.digests import file_sha256
 from bonenet.models.backbones import radiograph_backbone
 from bonenet.parts import PARTS
 
@@ -58,16 +58,14 @@ def resolve_weights(weights):
         if not cached.is_file() and not _imagenet_reachable():
             raise WeightsUnavailableError(
                 f"ImageNet weights for EfficientNetB0 are not cached at {cached} and cannot be downloaded "
-                "(no network). Copy efficientnetb0_notop.h5 there, or use --weights radiograph (the shipped "
-                "backbone pretrained on open real radiographs, the offline choice), --weights PATH (a backbone "
-                ".weights.h5 file) or --weights none."
+                f"(no network). Copy efficientnetb0_notop.h5 there, or train offline with {OFFLINE_FLAGS} (best on "
+                "the transfer yardstick, BENCHMARKS.md), --weights PATH or --weights none."
             )
         return "imagenet", {"kind": "imagenet", "description": "Keras ImageNet weights"}
     path = Path(weights).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"{path}: weights file does not exist (expected imagenet, none or a .weights.h5 file)")
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    origin = {"kind": "file", "path": str(path.resolve()), "sha256": digest}
+    origin = {"kind": "file", "path": str(path.resolve()), "sha256": file_sha256(path)}
     note = path.with_suffix("").with_suffix(".json")  # backbone.json beside backbone.weights.h5
     if note.is_file():
         try:
@@ -76,7 +74,9 @@ def resolve_weights(weights):
             details = {"origin": note.read_text().strip()}
         origin["description"] = str(details.get("origin", ""))
         origin["details"] = details
-        if details.get("summary"):  # pretrained on real radiographs (`bonenet.training.pretrain.pretrain_on_real`)
+        if details.get("kind") == "imagenet":  # ImageNet weights adapted on a collection (`bonenet.training.adapt`)
+            origin["kind"] = "imagenet"
+        elif details.get("summary"):  # pretrained on real radiographs (`bonenet.training.pretrain.pretrain_on_real`)
             origin.update(kind="radiograph", summary=details["summary"])
     return str(path), origin
 

@@ -10,7 +10,6 @@ import datetime
 import json
 from pathlib import Path
 
-from bonenet import __version__
 from bonenet.files import json_safe, write_text_whole
 from bonenet.parts import PARTS, short_name
 from bonenet.run import provenance
@@ -28,14 +27,15 @@ INTENDED_USE = ("Research on detecting abnormal upper-extremity radiographs (MUR
 def _limits(manifest, facts):
     """The known limits, in plain words, from what the run is."""
     limits = []
-    reasons = provenance.unproven(manifest.get("weights"), facts["data"]["synthetic"])
+    reasons = provenance.unproven(manifest.weights, facts["data"]["synthetic"])
     if provenance.BACKBONE in reasons:
         limits.append(f"The backbone is not ImageNet-pretrained ({facts['backbone']['origin']}): the models have "
                       "not learned from real radiographs through it, and their answers on real studies mean little.")
     if provenance.RADIOGRAPH in reasons:
-        limits.append(f"The backbone was {manifest['weights'].get('summary', 'pretrained on open real radiographs')}: "
-                      "it has seen real radiographs, but far fewer images than ImageNet; BENCHMARKS.md measures what "
-                      "it transfers.")
+        limits.append(f"The backbone was {manifest.weights.get('summary', 'pretrained on open real radiographs')}: "
+                      "it has seen real radiographs, but far fewer images than ImageNet. Its in-collection FracAtlas "
+                      "figures are not transfer; BENCHMARKS.md's transfer yardstick measures what such a backbone "
+                      "carries to a body region it never saw.")
     if provenance.DATA in reasons:
         limits.append("The training data is synthetic (`make-synthetic`): every figure here shows the machinery "
                       "works, not how it does on real radiographs.")
@@ -50,7 +50,7 @@ def _limits(manifest, facts):
         "gives the hit rate): it marks likely fractures, not every abnormality MURA counts; with --explain "
         "gradcam it shows where the part model looked, not a localised finding.",
     ]
-    untrained = [short_name(p) for p in PARTS if p not in manifest["models"]]
+    untrained = [short_name(p) for p in PARTS if p not in manifest.models]
     if untrained:
         limits.append(f"No model for {', '.join(untrained)}: studies routed there are not scored.")
     return limits
@@ -58,10 +58,10 @@ def _limits(manifest, facts):
 
 def _data(manifest):
     """What the run learned from, from the router's entry (every model shares one split)."""
-    entries = manifest["models"]
+    entries = manifest.models
     first = entries.get("router") or next(iter(entries.values()))
-    dataset = first.get("dataset", {})
-    unread = {s["path"] for e in entries.values() for s in e.get("dataset", {}).get("unread", [])}
+    dataset = first.dataset
+    unread = {s["path"] for e in entries.values() for s in e.dataset.get("unread", [])}
     return {"fingerprint": dataset.get("fingerprint"), "synthetic": provenance.trained_on_synthetic(manifest),
             "train_images": dataset.get("train_images"), "holdout_images": dataset.get("holdout_images"),
             "holdout_studies": dataset.get("holdout_studies"), "unread_images": len(unread)}
@@ -87,30 +87,30 @@ def _evaluation(metrics):
 
 def card_facts(manifest, metrics=None, run_dir=None):
     """The model card as a dict (`model_card.json`), from a run's manifest and, once evaluated, its metrics."""
-    parts = [p for p in PARTS if p in manifest["models"]]
+    parts = [p for p in PARTS if p in manifest.models]
     thresholds = part_thresholds(manifest, parts)
-    weights = manifest.get("weights", {})
+    weights = manifest.weights
     models = {}
-    for key, entry in manifest["models"].items():
-        models[key] = {"file": entry["file"], "labels": entry["labels"], "epochs_run": entry.get("epochs_run"),
-                       "holdout": entry.get("holdout"), "calibration": entry.get("calibration"),
+    for key, entry in manifest.models.items():
+        models[key] = {"file": entry.file, "labels": list(entry.labels), "epochs_run": entry.epochs_run,
+                       "holdout": entry.holdout, "calibration": entry.calibration,
                        "members": [{k: m.get(k) for k in ("file", "seed", "epochs_run", "holdout")}
-                                   for m in entry.get("members", [])]}
+                                   for m in entry.members]}
         if key in thresholds:
             models[key].update(threshold=thresholds[key][0], threshold_source=thresholds[key][1])
     facts = {
         "card_version": 1,
-        "model": {"name": "BoneNet", "bonenet_version": manifest.get("bonenet_version", __version__),
+        "model": {"name": "BoneNet", "bonenet_version": manifest.bonenet_version,
                   "run": str(Path(run_dir).resolve()) if run_dir else None,
-                  "format_version": manifest.get("format_version"), "updated": manifest.get("updated")},
+                  "format_version": manifest.format_version, "updated": manifest.updated},
         "intended_use": INTENDED_USE,
         "not_for_clinical_use": NOT_FOR_CLINICAL_USE,
         "data": _data(manifest),
         "backbone": {"kind": weights.get("kind"), "origin": provenance.backbone_origin(weights),
                      **({"sha256": weights["sha256"]} if "sha256" in weights else {})},
-        "recipe": {"name": manifest["recipe"]["name"], "description": manifest["recipe"].get("description")},
-        "image_size": manifest["image_size"],
-        "trainable_layers": manifest.get("trainable_layers", {}).get("count"),
+        "recipe": {"name": manifest.recipe["name"], "description": manifest.recipe.get("description")},
+        "image_size": manifest.image_size,
+        "trainable_layers": manifest.trainable_layers.get("count"),
         "study_rule": "the mean router softmax over a study's images picks the part; the study's p(abnormal) is "
                       "the mean of its images' under that part's model; abnormal when it reaches the part's threshold",
         "models": models,

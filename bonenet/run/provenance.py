@@ -5,7 +5,7 @@ shipped synthetic backbone, or random weights) or when it trained on synthetic d
 pretrained on open real radiographs (`--weights radiograph`) has seen some, but not ImageNet, and every
 output says so. The caveat on each prediction, the warning of `predict` and `serve`, the model
 card's limits and the report's banner all ask `unproven`, and only word the answer differently.
-Reads dicts only: no TensorFlow.
+Reads a run's `RunManifest` and dicts only: no TensorFlow.
 """
 
 BACKBONE = "backbone"  # the trunk has never seen a real radiograph
@@ -41,12 +41,12 @@ def backbone_origin(weights):
 
 def trained_on_synthetic(manifest):
     """Whether any model of a run trained on synthetic data (its manifest entries say so)."""
-    return any(m.get("dataset", {}).get("synthetic") for m in manifest["models"].values())
+    return any(m.synthetic for m in manifest.models.values())
 
 
 def caveat(manifest):
     """One short line for every output of a run that never learned from a real radiograph; None otherwise."""
-    weights = manifest.get("weights") or {}
+    weights = manifest.weights
     reasons = unproven(weights, trained_on_synthetic(manifest))
     words = {BACKBONE: "no ImageNet backbone", DATA: "synthetic training data",
              RADIOGRAPH: f"backbone {weights.get('summary', 'pretrained on open real radiographs, not ImageNet')}"}

@@ -13,7 +13,6 @@ from bonenet.run.manifest import (
     TRUNK_FILE,
     ManifestError,
     check_consistent,
-    member_entries,
     model_key,
     read_manifest,
 )
@@ -110,9 +109,9 @@ def load_model(path):
 def load_trunk(run_dir, manifest=None):
     """The run's shared trunk model."""
     manifest = manifest or read_manifest(run_dir)
-    if "trunk" not in manifest:
+    if manifest.trunk is None:
         raise ManifestError(f"{Path(run_dir) / MANIFEST}: lists no trunk")
-    return load_model(Path(run_dir) / manifest["trunk"]["file"])
+    return load_model(Path(run_dir) / manifest.trunk["file"])
 
 
 def load_run_models(run_dir, keys=None):
@@ -123,19 +122,19 @@ def load_run_models(run_dir, keys=None):
         keys: which models (`router`, part names); None loads all listed. Defaults to None.
 
     Returns:
-        (manifest, trunk model, {key: head model}).
+        (`RunManifest`, trunk model, {key: head model}).
     """
     manifest = read_manifest(run_dir)
-    listed = manifest["models"]
+    listed = manifest.models
     wanted = list(listed) if keys is None else [model_key(k) for k in keys]
     missing = [k for k in wanted if k not in listed]
     if missing:
         raise ManifestError(f"{Path(run_dir) / MANIFEST}: no {', '.join(missing)} model in this run")
     trunk = load_trunk(run_dir, manifest)
     check_consistent(manifest, run_dir, trunk)
-    size = int(manifest["image_size"])
+    size = manifest.image_size
     if tuple(trunk.input_shape[1:3]) != (size, size):
-        raise ManifestError(f"{Path(run_dir) / manifest['trunk']['file']}: takes {trunk.input_shape[1:3]} images "
+        raise ManifestError(f"{Path(run_dir) / manifest.trunk['file']}: takes {trunk.input_shape[1:3]} images "
                             f"but the manifest says {size}×{size}")
     return manifest, trunk, {k: load_members(run_dir, k, listed[k], trunk) for k in wanted}
 
@@ -148,7 +147,7 @@ def load_members(run_dir, key, entry, trunk):
         ManifestError: a member's file is missing, damaged, another model's, or not the member recorded.
     """
     heads = []
-    for number, member in enumerate(member_entries(entry), 1):
+    for number, member in enumerate(entry.members, 1):
         path = Path(run_dir) / member["file"]
         head = load_model(path)
         check_role(head, key, entry, trunk, path)
@@ -169,7 +168,7 @@ def check_role(head, key, entry, trunk, path):
     """
     if tuple(head.input_shape) != tuple(trunk.output_shape):
         raise ManifestError(f"{path}: head takes {head.input_shape} but the run's trunk gives {trunk.output_shape}")
-    labels = entry.get("labels", [])
+    labels = entry.labels
     if head.output_shape[-1] != len(labels):
         raise ManifestError(f"{path}: gives {head.output_shape[-1]} outputs, but the manifest's {key} model has "
                             f"{len(labels)} ({', '.join(labels)}); the file is another model's head")
@@ -181,7 +180,7 @@ def check_role(head, key, entry, trunk, path):
 
 @functools.lru_cache(maxsize=1)
 def _load_trunk_file(run_dir, file, stamp):
-    return load_trunk(run_dir, {"trunk": {"file": file}}) if stamp else None
+    return load_model(Path(run_dir) / file) if stamp else None
 
 
 def shared_trunk(run_dir, manifest):
@@ -190,13 +189,13 @@ def shared_trunk(run_dir, manifest):
     `train_all` builds eight models on one trunk; deserialising it for each cost seconds apiece.
     One is kept: a long process training many runs keeps one trunk alive.
     """
-    if "trunk" not in manifest:
+    if manifest.trunk is None:
         return load_trunk(run_dir, manifest)  # raises the manifest's own error
-    path = Path(run_dir, manifest["trunk"]["file"]).resolve()
+    path = Path(run_dir, manifest.trunk["file"]).resolve()
     if not path.is_file():
         return load_trunk(run_dir, manifest)
     stat = path.stat()
-    return _load_trunk_file(str(run_dir), manifest["trunk"]["file"], (stat.st_mtime_ns, stat.st_size))
+    return _load_trunk_file(str(run_dir), manifest.trunk["file"], (stat.st_mtime_ns, stat.st_size))
 
 
 def save_trunk_once(run_dir, trunk, output, key):
@@ -208,7 +207,7 @@ def save_trunk_once(run_dir, trunk, output, key):
     """
     run_dir = Path(run_dir)
     digest = weights_digest(trunk)
-    written = (read_manifest(run_dir, required=False) or {}).get("trunk")
+    written = getattr(read_manifest(run_dir, required=False), "trunk", None)
     if written is None:
         save_model_atomic(trunk, run_dir / TRUNK_FILE)
         return {"file": TRUNK_FILE, "output": output, "sha256_weights": digest}

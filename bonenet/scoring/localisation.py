@@ -94,7 +94,7 @@ def pointing_record(game, source):
 
 def heat_map_note(manifest, part):
     """What a run's heat maps for `part` may claim, in one short line for captions, the page and the reports."""
-    game = (manifest.get("localisation") or {}).get(part)
+    game = manifest.localisation.get(part)
     if not above_chance(game):
         return NOT_VALIDATED
     return (f"heat map points at the annotated fracture in {100 * game['hit']:.0f}% of {game['source']} cases "

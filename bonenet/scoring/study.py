@@ -139,12 +139,12 @@ def aggregate_studies(images, labels, thresholds, oracle=False):
 
 def untuned_parts(manifest, parts):
     """{part: why its threshold could not be tuned} for the `parts` whose hold-out tuning failed."""
-    tuning = {part: manifest["models"][part].get("tuning", {}) for part in parts}
+    tuning = {part: manifest.models[part].tuning or {} for part in parts}
     return {part: t.get("reason", "not recorded") for part, t in tuning.items() if t.get("threshold") is None}
 
 
 def part_thresholds(manifest, parts, mode="tuned"):
-    """{part: (threshold, source)} for `parts`, from a run's manifest.
+    """{part: (threshold, source)} for `parts`, from a run's manifest (`bonenet.run.manifest.RunManifest`).
 
     With "tuned", each part's threshold tuned on the training hold-out; a part whose tuning was not
     possible keeps the default, and its source says why. With "default", `DEFAULT_THRESHOLD`.
@@ -155,7 +155,7 @@ def part_thresholds(manifest, parts, mode="tuned"):
         if mode == "tuned" and part in untuned:
             out[part] = (DEFAULT_THRESHOLD, f"default {DEFAULT_THRESHOLD}: tuning was not possible ({untuned[part]})")
         elif mode == "tuned":
-            out[part] = (float(manifest["models"][part]["tuning"]["threshold"]), "tuned on the training hold-out")
+            out[part] = (float(manifest.models[part].threshold), "tuned on the training hold-out")
         else:
             out[part] = (DEFAULT_THRESHOLD, f"default {DEFAULT_THRESHOLD}")
     return out

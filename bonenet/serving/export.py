@@ -143,7 +143,7 @@ def _normalization_read_from_variables(model):
 
 def export_facts(net, fmt, artifact):
     """`bonenet_export.json`: everything a runtime needs to use the artifact as BoneNet does."""
-    models = net.manifest["models"]
+    models = net.manifest.models
     return {
         "format": fmt, "artifact": artifact, "bonenet_version": __version__,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -153,14 +153,14 @@ def export_facts(net, fmt, artifact):
                   "prepared": "the recipe below applied to the grayscale radiograph (bonenet.data.read.read_prepared)"},
         "outputs": {"router_probs": {"shape": [None, len(net.labels)], "labels": net.labels},
                     "p_abnormal": {"shape": [None, len(net.parts)], "parts": net.parts}},
-        "recipe": net.manifest["recipe"], "image_size": net.image_size,
+        "recipe": net.manifest.recipe, "image_size": net.image_size,
         "tta": {"views": net.tta, "applied_in_graph": net.tta != "none"},
         "members": {key: len(heads) for key, heads in net.members.items()},
         "study_rule": STUDY_RULE,
         "thresholds": {part: {"threshold": t, "source": source} for part, (t, source) in net.thresholds.items()},
         "calibration": {key: {"applied_in_graph": net.temperature(key) is not None, "note": calibration_note(net.manifest, key),
-                              **(models[key].get("calibration") or {})} for key in ["router", *net.parts]},
-        "backbone": net.manifest.get("weights", {}),
+                              **models[key].calibration} for key in ["router", *net.parts]},
+        "backbone": net.manifest.weights,
         "notice": NOT_FOR_CLINICAL_USE,
     }
 

@@ -76,15 +76,15 @@ def display_name(name, number):
 def health(net, limits):
     """The `/api/health` answer: what run is served and how it decides."""
     manifest = net.manifest
-    weights = manifest.get("weights", {})
+    weights = manifest.weights
     return {
         "status": "ok",
         "bonenet_version": __version__,
-        "format_version": manifest.get("format_version"),
+        "format_version": manifest.format_version,
         "parts": net.parts,
         "router_labels": net.labels,
         "image_size": net.image_size,
-        "recipe": manifest["recipe"],
+        "recipe": manifest.recipe,
         "backbone": {"kind": weights.get("kind"), "origin": provenance.backbone_origin(weights)},
         "backbone_warning": provenance.backbone_warning(weights),
         "threshold_mode": net.threshold_mode,
@@ -213,7 +213,7 @@ def create_app(net, config=None, cams=True):
 
     Every answer other than a 200 is `{"error": "one line"}`, the multipart parser's and the
     framework's own included; no traceback reaches the client or the console. `cams`: return
-    Grad-CAM overlays. Defaults to True.
+    heat maps (`ServeConfig.explain`: the fracture locator or Grad-CAM). Defaults to True.
     """
     import asyncio
 
@@ -324,8 +324,8 @@ def startup_line(net, host, port, run_dir):
     """What `serve` prints first: the URL, the run, the backbone's origin, and any exposure."""
     manifest = net.manifest
     line = (f"BoneNet serving http://{host}:{port}/ - run {run_dir} ({len(net.parts)} part models, "
-            f"{net.image_size} px, recipe {manifest['recipe']['name']}, format {manifest.get('format_version')}, "
-            f"thresholds {net.threshold_mode}); backbone: {provenance.backbone_origin(manifest.get('weights'))}. {NOT_FOR_CLINICAL_USE}")
+            f"{net.image_size} px, recipe {manifest.recipe['name']}, format {manifest.format_version}, "
+            f"thresholds {net.threshold_mode}); backbone: {provenance.backbone_origin(manifest.weights)}. {NOT_FOR_CLINICAL_USE}")
     if tta_note(net.tta):
         line += f"\n{tta_note(net.tta)}"
     if host not in LOOPBACK:

@@ -109,22 +109,23 @@ def decide_on_holdout(key, probs, kept, examples):
 
 
 def summary_line(key, entry):
-    """One line after a model has trained: its hold-out figures and, for a part, its threshold."""
-    holdout = entry["holdout"]
-    text = f"{key}: {entry['epochs_run']} epoch(s); hold-out loss {holdout.get('loss', float('nan')):.3f}, " \
+    """One line after a model has trained (`entry`, its `ModelRecord`): its hold-out figures and, for a part,
+    its threshold."""
+    holdout = entry.holdout
+    text = f"{key}: {entry.epochs_run} epoch(s); hold-out loss {holdout.get('loss', float('nan')):.3f}, " \
            f"accuracy {holdout.get('accuracy', float('nan')):.3f}"
     if "auc" in holdout:
         text += f", AUC {holdout['auc']:.3f}"
-    members = entry.get("members", [])
+    members = entry.members
     if len(members) > 1:
         figure = "auc" if "auc" in holdout else "accuracy"
         text += (f" for the mean of {len(members)} members (each alone: "
                  f"{', '.join(format(m['holdout'][figure], '.3f') for m in members)})")
-    tuning = entry.get("tuning")
+    tuning = entry.tuning
     if tuning is not None:
         text += (f"; threshold {tuning['threshold']:.3f} tuned on {tuning['studies']} hold-out studies"
                  if tuning["threshold"] is not None else f"; threshold 0.5 (tuning not possible: {tuning['reason']})")
-    calibration = entry.get("calibration", {})
+    calibration = entry.calibration
     if calibration.get("temperature") is not None:
         text += (f"; temperature {calibration['temperature']:.2f} (cross-validated hold-out NLL "
                  f"{calibration['cv_nll_before']:.3f} → {calibration['cv_nll_after']:.3f})")

@@ -18,6 +18,7 @@ from bonenet.models.efficientnet import resolve_weights
 from bonenet.parts import PARTS
 from bonenet.preprocessing.recipes import get_recipe
 from bonenet.run.manifest import check_shared, model_key, read_manifest
+from bonenet.training.adapt import adapted_trunk
 from bonenet.training.distribute import is_chief, worker_scratch
 
 
@@ -102,9 +103,6 @@ def prepare_job(target, index, models_dir, config, resume=False, verbose=0):
     recipe = get_recipe(config.recipe)  # resolved once, here, and passed down
     weights, origin = resolve_weights(config.weights)  # fail fast, before any data work
     existing = read_manifest(run_dir, required=False)
-    if existing is not None:
-        # Refuse a folder made with another size, recipe or backbone before spending any time.
-        check_shared(existing, shared_settings(config, origin, None, recipe), run_dir)
     try:
         split = holdout_split(index.studies, config.holdout_fraction, config.seed)
     except ValueError as exc:  # too few patients or studies: say whose
@@ -112,6 +110,11 @@ def prepare_job(target, index, models_dir, config, resume=False, verbose=0):
     held = set(split.loc[split.holdout, "study"])
     train_images = index.images[(index.images.split == "train") & ~index.images.study.isin(held)]
     val_images = index.images[index.images.study.isin(held)]
+    if config.adapt_epochs:  # every model of the run trains on the one trunk adapted on every fit image
+        weights, origin = adapted_trunk(train_images, val_images, run_dir, config, (weights, origin), resume)
+    if existing is not None:
+        # Refuse a folder made with another size, recipe or backbone before spending any time.
+        check_shared(existing, shared_settings(config, origin, None, recipe), run_dir)
     train_paths, train_labels, num_classes = _examples(key, train_images)
     val_paths, val_labels, _ = _examples(key, val_images)
     present = np.unique(train_labels)

@@ -26,7 +26,7 @@ import shlex
 import sys
 import tempfile
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import h5py
@@ -71,16 +71,15 @@ def build_pretrain_model(image_size, seed=0, outputs=2 * len(PARTS), activation=
         outputs: output units: 14 (part × normal/abnormal, softmax) on synthetic data, one sigmoid per
             target on real radiographs. Defaults to 14.
         activation: "softmax" or "sigmoid". Defaults to "softmax".
-        init: a backbone `.weights.h5` to start from; None starts from random weights. Defaults to None.
+        init: a backbone `.weights.h5` to start from, or "imagenet"; None starts from random weights. Defaults to
+            None.
 
     Returns:
         (model, base), built under the process's training precision (`bonenet.runtime.start`).
     """
     keras.utils.set_random_seed(seed)
     with runtime.precision_scope(runtime.start()["precision"]):
-        base = build_base(image_size, weights=None)
-        if init is not None:
-            base.load_weights(str(init))
+        base = build_base(image_size, weights=None if init is None else str(init))
         x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(base.output)
         x = keras.layers.Dropout(0.2, name="head_dropout")(x)
         name = "joint" if activation == "softmax" else "targets"
@@ -259,6 +258,52 @@ def target_aurocs(model, table, targets, config):
     return out
 
 
+@dataclass(frozen=True)
+class Start:
+    """What a multi-target fit starts from and where it backs up: `init` (None, "imagenet" or a weights file),
+    `backup` (the folder `BackupAndRestore` resumes from), `augment` (an `AugmentConfig`, or None) and `cache`
+    (where prepared images are kept between epochs: None, "memory" or a folder)."""
+
+    init: object
+    backup: Path
+    augment: object = field(default_factory=AugmentConfig)
+    cache: object = None
+
+
+def fit_targets(train, targets, config, start):
+    """Trains EfficientNetB0 end to end (BatchNorm learning) on every binary target of `train` at once, one sigmoid
+    each, masked where a row lacks a target (NaN); resumable from `start.backup`.
+
+    Used by `pretrain_on_real` and by the trunk adaptation of a run (`bonenet.training.adapt`).
+
+    Args:
+        train: a table of `path` and one float column per target (NaN: not known).
+        targets: the target columns, in output order.
+        config: a `PretrainConfig` (size, recipe, epochs, batch, rate, warm-up, seed).
+        start: a `Start`.
+
+    Returns:
+        (model, its EfficientNetB0 base, steps taken).
+    """
+    model, base = build_pretrain_model(config.image_size, config.seed, len(targets), "sigmoid", start.init)
+    y = np.nan_to_num(train[targets].to_numpy(np.float32), nan=-1.0)  # -1: not known, masked out of the loss
+    ds = bdata.make_dataset(train["path"].tolist(), y, None, _preparation(config, start.augment),
+                            bdata.Feed(config.batch_size, training=True, cache=start.cache))
+    steps_per_epoch = math.ceil(len(train) / config.batch_size)
+    model.compile(keras.optimizers.Adam(_schedule(config, steps_per_epoch)), masked_binary_crossentropy,
+                  jit_compile=False)
+    with bdata.length_found_at_the_end():
+        model.fit(ds, epochs=config.epochs, verbose=keras_verbosity("auto"),
+                  shuffle=False, callbacks=[keras.callbacks.BackupAndRestore(str(start.backup))])
+    return model, base, steps_per_epoch * config.epochs
+
+
+def schedule_text(config):
+    """The learning-rate schedule of `fit_targets`, in words, for a provenance file."""
+    return (f"Adam, linear warm-up {config.warmup_epochs} epochs to {config.learning_rate}, then cosine decay to 0; "
+            "AugmentConfig() augmentation")
+
+
 def _split_monitor(table, seed):
     """(train rows, monitoring rows): a seeded `MONITOR_FRACTION` of the images is held back."""
     order = np.random.default_rng(seed).permutation(len(table))
@@ -304,16 +349,7 @@ def pretrain_on_real(out, specs, config=PretrainConfig(), init="synthetic", resu
     targets = [c for c in table.columns if c != "path" and c not in config.regions_left_out]
     train, monitor = _split_monitor(table, config.seed)
     init_path, init_text = _init_weights(init)
-    model, base = build_pretrain_model(config.image_size, config.seed, len(targets), "sigmoid", init_path)
-    y = np.nan_to_num(train[targets].to_numpy(np.float32), nan=-1.0)  # -1: not known, masked out of the loss
-    ds = bdata.make_dataset(train["path"].tolist(), y, None, _preparation(config, AugmentConfig()),
-                            bdata.Feed(config.batch_size, training=True))
-    steps_per_epoch = math.ceil(len(train) / config.batch_size)
-    model.compile(keras.optimizers.Adam(_schedule(config, steps_per_epoch)), masked_binary_crossentropy,
-                  jit_compile=False)
-    with bdata.length_found_at_the_end():
-        model.fit(ds, epochs=config.epochs, verbose=keras_verbosity("auto"),
-                  shuffle=False, callbacks=[keras.callbacks.BackupAndRestore(str(backup))])
+    model, base, steps = fit_targets(train, targets, config, Start(init_path, backup))
     save_float16_weights(base, out)
     base.load_weights(out)  # score what ships: the float16 weights, reloaded, under the trained head
     described = _described(sources, config.regions_left_out)
@@ -327,10 +363,7 @@ def pretrain_on_real(out, specs, config=PretrainConfig(), init="synthetic", resu
         f"each (masked binary cross-entropy): {', '.join(targets)}",
         "sources": [s.as_dict() for s in sources], "images": len(table), "train_images": len(train),
         "monitor_images": len(monitor), "data_sha256": files_digest(table["path"]),
-        "steps": steps_per_epoch * config.epochs,
-        "schedule": f"Adam, linear warm-up {config.warmup_epochs} epochs to {config.learning_rate}, then cosine "
-                    "decay to 0; AugmentConfig() augmentation",
-        "monitor_auroc": target_aurocs(model, monitor, targets, config), "storage": "float16",
+        "steps": steps, "schedule": schedule_text(config), "monitor_auroc": target_aurocs(model, monitor, targets, config), "storage": "float16",
         "sha256": file_sha256(out), "seconds": round(time.time() - start), **machine_facts(),
     }
     write_text_whole(provenance_path(out), json.dumps(json_safe(provenance), indent=2) + "\n")

@@ -44,9 +44,10 @@ from bonenet.parts import PARTS
 from bonenet.preprocessing.augment import AugmentConfig
 from bonenet.progress import keras_verbosity
 from bonenet.run.manifest import (
+    MANIFEST,
     ManifestError,
+    ModelRecord,
     check_shared,
-    member_entries,
     model_filename,
     model_key,
     read_manifest,
@@ -266,6 +267,7 @@ def _finalize(job, members):
     entry["members"] = [member_entry(job.key, number, member, job.home) for number, member in enumerate(members)]
     # One lock around the trunk check, the trunk's save and the manifest's update: a training
     # started beside this one into the same folder waits here, and cannot slip its trunk in between.
+    record = ModelRecord.from_json(job.key, entry, job.home / MANIFEST)
     with run_lock(job.home):
         trunk_entry = None if first.run_trunk is not None else save_trunk_once(
             job.home, first.trunk, trunk_cut(first.model, config.trainable_layers)[1], job.key)
@@ -277,7 +279,7 @@ def _finalize(job, members):
         work = checkpoint_dir(job.home, job.key, number)
         shutil.rmtree(work if job.place.scratch else work / "backup", ignore_errors=True)
         (work / "finished").unlink(missing_ok=True)
-    return entry
+    return record
 
 
 def train_model(target, index, models_dir, config=TrainConfig(), resume=False, verbose="auto"):
@@ -296,7 +298,7 @@ def train_model(target, index, models_dir, config=TrainConfig(), resume=False, v
         verbose: Keras verbosity; "auto" shows progress bars on a terminal only. Defaults to "auto".
 
     Returns:
-        (the model's manifest entry, whose `dataset.unread` lists the images of its data that could
+        (the model's `ModelRecord`, whose `dataset["unread"]` lists the images of its data that could
         not be read, the trained full Keras model).
     """
     job = prepare_job(target, index, models_dir, config, resume, keras_verbosity(verbose))
@@ -341,7 +343,7 @@ def _kept_from_before(models_dir, key, done):
     """A model finished before an interruption, when every member still loads: its entry, else None."""
     if key not in done:
         return None
-    members = member_entries(done[key])
+    members = done[key].members
     if any(checkpoint_dir(models_dir, key, number).joinpath("backup").exists() for number in range(len(members))):
         return None
     try:
@@ -364,10 +366,10 @@ def train_all(index, models_dir, config=TrainConfig(), resume=False, verbose="au
     completed epoch. Each model gets a header ("XR_ELBOW 2/8") and one summary line.
 
     Returns:
-        ({key: manifest entry}, {key: error message}).
+        ({key: `ModelRecord`}, {key: error message}).
     """
     entries, failures = {}, {}
-    done = (read_manifest(models_dir, required=False) or {}).get("models", {}) if resume else {}
+    done = getattr(read_manifest(models_dir, required=False), "models", {}) if resume else {}
     in_data = set(index.images.loc[index.images["split"] == "train", "part"])
     for part in parts:
         if model_key(part) not in in_data:  # a subset of the parts is a dataset, not a failure
@@ -393,4 +395,4 @@ def train_all(index, models_dir, config=TrainConfig(), resume=False, verbose="au
 
 def unread_images(entries):
     """The images the models of a run could not read, each once, as `Skip`s (from their entries)."""
-    return list(SkipLog(Skip(**s) for entry in entries for s in entry.get("dataset", {}).get("unread", [])))
+    return list(SkipLog(Skip(**s) for entry in entries for s in entry.dataset.get("unread", [])))

@@ -43,6 +43,9 @@ def test_the_comparison_table_has_a_row_per_backbone_and_mode():
     assert lines[0].startswith("| backbone |") and len(lines) == 4
     assert lines[2] == "| shipped | 20, 96, 10 | 0.610 [0.51, 0.71] | 0.200 [0.10, 0.30] | 0.950 | 80 |"
     assert lines[3].startswith("| radiograph | all, 96, 10 | 0.800 [0.70, 0.90]")
+    adapted = result("radiograph", 20, 0.81)
+    adapted["config"]["adapt_epochs"] = 8
+    assert "| radiograph | adapt 8 + 20, 96, 10 | 0.810" in real_radiographs.comparison_table({"r-adapt": adapted})
 
 
 @pytest.mark.slow  # two backbones trained and scored at a toy size: about a minute and a half

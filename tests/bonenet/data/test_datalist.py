@@ -111,7 +111,7 @@ def test_train_part_uses_png_jpeg_and_dicom_alike(synthetic_root, tmp_path, writ
     assert run_pipeline.main(["train-part", "--part", "wrist", "--data-root", datalist, "--models-dir",
                               tmp_path / "run", "--weights", "none", "--image-size", "32", "--epochs", "1",
                               "--batch-size", "8"]) == 0
-    dataset = read_manifest(tmp_path / "run")["models"]["XR_WRIST"]["dataset"]
+    dataset = read_manifest(tmp_path / "run").models["XR_WRIST"].dataset
     train = summary["splits"]["train"]["XR_WRIST"]["images"]
     assert dataset["train_images"] + dataset["holdout_images"] == train  # every format counted and used
     assert "skipping" not in capsys.readouterr().err  # and none failed to decode in the pipeline
@@ -128,7 +128,7 @@ def test_fracatlas_trains_evaluates_and_reports_with_absent_parts_skipped(tmp_pa
     out = capsys.readouterr().out
     absent = [line for line in out.splitlines() if "absent from the training data" in line]
     assert len(absent) == 5 and not any(p in " ".join(absent) for p in ("XR_HAND", "XR_SHOULDER"))
-    assert set(read_manifest(run)["models"]) == {"router", "XR_HAND", "XR_SHOULDER"}
+    assert set(read_manifest(run).models) == {"router", "XR_HAND", "XR_SHOULDER"}
     card = json.loads((run / "model_card.json").read_text())  # train-all wrote the card; not evaluated yet
     assert set(card["models"]) == {"router", "XR_HAND", "XR_SHOULDER"} and card["evaluation"] is None
     assert "Not evaluated yet" in (run / "MODEL_CARD.md").read_text()

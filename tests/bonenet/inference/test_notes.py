@@ -4,8 +4,12 @@ from bonenet.inference.notes import calibration_note, tta_note
 
 
 def _manifest(calibration):
-    entry = {} if calibration is None else {"calibration": calibration}
-    return {"models": {"XR_WRIST": entry}}
+    from bonenet.run.manifest import ModelRecord, RunManifest
+
+    wrist = ModelRecord(file="heads/wrist.keras", labels=["normal", "abnormal"], members=[{"file": "w"}],
+                        recipe={"name": "equalize"}, calibration=calibration)
+    return RunManifest(image_size=64, recipe={"name": "equalize"}, weights={"kind": "none"},
+                       trainable_layers={"count": 20}, models={"XR_WRIST": wrist})
 
 
 def test_the_calibration_note_says_whether_and_why_not():

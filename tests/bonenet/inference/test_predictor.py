@@ -20,7 +20,7 @@ def test_predict_image_uses_the_saved_recipe_and_returns_a_decision(run, net, wr
     from bonenet.preprocessing.recipes import Recipe, get_recipe
     from bonenet.run.manifest import read_manifest
 
-    saved = read_manifest(run[0])["recipe"]
+    saved = read_manifest(run[0]).recipe
     assert net.recipe == Recipe.from_dict(saved)  # the recipe the run was trained with, from its manifest
     result = net.predict_image(wrist_study[0])
     assert result["part"] == "XR_WRIST" and 0 <= result["part_confidence"] <= 1  # the run's one part model

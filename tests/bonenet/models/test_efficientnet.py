@@ -102,7 +102,7 @@ def test_imagenet_offline_names_the_cache_file_and_alternatives(monkeypatch, tmp
         resolve_weights("imagenet")
     message = str(info.value)
     assert str(tmp_path / "efficientnetb0_notop.h5") in message
-    assert "--weights radiograph" in message and "the offline choice" in message  # what to use offline
+    assert "--weights radiograph --adapt-epochs 8 --image-size 128" in message  # what to train with offline
     assert "--weights PATH" in message and "--weights none" in message and "\n" not in message
 
 

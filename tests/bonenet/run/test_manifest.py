@@ -1,6 +1,7 @@
 """A run's manifest (`bonenet.run.manifest`): its format, the numbers a run acts on, models that must agree with
 it (a hand-edited run recipe is refused, naming the file), and sections recorded after training."""
 
+import dataclasses
 import json
 
 import pytest
@@ -9,13 +10,13 @@ from conftest import run_cli
 
 from bonenet.inference.predictor import BoneNet
 from bonenet.run import store
-from bonenet.run.manifest import ManifestError, read_manifest, record_section, run_lock
+from bonenet.run.manifest import ManifestError, RunManifest, read_manifest, record_section, run_lock
 
 
 def test_models_record_their_recipe_and_trunk(run):
     manifest = read_manifest(run[0])
-    for entry in manifest["models"].values():
-        assert entry["recipe"] == manifest["recipe"] and entry["trunk_sha256"] == manifest["trunk"]["sha256_weights"]
+    for entry in manifest.models.values():
+        assert entry.recipe == manifest.recipe and entry.trunk_sha256 == manifest.trunk["sha256_weights"]
 
 
 @pytest.mark.corpus("S3")
@@ -78,5 +79,17 @@ def test_a_section_recorded_after_training_joins_the_manifest_and_keeps_the_rest
     with run_lock(copy):  # re-entered by this process: the lock does not wait for itself
         record_section(copy, "localisation", "XR_WRIST", {"hit": 0.5})
     after = read_manifest(copy)
-    assert after["localisation"] == {"XR_WRIST": {"hit": 0.5}}
-    assert {k: v for k, v in after.items() if k != "localisation"} == before
+    assert after.localisation == {"XR_WRIST": {"hit": 0.5}}
+    assert dataclasses.replace(after, localisation={}) == dataclasses.replace(before, localisation={})
+
+
+def test_the_run_record_reads_and_writes_the_manifest_as_stored(run):
+    """One record of a run: what `read_manifest` gives writes back as the file holds it, field for field."""
+    stored = json.loads((run[0] / "manifest.json").read_text())
+    manifest = read_manifest(run[0])
+    assert manifest.to_json() == stored
+    assert RunManifest.from_json(manifest.to_json(), "x") == manifest
+    wrist = manifest.models["XR_WRIST"]
+    assert wrist.threshold == stored["models"]["XR_WRIST"].get("tuning", {}).get("threshold")
+    assert wrist.temperature == stored["models"]["XR_WRIST"]["calibration"]["temperature"] and wrist.synthetic
+    assert manifest.models["router"].tuning is None and "tuning" not in manifest.models["router"].to_json()

@@ -16,17 +16,17 @@ def test_training_writes_a_card_whose_fields_are_the_manifests(run):
     # Nothing but the manifest (another test may have evaluated the session's run: its figures are checked below).
     written = {k: v for k, v in card.items() if k != "evaluation"}
     assert written == {k: v for k, v in card_facts(manifest, run_dir=run_dir).items() if k != "evaluation"}
-    router = manifest["models"]["router"]["dataset"]
+    router = manifest.models["router"].dataset
     assert card["data"] == {"fingerprint": router["fingerprint"], "synthetic": True, "train_images": router["train_images"],
                             "holdout_images": router["holdout_images"], "holdout_studies": router["holdout_studies"],
                             "unread_images": 0}
     assert card["backbone"] == {"kind": "none", "origin": "random initialisation"}
-    assert card["recipe"]["name"] == manifest["recipe"]["name"] and card["image_size"] == manifest["image_size"] == 64
-    assert card["trainable_layers"] == manifest["trainable_layers"]["count"] == 20
+    assert card["recipe"]["name"] == manifest.recipe["name"] and card["image_size"] == manifest.image_size == 64
+    assert card["trainable_layers"] == manifest.trainable_layers["count"] == 20
     thresholds = part_thresholds(manifest, ["XR_WRIST"])
     assert (card["models"]["XR_WRIST"]["threshold"], card["models"]["XR_WRIST"]["threshold_source"]) == thresholds["XR_WRIST"]
-    for key, entry in manifest["models"].items():
-        assert card["models"][key]["calibration"] == entry["calibration"]
+    for key, entry in manifest.models.items():
+        assert card["models"][key]["calibration"] == entry.calibration
     assert card["not_for_clinical_use"] == "Research software: not for clinical use."
     limits = " ".join(card["limits"])
     assert "not ImageNet-pretrained" in limits and "synthetic" in limits and "No model for elbow, finger" in limits

@@ -8,8 +8,15 @@ IMAGENET = {"kind": "imagenet", "description": "ImageNet (Keras)"}
 SYNTHETIC = {"kind": "file", "description": "synthetic radiographs, NOT ImageNet"}
 
 
-def _manifest(weights, synthetic):
-    return {"weights": weights, "models": {"router": {"dataset": {"synthetic": synthetic}}, "XR_WRIST": {}}}
+def _manifest(weights, synthetic, models=("router", "XR_WRIST")):
+    from bonenet.run.manifest import ModelRecord, RunManifest
+
+    def model(key):
+        return ModelRecord(file=key, labels=["x"], members=[{"file": key}], recipe={"name": "equalize"},
+                           calibration={"temperature": None}, dataset={"synthetic": synthetic} if key == "router" else {})
+
+    return RunManifest(image_size=64, recipe={"name": "equalize"}, weights=weights, trainable_layers={"count": 20},
+                       models={key: model(key) for key in models})
 
 
 @pytest.mark.parametrize("weights, synthetic, reasons, caveat", [
@@ -35,7 +42,7 @@ def test_the_card_the_banner_and_the_caveat_agree():
     for weights, synthetic in [(IMAGENET, False), (SYNTHETIC, True), (IMAGENET, True), (SYNTHETIC, False)]:
         reasons = provenance.unproven(weights, synthetic)
         facts = {"data": {"synthetic": synthetic}, "backbone": {"origin": provenance.backbone_origin(weights)}}
-        limits = " ".join(_limits({"weights": weights, "models": {}}, facts))
+        limits = " ".join(_limits(_manifest(weights, synthetic, models=()), facts))
         shown = banner({"source": {"weights": weights, "synthetic": synthetic, "data_root": "D"}})
         assert ("not ImageNet-pretrained" in limits) == ("not ImageNet-pretrained" in shown) == ("backbone" in reasons)
         assert ("synthetic" in shown) == ("data" in reasons or "synthetic" in weights["description"])

@@ -1,12 +1,11 @@
 """The pointing game (`bonenet.scoring.localisation`): hand-made boxes and maps scored exactly, and what a run may claim."""
 
-import json
 
 import numpy as np
 import pytest
 
 from bonenet.inference.heatmap import heat_map
-from bonenet.run.manifest import record_section
+from bonenet.run.manifest import read_manifest, record_section
 from bonenet.scoring import localisation
 
 
@@ -55,8 +54,8 @@ def test_captions_claim_localisation_only_where_it_was_measured_above_chance(net
     rows = [{"hit": float(i % 2), "random": 0.1, "centre": 0.2, "energy": 0.2} for i in range(40)]
     record = localisation.pointing_record(localisation.pointing_game(rows, 200), "FracAtlas hold-out")
     record_section(tmp_path, "localisation", "XR_WRIST", record)
-    manifest = json.loads((tmp_path / "manifest.json").read_text())
-    assert manifest["localisation"]["XR_WRIST"]["tolerance_px"] == localisation.TOLERANCE_PX
+    manifest = read_manifest(tmp_path)
+    assert manifest.localisation["XR_WRIST"]["tolerance_px"] == localisation.TOLERANCE_PX
     note = localisation.heat_map_note(manifest, "XR_WRIST")
     assert note == ("heat map points at the annotated fracture in 50% of FracAtlas hold-out cases (40 images; a random "
                     "point 10%, the image's centre 20%)")

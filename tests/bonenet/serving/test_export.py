@@ -81,7 +81,7 @@ def test_export_on_the_command_line_writes_a_savedmodel_and_the_json_a_runtime_n
     _close("savedmodel", run_exported("savedmodel", tmp_path / "sm" / "savedmodel", x), expected)
     facts = json.loads((tmp_path / "sm" / EXPORT_JSON).read_text())
     assert facts["input"]["shape"] == [None, 64, 64, 3] and facts["image_size"] == 64
-    assert facts["recipe"] == net.manifest["recipe"] and facts["backbone"] == net.manifest["weights"]
+    assert facts["recipe"] == net.manifest.recipe and facts["backbone"] == net.manifest.weights
     assert facts["outputs"]["router_probs"]["labels"] == net.labels
     assert facts["outputs"]["p_abnormal"]["parts"] == ["XR_WRIST"]
     assert facts["thresholds"]["XR_WRIST"]["threshold"] == net.thresholds["XR_WRIST"][0]

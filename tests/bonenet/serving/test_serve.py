@@ -110,7 +110,7 @@ def test_requests_without_files_get_a_4xx_in_words(client, kwargs, status):
 def test_health_describes_the_run(client, net):
     health = client.get("/api/health").json()
     assert health["status"] == "ok" and health["parts"] == net.parts and health["image_size"] == 64
-    assert health["recipe"]["name"] == net.manifest["recipe"]["name"] and health["format_version"] == 3
+    assert health["recipe"]["name"] == net.manifest.recipe["name"] and health["format_version"] == 3
     assert health["backbone"]["kind"] == "none" and "not ImageNet-pretrained" in health["backbone_warning"]
     assert health["limits"] == {"max_file_mb": 20, "max_files": 32, "max_pixels": 100_000_000, "body_timeout_s": 30}
     assert health["calibration"] == {key: calibration_note(net.manifest, key) for key in ["router", *net.parts]}

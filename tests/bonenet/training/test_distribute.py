@@ -116,7 +116,7 @@ index = read_mura({root!r})
 for mode in ("cached", "full"):
     config = TrainConfig(epochs=1, batch_size=16, image_size=64, weights="none", strategy="mirrored", mode=mode)
     entry, _ = train_model("router" if mode == "cached" else "wrist", index, {run!r}, config, verbose=0)
-    print("MODE", mode, "LOSS_FINITE", bool(entry["holdout"]["loss"] == entry["holdout"]["loss"]))
+    print("MODE", mode, "LOSS_FINITE", bool(entry.holdout["loss"] == entry.holdout["loss"]))
 manifest, trunk, heads = load_run_models({run!r})
 print("MODELS", sorted(heads))
 """
@@ -344,7 +344,7 @@ def test_a_non_chief_worker_writes_nothing_into_the_run_folder(index, tmp_path, 
     monkeypatch.setattr(distribute.tempfile, "mkdtemp", lambda **kw: scratch.append(mkdtemp(**kw)) or scratch[-1])
     entry, _ = train.train_model("wrist", index, run, TrainConfig(epochs=1, batch_size=16, image_size=64,
                                                                   weights="none"), verbose=0)
-    assert entry["file"] == "heads/wrist.keras" and entry["holdout"]
+    assert entry.file == "heads/wrist.keras" and entry.holdout
     assert not run.exists()
     workers = [p for p in scratch if Path(p).name.startswith("bonenet-worker-")]
     assert len(workers) == 1 and (Path(workers[0]) / "cache").is_dir()

@@ -29,25 +29,25 @@ REPO = Path(__file__).resolve().parents[3]
 def test_training_writes_models_and_manifest(run):
     run_dir, _ = run
     manifest = read_manifest(run_dir)
-    assert set(manifest["models"]) == {"router", "XR_WRIST"}
-    assert manifest["format_version"] == 3
-    assert manifest["trunk"]["file"] == "trunk.keras" and (run_dir / "trunk.keras").is_file()
-    assert manifest["trunk"]["output"] == "block6c_add"
+    assert set(manifest.models) == {"router", "XR_WRIST"}
+    assert manifest.format_version == 3
+    assert manifest.trunk["file"] == "trunk.keras" and (run_dir / "trunk.keras").is_file()
+    assert manifest.trunk["output"] == "block6c_add"
     assert (run_dir / "heads" / "router.keras").is_file() and (run_dir / "heads" / "wrist.keras").is_file()
-    assert {m["input"] for m in manifest["models"].values()} == {"trunk"}
+    assert {m.input for m in manifest.models.values()} == {"trunk"}
     assert not list(run_dir.glob("parts")) and not (run_dir / "router.keras").exists()  # no full copies
     # The router and the wrist head trained on one cache of trunk outputs, computed once.
     assert len(list((run_dir / "cache").glob("features-*"))) == 1
     # Heads are stored without optimizer state: 1.37M trainable plus block6d's 0.34M frozen weights
     # (6.9 MB), not with Adam's two moments per trainable weight (+11 MB).
     assert (run_dir / "heads" / "wrist.keras").stat().st_size < 8e6
-    assert manifest["image_size"] == 64 and manifest["recipe"]["name"] == "equalize"
-    assert manifest["weights"]["kind"] == "none"
-    assert manifest["trainable_layers"]["count"] == 20 and len(manifest["trainable_layers"]["trainable"]) == 15
-    wrist = manifest["models"]["XR_WRIST"]
-    assert wrist["labels"] == ["normal", "abnormal"] and wrist["config"]["learning_rate"] == 1e-4
-    assert {"loss", "accuracy", "auc"} <= set(wrist["holdout"])
-    assert len(pd.read_csv(run_dir / wrist["log"])) == 1
+    assert manifest.image_size == 64 and manifest.recipe["name"] == "equalize"
+    assert manifest.weights["kind"] == "none"
+    assert manifest.trainable_layers["count"] == 20 and len(manifest.trainable_layers["trainable"]) == 15
+    wrist = manifest.models["XR_WRIST"]
+    assert wrist.labels == ["normal", "abnormal"] and wrist.config["learning_rate"] == 1e-4
+    assert {"loss", "accuracy", "auc"} <= set(wrist.holdout)
+    assert len(pd.read_csv(run_dir / wrist.log)) == 1
     assert (run_dir / "checkpoints" / "wrist" / "tensorboard").is_dir()
 
 
@@ -138,7 +138,7 @@ def test_sigkilled_training_resumes_from_the_last_completed_epoch(synthetic_root
     assert f"resuming from epoch {killed_after}" in resumed.stdout
     epochs = pd.read_csv(log)["epoch"].tolist()
     assert epochs == list(range(len(epochs))) and len(epochs) == 6  # no epoch run twice, none from zero again
-    assert read_manifest(tmp_path)["models"]["router"]["epochs_run"] == 6  # the whole run, not the resumed part
+    assert read_manifest(tmp_path).models["router"].epochs_run == 6  # the whole run, not the resumed part
 
 
 def test_train_all_resume_keeps_models_that_had_finished(run, index, tmp_path, caplog):
@@ -152,7 +152,7 @@ def test_train_all_resume_keeps_models_that_had_finished(run, index, tmp_path, c
     config = TrainConfig(epochs=1, batch_size=16, image_size=64, weights="none", seed=0)
     entries, failures = train_all(index, run_dir, config, resume=True, verbose=0, parts=["XR_WRIST"])
     assert not failures and set(entries) == {"router", "XR_WRIST"}
-    assert entries == read_manifest(run_dir)["models"]
+    assert entries == read_manifest(run_dir).models
     assert {p: p.read_bytes() for p in run_dir.rglob("*.keras")} == before
     out = caplog.text
     assert "router 1/2" in out and "XR_WRIST 2/2" in out and "already trained in this run, kept" in out
@@ -168,7 +168,7 @@ def test_full_mode_fits_on_live_augmented_images_into_the_same_layout(run, index
         entry, model = train_model("elbow", index, run_dir, config, verbose=0)
     # Live datasets learn their length at their end; Keras' warning about it is expected, not shown.
     assert not [w for w in caught if "ran out of data" in str(w.message)]
-    assert entry["file"] == "heads/elbow.keras" and entry["config"]["mode"] == "full"
+    assert entry.file == "heads/elbow.keras" and entry.config["mode"] == "full"
     assert (run_dir / "trunk.keras").read_bytes() == trunk_before  # the run's trunk is shared, not rewritten
     _, trunk, heads = store.load_run_models(run_dir, ["elbow"])
     images = index.images[index.images.part == "XR_ELBOW"].head(4)
@@ -275,13 +275,13 @@ def test_trainable_layers_all_fine_tunes_the_whole_network_in_full_mode_and_eval
     assert run_pipeline.main(["train-router", *common]) == 0
     assert run_pipeline.main(["train-part", "--part", "wrist", *common]) == 0
     err = capsys.readouterr().err
-    assert "deep fine-tuning (--trainable-layers all) is what learns" not in err  # said only for the last-20 default
+    assert "adapt the trunk on this collection first" not in err  # said only for a frozen trunk
     assert "--trainable-layers all: the whole network fine-tunes in full mode" in err
     manifest = read_manifest(run)
-    assert manifest["trainable_layers"]["count"] == 234 and manifest["trunk"]["output"].startswith("normalization")
-    trainable = manifest["trainable_layers"]["trainable"]
+    assert manifest.trainable_layers["count"] == 234 and manifest.trunk["output"].startswith("normalization")
+    trainable = manifest.trainable_layers["trainable"]
     assert "stem_conv" in trainable and "stem_bn" in trainable and "top_bn" in trainable  # BatchNorm adapts too
-    assert manifest["models"]["XR_WRIST"]["config"]["mode"] == "full"
+    assert manifest.models["XR_WRIST"].config["mode"] == "full"
     assert not (run / "cache").exists()  # no trunk-feature cache: the trunk is only the input scaling
     assert run_pipeline.main(["evaluate", "--data-root", synthetic_root, "--models-dir", run, "--out",
                               tmp_path / "eval", "--bootstrap", "10"]) == 0
@@ -292,14 +292,15 @@ def test_trainable_layers_all_fine_tunes_the_whole_network_in_full_mode_and_eval
 
 
 @pytest.mark.slow  # a training from the command line: about 15 s
-def test_the_last_20_default_on_a_backbone_not_imagenet_pretrained_says_deep_fine_tuning_learns(synthetic_root,
-                                                                                                 tmp_path, capsys):
+def test_the_last_20_default_on_a_backbone_not_imagenet_pretrained_says_to_adapt_the_trunk(synthetic_root, tmp_path,
+                                                                                            capsys):
     code = run_pipeline.main(["train-part", "--part", "wrist", "--data-root", synthetic_root, "--models-dir",
                               tmp_path / "run", "--weights", "none", "--image-size", "32", "--epochs", "1",
                               "--trainable-layers", "20", "--batch-size", "16"])
     assert code == 0
-    notes = [line for line in capsys.readouterr().err.splitlines() if "deep fine-tuning" in line]
+    notes = [line for line in capsys.readouterr().err.splitlines() if "adapt the trunk on this collection" in line]
     assert len(notes) == 1 and "not ImageNet-pretrained (random initialisation)" in notes[0]
+    assert "--weights radiograph --adapt-epochs 8 --image-size 128" in notes[0]
 
 
 @pytest.mark.corpus("S4")
@@ -323,9 +324,9 @@ def test_two_trainings_with_different_seeds_into_one_empty_folder_leave_one_trun
     with pytest.raises(ValueError, match=r"trunk\.keras: another training wrote this run's trunk"):
         train.train_model("wrist", index, run_dir, late, verbose=0)
     manifest = read_manifest(run_dir)
-    assert list(manifest["models"]) == ["router"]  # the late head was not listed
+    assert list(manifest.models) == ["router"]  # the late head was not listed
     net = BoneNet.load(run_dir)  # and the run is consistent: one trunk, every listed head trained on it
-    assert net.manifest["models"]["router"]["trunk_sha256"] == manifest["trunk"]["sha256_weights"]
+    assert net.manifest.models["router"].trunk_sha256 == manifest.trunk["sha256_weights"]
 
 
 @pytest.mark.corpus("M6", "A3")
@@ -348,7 +349,7 @@ def test_a_kill_during_the_final_save_resumes_without_retraining(index, tmp_path
     monkeypatch.setattr(train, "save_model_atomic", real_save)
     entry, _ = train.train_model("router", index, tmp_path, config, resume=True, verbose=0)
     log = (train.checkpoint_dir(tmp_path, "router") / "log.csv").read_text().splitlines()
-    assert len(log) == 1 + 2 and entry["epochs_run"] == 2  # the two epochs once, none again
+    assert len(log) == 1 + 2 and entry.epochs_run == 2  # the two epochs once, none again
     assert not backup.exists()  # saved and listed: nothing left to resume
 
 
@@ -403,7 +404,7 @@ def test_two_trainings_started_together_with_the_same_seed_make_one_consistent_r
     from bonenet.run.store import load_run_models
 
     _, trunk, heads = load_run_models(run_dir)  # checks every head's trunk digest against the trunk
-    assert set(heads) == {"router", "XR_WRIST"} and set(read_manifest(run_dir)["models"]) == {"router", "XR_WRIST"}
+    assert set(heads) == {"router", "XR_WRIST"} and set(read_manifest(run_dir).models) == {"router", "XR_WRIST"}
 
 
 @pytest.mark.slow  # trains twice, as the other interrupt-and-resume tests: about 20 s
@@ -443,16 +444,16 @@ def test_each_model_is_calibrated_on_its_hold_out_or_says_why_not(run, index):
     from bonenet.training.job import prepare_job
 
     manifest = read_manifest(run[0])
-    router = manifest["models"]["router"]
-    assert router["calibration"]["method"] == "temperature" and router["calibration"]["unit"] == "images"
-    assert router["calibration"]["n"] == router["dataset"]["holdout_images"]  # every hold-out image was read
-    cal = router["calibration"]  # kept only when the hold-out is big enough and it lowers the cross-validated NLL
+    router = manifest.models["router"]
+    assert router.calibration["method"] == "temperature" and router.calibration["unit"] == "images"
+    assert router.calibration["n"] == router.dataset["holdout_images"]  # every hold-out image was read
+    cal = router.calibration  # kept only when the hold-out is big enough and it lowers the cross-validated NLL
     if "cv_nll_after" in cal:  # a hold-out big enough to decide on: the cross-validated NLL decides
         assert (cal["temperature"] is not None) == (cal["cv_nll_after"] < cal["cv_nll_before"]), cal
         assert cal["temperature"] is not None or "did not lower the cross-validated hold-out NLL" in cal["reason"]
     else:
         assert cal["temperature"] is None and "a temperature needs two classes" in cal["reason"], cal
-    wrist = manifest["models"]["XR_WRIST"]["calibration"]  # the session's wrist hold-out: 2 studies of one class
+    wrist = manifest.models["XR_WRIST"].calibration  # the session's wrist hold-out: 2 studies of one class
     assert wrist["temperature"] is None and "a temperature needs two classes and at least 10" in wrist["reason"]
     # A part model is fitted on its hold-out studies' mean p(abnormal), the number the study rule decides on.
     job = prepare_job("wrist", index, run[0], TrainConfig(image_size=64, weights="none", holdout_fraction=0.5))
