@@ -2,9 +2,10 @@
 
     python benchmarks/precision_speed.py [--image-size 224] [--images 64] [--rounds 2] [--out precision.json]
 
-`--precision auto` trains in mixed bfloat16 on a CPU that computes it natively (`avx512_bf16` or `amx_bf16`
-in /proc/cpuinfo), because it should be faster there; results never depend on it (every output is computed
-in float32 again, `bonenet.runtime`). This measures that claim. Each precision runs in its own process, as
+`--precision auto` trains in float32 on every CPU: on the CPUs measured (BENCHMARKS.md), mixed bfloat16 was no
+faster even where the CPU computes it natively (`avx512_bf16` or `amx_bf16` in /proc/cpuinfo), and
+`--precision mixed_bfloat16` stays one flag away (every output is computed in float32 again, `bonenet.runtime`).
+This measures whether that holds on yours. Each precision runs in its own process, as
 `bonenet.runtime.start` fixes one per process; they take turns, `--rounds` times, and each keeps its fastest
 round. Per precision it reports images/s of:
 

@@ -74,6 +74,8 @@ def parse_args(argv=None):
     p.add_argument("--adapt-epochs", type=int, default=0, help="trunk adaptation epochs before training (default 0; "
                                                                "8 in --compare's adapt mode when 0)")
     p.add_argument("--adapt-learning-rate", type=float, default=3e-4, help="trunk adaptation peak rate")
+    p.add_argument("--adapt-early-size", type=int, default=0,
+                   help="trunk adaptation's progressive resizing: its early epochs at this side (default 0: off)")
     p.add_argument("--deep-image-size", type=int, default=128, help="with --compare: input side for all (default 128)")
     p.add_argument("--deep-epochs", type=int, default=6, help="with --compare: epochs for all (default 6)")
     p.add_argument("--deep-learning-rate", type=float, default=3e-4, help="with --compare: rate for all (default 3e-4)")
@@ -127,7 +129,7 @@ def train_config(args):
     return TrainConfig(epochs=args.epochs, batch_size=args.batch_size, image_size=args.image_size, weights=weights,
                        trainable_layers=args.trainable_layers, learning_rate=args.learning_rate, seed=args.seed,
                        ensemble=args.ensemble, cache_dir=args.cache_dir, adapt_epochs=args.adapt_epochs,
-                       adapt_learning_rate=args.adapt_learning_rate)
+                       adapt_learning_rate=args.adapt_learning_rate, adapt_early_size=args.adapt_early_size)
 
 
 def run(args):
@@ -171,7 +173,7 @@ def run(args):
                    "mode": config.mode, "image_size": args.image_size, "epochs": args.epochs,
                    "learning_rate": args.learning_rate, "batch_size": args.batch_size, "seed": args.seed,
                    "ensemble": args.ensemble, "tta": args.tta, "adapt_epochs": args.adapt_epochs,
-                   "adapt_learning_rate": args.adapt_learning_rate},
+                   "adapt_learning_rate": args.adapt_learning_rate, "adapt_early_size": args.adapt_early_size},
         "members_holdout_auc": {key: [m["holdout"].get("auc") for m in entry.members]
                                 for key, entry in entries.items() if key != "router"},
         "epochs_run": {key: entry.epochs_run for key, entry in entries.items()},
@@ -329,7 +331,9 @@ def comparison_table(rows, part="XR_HAND"):
              "| seconds |", "|---|---|---|---|---|---|"]
     for result in rows.values():
         c, m = result["config"], result["parts"].get(part, {})
-        layers = f"adapt {c['adapt_epochs']} + {c['trainable_layers']}" if c.get("adapt_epochs") else c["trainable_layers"]
+        early = f" from {c['adapt_early_size']} px" if c.get("adapt_early_size") else ""
+        layers = (f"adapt {c['adapt_epochs']}{early} + {c['trainable_layers']}" if c.get("adapt_epochs")
+                  else c["trainable_layers"])
         lines.append(f"| {c['weights']} | {layers}, {c['image_size']}, {c['epochs']} | {_f(m.get('auroc'))} "
                      f"{_ci(m.get('auroc_ci95'))} | {_f(m.get('kappa'))} {_ci(m.get('kappa_ci95'))} | "
                      f"{_f(result['router_study_accuracy'])} | {sum(result['seconds'].values()):.0f} |")

@@ -43,6 +43,10 @@ TTA_HELP = ("test-time augmentation: none, or flip (every probability the mean o
 # (6×6 at 96 px, 14×14 at 224) kept to the foreground hit most often; the last convolution alone, the default
 # before, half as often.
 HEAT_MAP = {"layer": "block4c_add", "method": "gradcam", "foreground": True}
+# Progressive resizing (`bonenet.training.schedule.epoch_sizes`): most epochs small, the last quarter large.
+EARLY_SIZE_HELP = ("progressive resizing: every epoch but the last quarter at this side in pixels (the images "
+                   "prepared once at image-size and scaled down), the rest at image-size; 0: every epoch at "
+                   "image-size")
 
 
 @dataclass(frozen=True)
@@ -87,6 +91,13 @@ def check_config(config):
             raise ValueError(f"{f.name} must be one of {', '.join(map(str, choices))}, got {value!r}")
 
 
+def check_early_size(name, early, image_size):
+    """Progressive resizing's early side: 0 (off), or from 32 up to below `image_size`; raises ValueError naming
+    the field."""
+    if early and not 32 <= early < image_size:
+        raise ValueError(f"{name} must be 0 (off) or from 32 up to below image_size ({image_size}), got {early}")
+
+
 @dataclass(frozen=True)
 class PretrainConfig:
     """How the backbone is pretrained (`bonenet.training.pretrain`). The defaults made the shipped file."""
@@ -104,9 +115,11 @@ class PretrainConfig:
     leave_out: str = setting("", "with --real: FracAtlas regions whose films are left out, comma-separated (hand, "
                                  "leg, hip, shoulder); the transfer yardstick pretrains without hand, then scores "
                                  "hand models, so what it measures was never trained")
+    early_size: int = setting(0, EARLY_SIZE_HELP, Range(0))
 
     def __post_init__(self):
         check_config(self)
+        check_early_size("early_size", self.early_size, self.image_size)
         unknown = set(self.regions_left_out) - set(FRACATLAS_REGIONS)
         if unknown:
             raise ValueError(f"leave_out: unknown region(s) {', '.join(sorted(unknown))}; expected some of "
@@ -165,6 +178,7 @@ class TrainConfig:
                                    "then train on it, frozen. 0: off", Range(0))
     adapt_learning_rate: float = setting(3e-4, "peak Adam rate of the trunk adaptation (warm-up, cosine decay)",
                                          Range(0, open_lo=True))
+    adapt_early_size: int = setting(0, f"trunk adaptation: {EARLY_SIZE_HELP}", Range(0))
     seed: int = setting(0, "seed for split, shuffling, augmentation and initialisation")
     strategy: str = setting("auto", "tf.distribute strategy: auto (mirrored when >1 GPU), default, mirrored, "
                                     "multiworker", choices=STRATEGIES)
@@ -190,6 +204,7 @@ class TrainConfig:
 
     def __post_init__(self):
         check_config(self)
+        check_early_size("adapt_early_size", self.adapt_early_size, self.image_size)
         from bonenet.preprocessing.augment import AugmentConfig
         from bonenet.preprocessing.recipes import get_recipe
 

@@ -34,9 +34,9 @@ from bonenet.training.pretrain import (
     machine_facts,
     portable_command,
     save_float16_weights,
-    schedule_text,
     target_aurocs,
 )
+from bonenet.training.schedule import schedule_text, sizes_text
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,9 @@ def adaptation_settings(config, origin, fit_images):
     training settings. Recorded in its provenance and compared when a later model of the run reuses it."""
     return {"init": {k: origin.get(k) for k in ("kind", "sha256")}, "images": file_stamps(fit_images["path"]),
             **{k: getattr(config, k) for k in ("image_size", "recipe", "adapt_epochs", "adapt_learning_rate",
-                                               "batch_size", "seed", "holdout_fraction", "augment", "max_rotation")}}
+                                               "batch_size", "seed", "holdout_fraction", "augment", "max_rotation")},
+            # only when on, so that a trunk adapted before progressive resizing existed still matches
+            **({"adapt_early_size": config.adapt_early_size} if config.adapt_early_size else {})}
 
 
 def adapted_trunk(fit_images, monitor_images, run_dir, config, start, resume=False):
@@ -75,7 +77,7 @@ def adapted_trunk(fit_images, monitor_images, run_dir, config, start, resume=Fal
     wanted = json_safe(adaptation_settings(config, start[1], fit_images))
     if out.is_file() and provenance_path(out).is_file():
         recorded = json.loads(provenance_path(out).read_text()).get("adaptation", {})
-        differ = sorted(k for k in wanted if recorded.get(k) != wanted[k])
+        differ = sorted(k for k in wanted.keys() | recorded.keys() if recorded.get(k) != wanted.get(k))
         if differ:
             raise ValueError(f"{out}: this run's trunk was adapted with other {', '.join(differ)}; use a new "
                              "--models-dir (or the same settings and images)")
@@ -100,9 +102,9 @@ def _adapt(fit_images, monitor_images, out, config, begin):
     targets = [c for c in train.columns if c != "path"]
     plan = PretrainConfig(seed=config.seed, image_size=config.image_size, epochs=config.adapt_epochs,
                           batch_size=config.batch_size, learning_rate=config.adapt_learning_rate, warmup_epochs=1,
-                          recipe=config.recipe)
+                          recipe=config.recipe, early_size=config.adapt_early_size)
     log.info(f"trunk adaptation: every layer on {len(train):,} training images ({', '.join(targets)}), "
-             f"{plan.epochs} epochs at {plan.image_size} px")
+             f"{plan.epochs} epochs at {plan.image_size} px{sizes_text(plan)}")
     runtime.start(config.precision)
     augment = AugmentConfig(max_rotation=config.max_rotation) if config.augment else None
     with get_strategy(config.strategy).scope():

@@ -46,6 +46,7 @@ from bonenet.parts import PART_INDEX, PARTS
 from bonenet.preprocessing.augment import AugmentConfig
 from bonenet.preprocessing.recipes import get_recipe
 from bonenet.progress import keras_verbosity
+from bonenet.training.schedule import learning_rate_schedule, schedule_text, sized_by_epoch, sizes_text
 
 
 def portable_command(command):
@@ -130,15 +131,6 @@ def holdout_accuracy(model, images, config):
     }
 
 
-def _schedule(config, steps_per_epoch):
-    total = config.epochs * steps_per_epoch
-    warmup = min(config.warmup_epochs * steps_per_epoch, total - 1)
-    return keras.optimizers.schedules.CosineDecay(
-        initial_learning_rate=config.learning_rate / 100, warmup_target=config.learning_rate, warmup_steps=warmup,
-        decay_steps=total - warmup,
-    )
-
-
 def pretrain_backbone(out, config=PretrainConfig(), data_dir=None, resume=False, verbose=None, command=None):
     """Makes the synthetic dataset, trains EfficientNetB0 on it end to end, saves the base's weights.
 
@@ -183,7 +175,8 @@ def pretrain_backbone(out, config=PretrainConfig(), data_dir=None, resume=False,
         "holdout_images": len(holdout),
         "steps": steps,
         "schedule": f"Adam, linear warm-up {config.warmup_epochs} epochs to {config.learning_rate}, then cosine "
-                    "decay to 0; label smoothing 0.05; balanced class weights; AugmentConfig() augmentation",
+                    "decay to 0; label smoothing 0.05; balanced class weights; AugmentConfig() augmentation"
+                    f"{sizes_text(config)}",
         "holdout_accuracy": holdout_accuracy(model, holdout, config),
         "storage": "float16",
         "sha256": file_sha256(out),
@@ -205,13 +198,14 @@ def _fit(train, config, backup, verbose):
     ds = bdata.make_dataset(train["path"].tolist(), labels, 2 * len(PARTS), _preparation(config, AugmentConfig()),
                             bdata.Feed(config.batch_size, training=True))
     steps_per_epoch = math.ceil(len(train) / config.batch_size)
-    model, base = build_pretrain_model(config.image_size, config.seed)
-    model.compile(keras.optimizers.Adam(_schedule(config, steps_per_epoch)),
+    ds, sizing, side = sized_by_epoch(ds, config)
+    model, base = build_pretrain_model(side, config.seed)
+    model.compile(keras.optimizers.Adam(learning_rate_schedule(config, steps_per_epoch)),
                   keras.losses.CategoricalCrossentropy(label_smoothing=0.05), metrics=["accuracy"], jit_compile=False)
     with bdata.length_found_at_the_end():
         model.fit(ds, epochs=config.epochs, verbose=verbose, shuffle=False,
                   class_weight=bdata.class_weights(labels, 2 * len(PARTS)),
-                  callbacks=[keras.callbacks.BackupAndRestore(str(backup))])
+                  callbacks=[keras.callbacks.BackupAndRestore(str(backup)), *sizing])
     return model, base, steps_per_epoch * config.epochs
 
 
@@ -285,23 +279,18 @@ def fit_targets(train, targets, config, start):
     Returns:
         (model, its EfficientNetB0 base, steps taken).
     """
-    model, base = build_pretrain_model(config.image_size, config.seed, len(targets), "sigmoid", start.init)
     y = np.nan_to_num(train[targets].to_numpy(np.float32), nan=-1.0)  # -1: not known, masked out of the loss
     ds = bdata.make_dataset(train["path"].tolist(), y, None, _preparation(config, start.augment),
                             bdata.Feed(config.batch_size, training=True, cache=start.cache))
+    ds, sizing, side = sized_by_epoch(ds, config)
+    model, base = build_pretrain_model(side, config.seed, len(targets), "sigmoid", start.init)
     steps_per_epoch = math.ceil(len(train) / config.batch_size)
-    model.compile(keras.optimizers.Adam(_schedule(config, steps_per_epoch)), masked_binary_crossentropy,
+    model.compile(keras.optimizers.Adam(learning_rate_schedule(config, steps_per_epoch)), masked_binary_crossentropy,
                   jit_compile=False)
     with bdata.length_found_at_the_end():
         model.fit(ds, epochs=config.epochs, verbose=keras_verbosity("auto"),
-                  shuffle=False, callbacks=[keras.callbacks.BackupAndRestore(str(start.backup))])
+                  shuffle=False, callbacks=[keras.callbacks.BackupAndRestore(str(start.backup)), *sizing])
     return model, base, steps_per_epoch * config.epochs
-
-
-def schedule_text(config):
-    """The learning-rate schedule of `fit_targets`, in words, for a provenance file."""
-    return (f"Adam, linear warm-up {config.warmup_epochs} epochs to {config.learning_rate}, then cosine decay to 0; "
-            "AugmentConfig() augmentation")
 
 
 def _split_monitor(table, seed):

@@ -65,6 +65,21 @@ def test_a_later_model_reuses_the_adapted_trunk_and_other_settings_are_refused(a
     assert job.place.weights == str(run_dir / ADAPTED) and (run_dir / ADAPTED).stat().st_mtime_ns == before
     with pytest.raises(ValueError, match=f"{ADAPTED}: this run's trunk was adapted with other adapt_epochs"):
         prepare_job("wrist", index, run_dir, TrainConfig(adapt_epochs=2, **CONFIG))
+    with pytest.raises(ValueError, match="adapted with other adapt_early_size; use a new --models-dir"):
+        prepare_job("wrist", index, run_dir, TrainConfig(adapt_epochs=1, adapt_early_size=32, **CONFIG))
+
+
+def test_progressive_resizing_adapts_small_first_and_is_one_of_the_trunks_settings(index, tmp_path):
+    from bonenet.training.adapt import ADAPTED
+    from bonenet.training.job import prepare_job
+
+    job = prepare_job("router", index, tmp_path, TrainConfig(adapt_epochs=2, adapt_early_size=32, **CONFIG))
+    provenance = json.loads(provenance_path(tmp_path / ADAPTED).read_text())
+    assert job.place.weights == str(tmp_path / ADAPTED) and provenance["adaptation"]["adapt_early_size"] == 32
+    assert "the first 1 of 2 epochs at 32 px (scaled down from 64)" in provenance["schedule"]
+    assert provenance["steps"] > 0 and not (tmp_path / "adapt-backup").exists()
+    with pytest.raises(ValueError, match="adapted with other adapt_early_size"):
+        prepare_job("router", index, tmp_path, TrainConfig(adapt_epochs=2, **CONFIG))
 
 
 def test_an_interrupted_adaptation_needs_resume(index, tmp_path):

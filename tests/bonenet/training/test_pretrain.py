@@ -25,13 +25,14 @@ def test_train_all_takes_weights_radiograph(synthetic_root, tmp_path, capsys):
 @pytest.mark.slow  # a whole pretraining at a toy size: about 40 s
 def test_pretrain_backbone_cli_at_a_toy_size(tmp_path, capsys):
     out = tmp_path / "toy.weights.h5"
-    code = run_pipeline.main(["pretrain-backbone", "--out", str(out), "--studies-per-part", "2", "--epochs", "1",
-                              "--image-size", "32", "--batch-size", "16", "--warmup-epochs", "0"])
+    code = run_pipeline.main(["pretrain-backbone", "--out", str(out), "--studies-per-part", "2", "--epochs", "2",
+                              "--image-size", "64", "--early-size", "32", "--batch-size", "16", "--warmup-epochs", "0"])
     assert code == 0 and out.is_file()
     provenance = json.loads(provenance_path(out).read_text())
     assert provenance["sha256"] == file_sha256(out) and provenance["storage"] == "float16"
     assert provenance["config"]["studies_per_part"] == 2 and provenance["steps"] >= 1
     assert "--studies-per-part 2" in provenance["command"] and "NOT ImageNet" in provenance["origin"]
+    assert "the first 1 of 2 epochs at 32 px (scaled down from 64)" in provenance["schedule"]
     assert 0 <= provenance["holdout_accuracy"]["joint"] <= 1
     assert (tmp_path / "toy-data" / "MURA-v1.1" / "synthetic.json").is_file()
     assert not (tmp_path / "toy-backup").exists()  # the resume backup is gone once the file is written
@@ -79,7 +80,7 @@ def _epoch_recorded(backup):
         return False
 
 
-@pytest.mark.slow  # a pretraining killed after its first epoch and resumed: about a minute
+@pytest.mark.slow  # a pretraining (progressive resizing) killed after its first epoch and resumed: about a minute
 def test_pretraining_on_real_radiographs_resumes_after_a_kill(toy_fracatlas, tmp_path):
     import subprocess
     import sys
@@ -88,7 +89,7 @@ def test_pretraining_on_real_radiographs_resumes_after_a_kill(toy_fracatlas, tmp
 
     out = tmp_path / "real.weights.h5"
     args = ["pretrain-backbone", "--out", out, "--real", toy_fracatlas, "--init", "none", "--epochs", "3",
-            "--image-size", "32", "--batch-size", "8", "--warmup-epochs", "0"]
+            "--image-size", "48", "--early-size", "32", "--batch-size", "8", "--warmup-epochs", "0"]
     backup = tmp_path / "real-backup"
     kill_cli_when(args, lambda: _epoch_recorded(backup))
     epoch = json.loads((backup / "training_metadata.json").read_text())["epoch"]
@@ -101,7 +102,9 @@ def test_pretraining_on_real_radiographs_resumes_after_a_kill(toy_fracatlas, tmp
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     shown = resumed.stdout + resumed.stderr
     assert f"Epoch {epoch + 1}/3" in shown and "Epoch 1/3" not in shown  # it went on from the killed epoch
-    assert out.is_file() and not backup.exists() and json.loads(provenance_path(out).read_text())["steps"] > 0
+    provenance = json.loads(provenance_path(out).read_text())
+    assert out.is_file() and not backup.exists() and provenance["steps"] > 0
+    assert "the first 2 of 3 epochs at 32 px" in provenance["schedule"]  # progressive resizing, resumed
 
 
 def test_a_provenance_command_names_absolute_paths_by_their_name_only():
