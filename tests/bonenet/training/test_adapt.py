@@ -97,3 +97,38 @@ def test_a_trunk_adapted_from_imagenet_stays_an_imagenet_backbone():
     assert imagenet["kind"] == "imagenet" and "summary" not in imagenet
     synthetic = _described({"kind": "file", "description": "synthetic radiographs"}, 1200)
     assert synthetic["summary"].startswith("from synthetic radiographs, not ImageNet; then adapted by bonenet on 1,200")
+
+
+@pytest.mark.slow  # an adaptation killed after its first epoch, refused without --resume, then resumed: about a minute
+def test_a_killed_adaptation_resumes_from_its_last_epoch(synthetic_root, tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import REPO, kill_cli_when
+
+    from bonenet.training.adapt import ADAPTED, BACKUP
+
+    run_dir, backup = tmp_path / "run", tmp_path / "run" / BACKUP
+    args = ["train-router", "--data-root", synthetic_root, "--models-dir", run_dir, "--weights", "none",
+            "--image-size", "64", "--epochs", "1", "--batch-size", "8", "--adapt-epochs", "3",
+            "--adapt-early-size", "32"]
+
+    def epoch_recorded():
+        try:
+            return "epoch" in json.loads((backup / "training_metadata.json").read_text())
+        except (OSError, ValueError):
+            return False
+
+    kill_cli_when(args, epoch_recorded)
+    epoch = json.loads((backup / "training_metadata.json").read_text())["epoch"]
+    assert not (run_dir / ADAPTED).exists() and 1 <= epoch < 3  # killed mid-adaptation: nothing written
+    cli = [sys.executable, "run_pipeline.py", *map(str, args)]
+    refused = subprocess.run(cli, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert refused.returncode == 2 and "pass --resume to continue it" in refused.stderr
+    resumed = subprocess.run([*cli, "--resume"], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    shown = resumed.stdout + resumed.stderr
+    assert f"Epoch {epoch + 1}/3" in shown and "Epoch 1/3" not in shown  # it went on from the killed epoch
+    assert (run_dir / ADAPTED).is_file() and not backup.exists()
+    assert json.loads(provenance_path(run_dir / ADAPTED).read_text())["steps"] > 0
+
