@@ -46,7 +46,7 @@ from bonenet.parts import PART_INDEX, PARTS
 from bonenet.preprocessing.augment import AugmentConfig
 from bonenet.preprocessing.recipes import get_recipe
 from bonenet.progress import keras_verbosity
-from bonenet.training.schedule import learning_rate_schedule, schedule_text, sized_by_epoch, sizes_text
+from bonenet.training.schedule import input_side, learning_rate_schedule, schedule_text, sized_by_epoch, sizes_text
 
 
 def portable_command(command):
@@ -198,8 +198,8 @@ def _fit(train, config, backup, verbose):
     ds = bdata.make_dataset(train["path"].tolist(), labels, 2 * len(PARTS), _preparation(config, AugmentConfig()),
                             bdata.Feed(config.batch_size, training=True))
     steps_per_epoch = math.ceil(len(train) / config.batch_size)
-    ds, sizing, side = sized_by_epoch(ds, config)
-    model, base = build_pretrain_model(side, config.seed)
+    ds, sizing = sized_by_epoch(ds, config)
+    model, base = build_pretrain_model(input_side(config), config.seed)
     model.compile(keras.optimizers.Adam(learning_rate_schedule(config, steps_per_epoch)),
                   keras.losses.CategoricalCrossentropy(label_smoothing=0.05), metrics=["accuracy"], jit_compile=False)
     with bdata.length_found_at_the_end():
@@ -279,11 +279,12 @@ def fit_targets(train, targets, config, start):
     Returns:
         (model, its EfficientNetB0 base, steps taken).
     """
+    # The model first: it seeds TensorFlow, and the dataset's shuffle and augmentation draw from that seed too.
+    model, base = build_pretrain_model(input_side(config), config.seed, len(targets), "sigmoid", start.init)
     y = np.nan_to_num(train[targets].to_numpy(np.float32), nan=-1.0)  # -1: not known, masked out of the loss
     ds = bdata.make_dataset(train["path"].tolist(), y, None, _preparation(config, start.augment),
                             bdata.Feed(config.batch_size, training=True, cache=start.cache))
-    ds, sizing, side = sized_by_epoch(ds, config)
-    model, base = build_pretrain_model(side, config.seed, len(targets), "sigmoid", start.init)
+    ds, sizing = sized_by_epoch(ds, config)
     steps_per_epoch = math.ceil(len(train) / config.batch_size)
     model.compile(keras.optimizers.Adam(learning_rate_schedule(config, steps_per_epoch)), masked_binary_crossentropy,
                   jit_compile=False)

@@ -29,16 +29,22 @@ class EpochSide(keras.callbacks.Callback):
         self.side.assign(self.sizes[epoch])
 
 
+def input_side(config):
+    """The side a fit's model is built for: `image_size`, or None (any side) under progressive resizing, as
+    EfficientNet's weights do not depend on it."""
+    return config.image_size if len(set(epoch_sizes(config))) == 1 else None
+
+
 def sized_by_epoch(ds, config):
-    """(dataset, callbacks, the model's input side) for a fit under `epoch_sizes`.
+    """(dataset, callbacks) for a fit under `epoch_sizes`.
 
     Progressive resizing scales the images, prepared (and cached) once at `image_size`, down on the fly in the
-    early epochs, so no film is read twice, and the model takes any side (None; EfficientNet's weights do not
-    depend on it). Without it: `ds` as it is, no callback, and `image_size`.
+    early epochs, so no film is read twice; the callback sets each epoch's side. Without it: `ds` as it is and no
+    callback.
     """
     sizes = epoch_sizes(config)
-    if sizes[0] == config.image_size:
-        return ds, [], config.image_size
+    if input_side(config) is not None:
+        return ds, []
     follow = EpochSide(sizes)
 
     def scaled(x, y):
@@ -46,7 +52,7 @@ def sized_by_epoch(ds, config):
                        lambda: tf.image.resize(x, tf.stack([follow.side, follow.side]), antialias=True),
                        lambda: x), y
 
-    return ds.map(scaled, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE), [follow], None
+    return ds.map(scaled, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE), [follow]
 
 
 def learning_rate_schedule(config, steps_per_epoch):

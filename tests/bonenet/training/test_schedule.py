@@ -55,7 +55,7 @@ def test_the_images_follow_the_epochs_side_and_a_resumed_fit_takes_up_its_epochs
     import keras
     import tensorflow as tf
 
-    from bonenet.training.schedule import sized_by_epoch
+    from bonenet.training.schedule import input_side, sized_by_epoch
 
     config = PretrainConfig(image_size=64, early_size=32, epochs=4)  # sides 32, 32, 32, 64
     images = np.random.default_rng(0).uniform(0, 255, (8, 64, 64, 3)).astype(np.float32)
@@ -64,8 +64,8 @@ def test_the_images_follow_the_epochs_side_and_a_resumed_fit_takes_up_its_epochs
         return sized_by_epoch(tf.data.Dataset.from_tensor_slices((images, np.zeros((8, 1), np.float32))).batch(4),
                               config)
 
-    ds, callbacks, side = fit_data()
-    assert side is None and len(callbacks) == 1
+    ds, callbacks = fit_data()
+    assert input_side(config) is None and len(callbacks) == 1  # the model takes either side
     (follow,) = callbacks
     follow.on_epoch_begin(3)
     assert np.array_equal(next(iter(ds))[0].numpy(), images[:4])  # the last epochs: the prepared images as they are
@@ -82,7 +82,7 @@ def test_the_images_follow_the_epochs_side_and_a_resumed_fit_takes_up_its_epochs
     with pytest.raises(KeyboardInterrupt):
         _tiny_model().fit(ds, epochs=4, verbose=0, shuffle=False, callbacks=[backup, follow, seen.callback, Killed()])
     assert seen.sides == {0: 32, 1: 32, 2: 32}
-    ds, callbacks, _ = fit_data()  # a new process: a new dataset and callback, the same backup
+    ds, callbacks = fit_data()  # a new process: a new dataset and callback, the same backup
     seen = _Seen(ds, callbacks[0])
     _tiny_model().fit(ds, epochs=4, verbose=0, shuffle=False,
                       callbacks=[keras.callbacks.BackupAndRestore(str(tmp_path / "backup")), *callbacks,
@@ -93,7 +93,8 @@ def test_the_images_follow_the_epochs_side_and_a_resumed_fit_takes_up_its_epochs
 def test_without_progressive_resizing_the_dataset_and_the_model_side_stay_as_they_were():
     import tensorflow as tf
 
-    from bonenet.training.schedule import sized_by_epoch
+    from bonenet.training.schedule import input_side, sized_by_epoch
 
     ds = tf.data.Dataset.from_tensor_slices(np.zeros((2, 64, 64, 3), np.float32))
-    assert sized_by_epoch(ds, PretrainConfig(image_size=64, epochs=4)) == (ds, [], 64)
+    for config in PretrainConfig(image_size=64, epochs=4), PretrainConfig(image_size=64, early_size=32, epochs=1):
+        assert sized_by_epoch(ds, config) == (ds, []) and input_side(config) == 64
