@@ -91,7 +91,8 @@ def _training_commands(sub, common):
     p.add_argument("--data-dir", help="where the synthetic pretraining data goes (default <name>-data beside --out)")
     p.add_argument("--real", nargs="+", metavar="SOURCE",
                    help="pretrain on real radiographs instead: FracAtlas folders (dataset.csv and images/; the "
-                        "benchmark's held-out images are left out) or datalist CSVs")
+                        "benchmark's held-out images are left out), datalist CSVs, or folders of images without "
+                        "labels (for --objective contrastive or both)")
     p.add_argument("--init", default="synthetic",
                    help="with --real, what to start from: synthetic (the shipped synthetic backbone), none, or a "
                         "backbone .weights.h5 (default synthetic)")

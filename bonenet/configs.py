@@ -116,6 +116,10 @@ class PretrainConfig:
                                  "leg, hip, shoulder); the transfer yardstick pretrains without hand, then scores "
                                  "hand models, so what it measures was never trained")
     early_size: int = setting(0, EARLY_SIZE_HELP, Range(0))
+    objective: str = setting("targets", "with --real: targets (every label the sources give, one sigmoid each), "
+                                        "contrastive (self-supervised: two augmented views of each film pulled "
+                                        "together; no labels, so unlabelled image folders serve) or both",
+                             choices=("targets", "contrastive", "both"))
 
     def __post_init__(self):
         check_config(self)

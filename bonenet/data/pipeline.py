@@ -43,11 +43,16 @@ class Preparation:
 class Feed:
     """How a dataset serves its images: the batch size, whether it trains (shuffled each epoch by the
     preparation's seed, and augmented), and where prepared images are cached: "memory", a folder (keyed by
-    the data, recipe and size), or None to read and prepare every image again each epoch (for comparison)."""
+    the data, recipe and size), or None to read and prepare every image again each epoch (for comparison).
+
+    `pairs`, a training dataset serves two independently augmented views of each image, adjacent in the batch
+    (rows 2i and 2i + 1; a batch holds 2 × `batch_size` images) and each with its image's labels, for
+    contrastive pretraining (`bonenet.training.contrastive`)."""
 
     batch_size: int
     training: bool = False
     cache: object = "memory"
+    pairs: bool = False
 
 
 @contextlib.contextmanager
@@ -157,6 +162,8 @@ def make_dataset(paths, labels, num_classes, prep, feed, skips=None):
         feed: a `Feed` (batch size, training, cache).
         skips: a `SkipLog` recording the images that could not be read. Defaults to None.
     """
+    if feed.pairs and not (feed.training and prep.augment is not None):
+        raise ValueError("two views of each image need a training dataset with augmentation")
     paths = [str(p) for p in paths]
     ds = labelled_slices(paths, labels, "paths")
     prepare = map_prepare(prep)
@@ -170,12 +177,18 @@ def make_dataset(paths, labels, num_classes, prep, feed, skips=None):
     if feed.training:
         ds = ds.shuffle(min(len(paths), 4096), seed=prep.seed, reshuffle_each_iteration=True)
         if prep.augment is not None:
-            seeds = tf.data.Dataset.random(seed=prep.seed, rerandomize_each_iteration=True)
+            # One seeded stream of draws per view; a single view draws from the stream it always has.
+            draws = [tf.data.Dataset.random(seed=prep.seed + v, rerandomize_each_iteration=True)
+                     for v in range(2 if feed.pairs else 1)]
             aug = map_augment(prep.augment, prep.seed)
-            ds = tf.data.Dataset.zip((ds, seeds)).map(
-                lambda xy, s: (aug(xy[0], s), xy[1]), num_parallel_calls=AUTOTUNE
+            ds = tf.data.Dataset.zip((ds, *draws)).map(
+                lambda xy, *s: (tf.stack([aug(xy[0], d) for d in s]) if feed.pairs else aug(xy[0], s[0]), xy[1]),
+                num_parallel_calls=AUTOTUNE,
             )
     ds = ds.batch(feed.batch_size)
+    if feed.pairs:  # (B, 2, S, S, 3) to (2B, S, S, 3): image i's views at rows 2i and 2i + 1, labels repeated
+        ds = ds.map(lambda x, y: (tf.reshape(x, (-1, *x.shape[2:])), tf.repeat(y, 2, axis=0)),
+                    num_parallel_calls=AUTOTUNE)
     if np.ndim(labels) == 2:  # float targets, as they are
         ds = ds.map(lambda x, y: (tf.cast(x, tf.float32), y), num_parallel_calls=AUTOTUNE)
     else:

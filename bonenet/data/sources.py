@@ -4,7 +4,8 @@ images refused by their content.
 A source becomes a table of image paths and binary targets (`PretrainSource`). FracAtlas gives nine per image:
 its region flags (hand, leg, hip, shoulder), its view flags (frontal, lateral, oblique), fractured and
 hardware. A datalist gives its part (one column per part present) and abnormal. A backbone trained on them
-learns what radiographs of bones look like, and where fractures and implants are.
+learns what radiographs of bones look like, and where fractures and implants are. A plain folder of images (any
+archive) gives none: the contrastive objective learns from it without labels (`bonenet.training.contrastive`).
 
 Held-out discipline: `benchmarks/real_radiographs.py` scores the FracAtlas datalist's seeded, patient-grouped
 valid fifth (`bonenet.data.datalist`). A backbone that saw those images would be scored on its own training
@@ -13,6 +14,7 @@ images. So
 `check_no_holdout` refuses any pretraining image with the same bytes, whatever its name or folder.
 """
 
+import logging
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +25,10 @@ import pandas as pd
 from bonenet.configs import FRACATLAS_REGIONS
 from bonenet.data.datalist import fracatlas_datalist, is_datalist, read_dataset
 from bonenet.data.mura import MuraError
+from bonenet.data.read import find_images
 from bonenet.digests import file_sha256
+
+log = logging.getLogger(__name__)
 
 FRACATLAS_TARGETS = (*FRACATLAS_REGIONS, "frontal", "lateral", "oblique", "fractured", "hardware")
 FRACATLAS_LICENCE = "CC BY 4.0, https://creativecommons.org/licenses/by/4.0/"
@@ -91,6 +96,25 @@ def datalist_source(csv, licence):
     return PretrainSource(Path(csv).name, str(Path(csv).resolve()), licence, "", table)
 
 
+def folder_source(root, licence):
+    """Every image under `root` (searched as `predict` searches a folder), without labels: paths only."""
+    images, skipped = find_images(root)
+    if not images:
+        raise MuraError(f"{root}: no PNG, JPEG or DICOM images in this folder")
+    if skipped:
+        log.warning("%s: %d file(s) left out, not images (the first: %s, %s)", root, len(skipped), *skipped[0])
+    return PretrainSource(Path(root).name, str(Path(root).resolve()), licence, "",
+                          pd.DataFrame({"path": [str(p) for p in images]}))
+
+
+def check_labelled(sources):
+    """Refuses a source without labels (a folder of images) where only labels are learned, naming it."""
+    for source in sources:
+        if len(source.table.columns) == 1:
+            raise ValueError(f"{source.root}: a folder of images gives no labels to learn; pretrain on it with "
+                             "--objective contrastive or both")
+
+
 def images_targets(images, parts=None):
     """A dataset index's images as targets: `path`, one 0/1 column per part (`parts`, by default those present)
     and `abnormal`."""
@@ -117,8 +141,8 @@ def read_sources(specs, licence="stated by the user", leave_out=()):
     Every FracAtlas folder named contributes its benchmark's held-out images; no source may hold one.
 
     Args:
-        specs: paths, each a FracAtlas folder or a datalist CSV.
-        licence: the licence recorded for datalists (FracAtlas carries its own).
+        specs: paths, each a FracAtlas folder, a datalist CSV or a folder of images (no labels).
+        licence: the licence recorded for datalists and folders (FracAtlas carries its own).
         leave_out: FracAtlas regions (`FRACATLAS_REGIONS`) whose films are left out of every FracAtlas source:
             the transfer yardstick pretrains without hands, so that a hand benchmark scores what was never
             trained. Defaults to none.
@@ -136,8 +160,11 @@ def read_sources(specs, licence="stated by the user", leave_out=()):
             sources.append(fracatlas_source(spec, held_out, leave_out))
         elif is_datalist(spec):
             sources.append(datalist_source(spec, licence))
+        elif Path(spec).is_dir():
+            sources.append(folder_source(spec, licence))
         else:
-            raise ValueError(f"{spec}: neither a FracAtlas folder (dataset.csv and images/) nor a datalist CSV")
+            raise ValueError(f"{spec}: neither a FracAtlas folder (dataset.csv and images/), a datalist CSV nor a "
+                             "folder of images")
     check_no_holdout(sources, held_out)
     return sources
 

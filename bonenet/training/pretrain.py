@@ -46,6 +46,8 @@ from bonenet.parts import PART_INDEX, PARTS
 from bonenet.preprocessing.augment import AugmentConfig
 from bonenet.preprocessing.recipes import get_recipe
 from bonenet.progress import keras_verbosity
+from bonenet.training.contrastive import VIEWS_TEXT, fit_views, views_found
+from bonenet.training.losses import masked_binary_crossentropy
 from bonenet.training.schedule import input_side, learning_rate_schedule, schedule_text, sized_by_epoch, sizes_text
 
 
@@ -226,15 +228,6 @@ def _tf_version():
 MONITOR_FRACTION = 0.1  # a seeded share of the pretraining images, held back to score the targets
 
 
-def masked_binary_crossentropy(y_true, y_pred):
-    """Binary cross-entropy over the targets a row has: a target below 0 (a source lacking it) counts for nothing."""
-    known = keras.ops.cast(y_true >= 0, "float32")
-    truth = keras.ops.clip(y_true, 0.0, 1.0)
-    p = keras.ops.clip(y_pred, 1e-7, 1 - 1e-7)
-    loss = -(truth * keras.ops.log(p) + (1 - truth) * keras.ops.log(1 - p)) * known
-    return keras.ops.sum(loss, axis=-1) / keras.ops.maximum(keras.ops.sum(known, axis=-1), 1.0)
-
-
 def target_aurocs(model, table, targets, config):
     """Per target: the pretraining model's AUROC on held-back images (NaN where they hold one class)."""
     from sklearn.metrics import roc_auc_score
@@ -327,7 +320,7 @@ def pretrain_on_real(out, specs, config=PretrainConfig(), init="synthetic", resu
     Returns:
         The provenance dict (also written beside `out`).
     """
-    from bonenet.data.sources import read_sources, targets_table
+    from bonenet.data.sources import check_labelled, read_sources, targets_table
 
     out, start = _weights_out(out), time.time()
     backup = out.parent / f"{out.name.removesuffix('.weights.h5')}-backup"
@@ -336,10 +329,16 @@ def pretrain_on_real(out, specs, config=PretrainConfig(), init="synthetic", resu
     sources = read_sources(specs, leave_out=config.regions_left_out)
     table = targets_table(sources)
     # A region left out is a constant 0 here: a target that teaches nothing and has no AUROC.
-    targets = [c for c in table.columns if c != "path" and c not in config.regions_left_out]
+    targets = [] if config.objective == "contrastive" else [
+        c for c in table.columns if c != "path" and c not in config.regions_left_out]
     train, monitor = _split_monitor(table, config.seed)
     init_path, init_text = _init_weights(init)
-    model, base, steps = fit_targets(train, targets, config, Start(init_path, backup))
+    if config.objective == "targets":
+        check_labelled(sources)
+        model, base, steps = fit_targets(train, targets, config, Start(init_path, backup))
+    else:
+        built = build_pretrain_model(input_side(config), config.seed, max(len(targets), 1), "sigmoid", init_path)
+        model, base, steps = fit_views(built, train, targets, config, Start(init_path, backup))
     save_float16_weights(base, out)
     base.load_weights(out)  # score what ships: the float16 weights, reloaded, under the trained head
     described = _described(sources, config.regions_left_out)
@@ -349,11 +348,10 @@ def pretrain_on_real(out, specs, config=PretrainConfig(), init="synthetic", resu
         # The caveat every output of a run on this backbone carries (`bonenet.run.provenance`).
         "summary": f"pretrained on {len(table):,} open real radiographs ({described}), not ImageNet",
         "command": portable_command(command or shlex.join(["bonenet", *sys.argv[1:]])),
-        "config": asdict(config), "init": init_text, "objective": f"every binary target at once, one sigmoid "
-        f"each (masked binary cross-entropy): {', '.join(targets)}",
+        "config": asdict(config), "init": init_text, "objective": objective_text(config.objective, targets),
         "sources": [s.as_dict() for s in sources], "images": len(table), "train_images": len(train),
         "monitor_images": len(monitor), "data_sha256": files_digest(table["path"]),
-        "steps": steps, "schedule": schedule_text(config), "monitor_auroc": target_aurocs(model, monitor, targets, config), "storage": "float16",
+        "steps": steps, "schedule": schedule_text(config), **monitor_figures(model, monitor, targets, config), "storage": "float16",
         "sha256": file_sha256(out), "seconds": round(time.time() - start), **machine_facts(),
     }
     write_text_whole(provenance_path(out), json.dumps(json_safe(provenance), indent=2) + "\n")
@@ -362,6 +360,24 @@ def pretrain_on_real(out, specs, config=PretrainConfig(), init="synthetic", resu
 
         shutil.rmtree(backup)
     return provenance
+
+
+def objective_text(objective, targets):
+    """What the backbone learned, in words, for its provenance."""
+    labelled = f"every binary target at once, one sigmoid each (masked binary cross-entropy): {', '.join(targets)}"
+    return {"targets": labelled, "contrastive": VIEWS_TEXT, "both": f"{VIEWS_TEXT}, and {labelled}"}[objective]
+
+
+def monitor_figures(model, monitor, targets, config):
+    """The provenance's figures on the held-back images: each target's AUROC, and with views, the share of views
+    that find their partner (`contrastive.views_found`)."""
+    if not isinstance(model.output, dict):
+        return {"monitor_auroc": target_aurocs(model, monitor, targets, config)}
+    figures = {"monitor_views_found": views_found(model, monitor, config)}
+    if targets:
+        scorer = keras.Model(model.input, model.output["targets"])
+        figures["monitor_auroc"] = target_aurocs(scorer, monitor, targets, config)
+    return figures
 
 
 def _described(sources, left_out):

@@ -67,7 +67,7 @@ def test_pretraining_on_real_radiographs_at_a_toy_size_records_its_sources_and_l
     assert "--real" in provenance["command"] and provenance["init"] == "random initialisation"
     assert source["root"] == toy_fracatlas.name and str(tmp_path) not in provenance_path(out).read_text()
     assert "NOT ImageNet" in provenance["origin"] and provenance["summary"].endswith("not ImageNet")
-    assert "AUROC on" in capsys.readouterr().out
+    assert "held-back images: hand AUROC" in capsys.readouterr().out
     _, origin = resolve_weights(str(out))
     assert origin["kind"] == "radiograph" and origin["summary"] == provenance["summary"]
 
