@@ -19,6 +19,7 @@ import tensorflow as tf
 from bonenet import runtime
 from bonenet.data import pipeline as bdata
 from bonenet.preprocessing.augment import AugmentConfig
+from bonenet.preprocessing.recipes import get_recipe
 from bonenet.progress import keras_verbosity
 from bonenet.training.losses import TEMPERATURE, masked_binary_crossentropy, nt_xent, partner_found
 from bonenet.training.schedule import learning_rate_schedule, sized_by_epoch
@@ -62,7 +63,7 @@ def fit_views(built, train, targets, config, start):
     views = build_views_model(model, base, targets, config.seed)
     y = (np.nan_to_num(train[targets].to_numpy(np.float32), nan=-1.0) if targets
          else np.zeros((len(train), 1), np.float32))
-    prep = bdata.Preparation(_recipe(config), config.image_size, augment=VIEW_AUGMENT, seed=config.seed)
+    prep = bdata.Preparation(get_recipe(config.recipe), config.image_size, augment=VIEW_AUGMENT, seed=config.seed)
     ds = bdata.make_dataset(train["path"].tolist(), y, None, prep,
                             bdata.Feed(config.batch_size, training=True, cache=start.cache, pairs=True))
     ds = ds.map(lambda x, t: (x, {"projection": tf.zeros((tf.shape(x)[0], 1)), **({"targets": t} if targets else {})}))
@@ -80,7 +81,7 @@ def fit_views(built, train, targets, config, start):
 def views_found(views, table, config):
     """Share of held-back images whose augmented view finds its partner among a batch's (chance: 1 in 2 × batch
     − 1): the contrastive objective's own figure on images it did not train on."""
-    prep = bdata.Preparation(_recipe(config), config.image_size, augment=VIEW_AUGMENT, seed=config.seed + 7)
+    prep = bdata.Preparation(get_recipe(config.recipe), config.image_size, augment=VIEW_AUGMENT, seed=config.seed + 7)
     ds = bdata.make_dataset(table["path"].tolist(), np.zeros((len(table), 1), np.float32), None, prep,
                             bdata.Feed(config.batch_size, training=True, pairs=True))
     found = []
@@ -88,9 +89,3 @@ def views_found(views, table, config):
         for x, _ in ds:
             found.append(keras.ops.convert_to_numpy(partner_found(None, views(x, training=False)["projection"])))
     return float(np.mean(np.concatenate(found)))
-
-
-def _recipe(config):
-    from bonenet.preprocessing.recipes import get_recipe
-
-    return get_recipe(config.recipe)

@@ -14,7 +14,8 @@ steps, hold-out accuracy and sha256. It is never a default for real training.
 On real radiographs (`--real FRACATLAS_DIR` or a datalist), EfficientNetB0 learns every binary target the
 sources give (FracAtlas: region, view, fractured, hardware; `bonenet.data.sources`) at once, one sigmoid
 each, starting from `--init` (the synthetic backbone by default); the FracAtlas benchmark's held-out images
-are refused by construction.
+are refused by construction. `--objective contrastive` learns without labels instead (SimCLR views,
+`bonenet.training.contrastive`), so folders of unlabelled films serve as sources; `both` learns the two at once.
 """
 
 import datetime

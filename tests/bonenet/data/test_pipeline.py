@@ -112,3 +112,18 @@ def test_views_are_seeded_per_image_and_view_whatever_the_order(wrist_images):
     np.testing.assert_array_equal(a[0], EQUALIZE.apply(load_gray(path), 48))  # view 0 is the image itself
     assert not np.array_equal(a[1], c[1])  # another image index, another draw
     np.testing.assert_array_equal(a[1], data.seeded_augment(a[0], config, 3, 1, 7))  # the one seeding rule
+
+
+def test_pairs_serve_two_different_views_of_each_image_side_by_side_with_its_labels(wrist_images):
+    prep = data.Preparation(EQUALIZE, 48, augment=AugmentConfig(), seed=3)
+    paths, labels = data.part_examples(wrist_images, "XR_WRIST")
+    targets = np.arange(len(paths), dtype=np.float32)[:, None]  # one distinct label per image
+    x, y = next(iter(data.make_dataset(paths, targets, None, prep, data.Feed(3, training=True, pairs=True))))
+    x, y = x.numpy(), y.numpy()
+    assert x.shape == (6, 48, 48, 3) and y.shape == (6, 1)
+    np.testing.assert_array_equal(y[0::2], y[1::2])  # rows 2i and 2i + 1: one image, its label twice
+    assert len(np.unique(y)) == 3
+    for i in range(3):
+        assert not np.array_equal(x[2 * i], x[2 * i + 1])  # two draws of the augmentation, not one copy
+    with pytest.raises(ValueError, match="two views of each image need a training dataset with augmentation"):
+        data.make_dataset(paths, targets, None, data.Preparation(EQUALIZE, 48), data.Feed(3, pairs=True))

@@ -79,4 +79,35 @@ def test_a_datalist_gives_its_parts_and_abnormal(toy_fracatlas, tmp_path):
     assert list(source.table.columns) == ["path", "XR_HAND", "XR_SHOULDER", "abnormal"]
     assert source.table[["XR_HAND", "XR_SHOULDER"]].sum(axis=1).eq(1).all()
     with pytest.raises(ValueError, match="neither a FracAtlas folder"):
-        sources.read_sources([tmp_path])
+        sources.read_sources([tmp_path / "fracatlas.txt"])
+
+
+def test_a_folder_of_images_gives_paths_without_labels_and_names_what_it_leaves_out(toy_fracatlas, tmp_path, caplog):
+    import cv2
+    import numpy as np
+
+    folder = tmp_path / "archive"
+    (folder / "deep").mkdir(parents=True)
+    for i in range(3):
+        cv2.imwrite(str(folder / "deep" / f"film{i}.png"), np.full((40, 30), 40 * i, np.uint8))
+    (folder / "notes.txt").write_text("not a film")
+    (source,) = sources.read_sources([folder])
+    assert list(source.table.columns) == ["path"] and len(source.table) == 3
+    assert source.as_dict()["targets"] == [] and source.as_dict()["root"] == "archive"
+    assert "archive: 1 file(s) left out, not images" in caplog.text and "notes.txt" in caplog.text
+    with pytest.raises(ValueError, match="archive: a folder of images gives no labels to learn; .*--objective "
+                                         "contrastive or both"):
+        sources.check_labelled(sources.read_sources([toy_fracatlas, folder]))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(MuraError, match="empty: no PNG, JPEG or DICOM images in this folder"):
+        sources.read_sources([empty])
+
+
+def test_a_held_out_film_in_a_folder_of_images_is_refused(toy_fracatlas, tmp_path):
+    held = sorted(_benchmark_valid(toy_fracatlas, tmp_path))[0]
+    folder = tmp_path / "archive"
+    folder.mkdir()
+    shutil.copy(toy_fracatlas / "images" / held, folder / "mine.jpg")
+    with pytest.raises(ValueError, match="mine.jpg: this image is held out by the FracAtlas benchmark"):
+        sources.read_sources([toy_fracatlas, folder])
