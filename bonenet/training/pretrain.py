@@ -342,7 +342,7 @@ def pretrain_on_real(out, specs, config=PretrainConfig(), init="synthetic", resu
         model, base, steps = fit_views(built, train, targets, config, Start(init_path, backup))
     save_float16_weights(base, out)
     base.load_weights(out)  # score what ships: the float16 weights, reloaded, under the trained head
-    described = _described(sources, config.regions_left_out)
+    described = _described(sources)
     provenance = {
         "origin": f"EfficientNetB0 pretrained by bonenet pretrain-backbone on {len(table):,} {RADIOGRAPH_ORIGIN} "
                   f"({described})",
@@ -381,10 +381,14 @@ def monitor_figures(model, monitor, targets, config):
     return figures
 
 
-def _described(sources, left_out):
-    """The sources in a few words, for the backbone's origin and caveat: "FracAtlas without hand films, CC BY 4.0"."""
-    without = f" without {', '.join(left_out)} films" if left_out else ""
-    return ", ".join(f"{s.name}{without}, {s.licence.split(',')[0]}" for s in sources)
+def _described(sources):
+    """The sources in a few words, for the backbone's origin and caveat: "FracAtlas without hand films, CC BY 4.0"
+    (a region is left out of FracAtlas sources only)."""
+    def one(source):
+        without = f" without {', '.join(source.left_out)} films" if source.left_out else ""
+        return f"{source.name}{without}, {source.licence.split(',')[0]}"
+
+    return ", ".join(one(s) for s in sources)
 
 
 def _weights_out(out):

@@ -52,3 +52,12 @@ def test_a_folder_of_images_is_refused_where_only_labels_are_learned(toy_fracatl
     assert code == 2 and not out.exists()
     assert err[-1].endswith("archive: a folder of images gives no labels to learn; pretrain on it with --objective "
                             "contrastive or both")
+
+
+def test_a_region_left_out_is_said_of_fracatlas_only_not_of_a_folder_beside_it(toy_fracatlas, tmp_path):
+    from bonenet.data.sources import read_sources
+    from bonenet.training.pretrain import _described
+
+    archive = _archive(tmp_path / "archive", n=2)
+    described = _described(read_sources([toy_fracatlas, archive], leave_out=("hand",)))
+    assert described == "FracAtlas without hand films, CC BY 4.0, archive, stated by the user"
