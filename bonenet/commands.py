@@ -262,11 +262,11 @@ def cmd_pretrain_backbone(args):
         raise CommandError("--leave-out chooses FracAtlas regions to leave out of --real pretraining; add --real")
     if args.real:
         provenance = pretrain_on_real(args.out, args.real, config, init=args.init, resume=args.resume, command=command)
-        figures = ", ".join([f"{t} AUROC {a:.3f}" for t, a in provenance.get("monitor_auroc", {}).items() if a == a] + (
-            [f"views finding their partner {provenance['monitor_views_found']:.3f}"]
-            if "monitor_views_found" in provenance else []))
+        figures = [f"{t} AUROC {a:.3f}" for t, a in provenance.get("monitor_auroc", {}).items() if a == a]
+        if "monitor_views_found" in provenance:
+            figures.append(f"views finding their partner {provenance['monitor_views_found']:.3f}")
         say(f"wrote {args.out} ({provenance['steps']} steps, {provenance['seconds']} s) from {provenance['images']:,} "
-             f"real radiographs; on {provenance['monitor_images']} held-back images: {figures}; sha256 "
+             f"real radiographs; on {provenance['monitor_images']} held-back images: {', '.join(figures)}; sha256 "
              f"{provenance['sha256'][:12]}…")
         return
     provenance = pretrain_backbone(args.out, config, data_dir=args.data_dir, resume=args.resume, command=command)
