@@ -7,8 +7,9 @@
 
 With `--compare`, each backbone named runs twice, with the last 20 layers (cached, at `--image-size`) and with
 `--trainable-layers all` (full mode, at `--deep-image-size`), each into `<out>/<backbone>-<mode>/`; a row
-already finished there is read back, not run again, so a killed comparison resumes. It prints one table with
-the backbone as a column and writes `<out>/transfer.json`.
+already finished there with the same settings is read back, not run again, so a killed comparison resumes (one
+finished with other settings is refused, never overwritten). It prints one table with the backbone as a column
+and writes `<out>/transfer.json`, which keeps the rows of earlier calls into the same `--out`.
 
 BoneNet's own steps, in order: `fracatlas-datalist` (hand → XR_HAND, shoulder → XR_SHOULDER; abnormal =
 fractured or hardware; each image its own study and patient, since FracAtlas publishes no patient
@@ -169,11 +170,7 @@ def run(args):
                  "note": "each image its own study and patient (FracAtlas publishes no patient identifiers)",
                  "train_studies": int((studies["split"] == "train").sum()),
                  "valid_studies": int((studies["split"] == "valid").sum())},
-        "config": {"weights": args.weights, "trainable_layers": "all" if config.deep else config.trainable_layers,
-                   "mode": config.mode, "image_size": args.image_size, "epochs": args.epochs,
-                   "learning_rate": args.learning_rate, "batch_size": args.batch_size, "seed": args.seed,
-                   "ensemble": args.ensemble, "tta": args.tta, "adapt_epochs": args.adapt_epochs,
-                   "adapt_learning_rate": args.adapt_learning_rate, "adapt_early_size": args.adapt_early_size},
+        "config": row_config(args),
         "members_holdout_auc": {key: [m["holdout"].get("auc") for m in entry.members]
                                 for key, entry in entries.items() if key != "router"},
         "epochs_run": {key: entry.epochs_run for key, entry in entries.items()},
@@ -229,9 +226,27 @@ def _eval_folder(args):
     return "eval" if args.tta == "none" else f"eval-{args.tta}"
 
 
+def row_config(args):
+    """What a row was asked to be, as its result records it."""
+    config = train_config(args)
+    return {"weights": args.weights, "trainable_layers": "all" if config.deep else config.trainable_layers,
+            "mode": config.mode, "image_size": args.image_size, "epochs": args.epochs,
+            "learning_rate": args.learning_rate, "batch_size": args.batch_size, "seed": args.seed,
+            "ensemble": args.ensemble, "tta": args.tta, "adapt_epochs": args.adapt_epochs,
+            "adapt_learning_rate": args.adapt_learning_rate, "adapt_early_size": args.adapt_early_size}
+
+
+def _unlike(recorded, asked):
+    """The settings in which a finished row differs from what this call asks (a backbone by its row name)."""
+    same = {"weights": lambda a, b: row_name(str(a)) == row_name(str(b))}
+    return [f"{key} {recorded[key]} (asked: {asked[key]})" for key in asked
+            if key in recorded and not same.get(key, lambda a, b: a == b)(recorded[key], asked[key])]
+
+
 def _one(args, reuse=False):
-    """One row: runs the benchmark into `args.out`; with `reuse`, reads back the result a finished run left there
-    (a row killed before it finished starts again from nothing; a rescoring row, `trained`, keeps the run)."""
+    """One row: runs the benchmark into `args.out`; with `reuse`, reads back the result a finished run left there,
+    if it was run with these settings (a row killed before it finished starts again from nothing; a rescoring row,
+    `trained`, keeps the run). A finished row with other settings is refused, never overwritten."""
     import shutil
 
     from bonenet.files import json_safe, write_text_whole
@@ -239,7 +254,12 @@ def _one(args, reuse=False):
     trained = getattr(args, "trained", False)
     done = Path(args.out, f"real_radiographs{'' if args.tta == 'none' else '-' + args.tta}.json")
     if reuse and done.is_file():
-        return json.loads(done.read_text())
+        result = json.loads(done.read_text())
+        unlike = _unlike(result.get("config", {}), row_config(args))
+        if unlike:
+            raise SystemExit(f"{done}: this row was run with {', '.join(unlike)}; give another --out, or delete "
+                             f"{args.out} to run it again")
+        return result
     for folder in ([] if trained else ["run"]) + [_eval_folder(args)]:
         shutil.rmtree(Path(args.out, folder), ignore_errors=True)
     result = json_safe(run(args))
@@ -349,15 +369,20 @@ def main(argv=None):
     runtime.start()  # before anything imports TensorFlow: its start-up lines held back, devices set up once
     if args.heat_maps_only:
         return heat_maps_only(args)
+    from bonenet.files import write_text_whole
+
     if args.variants:
         rows = variants(args)
-        Path(args.out, "variants.json").write_text(json.dumps(rows, indent=2))
+        write_text_whole(Path(args.out, "variants.json"), json.dumps(rows, indent=2))
         print(variants_table(rows))
         return rows
     if args.compare:
         rows = compare(args)
-        Path(args.out, "transfer.json").write_text(json.dumps(rows, indent=2))
-        print(comparison_table(rows))
+        # Rows of earlier calls with other backbones or modes stay in the summary; this call's replace theirs.
+        summary = Path(args.out, "transfer.json")
+        every = {**(json.loads(summary.read_text()) if summary.is_file() else {}), **rows}
+        write_text_whole(summary, json.dumps(every, indent=2))
+        print(comparison_table(every))
         return rows
     result = _one(args)
     print(table(result))

@@ -120,6 +120,9 @@ class PretrainConfig:
                                         "contrastive (self-supervised: two augmented views of each film pulled "
                                         "together; no labels, so unlabelled image folders serve) or both",
                              choices=("targets", "contrastive", "both"))
+    precision: str = setting("auto", "training precision: auto (mixed_float16 on a GPU, float32 on a CPU), float32, "
+                                     "mixed_float16, mixed_bfloat16 (faster only on a CPU that computes it natively); "
+                                     "the weights are stored in float16 whatever trained them", choices=PRECISIONS)
 
     def __post_init__(self):
         check_config(self)

@@ -102,7 +102,7 @@ def _adapt(fit_images, monitor_images, out, config, begin):
     targets = [c for c in train.columns if c != "path"]
     plan = PretrainConfig(seed=config.seed, image_size=config.image_size, epochs=config.adapt_epochs,
                           batch_size=config.batch_size, learning_rate=config.adapt_learning_rate, warmup_epochs=1,
-                          recipe=config.recipe, early_size=config.adapt_early_size)
+                          recipe=config.recipe, early_size=config.adapt_early_size, precision=config.precision)
     log.info(f"trunk adaptation: every layer on {len(train):,} training images ({', '.join(targets)}), "
              f"{plan.epochs} epochs at {plan.image_size} px{sizes_text(plan)}")
     runtime.start(config.precision)

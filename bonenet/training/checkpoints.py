@@ -9,10 +9,12 @@ settings while the manifest recorded the new.
 
 import json
 import logging
+import os
 import shutil
 from dataclasses import asdict
 from pathlib import Path
 
+import keras
 import pandas as pd
 
 from bonenet.parts import short_name
@@ -25,6 +27,25 @@ def checkpoint_dir(run_dir, key, member=0):
     (from 2) of an ensemble in its own folder."""
     name = key if key == "router" else short_name(key)
     return Path(run_dir) / "checkpoints" / (f"{name}.m{member + 1}" if member else name)
+
+
+class WholeBackup(keras.callbacks.BackupAndRestore):
+    """Keras' `BackupAndRestore` with every save written whole: the weights and the epoch go to temporary files in
+    the backup folder and are then renamed over the backup, the epoch last. Keras writes both in place, so a kill
+    mid-save (SIGKILL, an out-of-memory kill, power) left half a file that no resume could read; now a resume finds
+    the previous epoch's backup or the new one (or, killed between the two renames, the new weights with the
+    previous epoch's number: that one epoch runs again)."""
+
+    def _save_model(self):
+        final = self._weights_path, self._training_metadata_path
+        part = [str(Path(self.backup_dir) / f".{os.getpid()}.{name}") for name in ("latest.weights.h5", "metadata.json")]
+        self._weights_path, self._training_metadata_path = part
+        try:
+            super()._save_model()
+        finally:
+            self._weights_path, self._training_metadata_path = final
+        for written, target in zip(part, final, strict=True):
+            os.replace(written, target)
 
 
 def best_val_loss(log_path):

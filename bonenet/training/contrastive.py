@@ -21,6 +21,7 @@ from bonenet.data import pipeline as bdata
 from bonenet.preprocessing.augment import AugmentConfig
 from bonenet.preprocessing.recipes import get_recipe
 from bonenet.progress import keras_verbosity
+from bonenet.training.checkpoints import WholeBackup
 from bonenet.training.losses import TEMPERATURE, masked_binary_crossentropy, nt_xent, partner_found
 from bonenet.training.schedule import learning_rate_schedule, sized_by_epoch
 
@@ -74,7 +75,7 @@ def fit_views(built, train, targets, config, start):
                   metrics={"projection": [partner_found]}, jit_compile=False)
     with bdata.length_found_at_the_end():
         views.fit(ds, epochs=config.epochs, verbose=keras_verbosity("auto"), shuffle=False,
-                  callbacks=[keras.callbacks.BackupAndRestore(str(start.backup)), *sizing])
+                  callbacks=[WholeBackup(str(start.backup)), *sizing])
     return views, base, steps_per_epoch * config.epochs
 
 

@@ -37,6 +37,7 @@ from bonenet.models.locator import STRIDE, Locator, build_head, build_locator, b
 from bonenet.progress import Progress, keras_verbosity
 from bonenet.scoring.detection import detector_figures, froc_point, map_boxes, match
 from bonenet.scoring.localisation import image_pointing, pointing_game
+from bonenet.training.checkpoints import WholeBackup
 from bonenet.training.pretrain import machine_facts, portable_command, save_float16_weights
 
 MONITOR_FRACTION = 0.1
@@ -145,7 +146,7 @@ def fit_head(taps, targets, config, backup):
     head = build_head([t.shape[1:] for t in taps], config.seed)
     head.compile(keras.optimizers.Adam(config.learning_rate), grid_loss(config.positive_weight), jit_compile=False)
     head.fit(_Taps(taps, targets, config.batch_size, config.seed), epochs=config.epochs,
-             verbose=keras_verbosity("auto"), callbacks=[keras.callbacks.BackupAndRestore(str(backup))])
+             verbose=keras_verbosity("auto"), callbacks=[WholeBackup(str(backup))])
     return head
 
 

@@ -24,6 +24,7 @@ import math
 import os
 import platform
 import shlex
+import shutil
 import sys
 import tempfile
 import time
@@ -47,6 +48,7 @@ from bonenet.parts import PART_INDEX, PARTS
 from bonenet.preprocessing.augment import AugmentConfig
 from bonenet.preprocessing.recipes import get_recipe
 from bonenet.progress import keras_verbosity
+from bonenet.training.checkpoints import WholeBackup
 from bonenet.training.contrastive import VIEWS_TEXT, fit_views, views_found
 from bonenet.training.losses import masked_binary_crossentropy
 from bonenet.training.schedule import input_side, learning_rate_schedule, schedule_text, sized_by_epoch, sizes_text
@@ -157,6 +159,7 @@ def pretrain_backbone(out, config=PretrainConfig(), data_dir=None, resume=False,
     backup = out.parent / f"{stem}-backup"
     if not resume and backup.exists():
         raise ValueError(f"{backup}: an interrupted pretraining is there; pass --resume to continue it, or delete it")
+    runtime.start(config.precision)  # before the first model: one precision per process
     verbose = keras_verbosity("auto" if verbose is None else verbose)
     start = time.time()
     root = synthetic_dataset(data_dir, config.studies_per_part, config.seed)
@@ -187,10 +190,7 @@ def pretrain_backbone(out, config=PretrainConfig(), data_dir=None, resume=False,
         **machine_facts(),
     }
     write_text_whole(provenance_path(out), json.dumps(provenance, indent=2) + "\n")
-    if backup.exists():
-        import shutil
-
-        shutil.rmtree(backup)
+    shutil.rmtree(backup, ignore_errors=True)
     return provenance
 
 
@@ -208,20 +208,20 @@ def _fit(train, config, backup, verbose):
     with bdata.length_found_at_the_end():
         model.fit(ds, epochs=config.epochs, verbose=verbose, shuffle=False,
                   class_weight=bdata.class_weights(labels, 2 * len(PARTS)),
-                  callbacks=[keras.callbacks.BackupAndRestore(str(backup)), *sizing])
+                  callbacks=[WholeBackup(str(backup)), *sizing])
     return model, base, steps_per_epoch * config.epochs
 
 
 def machine_facts():
-    """Where and with what a shipped file was made: machine, date, versions (for its provenance)."""
+    """Where and with what a shipped file was made: machine, precision, date, versions (for its provenance)."""
     return {"machine": f"{platform.machine()} {os.cpu_count()} CPU(s), {platform.system()}",
+            "precision": runtime.start()["precision"],
             "date": datetime.date.today().isoformat(),
             "versions": {"keras": keras.__version__, "tensorflow": _tf_version(), "python": platform.python_version()}}
 
 
 def _tf_version():
     import tensorflow as tf
-
     return tf.__version__
 
 
@@ -284,7 +284,7 @@ def fit_targets(train, targets, config, start):
                   jit_compile=False)
     with bdata.length_found_at_the_end():
         model.fit(ds, epochs=config.epochs, verbose=keras_verbosity("auto"),
-                  shuffle=False, callbacks=[keras.callbacks.BackupAndRestore(str(start.backup)), *sizing])
+                  shuffle=False, callbacks=[WholeBackup(str(start.backup)), *sizing])
     return model, base, steps_per_epoch * config.epochs
 
 
@@ -324,6 +324,7 @@ def pretrain_on_real(out, specs, config=PretrainConfig(), init="synthetic", resu
     from bonenet.data.sources import check_labelled, read_sources, targets_table
 
     out, start = _weights_out(out), time.time()
+    runtime.start(config.precision)  # before the first model: one precision per process
     backup = out.parent / f"{out.name.removesuffix('.weights.h5')}-backup"
     if not resume and backup.exists():
         raise ValueError(f"{backup}: an interrupted pretraining is there; pass --resume to continue it, or delete it")
@@ -356,10 +357,7 @@ def pretrain_on_real(out, specs, config=PretrainConfig(), init="synthetic", resu
         "sha256": file_sha256(out), "seconds": round(time.time() - start), **machine_facts(),
     }
     write_text_whole(provenance_path(out), json.dumps(json_safe(provenance), indent=2) + "\n")
-    if backup.exists():
-        import shutil
-
-        shutil.rmtree(backup)
+    shutil.rmtree(backup, ignore_errors=True)
     return provenance
 
 

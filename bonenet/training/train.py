@@ -56,7 +56,7 @@ from bonenet.run.manifest import (
 )
 from bonenet.run.model_card import write_model_card
 from bonenet.run.store import load_model, save_model_atomic, save_trunk_once, shared_trunk
-from bonenet.training.checkpoints import best_val_loss, checkpoint_dir, resume_point
+from bonenet.training.checkpoints import WholeBackup, best_val_loss, checkpoint_dir, resume_point
 from bonenet.training.distribute import get_strategy, shardable
 from bonenet.training.features import compute_features
 from bonenet.training.holdout import decide_on_holdout, holdout_figures, holdout_outputs, summary_line
@@ -204,7 +204,7 @@ def _fit(job, built, datasets, member=0):
         # BackupAndRestore comes first, so that when the CSV shows an epoch its backup exists.
         # Kept after training ends: a kill during the final save must still resume at the last
         # epoch, not from scratch. `_finalize` removes it once the model is saved and listed.
-        keras.callbacks.BackupAndRestore(str(backup), delete_checkpoint=False),
+        WholeBackup(str(backup), delete_checkpoint=False),
         keras.callbacks.ModelCheckpoint(str(best_path), monitor="val_loss", save_best_only=True,
                                         save_weights_only=True, initial_value_threshold=best_val_loss(log_path)
                                         if resume else None),

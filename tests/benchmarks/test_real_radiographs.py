@@ -58,6 +58,12 @@ def test_compare_runs_each_backbone_once_and_resumes(tmp_path, capsys):
     assert real_radiographs.main(args) == rows  # finished rows are read back, not run again
     assert (tmp_path / "none-20" / "real_radiographs.json").stat().st_mtime_ns == stamp
     assert "| none | 20, 32, 1 |" in capsys.readouterr().out
+    # A later call into the same folder keeps the summary's other rows, and never reuses a row run otherwise.
+    assert set(real_radiographs.main([*args[:5], "none", *args[6:]])) == {"none-20"}
+    assert json.loads((tmp_path / "transfer.json").read_text()) == rows
+    with pytest.raises(SystemExit, match=r"none-20/real_radiographs.json: this row was run with image_size 32 "
+                                         r"\(asked: 48\); give another --out"):
+        real_radiographs.main([*args[:5], "none", "--modes", "20", "--image-size", "48", *args[10:]])
     games = real_radiographs.main(["--fracatlas", str(FIXTURES), "--out", str(tmp_path), "--heat-maps-only",
                                    "--bootstrap", "20"])  # every row's heat maps scored again, as they are now
     assert set(games) == {"none-20", "shipped-20"}

@@ -57,9 +57,10 @@ def test_the_shipped_backbone_matches_the_sha256_and_says_what_it_is():
     assert "synthetic radiographs" in provenance["origin"] and "NOT ImageNet" in provenance["origin"]
     assert provenance["command"].startswith("bonenet pretrain-backbone")
     # The shipped file is what `pretrain-backbone` makes at its defaults, seeded apart from the demo's data (0).
-    # The defaults made it; `leave_out`, `early_size` and `objective` came later, and their defaults change nothing
-    # (nothing left out, every epoch at full size, the labels as targets).
-    assert ({**provenance["config"], "leave_out": "", "early_size": 0, "objective": "targets"}
+    # The defaults made it; `leave_out`, `early_size`, `objective` and `precision` came later, and their defaults
+    # change nothing (nothing left out, every epoch at full size, the labels as targets, float32 on its CPU).
+    assert ({**provenance["config"], "leave_out": "", "early_size": 0, "objective": "targets",
+             "precision": "auto"}
             == dataclasses.asdict(PretrainConfig()))
     assert PretrainConfig().seed != DemoPlan().seed
     assert provenance["steps"] == PretrainConfig().epochs * -(-provenance["train_images"] // PretrainConfig().batch_size)

@@ -6,7 +6,7 @@ import json
 import pytest
 
 from bonenet.configs import TrainConfig
-from bonenet.training.checkpoints import best_val_loss, checkpoint_dir, resume_point
+from bonenet.training.checkpoints import WholeBackup, best_val_loss, checkpoint_dir, resume_point
 
 
 def test_work_folders_are_named_by_model():
@@ -38,3 +38,54 @@ def test_the_best_loss_so_far_comes_from_the_log(tmp_path):
     assert best_val_loss(log) is None
     log.write_text("epoch,loss,val_loss\n0,1.0,0.7\n1,0.8,0.5\n2,0.6,0.6\n")
     assert best_val_loss(log) == 0.5
+
+
+
+def _tiny_model():
+    import keras
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
+    model.compile("sgd", "mse")
+    return model
+
+
+def _tiny_fit(backup, epochs):
+    import numpy as np
+
+    model = _tiny_model()
+    x = np.random.default_rng(0).normal(size=(8, 3)).astype("float32")
+    history = model.fit(x, x[:, :1], epochs=epochs, verbose=0,
+                        callbacks=[WholeBackup(str(backup), delete_checkpoint=False)])
+    return model, history
+
+
+def test_a_kill_during_a_backup_save_leaves_the_previous_epoch_whole_and_resumable(tmp_path, monkeypatch):
+    import keras
+    import numpy as np
+
+    backup = tmp_path / "backup"
+    model, _ = _tiny_fit(backup, epochs=1)
+    assert json.loads((backup / "training_metadata.json").read_text())["epoch"] == 1
+    assert sorted(p.name for p in backup.iterdir()) == ["latest.weights.h5", "training_metadata.json"]
+    first = model.get_weights()
+
+    real_save = keras.Model.save_weights
+
+    def killed_mid_write(self, filepath, *args, **kwargs):
+        # What a kill halfway through the write leaves behind: half a file where the weights were going.
+        real_save(self, filepath, *args, **kwargs)
+        with open(filepath, "r+b") as f:
+            f.truncate(100)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(keras.Model, "save_weights", killed_mid_write)
+    with pytest.raises(KeyboardInterrupt):
+        _tiny_fit(backup, epochs=3)
+    monkeypatch.undo()
+    assert json.loads((backup / "training_metadata.json").read_text())["epoch"] == 1
+    kept = _tiny_model()
+    kept.load_weights(str(backup / "latest.weights.h5"))  # whole: the first epoch's weights
+    assert all(np.array_equal(a, b) for a, b in zip(kept.get_weights(), first, strict=True))
+    _, history = _tiny_fit(backup, epochs=3)
+    assert len(history.history["loss"]) == 2  # resumed: epochs 2 and 3

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 import run_pipeline
+from bonenet import runtime
 from bonenet.digests import file_sha256
 from bonenet.models.backbones import provenance_path
 from bonenet.models.efficientnet import resolve_weights
@@ -32,6 +33,7 @@ def test_pretrain_backbone_cli_at_a_toy_size(tmp_path, capsys):
     assert provenance["sha256"] == file_sha256(out) and provenance["storage"] == "float16"
     assert provenance["config"]["studies_per_part"] == 2 and provenance["steps"] >= 1
     assert "--studies-per-part 2" in provenance["command"] and "NOT ImageNet" in provenance["origin"]
+    assert provenance["config"]["precision"] == "auto" and provenance["precision"] == runtime.start()["precision"]
     assert "the first 1 of 2 epochs at 32 px (scaled down from 64)" in provenance["schedule"]
     assert 0 <= provenance["holdout_accuracy"]["joint"] <= 1
     assert (tmp_path / "toy-data" / "MURA-v1.1" / "synthetic.json").is_file()
@@ -48,15 +50,26 @@ def test_pretrain_backbone_cli_at_a_toy_size(tmp_path, capsys):
 
 @pytest.mark.slow  # a pretraining at a toy size: about 50 s
 def test_pretraining_on_real_radiographs_at_a_toy_size_records_its_sources_and_loads_as_a_radiograph_backbone(
-        toy_fracatlas, tmp_path, capsys):
+        toy_fracatlas, tmp_path, capsys, monkeypatch):
     from bonenet.data.sources import benchmark_holdout
 
+    # This process as `--precision mixed_bfloat16` starts it, so a CPU without native bfloat16 checks that path too.
+    runtime.start()
+    monkeypatch.setitem(runtime._STATE, "precision", "mixed_bfloat16")
     out = tmp_path / "real.weights.h5"
     code = run_pipeline.main(["pretrain-backbone", "--out", str(out), "--real", str(toy_fracatlas), "--init", "none",
-                              "--epochs", "1", "--image-size", "32", "--batch-size", "16", "--warmup-epochs", "0"])
+                              "--epochs", "1", "--image-size", "32", "--batch-size", "16", "--warmup-epochs", "0",
+                              "--precision", "mixed_bfloat16"])
     assert code == 0 and out.is_file()
     provenance = json.loads(provenance_path(out).read_text())
     assert provenance["sha256"] == file_sha256(out) and provenance["storage"] == "float16"
+    assert provenance["precision"] == provenance["config"]["precision"] == "mixed_bfloat16"
+    import h5py
+
+    with h5py.File(out) as f:
+        arrays = []
+        f.visititems(lambda name, obj: arrays.append(obj[()]) if isinstance(obj, h5py.Dataset) else None)
+    assert arrays and all(np.isfinite(a).all() for a in arrays)  # bfloat16 steps left no NaN in the weights
     (source,) = provenance["sources"]
     held_out = benchmark_holdout(toy_fracatlas)
     assert source["name"] == "FracAtlas" and source["licence"].startswith("CC BY 4.0")
