@@ -10,7 +10,6 @@ the batch. No label is needed, so any archive of radiographs serves: a hospital'
 Chen et al., A simple framework for contrastive learning of visual representations, ICML 2020.
 """
 
-import math
 
 import keras
 import numpy as np
@@ -20,10 +19,8 @@ from bonenet import runtime
 from bonenet.data import pipeline as bdata
 from bonenet.preprocessing.augment import AugmentConfig
 from bonenet.preprocessing.recipes import get_recipe
-from bonenet.progress import keras_verbosity
-from bonenet.training.checkpoints import WholeBackup
 from bonenet.training.losses import TEMPERATURE, masked_binary_crossentropy, nt_xent, partner_found
-from bonenet.training.schedule import learning_rate_schedule, sized_by_epoch
+from bonenet.training.schedule import fit_on_schedule, known_targets
 
 PROJECTION_UNITS = (512, 128)
 # The views' augmentation: what makes the task hard enough to need anatomy. Crops of half the film's side, more
@@ -62,21 +59,15 @@ def fit_views(built, train, targets, config, start):
     """
     model, base = built
     views = build_views_model(model, base, targets, config.seed)
-    y = (np.nan_to_num(train[targets].to_numpy(np.float32), nan=-1.0) if targets
-         else np.zeros((len(train), 1), np.float32))
+    y = known_targets(train, targets) if targets else np.zeros((len(train), 1), np.float32)
     prep = bdata.Preparation(get_recipe(config.recipe), config.image_size, augment=VIEW_AUGMENT, seed=config.seed)
     ds = bdata.make_dataset(train["path"].tolist(), y, None, prep,
                             bdata.Feed(config.batch_size, training=True, cache=start.cache, pairs=True))
     ds = ds.map(lambda x, t: (x, {"projection": tf.zeros((tf.shape(x)[0], 1)), **({"targets": t} if targets else {})}))
-    ds, sizing = sized_by_epoch(ds, config)
-    steps_per_epoch = math.ceil(len(train) / config.batch_size)
     losses = {"projection": nt_xent, **({"targets": masked_binary_crossentropy} if targets else {})}
-    views.compile(keras.optimizers.Adam(learning_rate_schedule(config, steps_per_epoch)), losses,
-                  metrics={"projection": [partner_found]}, jit_compile=False)
-    with bdata.length_found_at_the_end():
-        views.fit(ds, epochs=config.epochs, verbose=keras_verbosity("auto"), shuffle=False,
-                  callbacks=[WholeBackup(str(start.backup)), *sizing])
-    return views, base, steps_per_epoch * config.epochs
+    steps = fit_on_schedule(views, ds, len(train), config, start.backup, loss=losses,
+                            metrics={"projection": [partner_found]})
+    return views, base, steps
 
 
 def views_found(views, table, config):

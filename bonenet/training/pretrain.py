@@ -20,7 +20,6 @@ are refused by construction. `--objective contrastive` learns without labels ins
 
 import datetime
 import json
-import math
 import os
 import platform
 import shlex
@@ -48,10 +47,9 @@ from bonenet.parts import PART_INDEX, PARTS
 from bonenet.preprocessing.augment import AugmentConfig
 from bonenet.preprocessing.recipes import get_recipe
 from bonenet.progress import keras_verbosity
-from bonenet.training.checkpoints import WholeBackup
 from bonenet.training.contrastive import VIEWS_TEXT, fit_views, views_found
 from bonenet.training.losses import masked_binary_crossentropy
-from bonenet.training.schedule import input_side, learning_rate_schedule, schedule_text, sized_by_epoch, sizes_text
+from bonenet.training.schedule import fit_on_schedule, input_side, known_targets, schedule_text, sizes_text
 
 
 def portable_command(command):
@@ -200,16 +198,11 @@ def _fit(train, config, backup, verbose):
     labels = joint_labels(train)
     ds = bdata.make_dataset(train["path"].tolist(), labels, 2 * len(PARTS), _preparation(config, AugmentConfig()),
                             bdata.Feed(config.batch_size, training=True))
-    steps_per_epoch = math.ceil(len(train) / config.batch_size)
-    ds, sizing = sized_by_epoch(ds, config)
     model, base = build_pretrain_model(input_side(config), config.seed)
-    model.compile(keras.optimizers.Adam(learning_rate_schedule(config, steps_per_epoch)),
-                  keras.losses.CategoricalCrossentropy(label_smoothing=0.05), metrics=["accuracy"], jit_compile=False)
-    with bdata.length_found_at_the_end():
-        model.fit(ds, epochs=config.epochs, verbose=verbose, shuffle=False,
-                  class_weight=bdata.class_weights(labels, 2 * len(PARTS)),
-                  callbacks=[WholeBackup(str(backup)), *sizing])
-    return model, base, steps_per_epoch * config.epochs
+    steps = fit_on_schedule(model, ds, len(train), config, backup, verbose=verbose, metrics=["accuracy"],
+                            class_weight=bdata.class_weights(labels, 2 * len(PARTS)),
+                            loss=keras.losses.CategoricalCrossentropy(label_smoothing=0.05))
+    return model, base, steps
 
 
 def machine_facts():
@@ -275,17 +268,11 @@ def fit_targets(train, targets, config, start):
     """
     # The model first: it seeds TensorFlow, and the dataset's shuffle and augmentation draw from that seed too.
     model, base = build_pretrain_model(input_side(config), config.seed, len(targets), "sigmoid", start.init)
-    y = np.nan_to_num(train[targets].to_numpy(np.float32), nan=-1.0)  # -1: not known, masked out of the loss
-    ds = bdata.make_dataset(train["path"].tolist(), y, None, _preparation(config, start.augment),
+    ds = bdata.make_dataset(train["path"].tolist(), known_targets(train, targets), None,
+                            _preparation(config, start.augment),
                             bdata.Feed(config.batch_size, training=True, cache=start.cache))
-    ds, sizing = sized_by_epoch(ds, config)
-    steps_per_epoch = math.ceil(len(train) / config.batch_size)
-    model.compile(keras.optimizers.Adam(learning_rate_schedule(config, steps_per_epoch)), masked_binary_crossentropy,
-                  jit_compile=False)
-    with bdata.length_found_at_the_end():
-        model.fit(ds, epochs=config.epochs, verbose=keras_verbosity("auto"),
-                  shuffle=False, callbacks=[WholeBackup(str(start.backup)), *sizing])
-    return model, base, steps_per_epoch * config.epochs
+    steps = fit_on_schedule(model, ds, len(train), config, start.backup, loss=masked_binary_crossentropy)
+    return model, base, steps
 
 
 def _split_monitor(table, seed):

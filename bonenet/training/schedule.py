@@ -6,7 +6,12 @@ coarse features that do not need the detail)."""
 import math
 
 import keras
+import numpy as np
 import tensorflow as tf
+
+from bonenet.data import pipeline as bdata
+from bonenet.progress import keras_verbosity
+from bonenet.training.checkpoints import WholeBackup
 
 
 def epoch_sizes(config):
@@ -81,3 +86,24 @@ def sizes_text(config):
         return ""
     return (f"; progressive resizing: the first {early} of {len(sizes)} epochs at {config.early_size} px (scaled "
             f"down from {config.image_size})")
+
+
+def known_targets(table, targets):
+    """`table`'s target columns as float32, -1 where a row does not know one (masked out of the loss)."""
+    return np.nan_to_num(table[targets].to_numpy(np.float32), nan=-1.0)
+
+
+def fit_on_schedule(model, ds, images, config, backup, **options):
+    """Compiles `model` (Adam on `learning_rate_schedule`) and fits it on `ds`, `config.epochs` epochs at the sides
+    of `sized_by_epoch`, resumable from `backup` (`WholeBackup`): the one fit of backbone pretraining, contrastive
+    views and a run's trunk adaptation. `images`: how many an epoch serves; `options`: `verbose` and `class_weight`
+    for the fit (defaults "auto" and None), the rest (loss, metrics) for compile. Returns the steps taken."""
+    verbose, class_weight = options.pop("verbose", "auto"), options.pop("class_weight", None)
+    ds, sizing = sized_by_epoch(ds, config)
+    steps_per_epoch = math.ceil(images / config.batch_size)
+    model.compile(keras.optimizers.Adam(learning_rate_schedule(config, steps_per_epoch)), jit_compile=False,
+                  **options)
+    with bdata.length_found_at_the_end():
+        model.fit(ds, epochs=config.epochs, verbose=keras_verbosity(verbose), shuffle=False, class_weight=class_weight,
+                  callbacks=[WholeBackup(str(backup)), *sizing])
+    return steps_per_epoch * config.epochs

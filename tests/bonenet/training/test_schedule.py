@@ -98,3 +98,13 @@ def test_without_progressive_resizing_the_dataset_and_the_model_side_stay_as_the
     ds = tf.data.Dataset.from_tensor_slices(np.zeros((2, 64, 64, 3), np.float32))
     for config in PretrainConfig(image_size=64, epochs=4), PretrainConfig(image_size=64, early_size=32, epochs=1):
         assert sized_by_epoch(ds, config) == (ds, []) and input_side(config) == 64
+
+
+def test_known_targets_mark_what_a_row_does_not_know_with_minus_one():
+    import pandas as pd
+
+    from bonenet.training.schedule import known_targets
+
+    table = pd.DataFrame({"path": ["a", "b"], "fractured": [1.0, float("nan")], "hardware": [float("nan"), 0.0]})
+    y = known_targets(table, ["hardware", "fractured"])
+    assert y.dtype == np.float32 and y.tolist() == [[-1.0, 1.0], [0.0, -1.0]]
