@@ -198,6 +198,9 @@ def _fit(job, built, datasets, member=0):
     finished = work / "finished"
     resume_point(job.key, work, resume, config, job.place.run_dir if job.place.scratch is not None else None)
     if resume and finished.is_file() and best_path.is_file():
+        # The file holds the optimizer's state too: built first (in the model's strategy), it loads whole and quietly.
+        with built.fitted.distribute_strategy.scope():
+            built.fitted.optimizer.build(built.fitted.trainable_variables)
         built.fitted.load_weights(str(best_path))
         return log_path
     callbacks = [
