@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import shutil
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 
@@ -29,23 +30,42 @@ def checkpoint_dir(run_dir, key, member=0):
     return Path(run_dir) / "checkpoints" / (f"{name}.m{member + 1}" if member else name)
 
 
+@contextmanager
+def _written_beside(callback, names):
+    """Points the callback's path attributes `names` at temporary files beside them for the block; when it
+    succeeds, renames each file written over its path, in order. Keras writes checkpoints in place, so a kill
+    mid-save (SIGKILL, an out-of-memory kill, power) left half a file that no resume could read."""
+    finals = [getattr(callback, name) for name in names]
+    parts = [str(Path(final).with_name(f".{os.getpid()}.{Path(final).name}")) for final in finals]
+    for name, part in zip(names, parts, strict=True):
+        setattr(callback, name, part)
+    try:
+        yield
+    finally:
+        for name, final in zip(names, finals, strict=True):
+            setattr(callback, name, final)
+    for part, final in zip(parts, finals, strict=True):
+        if os.path.exists(part):
+            os.replace(part, final)
+
+
 class WholeBackup(keras.callbacks.BackupAndRestore):
-    """Keras' `BackupAndRestore` with every save written whole: the weights and the epoch go to temporary files in
-    the backup folder and are then renamed over the backup, the epoch last. Keras writes both in place, so a kill
-    mid-save (SIGKILL, an out-of-memory kill, power) left half a file that no resume could read; now a resume finds
-    the previous epoch's backup or the new one (or, killed between the two renames, the new weights with the
-    previous epoch's number: that one epoch runs again)."""
+    """Keras' `BackupAndRestore`, each save written whole (`_written_beside`): a resume finds the previous epoch's
+    backup or the new one (or, killed between the two renames, the new weights under the previous epoch's number:
+    that one epoch runs again)."""
 
     def _save_model(self):
-        final = self._weights_path, self._training_metadata_path
-        part = [str(Path(self.backup_dir) / f".{os.getpid()}.{name}") for name in ("latest.weights.h5", "metadata.json")]
-        self._weights_path, self._training_metadata_path = part
-        try:
+        with _written_beside(self, ("_weights_path", "_training_metadata_path")):
             super()._save_model()
-        finally:
-            self._weights_path, self._training_metadata_path = final
-        for written, target in zip(part, final, strict=True):
-            os.replace(written, target)
+
+
+class WholeBest(keras.callbacks.ModelCheckpoint):
+    """Keras' `ModelCheckpoint`, each save written whole (`_written_beside`): a kill mid-save leaves the previous
+    best weights."""
+
+    def _save_model(self, epoch, batch, logs):
+        with _written_beside(self, ("filepath",)):
+            super()._save_model(epoch, batch, logs)
 
 
 def best_val_loss(log_path):

@@ -56,7 +56,7 @@ from bonenet.run.manifest import (
 )
 from bonenet.run.model_card import write_model_card
 from bonenet.run.store import load_model, save_model_atomic, save_trunk_once, shared_trunk
-from bonenet.training.checkpoints import WholeBackup, best_val_loss, checkpoint_dir, resume_point
+from bonenet.training.checkpoints import WholeBackup, WholeBest, best_val_loss, checkpoint_dir, resume_point
 from bonenet.training.distribute import get_strategy, shardable
 from bonenet.training.features import compute_features
 from bonenet.training.holdout import decide_on_holdout, holdout_figures, holdout_outputs, summary_line
@@ -208,9 +208,8 @@ def _fit(job, built, datasets, member=0):
         # Kept after training ends: a kill during the final save must still resume at the last
         # epoch, not from scratch. `_finalize` removes it once the model is saved and listed.
         WholeBackup(str(backup), delete_checkpoint=False),
-        keras.callbacks.ModelCheckpoint(str(best_path), monitor="val_loss", save_best_only=True,
-                                        save_weights_only=True, initial_value_threshold=best_val_loss(log_path)
-                                        if resume else None),
+        WholeBest(str(best_path), monitor="val_loss", save_best_only=True, save_weights_only=True,
+                  initial_value_threshold=best_val_loss(log_path) if resume else None),
         keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience),
         keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.3, patience=max(1, config.patience // 2),
                                           min_lr=1e-7),

@@ -6,7 +6,7 @@ import json
 import pytest
 
 from bonenet.configs import TrainConfig
-from bonenet.training.checkpoints import WholeBackup, best_val_loss, checkpoint_dir, resume_point
+from bonenet.training.checkpoints import WholeBackup, WholeBest, best_val_loss, checkpoint_dir, resume_point
 
 
 def test_work_folders_are_named_by_model():
@@ -60,32 +60,62 @@ def _tiny_fit(backup, epochs):
     return model, history
 
 
-def test_a_kill_during_a_backup_save_leaves_the_previous_epoch_whole_and_resumable(tmp_path, monkeypatch):
+def _killed_mid_write(monkeypatch):
+    """Makes the next weights save die halfway: half a file where the weights were going, then the kill."""
     import keras
-    import numpy as np
-
-    backup = tmp_path / "backup"
-    model, _ = _tiny_fit(backup, epochs=1)
-    assert json.loads((backup / "training_metadata.json").read_text())["epoch"] == 1
-    assert sorted(p.name for p in backup.iterdir()) == ["latest.weights.h5", "training_metadata.json"]
-    first = model.get_weights()
 
     real_save = keras.Model.save_weights
 
-    def killed_mid_write(self, filepath, *args, **kwargs):
-        # What a kill halfway through the write leaves behind: half a file where the weights were going.
+    def killed(self, filepath, *args, **kwargs):
         real_save(self, filepath, *args, **kwargs)
         with open(filepath, "r+b") as f:
             f.truncate(100)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(keras.Model, "save_weights", killed_mid_write)
+    monkeypatch.setattr(keras.Model, "save_weights", killed)
+
+
+def _same_weights(path, weights):
+    import numpy as np
+
+    kept = _tiny_model()
+    kept.load_weights(str(path))  # loads: the file is whole
+    return all(np.array_equal(a, b) for a, b in zip(kept.get_weights(), weights, strict=True))
+
+
+def test_a_kill_during_a_backup_save_leaves_the_previous_epoch_whole_and_resumable(tmp_path, monkeypatch):
+    backup = tmp_path / "backup"
+    model, _ = _tiny_fit(backup, epochs=1)
+    assert json.loads((backup / "training_metadata.json").read_text())["epoch"] == 1
+    assert sorted(p.name for p in backup.iterdir()) == ["latest.weights.h5", "training_metadata.json"]
+    first = model.get_weights()
+    _killed_mid_write(monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         _tiny_fit(backup, epochs=3)
     monkeypatch.undo()
     assert json.loads((backup / "training_metadata.json").read_text())["epoch"] == 1
-    kept = _tiny_model()
-    kept.load_weights(str(backup / "latest.weights.h5"))  # whole: the first epoch's weights
-    assert all(np.array_equal(a, b) for a, b in zip(kept.get_weights(), first, strict=True))
+    assert _same_weights(backup / "latest.weights.h5", first)
     _, history = _tiny_fit(backup, epochs=3)
     assert len(history.history["loss"]) == 2  # resumed: epochs 2 and 3
+
+
+def test_a_kill_during_a_best_weights_save_leaves_the_previous_best_whole(tmp_path, monkeypatch):
+    import numpy as np
+
+    best = tmp_path / "best.weights.h5"
+    x = np.random.default_rng(0).normal(size=(8, 3)).astype("float32")
+
+    def fit(model):
+        model.fit(x, x[:, :1], epochs=1, verbose=0, callbacks=[WholeBest(str(best), monitor="loss",
+                                                                           save_best_only=True,
+                                                                           save_weights_only=True)])
+
+    model = _tiny_model()
+    fit(model)
+    assert [p.name for p in tmp_path.iterdir()] == ["best.weights.h5"]
+    first = model.get_weights()
+    _killed_mid_write(monkeypatch)
+    with pytest.raises(KeyboardInterrupt):
+        fit(_tiny_model())
+    monkeypatch.undo()
+    assert _same_weights(best, first)
