@@ -238,9 +238,11 @@ def row_config(args):
 
 def _unlike(recorded, asked):
     """The settings in which a finished row differs from what this call asks (a backbone by its row name)."""
-    same = {"weights": lambda a, b: row_name(str(a)) == row_name(str(b))}
-    return [f"{key} {recorded[key]} (asked: {asked[key]})" for key in asked
-            if key in recorded and not same.get(key, lambda a, b: a == b)(recorded[key], asked[key])]
+    def named(config):
+        return {**config, "weights": row_name(str(config.get("weights")))}
+
+    was, now = named(recorded), named(asked)
+    return [f"{key} {recorded[key]} (asked: {asked[key]})" for key in asked if key in recorded and was[key] != now[key]]
 
 
 def _one(args, reuse=False):

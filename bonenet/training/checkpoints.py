@@ -18,6 +18,7 @@ from pathlib import Path
 import keras
 import pandas as pd
 
+from bonenet.files import remove_dead_writers_temps, temp_prefix
 from bonenet.parts import short_name
 
 log = logging.getLogger(__name__)
@@ -32,21 +33,24 @@ def checkpoint_dir(run_dir, key, member=0):
 
 @contextmanager
 def _written_beside(callback, names):
-    """Points the callback's path attributes `names` at temporary files beside them for the block; when it
-    succeeds, renames each file written over its path, in order. Keras writes checkpoints in place, so a kill
-    mid-save (SIGKILL, an out-of-memory kill, power) left half a file that no resume could read."""
-    finals = [getattr(callback, name) for name in names]
-    parts = [str(Path(final).with_name(f".{os.getpid()}.{Path(final).name}")) for final in finals]
-    for name, part in zip(names, parts, strict=True):
-        setattr(callback, name, part)
+    """Points the callback's path attributes `names` at temporary files beside them (named as `bonenet.files`
+    names its temporary files, so a killed writer's are found and removed) for the block; when it succeeds,
+    renames each file written over its path, in order. Keras writes checkpoints in place, so a kill mid-save
+    (SIGKILL, an out-of-memory kill, power) left half a file that no resume could read."""
+    finals = [Path(getattr(callback, name)) for name in names]
+    parts = [final.parent / f"{temp_prefix(final)}{final.name}" for final in finals]
+    for name, final, part in zip(names, finals, parts, strict=True):
+        remove_dead_writers_temps(final)
+        setattr(callback, name, str(part))
     try:
         yield
+        for part, final in zip(parts, finals, strict=True):
+            if part.exists():
+                os.replace(part, final)
     finally:
-        for name, final in zip(names, finals, strict=True):
-            setattr(callback, name, final)
-    for part, final in zip(parts, finals, strict=True):
-        if os.path.exists(part):
-            os.replace(part, final)
+        for name, final, part in zip(names, finals, parts, strict=True):
+            setattr(callback, name, str(final))
+            part.unlink(missing_ok=True)
 
 
 class WholeBackup(keras.callbacks.BackupAndRestore):
