@@ -62,7 +62,7 @@ def measure(precision, size, images, work):
     x = np.random.default_rng(0).uniform(0, 255, (images, size, size, 3)).astype(np.float32)
     y = keras.utils.to_categorical(np.arange(images) % 2, 2)
     batch = trunk_batch_size(size)
-    encode = tf.function(lambda v: trunk(v, training=False))
+    encode = tf.function(lambda v: trunk(v, training=False), autograph=False)
 
     def trunk_pass():
         return np.concatenate([np.asarray(encode(tf.constant(x[i:i + batch])), np.float32)

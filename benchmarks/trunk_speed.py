@@ -72,7 +72,7 @@ def measure(variant, data, size, images, work):
     paths = read_mura(data).images["path"].tolist()[:images]
     recipe, augment = get_recipe(DEFAULT_RECIPE), AugmentConfig()
     batch = spec["batch"] or trunk_batch_size(size)
-    encode = tf.function(lambda x: trunk(x, training=False), reduce_retracing=True)
+    encode = tf.function(lambda x: trunk(x, training=False), reduce_retracing=True, autograph=False)
     prep = Preparation(recipe, size, VIEWS, augment)
     views = np.concatenate([x.numpy() for x, _ in _views_dataset(paths, prep, 32)])
     views = views.astype(np.float32)

@@ -21,6 +21,10 @@ from bonenet.parts import PART_INDEX
 from bonenet.preprocessing.augment import AugmentConfig, augment
 
 AUTOTUNE = tf.data.AUTOTUNE
+# Every function BoneNet hands to tf.data (and its one tf.function) is traced as written, not rewritten by AutoGraph:
+# their control flow is TensorFlow's own (`tf.cond`) or Python on Python values, so the rewrite buys nothing, costs
+# tracing time, and on Python 3.13 makes gast warn for each function (an error from Python 3.15).
+as_written = tf.autograph.experimental.do_not_convert
 MAX_SEED = 0x7FFFFFFFFFFFFFFF  # NumPy seeds are non-negative; tf.data's random stream is signed
 
 
@@ -94,6 +98,7 @@ def map_prepare(prep, stacked=False):
     stride = 1 + prep.views if stacked else 1
     single = prep if stacked else Preparation(prep.recipe, prep.size)
 
+    @as_written
     def fn(path, index=0):
         x, reason = tf.numpy_function(lambda p, i: prepared_views(p.decode(), i, single),
                                       [path, index], [tf.uint8, tf.string], stateful=False)
@@ -108,6 +113,7 @@ def keep_readable(skips=None):
     """A tf.data filter over `(path, image, reason, ...)` keeping the images that were read,
     and recording each one that was not in `skips` (a `SkipLog`), when given."""
 
+    @as_written
     def fn(path, image, reason, *rest):
         ok = tf.equal(reason, "")
         if skips is None:
@@ -122,6 +128,7 @@ def map_augment(config=AugmentConfig(), seed=0):
     """Returns a tf.data map function `(image, draw) -> augmented image`, seeded by (`seed`, draw)
     (`seeded_augment`), `draw` coming from a seeded `Dataset.random` stream that changes each epoch."""
 
+    @as_written
     def fn(image, draw):
         out = tf.numpy_function(lambda im, d: seeded_augment(im, config, seed, d), [image, draw], tf.uint8,
                                 stateful=False)
@@ -167,13 +174,13 @@ def make_dataset(paths, labels, num_classes, prep, feed, skips=None):
     paths = [str(p) for p in paths]
     ds = labelled_slices(paths, labels, "paths")
     prepare = map_prepare(prep)
-    ds = ds.map(lambda p, y: (p, *prepare(p), y), num_parallel_calls=AUTOTUNE, deterministic=True)
+    ds = ds.map(as_written(lambda p, y: (p, *prepare(p), y)), num_parallel_calls=AUTOTUNE, deterministic=True)
     if feed.cache == "memory":
         ds = ds.cache()
     elif feed.cache is not None:
         Path(feed.cache).mkdir(parents=True, exist_ok=True)
         ds = ds.cache(str(Path(feed.cache) / f"images-{images_key(paths, prep.recipe, prep.size)}"))
-    ds = ds.filter(keep_readable(skips)).map(lambda p, x, reason, y: (x, y))
+    ds = ds.filter(keep_readable(skips)).map(as_written(lambda p, x, reason, y: (x, y)))
     if feed.training:
         ds = ds.shuffle(min(len(paths), 4096), seed=prep.seed, reshuffle_each_iteration=True)
         if prep.augment is not None:
@@ -181,18 +188,19 @@ def make_dataset(paths, labels, num_classes, prep, feed, skips=None):
             draws = [tf.data.Dataset.random(seed=prep.seed + v, rerandomize_each_iteration=True)
                      for v in range(2 if feed.pairs else 1)]
             aug = map_augment(prep.augment, prep.seed)
-            ds = tf.data.Dataset.zip((ds, *draws)).map(
-                lambda xy, *s: (tf.stack([aug(xy[0], d) for d in s]) if feed.pairs else aug(xy[0], s[0]), xy[1]),
+            ds = tf.data.Dataset.zip((ds, *draws)).map(as_written(
+                lambda xy, *s: (tf.stack([aug(xy[0], d) for d in s]) if feed.pairs else aug(xy[0], s[0]), xy[1])),
                 num_parallel_calls=AUTOTUNE,
             )
     ds = ds.batch(feed.batch_size)
     if feed.pairs:  # (B, 2, S, S, 3) to (2B, S, S, 3): image i's views at rows 2i and 2i + 1, labels repeated
-        ds = ds.map(lambda x, y: (tf.reshape(x, (-1, *x.shape[2:])), tf.repeat(y, 2, axis=0)),
+        ds = ds.map(as_written(lambda x, y: (tf.reshape(x, (-1, *x.shape[2:])), tf.repeat(y, 2, axis=0))),
                     num_parallel_calls=AUTOTUNE)
     if np.ndim(labels) == 2:  # float targets, as they are
-        ds = ds.map(lambda x, y: (tf.cast(x, tf.float32), y), num_parallel_calls=AUTOTUNE)
+        ds = ds.map(as_written(lambda x, y: (tf.cast(x, tf.float32), y)), num_parallel_calls=AUTOTUNE)
     else:
-        ds = ds.map(lambda x, y: (tf.cast(x, tf.float32), tf.one_hot(y, num_classes)), num_parallel_calls=AUTOTUNE)
+        ds = ds.map(as_written(lambda x, y: (tf.cast(x, tf.float32), tf.one_hot(y, num_classes))),
+                    num_parallel_calls=AUTOTUNE)
     return ds.prefetch(AUTOTUNE)
 
 

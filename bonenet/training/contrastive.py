@@ -63,7 +63,8 @@ def fit_views(built, train, targets, config, start):
     prep = bdata.Preparation(get_recipe(config.recipe), config.image_size, augment=VIEW_AUGMENT, seed=config.seed)
     ds = bdata.make_dataset(train["path"].tolist(), y, None, prep,
                             bdata.Feed(config.batch_size, training=True, cache=start.cache, pairs=True))
-    ds = ds.map(lambda x, t: (x, {"projection": tf.zeros((tf.shape(x)[0], 1)), **({"targets": t} if targets else {})}))
+    ds = ds.map(bdata.as_written(
+        lambda x, t: (x, {"projection": tf.zeros((tf.shape(x)[0], 1)), **({"targets": t} if targets else {})})))
     losses = {"projection": nt_xent, **({"targets": masked_binary_crossentropy} if targets else {})}
     steps = fit_on_schedule(views, ds, len(train), config, start.backup, loss=losses,
                             metrics={"projection": [partner_found]})

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from bonenet.data.pipeline import AUTOTUNE, labelled_slices, map_prepare
+from bonenet.data.pipeline import AUTOTUNE, as_written, labelled_slices, map_prepare
 from bonenet.data.read import Skip
 from bonenet.digests import cache_key, file_sha256, weights_digest
 from bonenet.files import check_free_space, dead_writers_temps, remove_dead_writers_temps, temp_prefix
@@ -151,9 +151,10 @@ class FeatureCache:
             if views:
                 draws = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
                 ds = tf.data.Dataset.zip((ds, draws)).map(
-                    lambda iy, r: (iy[0] + (1 + r % views) * n, iy[1]))
+                    as_written(lambda iy, r: (iy[0] + (1 + r % views) * n, iy[1])))
         shape = self.array.shape[1:]
 
+        @as_written
         def load(r, y):
             feats = tf.numpy_function(self.gather, [r], tf.float32, stateful=False)
             feats.set_shape((None, *shape))
@@ -180,7 +181,7 @@ def _write_features(trunk, ds, array, bar, progress, tmp):
     """
     # One traced call of the trunk in inference mode; unlike `predict_on_batch`, it gives each
     # image's row once under a MirroredStrategy too (read in cross-replica context).
-    encode = tf.function(lambda x: trunk(x, training=False), reduce_retracing=True)
+    encode = tf.function(lambda x: trunk(x, training=False), reduce_retracing=True, autograph=False)
     seconds, unread = progress["seconds"], progress["unread"]
     for key in ("waiting_for_input", "trunk"):
         seconds.setdefault(key, 0.0)

@@ -52,6 +52,7 @@ def sized_by_epoch(ds, config):
         return ds, []
     follow = EpochSide(sizes)
 
+    @bdata.as_written
     def scaled(x, y):
         return tf.cond(follow.side < config.image_size,
                        lambda: tf.image.resize(x, tf.stack([follow.side, follow.side]), antialias=True),
