@@ -21,9 +21,9 @@ from bonenet.parts import PART_INDEX
 from bonenet.preprocessing.augment import AugmentConfig, augment
 
 AUTOTUNE = tf.data.AUTOTUNE
-# Every function BoneNet hands to tf.data (and its one tf.function) is traced as written, not rewritten by AutoGraph:
-# their control flow is TensorFlow's own (`tf.cond`) or Python on Python values, so the rewrite buys nothing, costs
-# tracing time, and on Python 3.13 makes gast warn for each function (an error from Python 3.15).
+# Every function BoneNet hands to tf.data is traced as written, not rewritten by AutoGraph (and the feature cache's
+# tf.function is built with autograph=False): their control flow is TensorFlow's own (`tf.cond`) or Python on Python
+# values, so the rewrite buys nothing, costs tracing time, and on Python 3.13 makes gast warn for each function.
 as_written = tf.autograph.experimental.do_not_convert
 MAX_SEED = 0x7FFFFFFFFFFFFFFF  # NumPy seeds are non-negative; tf.data's random stream is signed
 
