@@ -367,8 +367,16 @@ def main(argv=None):
     with `--compare`)."""
     args = parse_args(argv)
     from bonenet import runtime
+    from bonenet.console import one_line
 
     runtime.start()  # before anything imports TensorFlow: its start-up lines held back, devices set up once
+    try:
+        return _main(args)
+    except (ValueError, OSError) as exc:  # a backbone, folder or setting that cannot be used: one line, as the CLI
+        raise SystemExit(f"real_radiographs: {one_line(exc)}") from None
+
+
+def _main(args):
     if args.heat_maps_only:
         return heat_maps_only(args)
     from bonenet.files import write_text_whole

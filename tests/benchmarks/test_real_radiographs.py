@@ -102,3 +102,9 @@ def test_variants_train_each_size_once_and_score_it_with_and_without_tta(tmp_pat
 def test_a_backbone_file_given_by_its_path_gets_its_row_under_out():
     assert real_radiographs.row_name("/data/weights/nohand_96.weights.h5") == "nohand_96"
     assert real_radiographs.row_name("radiograph") == "radiograph"
+
+
+def test_a_backbone_that_cannot_be_found_is_one_line_naming_it(tmp_path):
+    with pytest.raises(SystemExit, match=r"^real_radiographs: .*synthetic: weights file does not exist"):
+        real_radiographs.main(["--fracatlas", str(FIXTURES), "--out", str(tmp_path), "--compare", "synthetic",
+                               "--modes", "20", "--image-size", "32", "--epochs", "1", "--bootstrap", "20"])
