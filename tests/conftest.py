@@ -416,3 +416,23 @@ def make_toy_fracatlas(folder, per_stratum=10, legs=6, seed=0):
 def toy_fracatlas(tmp_path_factory):
     """`make_toy_fracatlas` once per session."""
     return make_toy_fracatlas(tmp_path_factory.mktemp("toy_fracatlas"))
+
+
+@pytest.fixture
+def autograph_rewrites(monkeypatch):
+    """The qualified names of BoneNet's own functions that AutoGraph rewrites while the test runs. BoneNet hands
+    tf.data and tf.function its functions to trace as written (`bonenet.data.pipeline.as_written`); TensorFlow's
+    and Keras' own conversions are theirs to make, so they are not listed."""
+    import inspect
+
+    from tensorflow.python.autograph.impl import api
+
+    rewritten, convert = [], api._convert_actual
+
+    def recording(f, ctx):
+        if getattr(inspect.unwrap(f), "__module__", "").startswith("bonenet"):
+            rewritten.append(f.__qualname__)
+        return convert(f, ctx)
+
+    monkeypatch.setattr(api, "_convert_actual", recording)
+    return rewritten

@@ -23,13 +23,15 @@ def _archive(folder, n=12):
 
 
 @pytest.mark.slow  # a pretraining of both objectives at a toy size: about 45 s
-def test_both_objectives_learn_from_labelled_and_unlabelled_films_and_record_it(toy_fracatlas, tmp_path, capsys):
+def test_both_objectives_learn_from_labelled_and_unlabelled_films_and_record_it(toy_fracatlas, tmp_path, capsys,
+                                                                              autograph_rewrites):
     archive = _archive(tmp_path / "archive")
     out = tmp_path / "views.weights.h5"
     code = run_pipeline.main(["pretrain-backbone", "--out", str(out), "--real", str(toy_fracatlas), str(archive),
                               "--objective", "both", "--init", "none", "--epochs", "1", "--image-size", "32",
                               "--batch-size", "8", "--warmup-epochs", "0"])
     assert code == 0 and out.is_file()
+    assert autograph_rewrites == []  # the views' functions are traced as written (`as_written`)
     provenance = json.loads(provenance_path(out).read_text())
     fracatlas, folder = provenance["sources"]
     assert folder == {**folder, "name": "archive", "root": "archive", "images": 12, "targets": []}

@@ -59,7 +59,7 @@ def test_head_on_cached_features_agrees_with_the_full_model(wrist_model, paths, 
     np.testing.assert_allclose(cached, expected, atol=FLOAT16_TOLERANCE)
 
 
-def test_an_epoch_serves_each_image_once_as_one_of_its_augmented_views(cache, paths):
+def test_an_epoch_serves_each_image_once_as_one_of_its_augmented_views(cache, paths, autograph_rewrites):
     n = len(paths)
     view0, view1 = cache.gather(np.arange(n)), cache.gather(np.arange(n, 2 * n))
     assert not np.allclose(view0[0], view1[0])  # augmented views differ from the plain image
@@ -77,6 +77,7 @@ def test_an_epoch_serves_each_image_once_as_one_of_its_augmented_views(cache, pa
     assert sorted(epochs[0].sum(axis=(1, 2, 3))) != sorted(epochs[1].sum(axis=(1, 2, 3)))
     plain = np.concatenate([f for f, _ in cache.dataset(np.arange(n), labels, 2, batch_size=5)])
     np.testing.assert_array_equal(plain, view0)
+    assert autograph_rewrites == []  # its functions are traced as written (`as_written`)
 
 
 def test_a_complete_cache_is_reused_and_any_change_gives_a_new_key(wrist_model, paths, cache, tmp_path):
@@ -158,13 +159,14 @@ def test_a_feature_cache_that_cannot_fit_is_refused_before_it_is_written(run, sy
     assert [p.name for p in small_disk.iterdir()] == ["fill"] or not any((small_disk / "cache").iterdir())
 
 
-def test_the_trunks_batch_size_does_not_change_the_cache(wrist_model, paths, cache, tmp_path):
+def test_the_trunks_batch_size_does_not_change_the_cache(wrist_model, paths, cache, tmp_path, autograph_rewrites):
     # compute_features picks the batch for speed (`trunk_batch_size`); images must come out the same.
     trunk, _ = split_model(wrist_model)
     one_at_a_time = bfeatures.compute_features(trunk, paths, VIEWS, tmp_path, batch_size=1, verbose=0)
     # float32 rounding can move a value across a float16 rounding boundary: one float16 step at most.
     np.testing.assert_allclose(np.asarray(one_at_a_time.array, np.float32), np.asarray(cache.array, np.float32),
                                rtol=2 ** -10, atol=1e-6)
+    assert autograph_rewrites == []  # the trunk's tf.function and the reading traced as written
 
 
 # A computation that records its progress after its first batch of 5 images, then dies at once (SIGKILL:

@@ -51,7 +51,7 @@ class _Seen:
         self.callback = keras.callbacks.LambdaCallback(on_epoch_begin=record)
 
 
-def test_the_images_follow_the_epochs_side_and_a_resumed_fit_takes_up_its_epochs_side(tmp_path):
+def test_the_images_follow_the_epochs_side_and_a_resumed_fit_takes_up_its_epochs_side(tmp_path, autograph_rewrites):
     import keras
     import tensorflow as tf
 
@@ -88,6 +88,7 @@ def test_the_images_follow_the_epochs_side_and_a_resumed_fit_takes_up_its_epochs
                       callbacks=[keras.callbacks.BackupAndRestore(str(tmp_path / "backup")), *callbacks,
                                  seen.callback])
     assert seen.sides == {2: 32, 3: 64}
+    assert autograph_rewrites == []  # the scaling is traced as written (`as_written`)
 
 
 def test_without_progressive_resizing_the_dataset_and_the_model_side_stay_as_they_were():
